@@ -1,0 +1,98 @@
+"""Keys every experiment config has, with their defaults.
+
+Family files (`ptb_lstm.py`, `shakespeare_char.py`, ...) start from
+`base_config()` and override; code never reads a key that is not set here or
+in a family file. Model keys live in `lstm_model()` / `transformer_model()`
+because the two families have different hyperparameters.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the keys shared by every experiment, with their defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Base PRNG seed: parameters, dropout and data order derive from it.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'ptb'  # One of research.data.DATASETS.
+  c.data.path = ''  # Local file/folder to read instead of downloading ('' = download or package).
+  c.data.tfds_dir = ''  # TFDS data_dir for the built array_record files ('' = TFDS default).
+  c.data.level = 'word'  # 'word' or 'char'; text_file only (ptb is word, tiny_shakespeare char).
+  c.data.split = '0.9,0.05,0.05'  # text_file only: train,valid[,test] fractions by characters.
+  c.data.vocab_size = 0  # text_file word level only: max vocabulary incl. <unk> (0 = all words).
+  c.data.seq_len = 35  # Tokens per training row: unroll length (LSTM) or context (Transformer).
+  c.data.batch_size = 20  # Global training batch, in rows of seq_len tokens.
+  c.data.eval_batch_size = 20  # Rows scored in parallel at evaluation (the LSTM carries state along each).
+
+  c.num_epochs = 0  # Training epochs; used when num_train_steps <= 0 (0 = step-based config).
+  c.num_train_steps = 1000  # Optimizer steps; <= 0 means num_epochs * steps per epoch.
+  c.log_every_steps = 100  # Steps between console/TensorBoard/metrics.jsonl train lines.
+  c.eval_every_steps = 1000  # Steps between evaluations on the valid split (<= 0: once per epoch).
+  c.checkpoint_every_steps = 1000  # Steps between checkpoints (<= 0: once per epoch).
+  c.keep_checkpoints = 3  # Number of most recent checkpoints kept on disk.
+  c.eval_on_test = True  # Also score the test split (where one exists) at the end of training.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adamw'  # 'adamw' (warmup + cosine) or 'sgd' (constant, then per-epoch decay).
+  c.optim.learning_rate = 1e-3  # Peak learning rate.
+  c.optim.grad_clip_norm = 1.0  # Global gradient-norm clip (<= 0: no clipping).
+  c.optim.loss = 'token_mean'  # Objective: 'token_mean' or 'sequence_sum' (sum over time, mean over batch; Zaremba).
+  # adamw only.
+  c.optim.warmup_steps = 100  # Linear warmup from 0 to learning_rate, in steps.
+  c.optim.decay_steps = 0  # Step at which the cosine reaches min_learning_rate (0 = num_train_steps).
+  c.optim.min_learning_rate = 1e-4  # Learning rate at the end of the cosine.
+  c.optim.b1 = 0.9  # Adam beta1.
+  c.optim.b2 = 0.99  # Adam beta2.
+  c.optim.weight_decay = 0.1  # Decoupled weight decay, applied to matrices only (not biases, norms).
+  # sgd only.
+  c.optim.decay_after_epochs = 4  # Epochs at the constant rate before the per-epoch decay starts.
+  c.optim.decay_factor = 0.5  # Multiplier applied to the rate once per epoch after that.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # Data-parallel axis size (-1 = all devices left over).
+  c.mesh.fsdp = 1  # Parameter-sharding axis size.
+  c.mesh.tensor = 1  # Tensor-parallel axis size.
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_tokens = 200  # Tokens generated at each evaluation (0 = no sample).
+  c.sample.prompt = ''  # Text the sample continues ('' = start of a line).
+  c.sample.temperature = 0.8  # Softmax temperature.
+  c.sample.top_k = 40  # Keep the k most likely tokens (0 = all).
+  c.sample.top_p = 1.0  # Nucleus mass kept (1.0 = all).
+  return c
+
+
+def lstm_model() -> ml_collections.ConfigDict:
+  """Returns the LSTM hyperparameters (Zaremba et al. 2014 small by default)."""
+  m = ml_collections.ConfigDict()
+  m.name = 'lstm'  # Model family, one of research.models.MODELS.
+  m.num_layers = 2  # Stacked LSTM layers.
+  m.hidden_size = 200  # Units per layer; also the embedding width.
+  m.dropout_rate = 0.0  # Dropout on non-recurrent connections.
+  m.init_scale = 0.1  # Every parameter starts uniform in [-init_scale, init_scale].
+  return m
+
+
+def transformer_model() -> ml_collections.ConfigDict:
+  """Returns the Transformer hyperparameters (nanoGPT shakespeare_char by default)."""
+  m = ml_collections.ConfigDict()
+  m.name = 'transformer'  # Model family, one of research.models.MODELS.
+  m.num_layers = 6  # Transformer blocks.
+  m.num_heads = 6  # Attention heads per block.
+  m.d_model = 384  # Residual stream width.
+  m.d_ff = 1536  # MLP hidden width.
+  m.dropout_rate = 0.2  # Dropout on embeddings, attention weights and residual branches.
+  m.positional = 'learned'  # 'learned' or 'sinusoidal' position embeddings.
+  m.tie_embeddings = True  # Output layer reuses the token embedding matrix.
+  m.use_bias = False  # Biases in dense layers and LayerNorms (nanoGPT: False).
+  return m
+
+
+def select_variant(variants: dict, arg: str | None, default: str) -> ml_collections.ConfigDict:
+  """Returns `variants[arg or default]()`, or raises naming the valid variants."""
+  name = arg or default
+  if name not in variants:
+    raise ValueError(
+        f'Unknown config variant {name!r}; valid variants: {sorted(variants)}.')
+  return variants[name]()

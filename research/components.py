@@ -1,0 +1,141 @@
+"""What a run is made of, built once from its config.
+
+`validate` checks every name in a config before any data is read or anything
+is compiled; `build` then assembles the corpus, model, optimizer, schedule and
+mesh; `create_state` makes the train state born sharded on that mesh (abstract
+init with `jax.eval_shape`, then a jitted init with `out_shardings`).
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from research import data
+from research import models
+from research import optim
+from research import sharding
+from research.data import pipeline
+
+
+class TrainState(NamedTuple):
+  """Everything a training step reads and writes; a plain pytree."""
+  step: jax.Array  # int32 scalar: optimizer steps taken so far.
+  params: Any
+  opt_state: Any
+  carry: Any  # Recurrent state per training row (LSTM); {} for the Transformer.
+
+
+class Components(NamedTuple):
+  corpus: data.Corpus
+  model: models.Model
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  mesh: Mesh
+  data_kind: str  # 'stream' (stateful models) or 'windows'.
+  steps_per_epoch: int
+  num_train_steps: int
+  eval_every: int  # Steps between evaluations (resolved from the config).
+  checkpoint_every: int  # Steps between checkpoints (resolved).
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the key of any unknown name in `config`."""
+  if config.model.name not in models.MODELS:
+    raise ValueError(f'Unknown model {config.model.name!r} (config key '
+                     f'model.name); known models: {sorted(models.MODELS)}.')
+  if config.data.name not in data.DATASETS:
+    raise ValueError(f'Unknown dataset {config.data.name!r} (config key '
+                     f'data.name); known datasets: {sorted(data.DATASETS)}.')
+  optim.validate(config.optim)
+  # Building a model only wires functions together; it checks the
+  # family-specific choices (e.g. model.positional) without any compute.
+  models.get_model(config.model, vocab_size=2, seq_len=config.data.seq_len)
+  sharding.mesh_shape(config.mesh, jax.device_count())
+  for key in ('seq_len', 'batch_size', 'eval_batch_size'):
+    if config.data[key] <= 0:
+      raise ValueError(f'config.data.{key} must be positive, got '
+                       f'{config.data[key]}.')
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError('Set config.num_train_steps or config.num_epochs to a '
+                     'positive number.')
+
+
+def _every(value: int, steps_per_epoch: int) -> int:
+  return value if value > 0 else steps_per_epoch
+
+
+def build(config: ml_collections.ConfigDict) -> Components:
+  """Validates `config` and assembles the parts of a run."""
+  validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divisible(config.data.batch_size, mesh, 'data.batch_size')
+  corpus = data.load_corpus(config.data)
+  model = models.get_model(config.model, vocab_size=corpus.tokenizer.vocab_size,
+                           seq_len=config.data.seq_len)
+  kind = 'stream' if model.stateful else 'windows'
+  per_epoch = pipeline.steps_per_epoch(
+      len(corpus.splits['train']), kind=kind,
+      batch_size=config.data.batch_size, seq_len=config.data.seq_len)
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else config.num_epochs * per_epoch)
+  schedule = optim.make_schedule(config.optim, num_train_steps=num_steps,
+                                 steps_per_epoch=per_epoch)
+  return Components(
+      corpus=corpus, model=model,
+      optimizer=optim.make_optimizer(config.optim, schedule),
+      schedule=schedule, mesh=mesh, data_kind=kind, steps_per_epoch=per_epoch,
+      num_train_steps=num_steps,
+      eval_every=_every(config.eval_every_steps, per_epoch),
+      checkpoint_every=_every(config.checkpoint_every_steps, per_epoch))
+
+
+def init_state(rng: jax.Array, *, model: models.Model,
+               optimizer: optax.GradientTransformation,
+               batch_size: int) -> TrainState:
+  """The state at step 0 (pure; jitted by `create_state`)."""
+  params = model.init(rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    carry=model.init_carry(batch_size))
+
+
+def state_shardings(abstract: TrainState, components: Components) -> TrainState:
+  """Shardings of every leaf: parameters by rule, optimizer state likewise."""
+  mesh = components.mesh
+  params = sharding.param_shardings(abstract.params, mesh)
+  # Optimizer moments mirror the parameters; counters are replicated.
+  opt_state = optax.tree_map_params(
+      components.optimizer, lambda _, s: s, abstract.opt_state, params,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+  return TrainState(step=sharding.replicated(mesh), params=params,
+                    opt_state=opt_state,
+                    carry=sharding.carry_shardings(abstract.carry, mesh))
+
+
+def abstract_state(components: Components, batch_size: int,
+                   ) -> tuple[TrainState, TrainState]:
+  """Returns (shape/dtype/sharding structs of the state, its shardings)."""
+  abstract = jax.eval_shape(
+      lambda k: init_state(k, model=components.model,
+                           optimizer=components.optimizer,
+                           batch_size=batch_size), jax.random.key(0))
+  shardings = state_shardings(abstract, components)
+  structs = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
+  return structs, shardings
+
+
+def create_state(components: Components, rng: jax.Array,
+                 batch_size: int) -> tuple[TrainState, TrainState]:
+  """Returns (the initial state, born sharded, and its shardings)."""
+  _, shardings = abstract_state(components, batch_size)
+  init = jax.jit(lambda k: init_state(k, model=components.model,
+                                      optimizer=components.optimizer,
+                                      batch_size=batch_size),
+                 out_shardings=shardings)
+  return init(rng), shardings

@@ -1,0 +1,122 @@
+"""Evaluation: per-token loss over a whole split, samples, and `--mode=eval`.
+
+Shape letters: B rows scored in parallel, T segment length.
+
+Protocol. Every one of the N-1 next-token predictions of a split is scored
+exactly once (`pipeline.eval_batches`): the split is cut into B contiguous rows
+(the last one padded and masked) and walked in segments of T. A stateful model
+(the LSTM) carries its state from segment to segment through the whole row;
+the Transformer scores each segment as an independent non-overlapping window,
+so a token sees only the earlier tokens of its own window.
+"""
+
+import functools
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from research import checkpoint
+from research import components as components_lib
+from research import metrics
+from research import models
+from research import sampling
+from research import sharding
+from research.data import pipeline
+
+
+def eval_step(params, carry, batch, *, model: models.Model):
+  """Returns (sum of token losses, number of scored tokens, next carry)."""
+  carry = models.reset_carry(carry, batch['reset'])
+  logits_BxTxV, carry = model.apply(params, carry, batch['inputs'],
+                                    train=False, rng=None)
+  loss_sum, weight_sum = metrics.cross_entropy_sums(
+      logits_BxTxV, batch['targets'], batch['weights'])
+  return loss_sum, weight_sum, carry
+
+
+class Evaluator:
+  """Scores splits with one jitted step per run (compiled on first use)."""
+
+  def __init__(self, parts: components_lib.Components, *, batch_size: int,
+               seq_len: int):
+    self._parts = parts
+    self._batch_size = batch_size
+    self._seq_len = seq_len
+    mesh = parts.mesh
+    # Rows are split over the data-parallel devices when they divide evenly
+    # (the LSTM's paper protocol uses a single row, which is replicated).
+    divisible = batch_size % sharding.data_parallel_size(mesh) == 0
+    self._batch_sharding = (sharding.batch_sharding(mesh) if divisible
+                            else sharding.replicated(mesh))
+    carry = parts.model.init_carry(batch_size)
+    self._carry_sharding = jax.tree.map(lambda _: self._batch_sharding, carry)
+    self._step = jax.jit(
+        functools.partial(eval_step, model=parts.model),
+        out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh),
+                       self._carry_sharding))
+
+  def _put(self, array: np.ndarray, target):
+    # Every process holds the whole eval batch; each keeps its shards.
+    return jax.make_array_from_callback(array.shape, target,
+                                        lambda idx: array[idx])
+
+  def loss(self, params, tokens: np.ndarray) -> float:
+    """Mean loss in nats per token over every prediction in `tokens`."""
+    carry = jax.tree.map(
+        lambda c, s: self._put(np.asarray(c), s),
+        self._parts.model.init_carry(self._batch_size), self._carry_sharding)
+    sums, counts = [], []
+    for batch in pipeline.eval_batches(tokens, batch_size=self._batch_size,
+                                       seq_len=self._seq_len):
+      batch = {k: self._put(v, self._batch_sharding) for k, v in batch.items()}
+      loss_sum, weight_sum, carry = self._step(params, carry, batch)
+      sums.append(loss_sum)
+      counts.append(weight_sum)
+    # Accumulate in float64 on the host: one device round trip at the end.
+    sums, counts = jax.device_get((sums, counts))
+    return float(np.sum(np.asarray(sums, np.float64)) /
+                 np.sum(np.asarray(counts, np.float64)))
+
+  def splits(self, params, names) -> dict[str, dict[str, float]]:
+    """Figures (loss plus perplexity or bpc) for each named split."""
+    corpus = self._parts.corpus
+    return {name: metrics.split_figures(self.loss(params, corpus.splits[name]),
+                                        corpus.level)
+            for name in names if name in corpus.splits}
+
+
+def generate(parts: components_lib.Components, params, rng: jax.Array,
+             sample_config: ml_collections.ConfigDict, context: int) -> str:
+  """Decodes a sample continuing `sample_config.prompt` (a new line if empty)."""
+  tokenizer = parts.corpus.tokenizer
+  prompt = tokenizer.encode(sample_config.prompt or '\n')
+  ids = sampling.sample(
+      parts.model, params, prompt, rng, num_tokens=sample_config.num_tokens,
+      context=context, temperature=sample_config.temperature,
+      top_k=sample_config.top_k, top_p=sample_config.top_p)
+  return tokenizer.decode(ids)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict,
+                        workdir: str) -> dict[str, dict[str, float]]:
+  """`--mode=eval`: scores the latest checkpoint on the valid and test splits."""
+  parts = components_lib.build(config)
+  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
+                                    max_to_keep=config.keep_checkpoints)
+  step = checkpoint.latest_step(manager)
+  if step is None:
+    raise FileNotFoundError(
+        f'No checkpoint in {workdir}/checkpoints; train first with --mode=train.')
+  structs, _ = components_lib.abstract_state(parts, config.data.batch_size)
+  state = checkpoint.restore(manager, step, structs)
+  evaluator = Evaluator(parts, batch_size=config.data.eval_batch_size,
+                        seq_len=config.data.seq_len)
+  results = evaluator.splits(state.params, ('valid', 'test'))
+  for split, figures in results.items():
+    metrics.console('eval at step %d | %s | loss %.4f | %s', step, split,
+                 figures['loss'], metrics.headline(figures))
+  manager.close()
+  return results

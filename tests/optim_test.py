@@ -1,0 +1,66 @@
+"""Learning-rate schedules and the optimizer chain."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl.testing import absltest
+
+from configs import common
+from research import optim
+
+
+def _optim_config(**overrides) -> ml_collections.ConfigDict:
+  c = common.base_config().optim
+  c.update(overrides)
+  return c
+
+
+class OptimTest(absltest.TestCase):
+
+  def test_zaremba_schedule_is_constant_then_decays_per_epoch(self):
+    schedule = optim.epoch_decay_schedule(1.0, steps_per_epoch=10,
+                                          decay_after_epochs=4, decay_factor=0.5)
+    got = [float(schedule(s)) for s in (0, 39, 40, 49, 50, 60, 129)]
+    # Epochs 0-3 at 1.0; epoch 4 at 0.5; epoch 5 at 0.25; epoch 6 at 0.125.
+    np.testing.assert_allclose(got, [1, 1, .5, .5, .25, .125, 2 ** -9])
+
+  def test_cosine_schedule_warms_up_and_ends_at_the_minimum(self):
+    c = _optim_config(learning_rate=1e-3, warmup_steps=100,
+                      min_learning_rate=1e-4)
+    schedule = optim.make_schedule(c, num_train_steps=5000, steps_per_epoch=7)
+    np.testing.assert_allclose(float(schedule(0)), 0.0)
+    np.testing.assert_allclose(float(schedule(50)), 5e-4, rtol=1e-5)
+    np.testing.assert_allclose(float(schedule(100)), 1e-3, rtol=1e-5)
+    np.testing.assert_allclose(float(schedule(5000)), 1e-4, rtol=1e-5)
+    self.assertGreater(float(schedule(2000)), float(schedule(3000)))
+
+  def test_weight_decay_skips_vectors(self):
+    c = _optim_config(learning_rate=0.0, warmup_steps=1, weight_decay=0.5,
+                      min_learning_rate=0.0, grad_clip_norm=0.0)
+    # With a zero learning rate nothing moves; use a constant rate instead.
+    tx = optim.make_optimizer(c, lambda _: 0.1)
+    params = {'kernel': jnp.ones((3, 5)), 'bias': jnp.ones((5,))}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates['kernel'], -0.1 * 0.5 * np.ones((3, 5)),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(updates['bias'], np.zeros(5))
+
+  def test_clipping_bounds_the_update(self):
+    c = _optim_config(name='sgd', grad_clip_norm=5.0)
+    tx = optim.make_optimizer(c, lambda _: 1.0)
+    params = {'w': jnp.zeros((4,))}
+    grads = {'w': jnp.full((4,), 100.0)}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(np.linalg.norm(updates['w']), 5.0, rtol=1e-5)
+
+  def test_unknown_optimizer_lists_the_valid_ones(self):
+    with self.assertRaisesRegex(ValueError, r"optim.name.*\['adamw', 'sgd'\]"):
+      optim.validate(_optim_config(name='adam'))
+    with self.assertRaisesRegex(ValueError, r'optim.loss'):
+      optim.validate(_optim_config(loss='sum'))
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,58 @@
+"""Shared helpers for tests: tiny corpora and tiny configs.
+
+Nothing here reads ../shared or the network: corpora are generated.
+"""
+
+import os
+
+import ml_collections
+import numpy as np
+
+from configs import common
+
+
+def write_corpus(directory: str, num_lines: int = 400, seed: int = 0) -> str:
+  """Writes a small, learnable text file (a few repeated phrases) and returns its path."""
+  rng = np.random.default_rng(seed)
+  words = ['the cat sat', 'on the mat', 'a dog ran', 'to the park', 'and sat down']
+  lines = [' '.join(rng.choice(words, size=3)) for _ in range(num_lines)]
+  path = os.path.join(directory, 'corpus.txt')
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path
+
+
+def tiny_config(directory: str, model: str = 'lstm', level: str = 'char',
+                ) -> ml_collections.ConfigDict:
+  """A config that trains in seconds on the corpus of `write_corpus`."""
+  c = common.base_config()
+  c.data.name = 'text_file'
+  c.data.path = write_corpus(directory)
+  c.data.tfds_dir = os.path.join(directory, 'tfds')
+  c.data.level = level
+  c.data.split = '0.8,0.1,0.1'
+  c.data.seq_len = 11
+  c.data.batch_size = 8
+  c.data.eval_batch_size = 4
+  if model == 'lstm':
+    c.model = common.lstm_model()
+    c.model.hidden_size = 16
+    c.model.dropout_rate = 0.1
+  else:
+    c.model = common.transformer_model()
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.model.d_model = 16
+    c.model.d_ff = 32
+    c.model.dropout_rate = 0.1
+  c.num_train_steps = 12
+  c.log_every_steps = 4
+  c.eval_every_steps = 6
+  c.checkpoint_every_steps = 4
+  c.keep_checkpoints = 10
+  c.optim.learning_rate = 3e-2
+  c.optim.warmup_steps = 2
+  c.optim.min_learning_rate = 1e-3
+  c.sample.num_tokens = 8
+  c.lock()
+  return c

@@ -1,0 +1,119 @@
+"""End-to-end tests of training, resuming and evaluation on a tiny corpus."""
+
+import json
+import os
+from unittest import mock
+
+import jax
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from research import checkpoint
+from research import components
+from research import evaluate
+from research import sharding
+from research import train
+from tests import test_util
+
+
+class _Crash(Exception):
+  pass
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _final_params(config, workdir):
+  parts = components.build(config)
+  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
+                                    max_to_keep=10)
+  structs, _ = components.abstract_state(parts, config.data.batch_size)
+  state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
+  manager.close()
+  return jax.device_get(state)
+
+
+class _BatchRecorder:
+  """Wraps sharding.global_batch to record batches and optionally crash."""
+
+  def __init__(self, crash_at_call=None):
+    self.batches = []
+    self._crash_at = crash_at_call
+    self._real = sharding.global_batch
+
+  def __call__(self, local_batch, mesh):
+    if self._crash_at is not None and len(self.batches) + 1 == self._crash_at:
+      raise _Crash()
+    self.batches.append({k: np.array(v) for k, v in local_batch.items()})
+    return self._real(local_batch, mesh)
+
+
+class TrainTest(parameterized.TestCase):
+
+  @parameterized.parameters('lstm', 'transformer')
+  def test_loss_decreases_and_metrics_are_written(self, model):
+    tmp = self.create_tempdir().full_path
+    config = test_util.tiny_config(tmp, model=model)
+    config.num_train_steps = 40
+    config.log_every_steps = 10
+    config.eval_every_steps = 20
+    workdir = os.path.join(tmp, 'work')
+    results = train.train_and_evaluate(config, workdir)
+    records = _read_metrics(workdir)
+    train_losses = [r['loss'] for r in records if r['split'] == 'train']
+    self.assertLen(train_losses, 4)
+    # Means over steps 1-10 and 31-40; the corpus is a few repeated phrases.
+    self.assertLess(train_losses[-1], train_losses[0] - 0.15)
+    for r in records:
+      self.assertIn('step', r)
+      self.assertIn(r['split'], ('train', 'valid', 'test'))
+      self.assertIn('loss', r)
+      if r['split'] != 'train':
+        self.assertIn('bpc', r)  # Character level.
+        self.assertAlmostEqual(r['bpc'], r['loss'] / np.log(2), places=5)
+    evals = [(r['step'], r['split']) for r in records if r['split'] != 'train']
+    self.assertEqual(evals, [(20, 'valid'), (40, 'valid'), (40, 'test')])
+    self.assertSetEqual(set(results), {'valid', 'test'})
+    self.assertTrue(os.listdir(os.path.join(workdir, 'tensorboard')))
+    # --mode=eval on the finished workdir gives the end-of-training figure.
+    again = evaluate.evaluate_checkpoint(config, workdir)
+    self.assertEqual(again['valid']['loss'], results['valid']['loss'])
+
+  @parameterized.parameters('lstm', 'transformer')
+  def test_interrupted_run_resumes_bit_identically(self, model):
+    tmp = self.create_tempdir().full_path
+    config = test_util.tiny_config(tmp, model=model)
+    straight = _BatchRecorder()
+    with mock.patch.object(sharding, 'global_batch', straight):
+      train.train_and_evaluate(config, os.path.join(tmp, 'straight'))
+
+    resumed_dir = os.path.join(tmp, 'resumed')
+    crashing = _BatchRecorder(crash_at_call=7)  # Dies in step 7; last save: 4.
+    with mock.patch.object(sharding, 'global_batch', crashing):
+      with self.assertRaises(_Crash):
+        train.train_and_evaluate(config, resumed_dir)
+    rest = _BatchRecorder()
+    with mock.patch.object(sharding, 'global_batch', rest):
+      train.train_and_evaluate(config, resumed_dir)
+
+    # The resumed run saw exactly the batches of steps 5..12.
+    self.assertLen(rest.batches, 8)
+    for got, want in zip(rest.batches, straight.batches[4:]):
+      for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    a = _final_params(config, os.path.join(tmp, 'straight'))
+    b = _final_params(config, resumed_dir)
+    self.assertEqual(int(a.step), 12)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    # metrics.jsonl holds each event once after the resume.
+    steps = [(r['step'], r['split']) for r in _read_metrics(resumed_dir)]
+    self.assertEqual(len(steps), len(set(steps)))
+    self.assertEqual(steps, [(r['step'], r['split'])
+                             for r in _read_metrics(os.path.join(tmp, 'straight'))])
+
+
+if __name__ == '__main__':
+  absltest.main()
