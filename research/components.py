@@ -42,7 +42,8 @@ class Components(NamedTuple):
   checkpoint_every: int  # Steps between checkpoints (resolved).
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict,
+             num_devices: int | None = None) -> None:
   """Raises ValueError naming the key of any unknown name in `config`."""
   if config.model.name not in models.MODELS:
     raise ValueError(f'Unknown model {config.model.name!r} (config key '
@@ -54,7 +55,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   # Building a model only wires functions together; it checks the
   # family-specific choices (e.g. model.positional) without any compute.
   models.get_model(config.model, vocab_size=2, seq_len=config.data.seq_len)
-  sharding.mesh_shape(config.mesh, jax.device_count())
+  sharding.mesh_shape(config.mesh, num_devices or jax.device_count())
   for key in ('seq_len', 'batch_size', 'eval_batch_size'):
     if config.data[key] <= 0:
       raise ValueError(f'config.data.{key} must be positive, got '
@@ -68,10 +69,12 @@ def _every(value: int, steps_per_epoch: int) -> int:
   return value if value > 0 else steps_per_epoch
 
 
-def build(config: ml_collections.ConfigDict) -> Components:
-  """Validates `config` and assembles the parts of a run."""
-  validate(config)
-  mesh = sharding.make_mesh(config.mesh)
+def build(config: ml_collections.ConfigDict,
+          devices: list[jax.Device] | None = None) -> Components:
+  """Validates `config` and assembles the parts of a run on `devices` (all)."""
+  devices = jax.devices() if devices is None else devices
+  validate(config, len(devices))
+  mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_divisible(config.data.batch_size, mesh, 'data.batch_size')
   corpus = data.load_corpus(config.data)
   model = models.get_model(config.model, vocab_size=corpus.tokenizer.vocab_size,

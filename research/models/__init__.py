@@ -14,6 +14,8 @@ Usage:
 
 from typing import Any, Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 
@@ -77,9 +79,6 @@ def reset_carry(carry: Any, reset_B: Any) -> Any:
   Every leaf of a carry has the batch as its leading axis, so this works for
   any family; a row that starts a new stream must not see the previous one.
   """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-
   def reset(c):
     mask = reset_B.reshape((-1,) + (1,) * (c.ndim - 1))
     return jnp.where(mask, jnp.zeros_like(c), c)
