@@ -56,7 +56,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
   new_state = TrainState(step=state.step + 1, params=params,
                          opt_state=opt_state,
                          carry=jax.lax.stop_gradient(new_carry))
-  return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads),
+  return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                      'learning_rate': schedule(state.step)}
 
 

@@ -103,8 +103,9 @@ class Mlp(nn.Module):
         self.d_ff, use_bias=self.use_bias,
         kernel_init=nn.initializers.normal(_INIT_STDDEV),
         name="fc")(x_BxTxD.reshape(B * T, D))
-    # The tanh approximation is GPT-2's original GELU.
-    h_BTxF = nn.gelu(h_BTxF, approximate=True)
+    # Exact (erf) GELU, as nanoGPT's nn.GELU(), whose recipes the configs
+    # reproduce; GPT-2 itself used the tanh approximation.
+    h_BTxF = nn.gelu(h_BTxF, approximate=False)
     out_BTxD = nn.Dense(
         D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
         name="proj")(h_BTxF)
