@@ -73,6 +73,14 @@ def get_model(model_config: ml_collections.ConfigDict, vocab_size: int,
   return MODELS[name](model_config, vocab_size, seq_len)
 
 
+def dropout_rngs(train: bool, dropout_rate: float,
+                 rng: jax.Array | None) -> dict[str, jax.Array]:
+  """The flax `rngs` of an apply call; training with dropout needs a key."""
+  if train and dropout_rate > 0 and rng is None:
+    raise ValueError("apply(train=True) with dropout needs an rng.")
+  return {"dropout": rng} if rng is not None else {}
+
+
 def reset_carry(carry: Any, reset_B: Any) -> Any:
   """Zeroes the carry of the rows where `reset_B` is True.
 

@@ -151,9 +151,7 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
 
   def apply(params: dict, carry: Carry, inputs_BxT: jax.Array, *, train: bool,
             rng: jax.Array | None) -> tuple[jax.Array, Carry]:
-    if train and module.dropout_rate > 0 and rng is None:
-      raise ValueError("apply(train=True) with dropout needs an rng.")
-    rngs = {"dropout": rng} if rng is not None else {}
+    rngs = models.dropout_rngs(train, module.dropout_rate, rng)
     return module.apply({"params": params}, carry, inputs_BxT, train=train,
                         rngs=rngs)
 

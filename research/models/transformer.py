@@ -243,9 +243,7 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
 
   def apply(params: dict, carry: dict, inputs_BxT: jax.Array, *, train: bool,
             rng: jax.Array | None) -> tuple[jax.Array, dict]:
-    if train and module.dropout_rate > 0 and rng is None:
-      raise ValueError("apply(train=True) with dropout needs an rng.")
-    rngs = {"dropout": rng} if rng is not None else {}
+    rngs = models.dropout_rngs(train, module.dropout_rate, rng)
     logits_BxTxV = module.apply({"params": params}, inputs_BxT, train=train,
                                 rngs=rngs)
     return logits_BxTxV, carry
