@@ -55,7 +55,9 @@ def validate(config: ml_collections.ConfigDict,
   # Building a model only wires functions together; it checks the
   # family-specific choices (e.g. model.positional) without any compute.
   models.get_model(config.model, vocab_size=2, seq_len=config.data.seq_len)
-  sharding.mesh_shape(config.mesh, num_devices or jax.device_count())
+  if num_devices is None:
+    num_devices = jax.device_count()
+  sharding.mesh_shape(config.mesh, num_devices)
   for key in ('seq_len', 'batch_size', 'eval_batch_size'):
     if config.data[key] <= 0:
       raise ValueError(f'config.data.{key} must be positive, got '
