@@ -4,7 +4,7 @@ Shape letters: B batch rows, T time steps, V vocabulary.
 
 Every event goes to three places: a console line, TensorBoard event files
 (tensorboardX, no TensorFlow) and `metrics.jsonl` in the workdir, one JSON
-object per line with at least `step` and `split`.
+object per line with at least `step`, `split` and `time` (Unix seconds).
 """
 
 import json
@@ -117,7 +117,7 @@ class MetricWriter:
     """One event: a JSON line, TensorBoard scalars under `split/`."""
     if not self._enabled:
       return
-    record = {'step': int(step), 'split': split}
+    record = {'step': int(step), 'split': split, 'time': time.time()}
     record.update({k: float(v) for k, v in scalars.items()})
     with open(self._jsonl_path, 'a') as f:
       f.write(json.dumps(record) + '\n')

@@ -22,6 +22,7 @@ from research import components as components_lib
 from research import evaluate
 from research import metrics
 from research import models
+from research import provenance
 from research import sharding
 from research.components import TrainState
 from research.data import pipeline
@@ -89,7 +90,7 @@ def _evaluate_and_sample(evaluator, parts, params, step, splits, config,
                          writer, sample_rng):
   results = evaluator.splits(params, splits)
   for split, figures in results.items():
-    writer.write(step, split, figures)
+    writer.write(step, split, {**figures, 'epoch': step / parts.steps_per_epoch})
     metrics.console('eval at step %d | %s | loss %.4f | %s', step, split,
                  figures['loss'], metrics.headline(figures))
   if config.sample.num_tokens > 0:
@@ -114,6 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   is_lead = jax.process_index() == 0
   if is_lead:
     _write_config(workdir, config)
+    provenance.record_start(workdir)
   writer = metrics.MetricWriter(workdir, enabled=is_lead)
   manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
@@ -142,11 +144,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.truncate_after(total, also_at_step=splits)  # A re-run re-scores.
     results = _evaluate_and_sample(evaluator, parts, state.params, total,
                                    splits, config, writer, sample_rng)
+    status = 'finished'
+  except BaseException:
+    status = 'interrupted'
+    raise
   finally:
     # Commit saves already started, even when the loop was interrupted.
     checkpoint.wait(manager)
     manager.close()
     writer.close()
+    if is_lead:
+      provenance.record_end(workdir, status)
   return results
 
 
@@ -163,7 +171,8 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
     state, step_metrics = step_fn(state, batch, dropout_rng)
     pending.append(step_metrics)
     if step % config.log_every_steps == 0 or step == total:
-      _log_train(writer, step, total, pending, throughput, parts.corpus.level)
+      _log_train(writer, step, total, pending, throughput, parts.corpus.level,
+                 parts.steps_per_epoch)
       pending = []
     if step % parts.eval_every == 0 and step != total:
       _evaluate_and_sample(evaluator, parts, state.params, step, ('valid',),
@@ -174,7 +183,7 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
   return state
 
 
-def _log_train(writer, step, total, pending, throughput, level):
+def _log_train(writer, step, total, pending, throughput, level, per_epoch):
   """Fetches the pending step metrics once and writes their means."""
   host = jax.device_get(pending)
   loss = float(np.mean([m['loss'] for m in host]))
@@ -182,5 +191,6 @@ def _log_train(writer, step, total, pending, throughput, level):
   figures['grad_norm'] = float(np.mean([m['grad_norm'] for m in host]))
   figures['learning_rate'] = float(host[-1]['learning_rate'])
   figures.update(throughput.update(step))
+  figures['epoch'] = step / per_epoch
   writer.write(step, 'train', figures)
   writer.log_train(step, total, figures)

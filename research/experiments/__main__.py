@@ -1,0 +1,68 @@
+"""`python -m research.experiments run|report experiments/NAME [flags]`.
+
+run: runs the spec's cells that are not finished (resuming interrupted ones),
+then writes RESULTS.md, results.csv and the plots into the experiment folder.
+report: only writes the table and plots from the cells' workdirs.
+"""
+
+import os
+import shlex
+import sys
+
+from absl import app
+from absl import flags
+
+from research.experiments import runner
+from research.experiments import spec as spec_lib
+
+_PARALLEL = flags.DEFINE_integer(
+    'parallel', 1, 'Cells run at once (each is its own process).')
+_DRY_RUN = flags.DEFINE_boolean(
+    'dry-run', False, 'Print the cells and their commands; run nothing.')
+_EMIT_SLURM = flags.DEFINE_string(
+    'emit-slurm', None, 'Write a Slurm job-array script of the selected cells '
+    'to this file; run nothing.')
+_CELLS = flags.DEFINE_string(
+    'cells', '', 'Comma-separated cell names or rows, shell wildcards allowed '
+    '(small, small-s0, *-s1); empty: every cell.')
+_ROOT = flags.DEFINE_string(
+    'root', 'workdirs', 'Cell workdirs go to ROOT/EXPERIMENT/ROW-sSEED.')
+
+_USAGE = ('usage: python -m research.experiments run|report experiments/NAME '
+          '[--parallel=N] [--dry-run] [--emit-slurm=FILE] [--cells=...]')
+
+
+def main(argv):
+  if len(argv) != 3 or argv[1] not in ('run', 'report'):
+    raise app.UsageError(_USAGE)
+  directory = argv[2].rstrip('/')
+  experiment = spec_lib.load(directory)
+  cells = runner.select(spec_lib.cells(experiment), _CELLS.value)
+  root = _ROOT.value
+  if _DRY_RUN.value or _EMIT_SLURM.value:
+    if _DRY_RUN.value:
+      for cell in cells:
+        path = runner.workdir(root, experiment, cell)
+        print(f'{cell.name} [{runner.state(path).status}]\n  '
+              f'{shlex.join(runner.command(root, experiment, cell))}')
+    if _EMIT_SLURM.value:
+      with open(_EMIT_SLURM.value, 'w') as f:
+        f.write(runner.slurm_script(root, experiment, cells, os.getcwd()))
+      print(f'Wrote {_EMIT_SLURM.value}: a job array of {len(cells)} cells.')
+    return 0
+  if argv[1] == 'run':
+    outcome = runner.run(root, experiment, cells, parallel=_PARALLEL.value)
+  # Imported here: matplotlib is slow to load and only the table needs it.
+  from research.experiments import report  # pylint: disable=g-import-not-at-top
+  written = report.write(directory, root, experiment)
+  print('Wrote ' + ', '.join(written))
+  if argv[1] == 'run':
+    failed = [n for n, s in outcome.items() if s.status != 'finished']
+    if failed:
+      print(f'Not finished: {failed} (see RESULTS.md).', file=sys.stderr)
+      return 1
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,256 @@
+"""Runs the cells of an experiment as separate `research.main` processes.
+
+A cell's workdir is `ROOT/EXPERIMENT/CELL` (CELL is `row-sSEED`). It holds what
+`research.main` writes (config.json, metrics.jsonl, runs.jsonl with the code
+revision and hardware, checkpoints, TensorBoard) plus the runner's `cell.json`
+(the command, and the reason of the last failure) and `log.txt` (the
+process's output). A cell's state is read from those files, so cells launched
+by hand or by Slurm with the printed commands count the same:
+
+- finished: the last line of runs.jsonl is a finished end;
+- running: cell.json names a live process on this host;
+- failed: the last attempt exited non-zero (cell.json holds the reason);
+- interrupted: started, neither finished nor failed (re-running resumes it
+  from its latest checkpoint);
+- not run: nothing there yet.
+"""
+
+import dataclasses
+import fnmatch
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+from research import provenance
+from research.experiments import spec as spec_lib
+
+CELL_FILE = 'cell.json'
+LOG_FILE = 'log.txt'
+
+
+def python_command() -> str:
+  """The interpreter as the user can type it: relative when it lives under
+  the working directory (a repository's .venv), else absolute."""
+  exe = sys.executable
+  rel = os.path.relpath(exe)
+  return rel if not rel.startswith('..') else exe
+
+
+def _format_value(value) -> str:
+  if isinstance(value, bool):
+    return 'true' if value else 'false'
+  if isinstance(value, (tuple, list)):
+    return '(' + ','.join(_format_value(v) for v in value) + (',)' if len(value) == 1 else ')')
+  return str(value)
+
+
+def workdir(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> str:
+  return os.path.join(root, experiment.name, cell.name)
+
+
+def command(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell,
+            python: str | None = None) -> list[str]:
+  """The `python -m research.main ...` argv that runs `cell`."""
+  argv = [python or python_command(), '-m', 'research.main',
+          f'--config={cell.row.config}',
+          f'--workdir={workdir(root, experiment, cell)}',
+          f'--config.seed={cell.seed}']
+  argv += [f'--config.{k}={_format_value(v)}'
+           for k, v in sorted(cell.row.overrides.items())]
+  return argv
+
+
+def select(cells: list[spec_lib.Cell], patterns: str) -> list[spec_lib.Cell]:
+  """Cells whose name or row matches one of the comma-separated patterns
+  (shell wildcards: `small`, `small-s0`, `*-s1`)."""
+  if not patterns:
+    return cells
+  wanted = [p.strip() for p in patterns.split(',') if p.strip()]
+  chosen = [c for c in cells if any(
+      fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.row.name, p)
+      for p in wanted)]
+  unmatched = [p for p in wanted if not any(
+      fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.row.name, p)
+      for c in cells)]
+  if unmatched:
+    raise ValueError(f'--cells patterns {unmatched} match no cell; cells are '
+                     f'{[c.name for c in cells]}.')
+  return chosen
+
+
+def _read_cell_file(path: str) -> dict:
+  file = os.path.join(path, CELL_FILE)
+  if not os.path.exists(file):
+    return {}
+  with open(file) as f:
+    return json.load(f)
+
+
+def _write_cell_file(path: str, record: dict) -> None:
+  tmp = os.path.join(path, CELL_FILE + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=2)
+  os.replace(tmp, os.path.join(path, CELL_FILE))
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+@dataclasses.dataclass
+class CellState:
+  status: str  # 'finished', 'running', 'failed', 'interrupted', 'not run'.
+  reason: str = ''
+
+
+def state(path: str) -> CellState:
+  """Reads a cell's state from its workdir (see the module docstring)."""
+  runs = provenance.read_runs(path)
+  if runs and runs[-1]['event'] == 'end' and runs[-1]['status'] == 'finished':
+    return CellState('finished')
+  record = _read_cell_file(path)
+  if record.get('pid') and record.get('host') == platform.node() and _alive(record['pid']):
+    return CellState('running')
+  if record.get('status') == 'failed':
+    return CellState('failed', record.get('reason', ''))
+  if runs or record:
+    return CellState('interrupted')
+  return CellState('not run')
+
+
+def _failure_reason(log_path: str, returncode: int) -> str:
+  """The last non-empty line of the log (a traceback's exception line)."""
+  last = ''
+  with open(log_path, errors='replace') as f:
+    for line in f:
+      if line.strip():
+        last = line.strip()
+  return f'exit status {returncode}: {last}' if last else f'exit status {returncode}'
+
+
+class _Launched:
+
+  def __init__(self, cell, path, argv, python):
+    self.cell, self.path = cell, path
+    os.makedirs(path, exist_ok=True)
+    self.log = open(os.path.join(path, LOG_FILE), 'a')
+    self.log.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} '
+                   f'{shlex.join(argv)}\n')
+    self.log.flush()
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    self.process = subprocess.Popen([python] + argv[1:], stdout=self.log,
+                                    stderr=subprocess.STDOUT, env=env)
+    self.record = {'cell': cell.name, 'command': shlex.join(argv),
+                   'status': 'running', 'pid': self.process.pid,
+                   'host': platform.node(), 'started': time.time()}
+    _write_cell_file(path, self.record)
+
+  def finish(self) -> bool:
+    code = self.process.returncode
+    self.log.close()
+    self.record.update(pid=None, ended=time.time())
+    if code == 0:
+      self.record.update(status='finished', reason='')
+    else:
+      self.record.update(status='failed', reason=_failure_reason(
+          os.path.join(self.path, LOG_FILE), code))
+    _write_cell_file(self.path, self.record)
+    return code == 0
+
+
+def run(root: str, experiment: spec_lib.Experiment, cells: list[spec_lib.Cell],
+        parallel: int = 1, echo=print) -> dict[str, CellState]:
+  """Runs the cells that are not finished, at most `parallel` at once.
+
+  Finished cells are skipped; interrupted and failed ones are run again with
+  the same command, which resumes from their latest checkpoint. A cell whose
+  workdir was made by a different command stops the run before anything
+  starts: its results would not be the row's.
+  """
+  todo = []
+  for cell in cells:
+    path = workdir(root, experiment, cell)
+    argv = command(root, experiment, cell)
+    current = state(path)
+    recorded = _read_cell_file(path).get('command')
+    if recorded and shlex.split(recorded)[1:] != argv[1:]:
+      raise ValueError(
+          f'Cell {cell.name} in {path} was run as\n  {recorded}\nbut the spec '
+          f'now gives\n  {shlex.join(argv)}\nMove or delete {path} to run the '
+          'new command, or restore the spec.')
+    if current.status in ('finished', 'running'):
+      echo(f'{cell.name}: {current.status}, skipped')
+      continue
+    todo.append((cell, path, argv))
+
+  python = sys.executable
+  active: list[_Launched] = []
+  outcome = {}
+
+  def stop(signum, frame):
+    del frame
+    for launched in active:
+      launched.process.send_signal(signum)
+    raise KeyboardInterrupt(f'signal {signum}')
+
+  previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    while todo or active:
+      while todo and len(active) < max(parallel, 1):
+        cell, path, argv = todo.pop(0)
+        echo(f'{cell.name}: starting ({state(path).status}): {shlex.join(argv)}')
+        active.append(_Launched(cell, path, argv, python))
+      time.sleep(0.5)
+      for launched in [l for l in active if l.process.poll() is not None]:
+        active.remove(launched)
+        ok = launched.finish()
+        echo(f'{launched.cell.name}: ' + ('finished' if ok else
+                                           'failed: ' + launched.record['reason']))
+  finally:
+    for launched in active:
+      launched.process.wait()
+      launched.finish()
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  for cell in cells:
+    outcome[cell.name] = state(workdir(root, experiment, cell))
+  return outcome
+
+
+def slurm_script(root: str, experiment: spec_lib.Experiment,
+                 cells: list[spec_lib.Cell], repo: str) -> str:
+  """A Slurm job-array script running each cell's command as one task."""
+  lines = [
+      '#!/bin/bash',
+      f'# Generated by `python -m research.experiments run experiments/{experiment.name} '
+      '--emit-slurm=...`.',
+      '# Submit with `sbatch FILE`; add the #SBATCH lines your cluster needs',
+      '# (partition, account, time). Re-submitting skips nothing by itself, but',
+      '# each command resumes from its latest checkpoint and a finished one',
+      '# only re-scores; collect the table afterwards with',
+      f'#   python -m research.experiments report experiments/{experiment.name}',
+      f'#SBATCH --job-name={experiment.name}',
+      f'#SBATCH --array=0-{len(cells) - 1}',
+      '#SBATCH --nodes=1',
+      '#SBATCH --ntasks=1',
+      '#SBATCH --gpus=1',
+      f'#SBATCH --output={root}/{experiment.name}/slurm-%A_%a.out',
+      'set -euo pipefail',
+      f'cd {shlex.quote(repo)}',
+      'COMMANDS=(',
+  ]
+  for cell in cells:
+    lines.append('  ' + shlex.quote(shlex.join(command(root, experiment, cell))))
+  lines += [')', 'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"', '']
+  return '\n'.join(lines)

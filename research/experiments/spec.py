@@ -1,0 +1,100 @@
+"""Experiment specs: the rows of a published table, its seeds and metrics.
+
+An experiment lives in `experiments/NAME/spec.py`, which defines `SPEC`, an
+`Experiment`. A row is a base config (`configs/x.py[:variant]`) plus config
+overrides; every row runs once per seed; the spec names the splits and the
+metric the table reports, and the published value of each row and split with
+the paper and table it comes from.
+"""
+
+import dataclasses
+import importlib.util
+import os
+import re
+
+_NAME = re.compile(r'^[A-Za-z0-9_.]+$')
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  name: str  # Row label in the table; letters, digits, '_' and '.'.
+  config: str  # 'configs/x.py' or 'configs/x.py:variant'.
+  overrides: dict = dataclasses.field(default_factory=dict)  # {'model.hidden_size': 650}
+  published: dict = dataclasses.field(default_factory=dict)  # {'test': 114.5}
+  source: str = ''  # Paper and table of the published values.
+  seeds: tuple[int, ...] | None = None  # None: the experiment's seeds.
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  name: str
+  title: str
+  rows: tuple[Row, ...]
+  seeds: tuple[int, ...] = (0,)
+  metric: str = 'perplexity'  # A field of the eval records: 'perplexity', 'bpc', 'loss'.
+  splits: tuple[str, ...] = ('valid', 'test')
+  notes: str = ''  # Markdown placed under the title of RESULTS.md.
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One run: a row at one seed."""
+  row: Row
+  seed: int
+
+  @property
+  def name(self) -> str:
+    return f'{self.row.name}-s{self.seed}'
+
+
+def cells(experiment: Experiment) -> list[Cell]:
+  """Rows x seeds, in table order."""
+  out = []
+  for row in experiment.rows:
+    for seed in (row.seeds if row.seeds is not None else experiment.seeds):
+      out.append(Cell(row, seed))
+  return out
+
+
+def check(experiment: Experiment) -> None:
+  """Raises ValueError for a spec that cannot make a table."""
+  names = [r.name for r in experiment.rows]
+  if not names:
+    raise ValueError(f'Experiment {experiment.name!r} has no rows.')
+  for name in names:
+    if not _NAME.match(name):
+      raise ValueError(f'Row name {name!r} may hold only letters, digits, '
+                       "'_' and '.'; rename it in the spec.")
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f'Row names must be unique; repeated: {duplicates}.')
+  for row in experiment.rows:
+    path = row.config.split(':', 1)[0]
+    if not os.path.exists(path):
+      raise ValueError(f'Row {row.name!r}: config file {path!r} does not '
+                       'exist (paths are relative to the repository root).')
+    unknown = sorted(set(row.published) - set(experiment.splits))
+    if unknown:
+      raise ValueError(f'Row {row.name!r}: published values for splits '
+                       f'{unknown} that the experiment does not report '
+                       f'(splits: {list(experiment.splits)}).')
+    if row.published and not row.source:
+      raise ValueError(f'Row {row.name!r}: published values need a source '
+                       '(paper and table).')
+
+
+def load(directory: str) -> Experiment:
+  """Imports `directory/spec.py` and returns its checked SPEC."""
+  path = os.path.join(directory, 'spec.py')
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'No experiment spec at {path}; an experiment is a folder holding '
+        'spec.py that defines SPEC = research.experiments.spec.Experiment(...).')
+  module_spec = importlib.util.spec_from_file_location('experiment_spec', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  experiment = getattr(module, 'SPEC', None)
+  if not isinstance(experiment, Experiment):
+    raise ValueError(f'{path} must define SPEC as an Experiment.')
+  check(experiment)
+  return experiment
