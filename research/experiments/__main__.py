@@ -35,6 +35,14 @@ _USAGE = ('usage: python -m research.experiments run|report experiments/NAME '
 def main(argv):
   if len(argv) != 3 or argv[1] not in ('run', 'report'):
     raise app.UsageError(_USAGE)
+  try:
+    return _main(argv)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+
+
+def _main(argv):
   directory = argv[2].rstrip('/')
   experiment = spec_lib.load(directory)
   cells = runner.select(spec_lib.cells(experiment), _CELLS.value)
