@@ -54,6 +54,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1  # Parameter-sharding axis size.
   c.mesh.tensor = 1  # Tensor-parallel axis size.
 
+  c.distributed = ml_collections.ConfigDict()
+  # Multi-process runs (TPU pods, multi-node GPU): jax.distributed.initialize.
+  # 'auto': when a coordinator is named (here or $JAX_COORDINATOR_ADDRESS) or
+  # a multi-process launcher is detected (Slurm srun, Open MPI, TPU pod);
+  # 'always' / 'never' force it.
+  c.distributed.initialize = 'auto'
+  c.distributed.coordinator_address = ''  # host:port of process 0 ('' = $JAX_COORDINATOR_ADDRESS or auto-detect).
+  c.distributed.num_processes = 0  # 0 = $JAX_NUM_PROCESSES or auto-detect.
+  c.distributed.process_id = -1  # -1 = $JAX_PROCESS_ID or auto-detect.
+
   c.sample = ml_collections.ConfigDict()
   c.sample.num_tokens = 200  # Tokens generated at each evaluation (0 = no sample).
   c.sample.prompt = ''  # Text the sample continues ('' = start of a line).

@@ -10,6 +10,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
+from research import distributed
 from research import evaluate
 from research import metrics
 from research import train
@@ -34,7 +35,9 @@ def main(argv):
   # the run's own lines (research.metrics.console).
   logging.set_verbosity(logging.WARNING)
   tfds.disable_progress_bar()
-  metrics.console('JAX devices: %s', jax.devices())
+  distributed.initialize(_CONFIG.value.distributed)
+  metrics.console('JAX devices: %s (process %d of %d)', jax.devices(),
+                  jax.process_index(), jax.process_count())
   if _MODE.value == 'train':
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   else:

@@ -1,11 +1,27 @@
 """Device mesh and shardings: the only module that touches jax.sharding.
 
 The mesh has three axes, `data`, `fsdp` and `tensor`. Batches are split over
-(`data`, `fsdp`); parameters follow `PARAM_RULES`, regular expressions on the
-parameter's path mapped to a PartitionSpec (first match wins). One CPU is the
-1x1x1 mesh of the same code.
+(`data`, `fsdp`): every device of those two axes sees different rows.
+Parameters follow `PARAM_RULES`, regular expressions on the parameter's path
+mapped to a PartitionSpec (first match wins); the optimizer state mirrors
+them. One CPU is the 1x1x1 mesh of the same code.
+
+- FSDP: every large matrix has one dimension split over `fsdp`; XLA gathers
+  it where it is used and reduce-scatters its gradient.
+- Tensor parallelism (Megatron style): the Transformer's qkv and MLP-in
+  kernels are split by output column (whole heads, hidden units) and the
+  attention-out and MLP-out kernels by input row, so a block needs one
+  reduction per matmul pair; the LSTM's gate matrices are split by unit (the
+  gate axis is unit-major, see models/lstm.py) and the softmax by input row.
+  Vocabulary dimensions are never split: they rarely divide.
+- Activations are pinned with `constrain` at the places the layout changes
+  (models call it; it is a no-op outside a mesh context).
+
+A rule that does not divide its dimension fails at start-up, naming the
+parameter, its shape and the mesh.
 """
 
+import functools
 import re
 from typing import Any, Sequence
 
@@ -16,11 +32,33 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
+BATCH = BATCH_AXES  # For specs: P(BATCH, None) splits dimension 0 over both.
 
-# (path regex, spec). Everything is replicated for now: pure data
-# parallelism. FSDP and tensor-parallel rules extend this list.
+# (path regex, spec), first match wins. Shapes as in the models' docstrings.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
-    ('.*', P()),
+    # Both families: token embedding VxD, split by feature (vocabularies such
+    # as shakespeare's 65 characters divide nothing).
+    (r'embed/embedding', P(None, 'fsdp')),
+    # Transformer.
+    (r'pos_embed', P(None, 'fsdp')),                       # PxD
+    (r'block_\d+/attn/qkv/kernel', P('fsdp', 'tensor')),   # Dx(N*3*K), head-major
+    (r'block_\d+/attn/qkv/bias', P('tensor')),
+    (r'block_\d+/attn/out/kernel', P('tensor', 'fsdp')),   # (N*K)xD
+    (r'block_\d+/mlp/fc/kernel', P('fsdp', 'tensor')),     # DxF
+    (r'block_\d+/mlp/fc/bias', P('tensor')),
+    (r'block_\d+/mlp/proj/kernel', P('tensor', 'fsdp')),   # FxD
+    (r'head/kernel', P('fsdp', None)),                     # DxV
+    # LSTM: gate axis 4H is unit-major, so a contiguous split keeps each
+    # unit's four gates on one device.
+    (r'lstm_\d+/input_kernel', P('fsdp', 'tensor')),       # Dx4H
+    (r'lstm_\d+/recurrent_kernel', P('fsdp', 'tensor')),   # Hx4H
+    (r'lstm_\d+/bias', P('tensor')),                       # 4H
+    # Softmax HxV split by row (unit), like the h it multiplies, so tensor
+    # parallelism needs one reduction of the logits and no gather of h; rows
+    # because vocabularies rarely divide (a character set of 65).
+    (r'softmax/kernel', P(('tensor', 'fsdp'), None)),
+    # Norm scales, small biases: replicated.
+    (r'.*', P()),
 )
 
 
@@ -81,16 +119,60 @@ def _path_str(path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
 
+def _check_divides(name: str, shape: tuple[int, ...], spec: P, mesh: Mesh) -> None:
+  if len(spec) > len(shape):
+    raise ValueError(f'Partition rule {spec} for parameter {name!r} has more '
+                     f'entries than its shape {shape}.')
+  for size, axes in zip(shape, spec):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    parts = int(np.prod([mesh.shape[a] for a in axes]))
+    if size % parts:
+      raise ValueError(
+          f'Parameter {name!r} of shape {shape} cannot be sharded as {spec} on '
+          f'mesh {dict(mesh.shape)}: its dimension of size {size} does not '
+          f'divide into {parts} parts over {axes}. Change config.mesh (or the '
+          'model size) so the axis sizes divide it.')
+
+
 def param_shardings(params: Any, mesh: Mesh,
                     rules: Sequence[tuple[str, P]] = PARAM_RULES) -> Any:
-  """Maps every parameter to the NamedSharding of the first matching rule."""
-  def spec_for(path, _):
+  """Maps every parameter to the NamedSharding of the first matching rule.
+
+  `params` may hold arrays or shape structs; a rule that does not divide its
+  parameter's shape raises ValueError.
+  """
+  def spec_for(path, leaf):
     name = _path_str(path)
     for pattern, spec in rules:
       if re.fullmatch(pattern, name):
+        _check_divides(name, tuple(leaf.shape), spec, mesh)
         return NamedSharding(mesh, spec)
     raise ValueError(f'No partition rule matches parameter {name!r}.')
   return jax.tree_util.tree_map_with_path(spec_for, params)
+
+
+def under_mesh(jitted, mesh: Mesh):
+  """Calls (and lowers) `jitted` with `mesh` in context, so the models'
+  `constrain` calls take effect when it is traced."""
+  @functools.wraps(jitted)
+  def call(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return jitted(*args, **kwargs)
+
+  def lower(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return jitted.lower(*args, **kwargs)
+  call.lower = lower
+  return call
+
+
+def constrain(x: jax.Array, *spec) -> jax.Array:
+  """Pins an activation's layout inside a jitted function traced under
+  `jax.set_mesh(mesh)`; `BATCH` stands for the batch axes. A no-op without a
+  mesh in context (plain `model.apply` calls, tests)."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(*spec))
 
 
 def carry_shardings(carry: Any, mesh: Mesh) -> Any:

@@ -68,11 +68,12 @@ def make_train_step(parts: components_lib.Components,
   step = functools.partial(train_step, model=parts.model,
                            optimizer=parts.optimizer, schedule=parts.schedule,
                            objective=objective)
-  return jax.jit(step,
-                 in_shardings=(state_shardings, sharding.batch_sharding(mesh),
-                               sharding.replicated(mesh)),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)),
-                 donate_argnames=('state',))
+  jitted = jax.jit(step,
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh),
+                                 sharding.replicated(mesh)),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   donate_argnames=('state',))
+  return sharding.under_mesh(jitted, mesh)
 
 
 def restore_or_init(parts, manager, config, rng, data_iterator):
@@ -107,10 +108,15 @@ def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     f.write(config.to_json(indent=2))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, dict[str, float]]:
-  """Trains (resuming from `workdir`), evaluates; returns the final figures."""
-  parts = components_lib.build(config)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: list[jax.Device] | None = None,
+                       ) -> dict[str, dict[str, float]]:
+  """Trains (resuming from `workdir`), evaluates; returns the final figures.
+
+  `devices` (default: all) is the mesh's device list; a checkpoint written on
+  any other mesh restores onto it.
+  """
+  parts = components_lib.build(config, devices)
   os.makedirs(workdir, exist_ok=True)
   is_lead = jax.process_index() == 0
   if is_lead:

@@ -221,7 +221,7 @@ class TransformerTest(parameterized.TestCase):
 
 
 def reference_lstm(params, carry, tokens_BxT):
-  """NumPy LSTM with gate order i, f, g, o, one time step at a time."""
+  """NumPy LSTM, one time step at a time; gate axis unit-major (u, i/f/g/o)."""
   sigmoid = lambda x: 1 / (1 + np.exp(-x))
   params = jax.tree.map(np.asarray, params)
   state = [tuple(np.asarray(a) for a in layer) for layer in carry]
@@ -231,7 +231,8 @@ def reference_lstm(params, carry, tokens_BxT):
     for layer, (c, h) in enumerate(state):
       p = params[f"lstm_{layer}"]
       gates = x @ p["input_kernel"] + h @ p["recurrent_kernel"] + p["bias"]
-      i, f, g, o = np.split(gates, 4, axis=-1)
+      gates = gates.reshape(gates.shape[0], -1, 4)
+      i, f, g, o = (gates[..., j] for j in range(4))
       c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
       x = h = sigmoid(o) * np.tanh(c)
       state[layer] = (c, h)

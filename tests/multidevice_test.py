@@ -1,8 +1,8 @@
-"""The train step on 8 (fake) CPU devices equals the 1-device step.
+"""On 8 (fake) CPU devices: every mesh trains like one device, shardings
+follow the partition rules, and checkpoints move between meshes.
 
-XLA fixes the number of CPU devices when JAX starts, so the comparison runs
-in a fresh interpreter started with 8 host devices; it trains both layouts
-from the same initial state on the same batches and reports the differences.
+XLA fixes the number of CPU devices when JAX starts, so each check runs in a
+fresh interpreter started with 8 host devices and reports back as JSON.
 """
 
 import json
@@ -17,9 +17,44 @@ from absl.testing import parameterized
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# name: (data, fsdp, tensor); devices used = product.
+MESHES = {
+    'one': (1, 1, 1),
+    'data': (8, 1, 1),
+    'fsdp': (1, 8, 1),
+    'tensor': (1, 1, 2),
+    'data_tensor': (4, 1, 2),
+    'fsdp_tensor': (1, 4, 2),
+}
 
-def worker(model: str, directory: str) -> dict:
-  """Runs 3 steps under a 1-device and an 8-device data-parallel mesh."""
+
+def _set_mesh(config, sizes):
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = sizes
+
+
+def _max_diff(a, b) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  return max(jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.abs(np.asarray(x, float) - np.asarray(y, float)).max()),
+      a, b)))
+
+
+def _specs_match_rules(state, parts) -> bool:
+  """Parameters carry the rule's spec; Adam's moments carry their param's."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from research import sharding  # pylint: disable=g-import-not-at-top
+  want = sharding.param_shardings(state.params, parts.mesh)
+  same = lambda a, w: a.sharding.is_equivalent_to(w, a.ndim)
+  ok = all(jax.tree.leaves(jax.tree.map(same, state.params, want)))
+  moments = optax.tree_map_params(
+      parts.optimizer, lambda a, w: same(a, w), state.opt_state, want,
+      transform_non_params=lambda _: True)
+  return ok and all(jax.tree.leaves(moments))
+
+
+def mesh_worker(model: str, directory: str) -> dict:
+  """Runs 3 steps under every mesh of MESHES from the same initial state."""
   import jax  # pylint: disable=g-import-not-at-top
   from research import components, sharding, train  # pylint: disable=g-import-not-at-top
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -28,10 +63,12 @@ def worker(model: str, directory: str) -> dict:
   assert jax.device_count() == 8, jax.devices()
   config = test_util.tiny_config(directory, model=model)
   runs = {}
-  for name, devices in (('one', jax.devices()[:1]), ('eight', jax.devices())):
-    parts = components.build(config, devices=devices)
+  for name, sizes in MESHES.items():
+    _set_mesh(config, sizes)
+    parts = components.build(config, devices=jax.devices()[:int(np.prod(sizes))])
     state, shardings = components.create_state(
         parts, jax.random.key(0), config.data.batch_size)
+    rules_before = _specs_match_rules(state, parts)
     step = train.make_train_step(parts, shardings, config.optim.loss)
     batches = iter(pipeline.train_dataset(
         parts.corpus.splits['train'], kind=parts.data_kind,
@@ -41,36 +78,131 @@ def worker(model: str, directory: str) -> dict:
       state, m = step(state, sharding.global_batch(next(batches), parts.mesh),
                       jax.random.key(1))
       losses.append(float(m['loss']))
-    runs[name] = (losses, jax.device_get(state),
-                  len(jax.tree.leaves(state.params)[0].sharding.device_set))
-  diffs = jax.tree.leaves(jax.tree.map(
-      lambda a, b: float(abs(a.astype(float) - b.astype(float)).max()),
-      runs['one'][1], runs['eight'][1]))
-  return {'losses_one': runs['one'][0], 'losses_eight': runs['eight'][0],
-          'max_state_diff': max(diffs), 'devices_one': runs['one'][2],
-          'devices_eight': runs['eight'][2]}
+    sharded = sum(not l.sharding.is_fully_replicated
+                  for l in jax.tree.leaves(state.params))
+    runs[name] = {'losses': losses, 'state': jax.device_get(state),
+                  'rules_before': rules_before,
+                  'rules_after': _specs_match_rules(state, parts),
+                  'sharded_params': int(sharded)}
+  one = runs['one']['state']
+  return {name: {'losses': r['losses'], 'max_state_diff': _max_diff(one, r['state']),
+                 'rules_before': r['rules_before'], 'rules_after': r['rules_after'],
+                 'sharded_params': r['sharded_params']}
+          for name, r in runs.items()}
+
+
+def restore_worker(directory: str) -> dict:
+  """Trains 12 steps with checkpoints every 4: once straight on 8-way data
+  parallelism, once stopped after step 4, resumed on fsdp 4 x tensor 2,
+  stopped after step 8 and finished on a single device."""
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from research import checkpoint, components, sharding, train  # pylint: disable=g-import-not-at-top
+  from tests import test_util  # pylint: disable=g-import-not-at-top
+
+  config = test_util.tiny_config(directory, model='transformer')
+  config.eval_every_steps = 100
+  config.sample.num_tokens = 0
+
+  def final_state(workdir):
+    _set_mesh(config, (1, 1, 1))
+    parts = components.build(config, devices=jax.devices()[:1])
+    manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
+                                      max_to_keep=10)
+    structs, _ = components.abstract_state(parts, config.data.batch_size)
+    state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
+    manager.close()
+    return jax.device_get(state)
+
+  straight = os.path.join(directory, 'straight')
+  _set_mesh(config, (8, 1, 1))
+  train.train_and_evaluate(config, straight)
+
+  moved = os.path.join(directory, 'moved')
+  real = sharding.global_batch
+  resumed_at = []
+  for sizes, devices, stop_after in (((8, 1, 1), 8, 6), ((1, 4, 2), 8, 5),
+                                     ((1, 1, 1), 1, None)):
+    _set_mesh(config, sizes)
+    calls = []
+
+    def batches(local, mesh, stop_after=stop_after, calls=calls):
+      calls.append(1)
+      if stop_after is not None and len(calls) > stop_after:
+        raise KeyboardInterrupt('stopped by the test')
+      return real(local, mesh)
+    manager = checkpoint.make_manager(os.path.join(moved, 'checkpoints'),
+                                      max_to_keep=10)
+    resumed_at.append(checkpoint.latest_step(manager))
+    manager.close()
+    with mock.patch.object(sharding, 'global_batch', batches):
+      try:
+        train.train_and_evaluate(config, moved, devices=jax.devices()[:devices])
+      except KeyboardInterrupt:
+        pass
+  return {'resumed_at': resumed_at,
+          'max_state_diff': _max_diff(final_state(straight), final_state(moved))}
+
+
+def _run(call: str) -> dict:
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  code = ('import json; from tests import multidevice_test as m; '
+          f'print("RESULT", json.dumps(m.{call}))')
+  out = subprocess.run([sys.executable, '-c', code], cwd=_ROOT, env=env,
+                       capture_output=True, text=True, timeout=400)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith('RESULT')][-1]
+  return json.loads(line[len('RESULT '):])
 
 
 class MultiDeviceTest(parameterized.TestCase):
 
   @parameterized.parameters('lstm', 'transformer')
-  def test_data_parallel_step_equals_single_device_step(self, model):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-               JAX_PLATFORMS='cpu')
+  def test_every_mesh_trains_like_one_device(self, model):
     with tempfile.TemporaryDirectory() as tmp:
-      code = ('import json, sys; from tests import multidevice_test as m; '
-              f'print("RESULT", json.dumps(m.worker({model!r}, {tmp!r})))')
-      out = subprocess.run([sys.executable, '-c', code], cwd=_ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
-    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
-    line = [l for l in out.stdout.splitlines() if l.startswith('RESULT')][-1]
-    result = json.loads(line[len('RESULT '):])
-    self.assertEqual((result['devices_one'], result['devices_eight']), (1, 8))
-    np.testing.assert_allclose(result['losses_eight'], result['losses_one'],
-                               rtol=1e-5)
+      result = _run(f'mesh_worker({model!r}, {tmp!r})')
+    one = result['one']['losses']
+    self.assertNotEqual(one[0], one[-1])  # The steps did train.
+    for name, r in result.items():
+      with self.subTest(mesh=name):
+        np.testing.assert_allclose(r['losses'], one, rtol=1e-5)
+        self.assertLess(r['max_state_diff'], 1e-5)
+        self.assertTrue(r['rules_before'], 'initial shardings differ from the rules')
+        self.assertTrue(r['rules_after'], 'shardings changed during a step')
+        if 'fsdp' in name or 'tensor' in name:
+          self.assertGreater(r['sharded_params'], 0)
+
+  def test_checkpoint_moves_between_meshes(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      result = _run(f'restore_worker({tmp!r})')
+    self.assertEqual(result['resumed_at'], [None, 4, 8])
     self.assertLess(result['max_state_diff'], 1e-5)
-    # The steps did train: the loss moved.
-    self.assertNotEqual(result['losses_one'][0], result['losses_one'][-1])
+
+  def test_rule_that_does_not_divide_fails_naming_the_parameter(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      result = _run(f'bad_mesh_worker({tmp!r})')
+    # The first parameter checked whose rule splits a 6- or 24-wide dimension.
+    self.assertRegex(result['error'], r"Parameter '(lstm_\d/\w+|softmax/kernel)' "
+                     r"of shape \(\d+(, \d+)?,?\) cannot be sharded as P\(")
+    self.assertIn("mesh {'data': 1, 'fsdp': 1, 'tensor': 8}", result['error'])
+    self.assertIn('does not divide into 8 parts', result['error'])
+    self.assertIn("'tensor': 8", result['error'])
+
+
+def bad_mesh_worker(directory: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from research import components  # pylint: disable=g-import-not-at-top
+  from tests import test_util  # pylint: disable=g-import-not-at-top
+  config = test_util.tiny_config(directory, model='lstm')
+  config.model.hidden_size = 6  # The 4H = 24 gate columns do not split 8 ways.
+  _set_mesh(config, (1, 1, 8))
+  parts = components.build(config, devices=jax.devices())
+  try:
+    components.abstract_state(parts, config.data.batch_size)
+  except ValueError as e:
+    return {'error': str(e)}
+  return {'error': ''}
 
 
 if __name__ == '__main__':

@@ -19,6 +19,8 @@ Config fields (`ml_collections.ConfigDict`, all read directly):
 
 from __future__ import annotations
 
+import fcntl
+import os
 from typing import Callable, NamedTuple
 
 import ml_collections
@@ -71,14 +73,31 @@ _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], object]] = {
 DATASETS = tuple(_BUILDERS)
 
 
+def _prepare_once(make_builder: Callable[[], object]):
+  """Builds the dataset under a file lock and returns a fresh builder.
+
+  The processes of a multi-process run (or two runs) sharing a data_dir build
+  it once; the others wait, then read it. The builder is made again after
+  the build so its metadata is read from the prepared files.
+  """
+  lock_dir = os.fspath(make_builder().data_dir_root)
+  os.makedirs(lock_dir, exist_ok=True)
+  with open(os.path.join(lock_dir, ".research_prepare.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      make_builder().download_and_prepare()  # a no-op when already prepared
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return make_builder()
+
+
 def load_corpus(data_config: ml_collections.ConfigDict) -> Corpus:
   """Prepares (once) and loads the corpus named by `data_config.name`."""
   if data_config.name not in _BUILDERS:
     raise ValueError(
         f"Unknown dataset {data_config.name!r}; valid names: {DATASETS}"
     )
-  builder = _BUILDERS[data_config.name](data_config)
-  builder.download_and_prepare()  # a no-op when already prepared
+  builder = _prepare_once(lambda: _BUILDERS[data_config.name](data_config))
   tokenizer = builders.stored_tokenizer(builder)
   return Corpus(
       splits=builders.read_token_streams(builder),

@@ -23,8 +23,10 @@ Parameter tree (`Model.init` output), all uniform in [-init_scale, init_scale]:
   lstm_{l}/bias                    4H
   softmax/kernel                   HxV
   softmax/bias                     V
-The 4H gate axis is ordered i (input), f (forget), g (cell candidate),
-o (output), each a block of H columns. There is no forget-gate bias offset.
+The 4H gate axis is unit-major: column 4u + j holds gate j of unit u, gates in
+the order i (input), f (forget), g (cell candidate), o (output). A contiguous
+split of that axis (tensor parallelism, research/sharding.py) then keeps each
+unit's four gates on one device. There is no forget-gate bias offset.
 """
 
 import flax.linen as nn
@@ -33,6 +35,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from research import models
+from research import sharding
+from research.sharding import BATCH
 
 LayerCarry = tuple[jax.Array, jax.Array]  # (c_BxH, h_BxH)
 Carry = tuple[LayerCarry, ...]
@@ -69,7 +73,9 @@ class LSTMLayer(nn.Module):
              gates_in_Bx4H: jax.Array) -> tuple[LayerCarry, jax.Array]:
       c_BxH, h_BxH = carry
       gates_Bx4H = gates_in_Bx4H + h_BxH @ w_rec_Hx4H
-      i_BxH, f_BxH, g_BxH, o_BxH = jnp.split(gates_Bx4H, 4, axis=-1)
+      gates_Bx4H = sharding.constrain(gates_Bx4H, BATCH, 'tensor')
+      gates_BxHx4 = gates_Bx4H.reshape(B, H, 4)
+      i_BxH, f_BxH, g_BxH, o_BxH = (gates_BxHx4[..., j] for j in range(4))
       c_BxH = (jax.nn.sigmoid(f_BxH) * c_BxH
                + jax.nn.sigmoid(i_BxH) * jnp.tanh(g_BxH))
       h_BxH = jax.nn.sigmoid(o_BxH) * jnp.tanh(c_BxH)
@@ -114,6 +120,7 @@ class LSTMLanguageModel(nn.Module):
 
     # Transpose the H-wide hidden states rather than the V-wide logits.
     h_BTxH = h_TxBxH.transpose(1, 0, 2).reshape(B * T, H)
+    h_BTxH = sharding.constrain(h_BTxH, BATCH, None)
     logits_BTxV = nn.Dense(V, kernel_init=init, bias_init=init,
                            name="softmax")(h_BTxH)
     return logits_BTxV.reshape(B, T, V), tuple(new_carry)

@@ -19,7 +19,9 @@ Parameter tree (`Model.init` output):
   embed/embedding           VxD
   pos_embed                 PxD   (only for positional='learned')
   block_{i}/ln_1, ln_2      scale D, bias D (bias only if use_bias)
-  block_{i}/attn/qkv        kernel Dx3D (q, k, v stacked), bias 3D
+  block_{i}/attn/qkv        kernel Dx3D, bias 3D; columns head-major (N, 3, K):
+                            head n's q, k, v side by side, so a contiguous
+                            split over `tensor` hands out whole heads
   block_{i}/attn/out        kernel DxD, bias D
   block_{i}/mlp/fc          kernel DxF, bias F
   block_{i}/mlp/proj        kernel FxD, bias D
@@ -37,6 +39,8 @@ import ml_collections
 import numpy as np
 
 from research import models
+from research import sharding
+from research.sharding import BATCH
 
 POSITIONAL_KINDS = ("learned", "sinusoidal")
 # GPT-2 and nanoGPT use 1e-5; Flax's default is 1e-6.
@@ -62,10 +66,11 @@ class CausalSelfAttention(nn.Module):
         3 * D, use_bias=self.use_bias,
         kernel_init=nn.initializers.normal(_INIT_STDDEV),
         name="qkv")(x_BxTxD.reshape(B * T, D))
-    qkv_BxTx3xNxK = qkv_BTx3D.reshape(B, T, 3, N, K)
-    q_BxTxNxK = qkv_BxTx3xNxK[:, :, 0] * K**-0.5
-    k_BxSxNxK = qkv_BxTx3xNxK[:, :, 1]
-    v_BxSxNxK = qkv_BxTx3xNxK[:, :, 2]
+    qkv_BxTxNx3xK = sharding.constrain(
+        qkv_BTx3D.reshape(B, T, N, 3, K), BATCH, None, 'tensor', None, None)
+    q_BxTxNxK = qkv_BxTxNx3xK[:, :, :, 0] * K**-0.5
+    k_BxSxNxK = qkv_BxTxNx3xK[:, :, :, 1]
+    v_BxSxNxK = qkv_BxTxNx3xK[:, :, :, 2]
 
     # Softmax in float32 whatever the compute dtype, so that low-precision
     # activations do not lose the small attention weights.
@@ -84,7 +89,8 @@ class CausalSelfAttention(nn.Module):
     out_BxTxNxK = jnp.einsum("bnts,bsnk->btnk", probs_BxNxTxS, v_BxSxNxK)
     out_BTxD = nn.Dense(
         D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
-        name="out")(out_BxTxNxK.reshape(B * T, D))
+        name="out")(sharding.constrain(out_BxTxNxK.reshape(B * T, D),
+                                       BATCH, 'tensor'))
     out_BTxD = nn.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
     return out_BTxD.reshape(B, T, D)
 
@@ -105,7 +111,8 @@ class Mlp(nn.Module):
         name="fc")(x_BxTxD.reshape(B * T, D))
     # Exact (erf) GELU, as nanoGPT's nn.GELU(), whose recipes the configs
     # reproduce; GPT-2 itself used the tanh approximation.
-    h_BTxF = nn.gelu(h_BTxF, approximate=False)
+    h_BTxF = sharding.constrain(nn.gelu(h_BTxF, approximate=False),
+                                BATCH, 'tensor')
     out_BTxD = nn.Dense(
         D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
         name="proj")(h_BTxF)
@@ -132,7 +139,8 @@ class Block(nn.Module):
     x_BxTxD = x_BxTxD + Mlp(
         self.d_ff, self.dropout_rate, self.use_bias, self.out_kernel_init,
         name="mlp")(layer_norm(name="ln_2")(x_BxTxD), train)
-    return x_BxTxD
+    # The residual stream is split by batch only, whole features per device.
+    return sharding.constrain(x_BxTxD, BATCH, None, None)
 
 
 def sinusoidal_positions(num_positions: int, d_model: int) -> np.ndarray:
