@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 1000  # Steps between evaluations on the valid split (<= 0: once per epoch).
   c.checkpoint_every_steps = 1000  # Steps between checkpoints (<= 0: once per epoch).
   c.keep_checkpoints = 3  # Number of most recent checkpoints kept on disk.
+  c.skip_nonfinite_steps = False  # True: a step with a non-finite loss/gradient leaves the state unchanged (counted in metrics); False: stop the run.
   c.eval_on_test = True  # Also score the test split (where one exists) at the end of training.
 
   c.optim = ml_collections.ConfigDict()

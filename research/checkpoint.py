@@ -9,11 +9,17 @@ donate its state to the next step while the files are written.
 """
 
 import os
+import time
 from typing import Any
 
+from absl import logging
 import grain
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
+
+from research import faults
 
 _ITEMS = ('state', 'data', 'config')
 
@@ -67,6 +73,101 @@ def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
   return restored['config']
 
 
+def check_for_errors(manager: ocp.CheckpointManager) -> None:
+  """Raises the error of a failed asynchronous save, if any."""
+  manager.check_for_errors()
+
+
 def wait(manager: ocp.CheckpointManager) -> None:
   """Blocks until pending asynchronous saves are committed."""
   manager.wait_until_finished()
+
+
+# Config keys that fix the shape of the state or the meaning of the token ids:
+# a checkpoint trained with other values cannot continue under this config.
+# (Everything else, e.g. the mesh, the learning rate or the logging cadence,
+# may change between a save and a resume.)
+IDENTITY_KEYS = ('model', 'data.name', 'data.level', 'data.split',
+                 'data.vocab_size')
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+  """'key: saved -> current' for every identity key that differs."""
+  saved, current = _flatten(saved), _flatten(current)
+  keys = sorted(k for k in set(saved) | set(current)
+                if any(k == p or k.startswith(p + '.') for p in IDENTITY_KEYS))
+  return [f'{k}: {saved.get(k, "(absent)")!r} -> {current.get(k, "(absent)")!r}'
+          for k in keys if saved.get(k) != current.get(k)]
+
+
+def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves an unreadable checkpoint out of the manager's sight (never
+  deletes it) and returns where it went."""
+  source = os.path.join(str(manager.directory), str(step))
+  target_dir = os.path.join(os.path.dirname(str(manager.directory)),
+                            'unreadable_checkpoints')
+  target = os.path.join(target_dir, f'{step}-{int(time.time())}')
+  if jax.process_index() == 0:
+    os.makedirs(target_dir, exist_ok=True)
+    os.replace(source, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'research: quarantined {step}')
+  manager.reload()
+  return target
+
+
+def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
+                        data_iterator: Any, config: ml_collections.ConfigDict,
+                        ) -> Any | None:
+  """Restores the newest checkpoint that reads back whole; None if none exist.
+
+  A checkpoint that fails to load (truncated or missing file, unreadable
+  metadata) is moved to `unreadable_checkpoints/` with a warning naming it,
+  and the next older one is tried, so the keep policy never deletes the last
+  good checkpoint to make room for bad ones. Raises ConfigMismatchError when
+  the checkpoint was trained with a different model or data, and
+  CheckpointError when checkpoints exist but none can be read.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      saved = restore_config(manager, step)
+    except Exception as e:  # pylint: disable=broad-except
+      saved, error = None, e
+    if saved is not None:
+      differences = config_differences(saved, config.to_dict())
+      if differences:
+        raise faults.ConfigMismatchError(
+            f'The config differs from the one the checkpoint at step {step} in '
+            f'{manager.directory} was trained with:\n  ' + '\n  '.join(differences)
+            + '\nUse the original values, another --workdir, or --fresh to move '
+            'the old run aside and start over.')
+      try:
+        return restore(manager, step, abstract_state, data_iterator)
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+    moved = _quarantine(manager, step)
+    reason = f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}'
+    failures.append(f'step {step} ({reason})')
+    logging.warning('Checkpoint at step %d is unreadable (%s); moved it to %s '
+                    'and trying an older one.', step, reason, moved)
+    print(f'warning: checkpoint at step {step} is unreadable ({reason}); '
+          f'moved to {moved}.', flush=True)
+  if failures:
+    raise faults.CheckpointError(
+        f'No checkpoint in {manager.directory} could be read: '
+        + '; '.join(failures) + '. They were moved to unreadable_checkpoints/ '
+        'beside it. Restore them from a backup, or run with --fresh to start '
+        'over (nothing is deleted).')
+  return None

@@ -90,9 +90,23 @@ class Evaluator:
 
 def generate(parts: components_lib.Components, params, rng: jax.Array,
              sample_config: ml_collections.ConfigDict, context: int) -> str:
-  """Decodes a sample continuing `sample_config.prompt` (a new line if empty)."""
+  """Decodes a sample continuing `sample_config.prompt`.
+
+  An empty prompt starts a new line, or, for a corpus without line breaks,
+  continues the first token of the training split.
+  """
   tokenizer = parts.corpus.tokenizer
-  prompt = tokenizer.encode(sample_config.prompt or '\n')
+  if sample_config.prompt:
+    try:
+      prompt = tokenizer.encode(sample_config.prompt)
+    except ValueError as e:
+      raise ValueError(f'config.sample.prompt cannot be encoded: {e} Use '
+                       'text from the corpus.') from e
+  else:
+    try:
+      prompt = tokenizer.encode('\n')
+    except ValueError:
+      prompt = np.asarray(parts.corpus.splits['train'][:1])
   ids = sampling.sample(
       parts.model, params, prompt, rng, num_tokens=sample_config.num_tokens,
       context=context, temperature=sample_config.temperature,

@@ -3,6 +3,8 @@
 Flags only; the work is in research.train and research.evaluate.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -12,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from research import distributed
 from research import evaluate
+from research import faults
 from research import metrics
 from research import train
 
@@ -25,6 +28,9 @@ _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'eval'],
     'train: train (resuming) and evaluate; eval: score the latest checkpoint '
     'on the valid and test splits.')
+_FRESH = flags.DEFINE_boolean(
+    'fresh', False, 'Start over in an existing workdir: its checkpoints, '
+    'metrics and logs are moved to WORKDIR/previous/TIME/ (nothing is deleted).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -35,16 +41,35 @@ def main(argv):
   # the run's own lines (research.metrics.console).
   logging.set_verbosity(logging.WARNING)
   tfds.disable_progress_bar()
-  distributed.initialize(_CONFIG.value.distributed)
-  metrics.console('JAX devices: %s (process %d of %d)', jax.devices(),
-                  jax.process_index(), jax.process_count())
-  if _MODE.value == 'train':
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  else:
-    results = evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  try:
+    results = _run(_CONFIG.value, _WORKDIR.value)
+  except faults.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr, flush=True)
+    return faults.EXIT_PREEMPTED
+  except faults.NonFiniteError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return faults.EXIT_NONFINITE
+  except (faults.RunError, ValueError, FileNotFoundError) as e:
+    # Bad config, data or workdir: the message names the problem and the fix.
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return faults.EXIT_BAD_INPUT
   for split, figures in results.items():
     print(f'{split}: ' + ', '.join(f'{k} {v:.4f}' for k, v in figures.items()),
           flush=True)
+  return 0
+
+
+def _run(config, workdir):
+  distributed.initialize(config.distributed)
+  metrics.console('JAX devices: %s (process %d of %d)', jax.devices(),
+                  jax.process_index(), jax.process_count())
+  if _MODE.value == 'eval':
+    return evaluate.evaluate_checkpoint(config, workdir)
+  if _FRESH.value and jax.process_index() == 0:
+    moved = train.move_aside(workdir)
+    if moved:
+      metrics.console('--fresh: moved the previous run to %s.', moved)
+  return train.train_and_evaluate(config, workdir)
 
 
 if __name__ == '__main__':

@@ -7,12 +7,14 @@ wires data, checkpoints, evaluation and logging around it and resumes from the
 workdir's latest checkpoint automatically.
 """
 
+import errno
 import functools
 import json
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -20,6 +22,7 @@ import optax
 from research import checkpoint
 from research import components as components_lib
 from research import evaluate
+from research import faults
 from research import metrics
 from research import models
 from research import provenance
@@ -30,12 +33,16 @@ from research.data import pipeline
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, *,
                model: models.Model, optimizer: optax.GradientTransformation,
-               schedule: optax.Schedule, objective: str):
+               schedule: optax.Schedule, objective: str,
+               skip_nonfinite: bool = False):
   """One optimizer step. Returns (new state, scalar metrics).
 
   `objective` 'token_mean' minimises the mean loss per token; 'sequence_sum'
   the loss summed over time and averaged over rows (Zaremba et al.'s scale,
-  for which SGD at rate 1 is right). Metrics always report nats per token.
+  for which SGD at rate 1 is right). Metrics always report nats per token,
+  and `nonfinite` (1.0 when the loss or the gradient norm is inf or NaN).
+  With `skip_nonfinite`, such a step leaves parameters, optimizer state and
+  carry as they were (the step counter and the data still advance).
   """
   key = jax.random.fold_in(key, state.step)
   carry = models.reset_carry(state.carry, batch['reset'])
@@ -57,17 +64,25 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
   new_state = TrainState(step=state.step + 1, params=params,
                          opt_state=opt_state,
                          carry=jax.lax.stop_gradient(new_carry))
-  return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads),
-                     'learning_rate': schedule(state.step)}
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if skip_nonfinite:
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                        new_state[1:], state[1:])
+    new_state = TrainState(new_state.step, *kept)
+  return new_state, {'loss': loss, 'grad_norm': grad_norm,
+                     'learning_rate': schedule(state.step),
+                     'nonfinite': 1.0 - finite.astype(jnp.float32)}
 
 
 def make_train_step(parts: components_lib.Components,
-                    state_shardings: TrainState, objective: str):
+                    state_shardings: TrainState, objective: str,
+                    skip_nonfinite: bool = False):
   """Jits `train_step` once with explicit shardings and a donated state."""
   mesh = parts.mesh
   step = functools.partial(train_step, model=parts.model,
                            optimizer=parts.optimizer, schedule=parts.schedule,
-                           objective=objective)
+                           objective=objective, skip_nonfinite=skip_nonfinite)
   jitted = jax.jit(step,
                    in_shardings=(state_shardings, sharding.batch_sharding(mesh),
                                  sharding.replicated(mesh)),
@@ -77,14 +92,16 @@ def make_train_step(parts: components_lib.Components,
 
 
 def restore_or_init(parts, manager, config, rng, data_iterator):
-  """Returns (state, shardings) from the latest checkpoint, else fresh."""
-  step = checkpoint.latest_step(manager)
+  """Returns (state, shardings) from the newest readable checkpoint, else
+  fresh (see checkpoint.restore_latest_good for damaged checkpoints)."""
   structs, shardings = components_lib.abstract_state(parts, config.data.batch_size)
-  if step is None:
+  state = checkpoint.restore_latest_good(manager, structs, data_iterator, config)
+  if state is None:
     state, _ = components_lib.create_state(parts, rng, config.data.batch_size)
     return state, shardings
-  metrics.console('Resuming from the checkpoint at step %d.', step)
-  return checkpoint.restore(manager, step, structs, data_iterator), shardings
+  metrics.console('Resuming from the checkpoint at step %d.',
+                  int(jax.device_get(state.step)))
+  return state, shardings
 
 
 def _evaluate_and_sample(evaluator, parts, params, step, splits, config,
@@ -103,6 +120,35 @@ def _evaluate_and_sample(evaluator, parts, params, step, splits, config,
   return results
 
 
+def _check_writable(workdir: str) -> None:
+  """Fails before any work when the workdir cannot be created or written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise faults.RunError(
+        f'Cannot write to the workdir {workdir!r} ({e.strerror or e}). Choose '
+        'a writable --workdir or fix its permissions.') from e
+
+
+def move_aside(workdir: str) -> str | None:
+  """Moves a previous run's files to WORKDIR/previous/TIME/ (for --fresh);
+  returns that folder, or None when there was nothing to move."""
+  names = [n for n in ('checkpoints', 'unreadable_checkpoints', 'metrics.jsonl',
+                       'tensorboard', 'runs.jsonl', 'config.json')
+           if os.path.exists(os.path.join(workdir, n))]
+  if not names:
+    return None
+  target = os.path.join(workdir, 'previous', time.strftime('%Y%m%d-%H%M%S'))
+  os.makedirs(target, exist_ok=True)
+  for name in names:
+    os.replace(os.path.join(workdir, name), os.path.join(target, name))
+  return target
+
+
 def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json(indent=2))
@@ -116,8 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `devices` (default: all) is the mesh's device list; a checkpoint written on
   any other mesh restores onto it.
   """
+  _check_writable(workdir)
   parts = components_lib.build(config, devices)
-  os.makedirs(workdir, exist_ok=True)
   is_lead = jax.process_index() == 0
   if is_lead:
     _write_config(workdir, config)
@@ -136,28 +182,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                            data_iterator)
   start = int(jax.device_get(state.step))
   writer.truncate_after(start)
-  step_fn = make_train_step(parts, state_shardings, config.optim.loss)
+  step_fn = make_train_step(parts, state_shardings, config.optim.loss,
+                            config.skip_nonfinite_steps)
   evaluator = evaluate.Evaluator(parts, batch_size=config.data.eval_batch_size,
                                  seq_len=config.data.seq_len)
   total = parts.num_train_steps
   metrics.console('Training %s on %s: %d steps (%d per epoch), mesh %s, from step %d.',
                config.model.name, config.data.name, total,
                parts.steps_per_epoch, dict(parts.mesh.shape), start)
+  status = 'failed'
   try:
     state = _train_loop(config, parts, state, start, step_fn, data_iterator,
                         evaluator, writer, manager, dropout_rng, sample_rng)
+    _wait(manager, total)
     splits = ('valid', 'test') if config.eval_on_test else ('valid',)
     writer.truncate_after(total, also_at_step=splits)  # A re-run re-scores.
     results = _evaluate_and_sample(evaluator, parts, state.params, total,
                                    splits, config, writer, sample_rng)
     status = 'finished'
+  except faults.Preempted:
+    status = 'preempted'
+    raise
   except BaseException:
-    status = 'interrupted'
+    status = 'failed'
     raise
   finally:
     # Commit saves already started, even when the loop was interrupted.
-    checkpoint.wait(manager)
-    manager.close()
+    try:
+      checkpoint.wait(manager)
+      manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      if status == 'finished':
+        raise
+      metrics.console('warning: an unfinished checkpoint save failed too: %s', e)
     writer.close()
     if is_lead:
       provenance.record_end(workdir, status)
@@ -166,35 +223,110 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
                 writer, manager, dropout_rng, sample_rng):
-  """Runs steps start+1..total with logging, evaluation and checkpoints."""
+  """Runs steps start+1..total with logging, evaluation and checkpoints.
+
+  Non-finite steps are caught at every log line and before every save, so a
+  broken state is never written; a stop signal ends the loop after the
+  current step with a checkpoint (faults.Preempted).
+  """
   total = parts.num_train_steps
   throughput = metrics.Throughput(
       config.data.batch_size * config.data.seq_len, total)
   throughput.reset(start)
-  pending = []
-  for step in range(start + 1, total + 1):
-    batch = sharding.global_batch(next(data_iterator), parts.mesh)
-    state, step_metrics = step_fn(state, batch, dropout_rng)
-    pending.append(step_metrics)
-    if step % config.log_every_steps == 0 or step == total:
-      _log_train(writer, step, total, pending, throughput, parts.corpus.level,
-                 parts.steps_per_epoch)
-      pending = []
-    if step % parts.eval_every == 0 and step != total:
-      _evaluate_and_sample(evaluator, parts, state.params, step, ('valid',),
-                           config, writer, sample_rng)
-      throughput.reset(step)
-    if step % parts.checkpoint_every == 0 or step == total:
-      checkpoint.save(manager, step, state, data_iterator, config)
+  pending, unchecked = [], []
+  with faults.StopSignal() as stop:
+    for step in range(start + 1, total + 1):
+      batch = sharding.global_batch(next(data_iterator), parts.mesh)
+      state, step_metrics = step_fn(state, batch, dropout_rng)
+      pending.append(step_metrics)
+      unchecked.append((step, step_metrics))
+      if step % config.log_every_steps == 0 or step == total:
+        _check_finite(unchecked, manager, config.skip_nonfinite_steps)
+        unchecked = []
+        _log_train(writer, step, total, pending, throughput, parts.corpus.level,
+                   parts.steps_per_epoch)
+        pending = []
+      if step % parts.eval_every == 0 and step != total:
+        _evaluate_and_sample(evaluator, parts, state.params, step, ('valid',),
+                             config, writer, sample_rng)
+        throughput.reset(step)
+      if step % parts.checkpoint_every == 0 or step == total or stop.received:
+        _check_finite(unchecked, manager, config.skip_nonfinite_steps)
+        unchecked = []
+        _save(manager, step, state, data_iterator, config)
+      if stop.received and step != total:
+        _wait(manager, step)
+        writer.flush()
+        raise faults.Preempted(
+            f'{stop.name} received: stopped after step {step} of {total} and '
+            f'saved a checkpoint there. Run the same command to continue.')
   return state
+
+
+def _check_finite(unchecked, manager, skip: bool) -> None:
+  """Raises NonFiniteError at the first step whose loss or gradient norm is
+  not finite (unless such steps are skipped)."""
+  if skip or not unchecked:
+    return
+  for step, m in jax.device_get(unchecked):
+    if m['nonfinite']:
+      name = 'loss' if not np.isfinite(m['loss']) else 'grad_norm'
+      last = checkpoint.latest_step(manager)
+      where = (f'the last good checkpoint is step {last} in {manager.directory}'
+               if last is not None else 'there is no checkpoint yet')
+      raise faults.NonFiniteError(
+          f'Non-finite {name} ({float(m[name])}) at step {step}. The run stopped '
+          f'and did not save the state after it; {where}. Lower '
+          'optim.learning_rate or check the data, then run again (it resumes '
+          'from that checkpoint), or set config.skip_nonfinite_steps=True to '
+          'skip such steps.')
+
+
+def _disk_full(error: BaseException) -> bool:
+  while error is not None:
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or \
+        'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _save(manager, step, state, data_iterator, config) -> None:
+  try:
+    checkpoint.check_for_errors(manager)  # A failed earlier async save.
+    if checkpoint.latest_step(manager) != step:
+      checkpoint.save(manager, step, state, data_iterator, config)
+  except Exception as e:  # pylint: disable=broad-except
+    _raise_save_error(e, manager, step)
+
+
+def _wait(manager, step) -> None:
+  try:
+    checkpoint.wait(manager)
+  except Exception as e:  # pylint: disable=broad-except
+    _raise_save_error(e, manager, step)
+
+
+def _raise_save_error(error, manager, step):
+  if not _disk_full(error):
+    raise error
+  good = [s for s in manager.all_steps() if s < step]
+  raise faults.RunError(
+      f'No space left on device while writing a checkpoint to '
+      f'{manager.directory} (at or before step {step}). The checkpoints '
+      f'already there ({good or "none"}) are intact. Free some space (or set '
+      'keep_checkpoints lower) and run the same command to continue.') from error
 
 
 def _log_train(writer, step, total, pending, throughput, level, per_epoch):
   """Fetches the pending step metrics once and writes their means."""
   host = jax.device_get(pending)
-  loss = float(np.mean([m['loss'] for m in host]))
+  # Means over the steps that counted (all of them unless steps were skipped).
+  good = [m for m in host if not m['nonfinite']] or host
+  loss = float(np.mean([m['loss'] for m in good]))
   figures = metrics.split_figures(loss, level)
-  figures['grad_norm'] = float(np.mean([m['grad_norm'] for m in host]))
+  figures['grad_norm'] = float(np.mean([m['grad_norm'] for m in good]))
+  figures['skipped_steps'] = float(sum(m['nonfinite'] for m in host))
   figures['learning_rate'] = float(host[-1]['learning_rate'])
   figures.update(throughput.update(step))
   figures['epoch'] = step / per_epoch

@@ -12,7 +12,11 @@ import jax
 # Tests build the same small programs many times (every train_and_evaluate
 # call jits afresh); a persistent compilation cache shared by the pytest
 # workers turns the repeats into cache hits.
-jax.config.update('jax_compilation_cache_dir',
-                  os.path.join(tempfile.gettempdir(), 'research-test-jax-cache'))
+_CACHE = os.path.join(tempfile.gettempdir(), 'research-test-jax-cache')
+jax.config.update('jax_compilation_cache_dir', _CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+# Subprocesses started by tests (research.main, fake-device workers) share it.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')

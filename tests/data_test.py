@@ -267,6 +267,16 @@ class TextFileTest(absltest.TestCase):
     self.assertEqual(train, text[:cut])
     self.assertEqual(valid, text[cut:].replace("valid_only", "<unk>"))
 
+  def test_one_giant_line_splits_at_word_boundaries(self):
+    text = " ".join(f"w{i}" for i in range(1000)) + "\n"
+    pieces = builders.split_text(text, builders.parse_split("0.8,0.1,0.1"),
+                                 whole_words=True)
+    self.assertEqual("".join(pieces.values()), text)
+    for name in ("train", "valid", "test"):
+      self.assertTrue(pieces[name], name)
+    self.assertTrue(pieces["train"].endswith(" "))  # No word cut in two.
+    self.assertGreaterEqual(len(pieces["train"]), int(len(text) * 0.8))
+
   def test_word_vocab_size_keeps_most_frequent(self):
     text = "a a a a b b b c c d\n" * 5 + "a\n"
     corpus = self._load(text, level="word", split="0.9,0.1", vocab_size=4)

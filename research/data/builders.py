@@ -22,6 +22,7 @@ import fractions
 import hashlib
 import inspect
 import os
+import re
 
 from etils import epath
 import numpy as np
@@ -143,8 +144,11 @@ def parse_split(split: str) -> tuple[fractions.Fraction, ...]:
   return parts
 
 
+_WHITESPACE = re.compile(r"\s")
+
+
 def split_text(
-    text: str, parts: tuple[fractions.Fraction, ...], *, whole_lines: bool
+    text: str, parts: tuple[fractions.Fraction, ...], *, whole_words: bool
 ) -> dict[str, str]:
   """Contiguous train/valid[/test] pieces sized by character fractions.
 
@@ -152,19 +156,27 @@ def split_text(
     text: the whole corpus.
     parts: fractions from `parse_split`; piece k ends at floor(len * cumsum_k)
       (exact arithmetic, so '0.9,0.1' is nanoGPT's `int(n * 0.9)` cut).
-    whole_lines: move each cut forward to the next line start, so that no word
-      is cut in two (word level).
+    whole_words: word level; move each cut forward so that no word is cut in
+      two: to the next line start when that comes before the next cut, else
+      to the next word boundary (so a file of one giant line still splits).
 
   Returns:
     split name -> text; a fraction sum below 1 leaves the tail unused.
   """
-  cuts, total = [0], fractions.Fraction(0)
+  nominal, total = [], fractions.Fraction(0)
   for p in parts:
     total += p
-    cut = int(len(text) * total)  # floor: Fractions are exact
-    if whole_lines and 0 < cut < len(text) and text[cut - 1] != "\n":
+    nominal.append(int(len(text) * total))  # floor: Fractions are exact
+  cuts = [0]
+  for k, cut in enumerate(nominal):
+    if whole_words and 0 < cut < len(text) and not text[cut - 1].isspace():
+      limit = nominal[k + 1] if k + 1 < len(nominal) else len(text)
       newline = text.find("\n", cut)
-      cut = len(text) if newline < 0 else newline + 1
+      if 0 <= newline < limit - 1:
+        cut = newline + 1
+      else:
+        boundary = _WHITESPACE.search(text, cut)
+        cut = len(text) if boundary is None else boundary.end()
     cuts.append(max(cut, cuts[-1]))
   return {
       name: text[lo:hi]
@@ -255,7 +267,7 @@ class ResearchTinyShakespeare(_TokenStreamBuilder):
     text = read_tiny_shakespeare(path)
     tokenizer = tokenizers.CharTokenizer.from_text(text)
     pieces = split_text(
-        text, parse_split(TINY_SHAKESPEARE_SPLIT), whole_lines=False
+        text, parse_split(TINY_SHAKESPEARE_SPLIT), whole_words=False
     )
     return tokenizer, {s: tokenizer.encode(t) for s, t in pieces.items()}
 
@@ -303,6 +315,14 @@ def text_file_config(
 class ResearchTextFile(_TokenStreamBuilder):
   """Any UTF-8 text file, char or word level, contiguous splits."""
 
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Word level: a cut whose next line start lies beyond the next "
+               "cut moves to the next word boundary instead (a one-line file "
+               "used to put everything in train).",
+  }
+
   def _tokenize(self, dl_manager):
     del dl_manager
     config: TextFileConfig = self.builder_config
@@ -310,7 +330,7 @@ class ResearchTextFile(_TokenStreamBuilder):
     if hashlib.sha256(text.encode("utf-8")).hexdigest() != config.sha256:
       raise ValueError(f"{self._path!r} changed while it was being prepared.")
     word = config.level == "word"
-    pieces = split_text(text, parse_split(config.split), whole_lines=word)
+    pieces = split_text(text, parse_split(config.split), whole_words=word)
     for name, piece in pieces.items():
       if not piece:
         raise ValueError(

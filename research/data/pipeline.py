@@ -143,7 +143,8 @@ def train_dataset(
     raise ValueError(
         f"Split too small for one {kind!r} batch of {batch_size}x{seq_len}:"
         f" needs at least {_min_tokens(kind, batch_size, seq_len)} tokens,"
-        f" has {len(tokens_N)}."
+        f" has {len(tokens_N)}. Lower data.batch_size or data.seq_len, or"
+        " use a larger split."
     )
   local = batch_size // process_count
   if kind == "stream":

@@ -1,0 +1,341 @@
+"""Fault injection: kills, stop signals, damaged checkpoints, config drift,
+non-finite steps, bad input, determinism. Every fault ends either in a result
+bit-identical to the uninterrupted run or in one clear error."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+from absl.testing import absltest
+
+from research import checkpoint
+from research import components
+from research import faults
+from research import sharding
+from research import train
+from tests import test_util
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TIMING = ('time', 'tokens_per_s', 'step_time_s', 'eta_s')
+
+
+def long_config(directory: str, **overrides):
+  """The tiny LSTM config, 60 steps, checkpoints every 10, one eval."""
+  c = test_util.tiny_config(directory, model='lstm')
+  c.num_train_steps = 60
+  c.log_every_steps = 5
+  c.checkpoint_every_steps = 10
+  c.eval_every_steps = 1000
+  c.keep_checkpoints = 20
+  c.sample.num_tokens = 0
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def drive(directory: str, workdir: str, fault: str = '') -> None:
+  """Runs `research.main` on long_config, injecting `fault` ('kind:step'):
+
+  kill:N  SIGKILL before training step N; term:N  SIGTERM to itself before
+  step N; killsave:N  SIGKILL right after the save of step N started (its
+  files are being written); killeval:0  SIGKILL during the final evaluation.
+  """
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from research import evaluate, main  # pylint: disable=g-import-not-at-top
+  kind, _, at = fault.partition(':')
+  at = int(at or 0)
+  real_batch, real_save = sharding.global_batch, checkpoint.save
+  real_splits = evaluate.Evaluator.splits
+  calls = []
+
+  def batch(local, mesh):
+    calls.append(1)
+    step = int(open(os.path.join(workdir, 'start')).read()) + len(calls)
+    if kind in ('kill', 'term') and step == at:
+      os.kill(os.getpid(), signal.SIGKILL if kind == 'kill' else signal.SIGTERM)
+    return real_batch(local, mesh)
+
+  def save(manager, step, *args):
+    real_save(manager, step, *args)
+    if kind == 'killsave' and step == at:
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  def splits(self, params, names):
+    if kind == 'killeval' and 'test' in names:
+      os.kill(os.getpid(), signal.SIGKILL)
+    return real_splits(self, params, names)
+
+  def record_start(parts, manager, config, rng, data_iterator):
+    state, shardings = real_restore(parts, manager, config, rng, data_iterator)
+    with open(os.path.join(workdir, 'start'), 'w') as f:
+      f.write(str(int(jax.device_get(state.step))))
+    return state, shardings
+  real_restore = train.restore_or_init
+  config_file = os.path.join(directory, 'long_config.py')
+  with open(config_file, 'w') as f:
+    f.write(f'from tests import faults_test\n'
+            f'def get_config():\n  return faults_test.long_config({directory!r})\n')
+  with mock.patch.object(sharding, 'global_batch', batch), \
+       mock.patch.object(checkpoint, 'save', save), \
+       mock.patch.object(evaluate.Evaluator, 'splits', splits), \
+       mock.patch.object(train, 'restore_or_init', record_start):
+    sys.argv = ['research.main', f'--config={config_file}', f'--workdir={workdir}']
+    app.run(main.main)
+
+
+def _drive(directory, workdir, fault=''):
+  code = (f'from tests import faults_test as f; '
+          f'f.drive({directory!r}, {workdir!r}, {fault!r})')
+  return subprocess.run([sys.executable, '-c', code], cwd=_ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _state(config, workdir):
+  parts = components.build(config)
+  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
+                                    max_to_keep=50)
+  structs, _ = components.abstract_state(parts, config.data.batch_size)
+  state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
+  manager.close()
+  return jax.device_get(state)
+
+
+def _metrics(workdir, evals_only=False):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [{k: v for k, v in json.loads(l).items() if k not in _TIMING}
+               for l in f]
+  # A resumed run's first train line averages fewer steps (those since the
+  # resume), so only its evaluations can equal an uninterrupted run's.
+  return [r for r in records if r['split'] != 'train'] if evals_only else records
+
+
+def _assert_same_state(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+class KillAndResumeTest(absltest.TestCase):
+
+  def test_kills_and_stop_signals_resume_bit_identically(self):
+    tmp = self.create_tempdir().full_path
+    straight = os.path.join(tmp, 'straight')
+    out = _drive(tmp, straight)
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+
+    chained = os.path.join(tmp, 'chained')
+    faults_in_order = [  # (fault, expected exit status)
+        ('kill:7', -signal.SIGKILL),          # before the first checkpoint
+        ('term:16', faults.EXIT_PREEMPTED),   # stop signal: saves step 16
+        ('kill:27', -signal.SIGKILL),         # between two checkpoints
+        ('killsave:30', -signal.SIGKILL),     # while step 30 is being written
+        ('term:41', faults.EXIT_PREEMPTED),
+        ('killeval:0', -signal.SIGKILL),      # in the final evaluation
+        ('', 0),
+    ]
+    for fault, status in faults_in_order:
+      out = _drive(tmp, chained, fault)
+      self.assertEqual(out.returncode, status, f'{fault}: {out.stderr[-3000:]}')
+      if status == faults.EXIT_PREEMPTED:
+        self.assertIn('preempted: SIGTERM received: stopped after step', out.stderr)
+        self.assertIn(int(fault.split(':')[1]),
+                      checkpoint.make_manager(os.path.join(chained, 'checkpoints'),
+                                              max_to_keep=50).all_steps())
+    config = long_config(tmp)
+    _assert_same_state(_state(config, straight), _state(config, chained))
+    self.assertEqual(_metrics(straight, evals_only=True),
+                     _metrics(chained, evals_only=True))
+
+
+class DamagedCheckpointTest(absltest.TestCase):
+
+  def _run_to(self, tmp, workdir, stop_at):
+    """Stops the run with SIGTERM: every checkpoint up to `stop_at` is
+    committed."""
+    out = _drive(tmp, workdir, f'term:{stop_at}')
+    self.assertEqual(out.returncode, faults.EXIT_PREEMPTED, out.stderr[-3000:])
+
+  def test_damaged_checkpoints_are_skipped_and_kept_aside(self):
+    tmp = self.create_tempdir().full_path
+    straight = os.path.join(tmp, 'straight')
+    self.assertEqual(_drive(tmp, straight).returncode, 0)
+    work = os.path.join(tmp, 'damaged')
+    self._run_to(tmp, work, 35)  # Checkpoints 10, 20, 30, 35.
+    ckpts = os.path.join(work, 'checkpoints')
+    # 35: a truncated array file; 30: its data item deleted.
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ckpts, '35', 'state'))
+             for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    with open(biggest, 'r+b') as f:
+      f.truncate(os.path.getsize(biggest) // 2)
+    for d, _, fs in os.walk(os.path.join(ckpts, '30', 'data'), topdown=False):
+      for f in fs:
+        os.remove(os.path.join(d, f))
+      os.rmdir(d)
+    out = _drive(tmp, work)
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    self.assertIn('warning: checkpoint at step 35 is unreadable', out.stdout)
+    self.assertIn('warning: checkpoint at step 30 is unreadable', out.stdout)
+    self.assertIn('Resuming from the checkpoint at step 20.', out.stdout)
+    self.assertLen(os.listdir(os.path.join(work, 'unreadable_checkpoints')), 2)
+    config = long_config(tmp)
+    _assert_same_state(_state(config, straight), _state(config, work))
+
+  def test_no_readable_checkpoint_stops_with_a_message(self):
+    tmp = self.create_tempdir().full_path
+    work = os.path.join(tmp, 'w')
+    self._run_to(tmp, work, 15)  # Checkpoints 10 and 15.
+    for step in ('10', '15'):
+      with open(os.path.join(work, 'checkpoints', step, 'config', 'metadata'), 'w') as f:
+        f.write('\x00garbage')
+    out = _drive(tmp, work)
+    self.assertEqual(out.returncode, faults.EXIT_BAD_INPUT, out.stderr[-3000:])
+    self.assertIn('error: No checkpoint in', out.stderr)
+    self.assertIn('--fresh', out.stderr)
+    self.assertTrue(os.listdir(os.path.join(work, 'unreadable_checkpoints')))
+    self.assertNotIn('Training lstm', out.stdout)  # It did not start over.
+
+
+class InProcessFaultTest(absltest.TestCase):
+
+  def test_config_that_changed_is_refused_unless_fresh(self):
+    tmp = self.create_tempdir().full_path
+    work = os.path.join(tmp, 'w')
+    train.train_and_evaluate(test_util.tiny_config(tmp), work)
+    changed = test_util.tiny_config(tmp)
+    changed.model.hidden_size = 8
+    with self.assertRaisesRegex(faults.ConfigMismatchError,
+                                r'model.hidden_size: 16 -> 8[\s\S]*--fresh'):
+      train.train_and_evaluate(changed, work)
+    moved = train.move_aside(work)
+    self.assertTrue(os.path.isdir(os.path.join(moved, 'checkpoints')))
+    train.train_and_evaluate(changed, work)
+
+  def _nan_at(self, step):
+    real = sharding.global_batch
+    calls = []
+
+    def batch(local, mesh):
+      calls.append(1)
+      if len(calls) == step:
+        local = dict(local, weights=np.full_like(local['weights'], np.nan))
+      return real(local, mesh)
+    return absltest.mock.patch.object(sharding, 'global_batch', batch)
+
+  def test_nonfinite_step_stops_without_saving_it(self):
+    tmp = self.create_tempdir().full_path
+    work = os.path.join(tmp, 'w')
+    with self._nan_at(6), self.assertRaisesRegex(
+        faults.NonFiniteError, r'Non-finite loss \(nan\) at step 6\. .*last good '
+        r'checkpoint is step 4'):
+      train.train_and_evaluate(test_util.tiny_config(tmp), work)
+    manager = checkpoint.make_manager(os.path.join(work, 'checkpoints'), max_to_keep=10)
+    self.assertEqual(manager.all_steps(), [4])
+
+  def test_nonfinite_steps_can_be_skipped_and_counted(self):
+    tmp = self.create_tempdir().full_path
+    work = os.path.join(tmp, 'w')
+    config = test_util.tiny_config(tmp)
+    config.skip_nonfinite_steps = True
+    with self._nan_at(6):
+      results = train.train_and_evaluate(config, work)
+    self.assertTrue(np.isfinite(results['valid']['loss']))
+    skipped = [m['skipped_steps'] for m in _metrics(work) if m['split'] == 'train']
+    self.assertEqual(skipped, [0.0, 1.0, 0.0])
+
+  def test_full_disk_during_a_save_keeps_earlier_checkpoints(self):
+    tmp = self.create_tempdir().full_path
+    work = os.path.join(tmp, 'w')
+    real = checkpoint.save
+
+    def save(manager, step, *args):
+      if step == 8:
+        raise OSError(28, 'No space left on device')
+      return real(manager, step, *args)
+    with absltest.mock.patch.object(checkpoint, 'save', save), \
+         self.assertRaisesRegex(faults.RunError, r'No space left on device .*'
+                                r'\(\[4\]\) are intact'):
+      train.train_and_evaluate(test_util.tiny_config(tmp), work)
+    manager = checkpoint.make_manager(os.path.join(work, 'checkpoints'), max_to_keep=10)
+    self.assertEqual(manager.all_steps(), [4])
+    _state(test_util.tiny_config(tmp), work)  # Step 4 still restores.
+
+  def test_same_config_and_seed_give_identical_metrics(self):
+    tmp = self.create_tempdir().full_path
+    for name in ('a', 'b'):
+      train.train_and_evaluate(test_util.tiny_config(tmp, model='transformer'),
+                               os.path.join(tmp, name))
+    self.assertEqual(_metrics(os.path.join(tmp, 'a')), _metrics(os.path.join(tmp, 'b')))
+
+
+def _main(args, tmp):
+  out = subprocess.run([sys.executable, '-m', 'research.main'] + args, cwd=_ROOT,
+                       capture_output=True, text=True, timeout=300)
+  return out.returncode, [l for l in out.stderr.splitlines() if l.startswith('error:')]
+
+
+class BadInputTest(absltest.TestCase):
+
+  def _config_file(self, tmp, body):
+    path = os.path.join(tmp, 'bad_config.py')
+    with open(path, 'w') as f:
+      f.write(textwrap.dedent(f"""\
+          from tests import test_util
+          def get_config():
+            c = test_util.tiny_config({tmp!r})
+          """) + textwrap.indent(textwrap.dedent(body) + '\n', '  ') + '  return c\n')
+    return path
+
+  def test_each_bad_input_gives_one_error_line_and_status_2(self):
+    tmp = self.create_tempdir().full_path
+    empty = os.path.join(tmp, 'empty.txt')
+    open(empty, 'w').close()
+    latin1 = os.path.join(tmp, 'latin1.txt')
+    with open(latin1, 'wb') as f:
+      f.write('café au lait\n'.encode('latin-1') * 50)
+    blocker = os.path.join(tmp, 'a_file')
+    open(blocker, 'w').close()
+    cases = {
+        'empty file': (f'c.data.path = {empty!r}', 'is empty'),
+        'not UTF-8': (f'c.data.path = {latin1!r}', 'UTF-8'),
+        'split too small': ('c.data.batch_size = 2000', 'too small'),
+        'unknown dataset': ("c.data.name = 'nope'", "Unknown dataset 'nope'"),
+        'unknown model': ("c.model.name = 'nope'", "Unknown model 'nope'"),
+    }
+    for name, (body, message) in cases.items():
+      with self.subTest(name):
+        status, errors = _main([f'--config={self._config_file(tmp, body)}',
+                                f'--workdir={os.path.join(tmp, "w_" + name[:5])}'], tmp)
+        self.assertEqual(status, faults.EXIT_BAD_INPUT)
+        self.assertLen(errors, 1)
+        self.assertIn(message, errors[0])
+    with self.subTest('unknown variant'):
+      status, errors = _main(['--config=configs/ptb_lstm.py:huge',
+                              f'--workdir={tmp}/v'], tmp)
+      self.assertNotEqual(status, 0)
+    with self.subTest('workdir cannot be written'):
+      status, errors = _main([f'--config={self._config_file(tmp, "")}',
+                              f'--workdir={blocker}/run'], tmp)
+      self.assertEqual(status, faults.EXIT_BAD_INPUT)
+      self.assertIn('Cannot write to the workdir', errors[0])
+
+  def test_a_single_giant_line_is_valid_input(self):
+    tmp = self.create_tempdir().full_path
+    path = os.path.join(tmp, 'one_line.txt')
+    with open(path, 'w') as f:
+      f.write(' '.join(['the cat sat on the mat'] * 20000))  # 460k chars, no newline.
+    for level in ('char', 'word'):
+      config = test_util.tiny_config(tmp)
+      config.data.path, config.data.level = path, level
+      config.num_train_steps = 2
+      results = train.train_and_evaluate(config, os.path.join(tmp, level))
+      self.assertTrue(np.isfinite(results['valid']['loss']))
+
+
+if __name__ == '__main__':
+  absltest.main()
