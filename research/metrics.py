@@ -50,9 +50,12 @@ def headline(figures: dict[str, float]) -> str:
 class Throughput:
   """Tokens per second and time left, measured between log events."""
 
-  def __init__(self, tokens_per_step: int, total_steps: int):
+  def __init__(self, tokens_per_step: int, total_steps: int,
+               flops_per_token: float = 0.0, peak_flops_per_s: float | None = None):
     self._tokens_per_step = tokens_per_step
     self._total_steps = total_steps
+    self._flops_per_token = flops_per_token
+    self._peak = peak_flops_per_s
     self._last_time = None
     self._last_step = None
 
@@ -66,9 +69,13 @@ class Throughput:
     seconds = max(now - self._last_time, 1e-9)
     step_time = seconds / max(steps, 1)
     self._last_time, self._last_step = now, step
-    return {'tokens_per_s': steps * self._tokens_per_step / seconds,
-            'step_time_s': step_time,
-            'eta_s': (self._total_steps - step) * step_time}
+    tokens_per_s = steps * self._tokens_per_step / seconds
+    figures = {'tokens_per_s': tokens_per_s, 'step_time_s': step_time,
+               'eta_s': (self._total_steps - step) * step_time,
+               'flops_per_s': tokens_per_s * self._flops_per_token}
+    if self._peak:
+      figures['mfu'] = figures['flops_per_s'] / self._peak
+    return figures
 
 
 def console(message: str, *args) -> None:
@@ -130,10 +137,11 @@ class MetricWriter:
 
   def log_train(self, step: int, total: int, figures: dict[str, float]) -> None:
     """The console line of a log interval."""
-    console('step %d/%d | loss %.4f | %s | lr %.3g | %.0f tok/s | ETA %s',
-                 step, total, figures['loss'], headline(figures),
-                 figures['learning_rate'], figures['tokens_per_s'],
-                 _format_eta(figures['eta_s']))
+    mfu = f' | MFU {100 * figures["mfu"]:.1f}%' if 'mfu' in figures else ''
+    console('step %d/%d | loss %.4f | %s | lr %.3g | %.0f tok/s%s | ETA %s',
+            step, total, figures['loss'], headline(figures),
+            figures['learning_rate'], figures['tokens_per_s'], mfu,
+            _format_eta(figures['eta_s']))
 
   def flush(self) -> None:
     if self._enabled:

@@ -23,6 +23,7 @@ from research import checkpoint
 from research import components as components_lib
 from research import evaluate
 from research import faults
+from research import flops
 from research import metrics
 from research import models
 from research import provenance
@@ -230,8 +231,11 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
   current step with a checkpoint (faults.Preempted).
   """
   total = parts.num_train_steps
+  peak, _ = flops.device_peak()
   throughput = metrics.Throughput(
-      config.data.batch_size * config.data.seq_len, total)
+      config.data.batch_size * config.data.seq_len, total,
+      flops.flops_per_token(state.params, config.model, config.data.seq_len),
+      peak * jax.device_count() if peak else None)
   throughput.reset(start)
   pending, unchecked = [], []
   with faults.StopSignal() as stop:

@@ -21,7 +21,7 @@ from research import train
 from tests import test_util
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TIMING = ('time', 'tokens_per_s', 'step_time_s', 'eta_s')
+_TIMING = ('time', 'tokens_per_s', 'step_time_s', 'eta_s', 'flops_per_s', 'mfu')
 
 
 def long_config(directory: str, **overrides):

@@ -1,0 +1,196 @@
+"""`python -m research.bench --config=configs/x.py[:variant] [--steps=N]`.
+
+Times the real jitted train step (`train.make_train_step`, the one training
+runs) after warm-up and prints compile time, step time (median and spread),
+tokens/s, achieved FLOP/s and MFU against the device's peak (research/flops.py;
+on CPU a float32 matmul peak measured on the spot), peak memory, and the
+tokens/s the data pipeline alone supplies.
+
+  --json=PATH        also write the figures as JSON.
+  --record=FILE      append them to FILE (JSON lines; default none), then
+  --table=MD         rebuild the markdown table MD from FILE's latest run per
+                     (config, device). `BENCHMARKS.md` is made this way.
+"""
+
+import datetime
+import json
+import os
+import resource
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+import tensorflow_datasets as tfds
+
+from research import components
+from research import flops
+from research import provenance
+from research import sharding
+from research import train
+from research.data import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:variant].')
+_STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps (after warm-up).')
+_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.')
+_JSON = flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
+_RECORD = flags.DEFINE_string('record', None, 'Append the figures to this JSON-lines file.')
+_TABLE = flags.DEFINE_string('table', None, 'Rebuild this markdown table from --record.')
+flags.mark_flags_as_required(['config'])
+
+
+def _peak_memory_bytes(device) -> tuple[int, str]:
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if stats and 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use']), 'device peak bytes in use'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process peak RSS'
+
+
+def data_tokens_per_s(parts, config, batches: int = 200) -> float:
+  """Tokens/s the grain pipeline delivers alone (host side, no training)."""
+  it = iter(pipeline.train_dataset(
+      parts.corpus.splits['train'], kind=parts.data_kind,
+      batch_size=config.data.batch_size, seq_len=config.data.seq_len, seed=0))
+  next(it)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return batches * config.data.batch_size * config.data.seq_len / (
+      time.perf_counter() - start)
+
+
+def run(config, steps: int, warmup: int, config_name: str = '') -> dict:
+  """Benchmarks the train step of `config`; returns the figures."""
+  parts = components.build(config)
+  state, shardings = components.create_state(parts, jax.random.key(config.seed),
+                                              config.data.batch_size)
+  step_fn = train.make_train_step(parts, shardings, config.optim.loss,
+                                  config.skip_nonfinite_steps)
+  it = iter(pipeline.train_dataset(
+      parts.corpus.splits['train'], kind=parts.data_kind,
+      batch_size=config.data.batch_size, seq_len=config.data.seq_len, seed=0))
+  batches = [sharding.global_batch(next(it), parts.mesh) for _ in range(8)]
+  key = jax.random.key(1)
+
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batches[0], key).compile()
+  compile_s = time.perf_counter() - start
+  # The first call through the jitted function reuses that executable.
+  state, m = step_fn(state, batches[0], key)
+  jax.block_until_ready(m)
+  for i in range(warmup):
+    state, m = step_fn(state, batches[i % len(batches)], key)
+  jax.block_until_ready((state, m))
+  times = []
+  for i in range(steps):
+    t0 = time.perf_counter()
+    state, m = step_fn(state, batches[i % len(batches)], key)
+    jax.block_until_ready((state, m))
+    times.append(time.perf_counter() - t0)
+  del compiled
+
+  tokens = config.data.batch_size * config.data.seq_len
+  per_token = flops.flops_per_token(state.params, config.model, config.data.seq_len)
+  summary = flops.describe(times)
+  device = jax.devices()[0]
+  peak, peak_source = flops.device_peak(device)
+  peak_total = peak * len(jax.devices()) if peak else None
+  flops_per_s = per_token * tokens / summary['step_time_median_s']
+  memory, memory_kind = _peak_memory_bytes(device)
+  return {
+      'config': config_name,
+      'device': provenance.hardware(),
+      'device_kind': device.device_kind,
+      'commit': provenance.revision(),
+      'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+      'batch': f'{config.data.batch_size}x{config.data.seq_len}',
+      'steps_timed': steps,
+      'compile_s': compile_s,
+      **summary,
+      'tokens_per_s': tokens / summary['step_time_median_s'],
+      'flops_per_token': per_token,
+      'flops_per_s': flops_per_s,
+      'peak_flops_per_s': peak_total,
+      'peak_source': peak_source,
+      'mfu': flops_per_s / peak_total if peak_total else None,
+      'peak_memory_bytes': memory,
+      'peak_memory_kind': memory_kind,
+      'data_tokens_per_s': data_tokens_per_s(parts, config),
+  }
+
+
+def _print(figures: dict) -> None:
+  ms = lambda s: f'{1e3 * s:.1f} ms'
+  mfu = f'{100 * figures["mfu"]:.1f}%' if figures['mfu'] else 'n/a'
+  peak = (f'{figures["peak_flops_per_s"] / 1e9:.1f} GFLOP/s'
+          if figures['peak_flops_per_s'] else 'unknown')
+  print(f'{figures["config"]} on {figures["device"]} (commit {figures["commit"][:12]})\n'
+        f'  compile            {figures["compile_s"]:.2f} s\n'
+        f'  step time          median {ms(figures["step_time_median_s"])}, '
+        f'p10 {ms(figures["step_time_p10_s"])}, p90 {ms(figures["step_time_p90_s"])} '
+        f'({figures["steps_timed"]} steps, batch {figures["batch"]})\n'
+        f'  tokens/s           {figures["tokens_per_s"]:,.0f}\n'
+        f'  achieved           {figures["flops_per_s"] / 1e9:.1f} GFLOP/s '
+        f'({figures["flops_per_token"] / 1e6:.2f} MFLOP per token)\n'
+        f'  peak               {peak} ({figures["peak_source"]})\n'
+        f'  MFU                {mfu}\n'
+        f'  peak memory        {figures["peak_memory_bytes"] / 2**20:,.0f} MiB '
+        f'({figures["peak_memory_kind"]})\n'
+        f'  data pipeline      {figures["data_tokens_per_s"]:,.0f} tokens/s', flush=True)
+
+
+def write_table(records_path: str, table_path: str) -> None:
+  """BENCHMARKS.md: the latest record per (config, device), generated."""
+  with open(records_path) as f:
+    records = [json.loads(l) for l in f if l.strip()]
+  latest = {}
+  for r in records:
+    latest[(r['config'], r['device'])] = r
+  lines = [
+      '# Benchmarks', '',
+      '<!-- Generated by `python -m research.bench --config=... '
+      f'--record={records_path} --table={table_path}`; do not edit by hand. -->', '',
+      'The real jitted train step after warm-up. MFU: achieved FLOP/s (6 N per '
+      'token plus the attention term, research/flops.py) over the peak: on '
+      'CPU a float32 matmul measured in the same process, on accelerators the '
+      'dense bf16 datasheet figure.', '',
+      '| config | batch | device | step median (p10-p90) | tokens/s | GFLOP/s | peak GFLOP/s | MFU | compile | data tokens/s | commit | date |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+  for r in latest.values():
+    mfu = f'{100 * r["mfu"]:.1f}%' if r['mfu'] else 'n/a'
+    peak = f'{r["peak_flops_per_s"] / 1e9:.0f}' if r['peak_flops_per_s'] else 'n/a'
+    lines.append(
+        f'| `{r["config"]}` | {r["batch"]} | {r["device"]} | '
+        f'{1e3 * r["step_time_median_s"]:.1f} ms ({1e3 * r["step_time_p10_s"]:.1f}-'
+        f'{1e3 * r["step_time_p90_s"]:.1f}) | {r["tokens_per_s"]:,.0f} | '
+        f'{r["flops_per_s"] / 1e9:.1f} | {peak} | {mfu} | {r["compile_s"]:.1f} s | '
+        f'{r["data_tokens_per_s"]:,.0f} | {r["commit"][:12]} | {r["date"]} |')
+  with open(table_path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  tfds.disable_progress_bar()
+  name = next((a.split('=', 1)[1] for a in os.sys.argv if a.startswith('--config=')), '')
+  overrides = [a for a in os.sys.argv if a.startswith('--config.')
+               and not a.startswith(('--config.data.path', '--config.data.tfds_dir'))]
+  if overrides:
+    name += ' ' + ' '.join(overrides)
+  figures = run(_CONFIG.value, _STEPS.value, _WARMUP.value, name)
+  _print(figures)
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
+      json.dump(figures, f, indent=2)
+  if _RECORD.value:
+    with open(_RECORD.value, 'a') as f:
+      f.write(json.dumps(figures) + '\n')
+    if _TABLE.value:
+      write_table(_RECORD.value, _TABLE.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
