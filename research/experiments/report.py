@@ -88,7 +88,7 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
     starts = [r for r in runs if r['event'] == 'start']
     out.append(CellResult(
         cell=cell, status=cell_state.status, reason=cell_state.reason,
-        command=shlex.join(runner.command(root, experiment, cell)),
+        command=shlex.join(runner.command(root, experiment, cell, python='python')),
         final=final, history=history,
         epochs=max([r.get('epoch', 0.0) for r in records], default=0.0),
         wall_seconds=provenance.wall_seconds(runs, [r['time'] for r in records
