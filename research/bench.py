@@ -95,8 +95,7 @@ def run(config, steps: int, warmup: int, config_name: str = '') -> dict:
   per_token = flops.flops_per_token(state.params, config.model, config.data.seq_len)
   summary = flops.describe(times)
   device = jax.devices()[0]
-  peak, peak_source = flops.device_peak(device)
-  peak_total = peak * len(jax.devices()) if peak else None
+  peak_total, peak_source = flops.total_peak()
   flops_per_s = per_token * tokens / summary['step_time_median_s']
   memory, memory_kind = _peak_memory_bytes(device)
   return {

@@ -96,6 +96,15 @@ def device_peak(device: jax.Device | None = None, *, measure_cpu: bool = True,
   return None, f'unknown device kind {device.device_kind!r}: add it to research/flops.py'
 
 
+def total_peak() -> tuple[float | None, str]:
+  """Peak of all devices of the run. CPU devices (fake ones included) share
+  one host, whose measured peak already counts all its cores."""
+  peak, source = device_peak()
+  if peak is None or jax.devices()[0].platform == 'cpu':
+    return peak, source
+  return peak * jax.device_count(), f'{jax.device_count()} x ({source})'
+
+
 def describe(values_s: list[float]) -> dict[str, float]:
   """Median and spread of step times in seconds."""
   arr = np.asarray(values_s)

@@ -231,11 +231,10 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
   current step with a checkpoint (faults.Preempted).
   """
   total = parts.num_train_steps
-  peak, _ = flops.device_peak()
   throughput = metrics.Throughput(
       config.data.batch_size * config.data.seq_len, total,
       flops.flops_per_token(state.params, config.model, config.data.seq_len),
-      peak * jax.device_count() if peak else None)
+      flops.total_peak()[0])
   throughput.reset(start)
   pending, unchecked = [], []
   with faults.StopSignal() as stop:
