@@ -12,7 +12,6 @@ so a token sees only the earlier tokens of its own window.
 
 import functools
 import os
-from typing import Any
 
 import jax
 import ml_collections

@@ -9,7 +9,6 @@ workdir's latest checkpoint automatically.
 
 import errno
 import functools
-import json
 import os
 import time
 

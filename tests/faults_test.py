@@ -14,7 +14,6 @@ import numpy as np
 from absl.testing import absltest
 
 from research import checkpoint
-from research import components
 from research import faults
 from research import sharding
 from research import train
@@ -96,16 +95,6 @@ def _drive(directory, workdir, fault=''):
                         capture_output=True, text=True, timeout=300)
 
 
-def _state(config, workdir):
-  parts = components.build(config)
-  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
-                                    max_to_keep=50)
-  structs, _ = components.abstract_state(parts, config.data.batch_size)
-  state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
-  manager.close()
-  return jax.device_get(state)
-
-
 def _metrics(workdir, evals_only=False):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [{k: v for k, v in json.loads(l).items() if k not in _TIMING}
@@ -147,7 +136,7 @@ class KillAndResumeTest(absltest.TestCase):
                       checkpoint.make_manager(os.path.join(chained, 'checkpoints'),
                                               max_to_keep=50).all_steps())
     config = long_config(tmp)
-    _assert_same_state(_state(config, straight), _state(config, chained))
+    _assert_same_state(test_util.final_state(config, straight), test_util.final_state(config, chained))
     self.assertEqual(_metrics(straight, evals_only=True),
                      _metrics(chained, evals_only=True))
 
@@ -184,7 +173,7 @@ class DamagedCheckpointTest(absltest.TestCase):
     self.assertIn('Resuming from the checkpoint at step 20.', out.stdout)
     self.assertLen(os.listdir(os.path.join(work, 'unreadable_checkpoints')), 2)
     config = long_config(tmp)
-    _assert_same_state(_state(config, straight), _state(config, work))
+    _assert_same_state(test_util.final_state(config, straight), test_util.final_state(config, work))
 
   def test_no_readable_checkpoint_stops_with_a_message(self):
     tmp = self.create_tempdir().full_path
@@ -263,7 +252,7 @@ class InProcessFaultTest(absltest.TestCase):
       train.train_and_evaluate(test_util.tiny_config(tmp), work)
     manager = checkpoint.make_manager(os.path.join(work, 'checkpoints'), max_to_keep=10)
     self.assertEqual(manager.all_steps(), [4])
-    _state(test_util.tiny_config(tmp), work)  # Step 4 still restores.
+    test_util.final_state(test_util.tiny_config(tmp), work)  # Step 4 still restores.
 
   def test_same_config_and_seed_give_identical_metrics(self):
     tmp = self.create_tempdir().full_path

@@ -97,7 +97,7 @@ def restore_worker(directory: str) -> dict:
   stopped after step 8 and finished on a single device."""
   from unittest import mock  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from research import checkpoint, components, sharding, train  # pylint: disable=g-import-not-at-top
+  from research import checkpoint, sharding, train  # pylint: disable=g-import-not-at-top
   from tests import test_util  # pylint: disable=g-import-not-at-top
 
   config = test_util.tiny_config(directory, model='transformer')
@@ -106,13 +106,7 @@ def restore_worker(directory: str) -> dict:
 
   def final_state(workdir):
     _set_mesh(config, (1, 1, 1))
-    parts = components.build(config, devices=jax.devices()[:1])
-    manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
-                                      max_to_keep=10)
-    structs, _ = components.abstract_state(parts, config.data.batch_size)
-    state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
-    manager.close()
-    return jax.device_get(state)
+    return test_util.final_state(config, workdir, devices=jax.devices()[:1])
 
   straight = os.path.join(directory, 'straight')
   _set_mesh(config, (8, 1, 1))

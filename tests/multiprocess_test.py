@@ -14,8 +14,6 @@ import numpy as np
 from absl.testing import absltest
 from unittest import mock
 
-from research import checkpoint
-from research import components
 from research import distributed
 from tests import test_util
 
@@ -26,16 +24,6 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
-
-
-def _final_state(config, workdir):
-  parts = components.build(config)
-  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
-                                    max_to_keep=10)
-  structs, _ = components.abstract_state(parts, config.data.batch_size)
-  state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
-  manager.close()
-  return jax.device_get(state)
 
 
 def _losses(workdir):
@@ -115,8 +103,8 @@ class MultiProcessTest(absltest.TestCase):
     # The 2-process checkpoint restores onto this 1-device process and holds
     # the same parameters and optimizer state.
     config = test_util.tiny_config(tmp, model='transformer')
-    a = _final_state(config, os.path.join(tmp, 'one'))
-    b = _final_state(config, os.path.join(tmp, 'two'))
+    a = test_util.final_state(config, os.path.join(tmp, 'one'))
+    b = test_util.final_state(config, os.path.join(tmp, 'two'))
     self.assertEqual(int(a.step), config.num_train_steps)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), a, b)
 

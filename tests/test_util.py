@@ -56,3 +56,17 @@ def tiny_config(directory: str, model: str = 'lstm', level: str = 'char',
   c.sample.num_tokens = 8
   c.lock()
   return c
+
+
+def final_state(config: ml_collections.ConfigDict, workdir: str, devices=None):
+  """The state of the workdir's latest checkpoint, restored onto `devices`
+  (default: all) under `config`'s mesh and fetched to the host."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from research import checkpoint, components  # pylint: disable=g-import-not-at-top
+  parts = components.build(config, devices=devices)
+  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
+                                    max_to_keep=100)
+  structs, _ = components.abstract_state(parts, config.data.batch_size)
+  state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
+  manager.close()
+  return jax.device_get(state)

@@ -9,8 +9,6 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from research import checkpoint
-from research import components
 from research import evaluate
 from research import sharding
 from research import train
@@ -24,16 +22,6 @@ class _Crash(Exception):
 def _read_metrics(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
-
-
-def _final_params(config, workdir):
-  parts = components.build(config)
-  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
-                                    max_to_keep=10)
-  structs, _ = components.abstract_state(parts, config.data.batch_size)
-  state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
-  manager.close()
-  return jax.device_get(state)
 
 
 class _BatchRecorder:
@@ -104,8 +92,8 @@ class TrainTest(parameterized.TestCase):
     for got, want in zip(rest.batches, straight.batches[4:]):
       for key in want:
         np.testing.assert_array_equal(got[key], want[key])
-    a = _final_params(config, os.path.join(tmp, 'straight'))
-    b = _final_params(config, resumed_dir)
+    a = test_util.final_state(config, os.path.join(tmp, 'straight'))
+    b = test_util.final_state(config, resumed_dir)
     self.assertEqual(int(a.step), 12)
     jax.tree.map(np.testing.assert_array_equal, a, b)
     # metrics.jsonl holds each event once after the resume.

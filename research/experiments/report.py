@@ -159,7 +159,7 @@ def results_markdown(experiment: spec_lib.Experiment,
               f'--cells={",".join(missing)}', '']
   lines += [
             '## Cells', '',
-            f'| cell | status | ' + ' | '.join(experiment.splits) +
+            '| cell | status | ' + ' | '.join(experiment.splits) +
             ' | epochs | wall time | revision | command or reason |',
             '| --- | --- | ' + ' | '.join('---' for _ in experiment.splits) +
             ' | --- | --- | --- | --- |']
