@@ -43,9 +43,31 @@ from research import sharding
 from research.sharding import BATCH
 
 POSITIONAL_KINDS = ("learned", "sinusoidal")
+ATTENTION_KINDS = ("xla", "dot_product")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # GPT-2 and nanoGPT use 1e-5; Flax's default is 1e-6.
 _LAYER_NORM_EPSILON = 1e-5
 _INIT_STDDEV = 0.02
+
+
+def _causal_attention(q_BxTxNxK, k_BxSxNxK, v_BxSxNxK, dropout):
+  """Softmax attention of each position over itself and earlier ones."""
+  T = q_BxTxNxK.shape[1]  # pylint: disable=invalid-name
+
+  # Softmax in float32 whatever the compute dtype, so that low-precision
+  # activations do not lose the small attention weights.
+  logits_BxNxTxS = jnp.einsum(
+      "btnk,bsnk->bnts", q_BxTxNxK, k_BxSxNxK).astype(jnp.float32)
+  causal_TxS = jnp.tril(jnp.ones((T, T), dtype=bool))
+  # The finite minimum (not -inf) keeps gradients NaN-free; exp underflows
+  # to exactly 0, so later positions get exactly zero weight and gradient.
+  logits_BxNxTxS = jnp.where(
+      causal_TxS, logits_BxNxTxS, jnp.finfo(jnp.float32).min)
+  probs_BxNxTxS = jax.nn.softmax(logits_BxNxTxS, axis=-1).astype(
+      v_BxSxNxK.dtype)
+  probs_BxNxTxS = dropout(probs_BxNxTxS)
+
+  return jnp.einsum("bnts,bsnk->btnk", probs_BxNxTxS, v_BxSxNxK)
 
 
 class CausalSelfAttention(nn.Module):
@@ -54,6 +76,7 @@ class CausalSelfAttention(nn.Module):
   dropout_rate: float
   use_bias: bool
   out_kernel_init: nn.initializers.Initializer
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
@@ -68,25 +91,19 @@ class CausalSelfAttention(nn.Module):
         name="qkv")(x_BxTxD.reshape(B * T, D))
     qkv_BxTxNx3xK = sharding.constrain(
         qkv_BTx3D.reshape(B, T, N, 3, K), BATCH, None, 'tensor', None, None)
-    q_BxTxNxK = qkv_BxTxNx3xK[:, :, :, 0] * K**-0.5
+    q_BxTxNxK = qkv_BxTxNx3xK[:, :, :, 0]
     k_BxSxNxK = qkv_BxTxNx3xK[:, :, :, 1]
     v_BxSxNxK = qkv_BxTxNx3xK[:, :, :, 2]
-
-    # Softmax in float32 whatever the compute dtype, so that low-precision
-    # activations do not lose the small attention weights.
-    logits_BxNxTxS = jnp.einsum(
-        "btnk,bsnk->bnts", q_BxTxNxK, k_BxSxNxK).astype(jnp.float32)
-    causal_TxS = jnp.tril(jnp.ones((T, T), dtype=bool))
-    # The finite minimum (not -inf) keeps gradients NaN-free; exp underflows
-    # to exactly 0, so later positions get exactly zero weight and gradient.
-    logits_BxNxTxS = jnp.where(
-        causal_TxS, logits_BxNxTxS, jnp.finfo(jnp.float32).min)
-    probs_BxNxTxS = jax.nn.softmax(logits_BxNxTxS, axis=-1).astype(
-        x_BxTxD.dtype)
-    probs_BxNxTxS = nn.Dropout(self.dropout_rate)(
-        probs_BxNxTxS, deterministic=not train)
-
-    out_BxTxNxK = jnp.einsum("bnts,bsnk->btnk", probs_BxNxTxS, v_BxSxNxK)
+    if self.attention == "dot_product":
+      # One fused op: cuDNN flash attention on GPU where it applies, XLA
+      # elsewhere. Same math; no dropout on the attention weights.
+      out_BxTxNxK = jax.nn.dot_product_attention(
+          q_BxTxNxK, k_BxSxNxK, v_BxSxNxK, is_causal=True)
+    else:
+      dropout = nn.Dropout(self.dropout_rate)
+      out_BxTxNxK = _causal_attention(
+          q_BxTxNxK * K**-0.5, k_BxSxNxK, v_BxSxNxK,
+          lambda p: dropout(p, deterministic=not train))
     out_BTxD = nn.Dense(
         D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
         name="out")(sharding.constrain(out_BxTxNxK.reshape(B * T, D),
@@ -127,6 +144,7 @@ class Block(nn.Module):
   dropout_rate: float
   use_bias: bool
   out_kernel_init: nn.initializers.Initializer
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
@@ -134,7 +152,7 @@ class Block(nn.Module):
         nn.LayerNorm, epsilon=_LAYER_NORM_EPSILON, use_bias=self.use_bias)
     x_BxTxD = x_BxTxD + CausalSelfAttention(
         self.num_heads, self.dropout_rate, self.use_bias,
-        self.out_kernel_init, name="attn")(
+        self.out_kernel_init, self.attention, name="attn")(
             layer_norm(name="ln_1")(x_BxTxD), train)
     x_BxTxD = x_BxTxD + Mlp(
         self.d_ff, self.dropout_rate, self.use_bias, self.out_kernel_init,
@@ -168,6 +186,8 @@ class Transformer(nn.Module):
   positional: str
   tie_embeddings: bool
   use_bias: bool
+  attention: str = "xla"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, inputs_BxT: jax.Array, train: bool) -> jax.Array:
@@ -184,7 +204,7 @@ class Transformer(nn.Module):
                            (self.seq_len, D))
       x_BxTxD = x_BxTxD + pos_PxD[:T]
     else:
-      x_BxTxD = x_BxTxD + sinusoidal_positions(T, D)
+      x_BxTxD = x_BxTxD + sinusoidal_positions(T, D).astype(x_BxTxD.dtype)
     x_BxTxD = nn.Dropout(self.dropout_rate)(x_BxTxD, deterministic=not train)
 
     # GPT-2: scale the init of the projections that write into the residual
@@ -192,10 +212,12 @@ class Transformer(nn.Module):
     # depth (two such writes per block).
     out_kernel_init = nn.initializers.normal(
         _INIT_STDDEV / math.sqrt(2 * self.num_layers))
+    # Rematerialised blocks keep only their inputs for the backward pass.
+    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     for i in range(self.num_layers):
-      x_BxTxD = Block(self.num_heads, self.d_ff, self.dropout_rate,
-                      self.use_bias, out_kernel_init, name=f"block_{i}")(
-                          x_BxTxD, train)
+      x_BxTxD = block(self.num_heads, self.d_ff, self.dropout_rate,
+                      self.use_bias, out_kernel_init, self.attention,
+                      name=f"block_{i}")(x_BxTxD, train)
     x_BxTxD = nn.LayerNorm(epsilon=_LAYER_NORM_EPSILON, use_bias=self.use_bias,
                            name="ln_f")(x_BxTxD)
 
@@ -216,7 +238,9 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
   Args:
     model_config: fields name, num_layers, num_heads, d_model, d_ff,
       dropout_rate, positional ('learned' | 'sinusoidal'), tie_embeddings,
-      use_bias (bias in every Dense and LayerNorm except the output head).
+      use_bias (bias in every Dense and LayerNorm except the output head);
+      speed options compute_dtype ('float32' | 'bfloat16'), attention
+      ('xla' | 'dot_product') and remat (bool).
     vocab_size: V.
     seq_len: the context length P; `apply` accepts any T <= P.
 
@@ -227,6 +251,20 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
     raise ValueError(
         f"Unknown positional {model_config.positional!r}; known: "
         f"{list(POSITIONAL_KINDS)}")
+  if model_config.attention not in ATTENTION_KINDS:
+    raise ValueError(
+        f"Unknown attention {model_config.attention!r} (config key "
+        f"model.attention); known: {list(ATTENTION_KINDS)}")
+  if model_config.attention == "dot_product" and model_config.dropout_rate:
+    raise ValueError(
+        "model.attention='dot_product' has no dropout on the attention "
+        f"weights but model.dropout_rate={model_config.dropout_rate}; set "
+        "model.dropout_rate=0 or model.attention='xla'.")
+  if model_config.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(
+        f"Unknown compute_dtype {model_config.compute_dtype!r} (config key "
+        f"model.compute_dtype); known: {list(COMPUTE_DTYPES)}")
+  compute_dtype = COMPUTE_DTYPES[model_config.compute_dtype]
   if model_config.d_model % model_config.num_heads:
     raise ValueError(
         f"d_model={model_config.d_model} is not divisible by "
@@ -241,7 +279,9 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
       dropout_rate=model_config.dropout_rate,
       positional=model_config.positional,
       tie_embeddings=model_config.tie_embeddings,
-      use_bias=model_config.use_bias)
+      use_bias=model_config.use_bias,
+      attention=model_config.attention,
+      remat=model_config.remat)
 
   def init(rng: jax.Array) -> dict:
     # Parameter shapes do not depend on T, so one position is enough.
@@ -252,6 +292,11 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
   def apply(params: dict, carry: dict, inputs_BxT: jax.Array, *, train: bool,
             rng: jax.Array | None) -> tuple[jax.Array, dict]:
     rngs = models.dropout_rngs(train, module.dropout_rate, rng)
+    if compute_dtype != jnp.float32:
+      # Mixed precision: the float32 parameters (and so the optimizer state)
+      # are cast on the way in, so gradients come back in float32; the
+      # attention softmax and the logits are float32 (see above).
+      params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
     logits_BxTxV = module.apply({"params": params}, inputs_BxT, train=train,
                                 rngs=rngs)
     return logits_BxTxV, carry

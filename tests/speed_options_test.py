@@ -1,0 +1,61 @@
+"""The Transformer's speed options compute the same model: fused attention,
+rematerialisation and bf16 compute with float32 parameters."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+
+from research import metrics
+from research import models
+from tests import models_test
+
+
+def _loss_and_grads(**overrides):
+  config = models_test.transformer_config(**overrides)
+  model = models.get_model(config, models_test.V, models_test.T)
+  params = model.init(jax.random.key(0))
+  tokens = models_test.random_tokens(1, (2, models_test.T))
+  targets = models_test.random_tokens(2, (2, models_test.T))
+
+  @functools.partial(jax.jit)
+  def loss(params):
+    logits, _ = model.apply(params, {}, tokens, train=False, rng=None)
+    s, n = metrics.cross_entropy_sums(logits, targets, jnp.ones(targets.shape))
+    return s / n
+  return jax.value_and_grad(loss)(params)
+
+
+class SpeedOptionsTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.loss, self.grads = _loss_and_grads()
+
+  def _assert_close(self, loss, grads, rtol, atol):
+    np.testing.assert_allclose(loss, self.loss, rtol=rtol)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(self.grads)):
+      self.assertEqual(a.dtype, jnp.float32)
+      np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+  def test_dot_product_attention_equals_the_einsums(self):
+    self._assert_close(*_loss_and_grads(attention='dot_product'), 1e-5, 1e-6)
+
+  def test_remat_gives_the_same_gradients(self):
+    self._assert_close(*_loss_and_grads(remat=True), 1e-6, 1e-7)
+
+  def test_bfloat16_compute_keeps_float32_gradients(self):
+    self._assert_close(*_loss_and_grads(compute_dtype='bfloat16'), 3e-2, 3e-3)
+
+  def test_bad_choices_are_refused(self):
+    with self.assertRaisesRegex(ValueError, 'dropout_rate=0.1'):
+      models.get_model(models_test.transformer_config(
+          attention='dot_product', dropout_rate=0.1), 5, 4)
+    with self.assertRaisesRegex(ValueError, 'model.compute_dtype'):
+      models.get_model(models_test.transformer_config(compute_dtype='fp8'), 5, 4)
+
+
+if __name__ == '__main__':
+  absltest.main()
