@@ -30,7 +30,6 @@ from research import flops
 from research import provenance
 from research import sharding
 from research import train
-from research.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:variant].')
 _STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps (after warm-up).')
@@ -50,9 +49,7 @@ def _peak_memory_bytes(device) -> tuple[int, str]:
 
 def data_tokens_per_s(parts, config, batches: int = 200) -> float:
   """Tokens/s the grain pipeline delivers alone (host side, no training)."""
-  it = iter(pipeline.train_dataset(
-      parts.corpus.splits['train'], kind=parts.data_kind,
-      batch_size=config.data.batch_size, seq_len=config.data.seq_len, seed=0))
+  it = train.train_iterator(parts, config)
   next(it)
   start = time.perf_counter()
   for _ in range(batches):
@@ -68,9 +65,7 @@ def run(config, steps: int, warmup: int, config_name: str = '') -> dict:
                                               config.data.batch_size)
   step_fn = train.make_train_step(parts, shardings, config.optim.loss,
                                   config.skip_nonfinite_steps)
-  it = iter(pipeline.train_dataset(
-      parts.corpus.splits['train'], kind=parts.data_kind,
-      batch_size=config.data.batch_size, seq_len=config.data.seq_len, seed=0))
+  it = train.train_iterator(parts, config)
   batches = [sharding.global_batch(next(it), parts.mesh) for _ in range(8)]
   key = jax.random.key(1)
 
@@ -142,8 +137,7 @@ def _print(figures: dict) -> None:
 
 def write_table(records_path: str, table_path: str) -> None:
   """BENCHMARKS.md: the latest record per (config, device), generated."""
-  with open(records_path) as f:
-    records = [json.loads(l) for l in f if l.strip()]
+  records = provenance.read_jsonl(records_path)
   latest = {}
   for r in records:
     latest[(r['config'], r['device'])] = r

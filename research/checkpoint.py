@@ -12,7 +12,6 @@ import os
 import time
 from typing import Any
 
-from absl import logging
 import grain
 import jax
 from jax.experimental import multihost_utils
@@ -20,6 +19,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from research import faults
+from research import metrics
 
 _ITEMS = ('state', 'data', 'config')
 
@@ -160,10 +160,8 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
     moved = _quarantine(manager, step)
     reason = f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}'
     failures.append(f'step {step} ({reason})')
-    logging.warning('Checkpoint at step %d is unreadable (%s); moved it to %s '
-                    'and trying an older one.', step, reason, moved)
-    print(f'warning: checkpoint at step {step} is unreadable ({reason}); '
-          f'moved to {moved}.', flush=True)
+    metrics.console('warning: checkpoint at step %d is unreadable (%s); '
+                    'moved to %s.', step, reason, moved)
   if failures:
     raise faults.CheckpointError(
         f'No checkpoint in {manager.directory} could be read: '

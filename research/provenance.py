@@ -71,12 +71,17 @@ def _append(workdir: str, record: dict) -> None:
     f.write(json.dumps(record) + '\n')
 
 
-def read_runs(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, RUNS_FILE)
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a JSON-lines file (runs.jsonl, metrics.jsonl); [] if
+  it does not exist."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
     return [json.loads(l) for l in f if l.strip()]
+
+
+def read_runs(workdir: str) -> list[dict]:
+  return read_jsonl(os.path.join(workdir, RUNS_FILE))
 
 
 def wall_seconds(runs: list[dict], record_times: list[float]) -> float:

@@ -91,6 +91,16 @@ def make_train_step(parts: components_lib.Components,
   return sharding.under_mesh(jitted, mesh)
 
 
+def train_iterator(parts: components_lib.Components,
+                   config: ml_collections.ConfigDict):
+  """This process's checkpointable iterator over the training batches."""
+  return iter(pipeline.train_dataset(
+      parts.corpus.splits['train'], kind=parts.data_kind,
+      batch_size=config.data.batch_size, seq_len=config.data.seq_len,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count()))
+
+
 def restore_or_init(parts, manager, config, rng, data_iterator):
   """Returns (state, shardings) from the newest readable checkpoint, else
   fresh (see checkpoint.restore_latest_good for damaged checkpoints)."""
@@ -173,11 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                     max_to_keep=config.keep_checkpoints)
   init_rng, dropout_rng, sample_rng = jax.random.split(
       jax.random.key(config.seed), 3)
-  data_iterator = iter(pipeline.train_dataset(
-      parts.corpus.splits['train'], kind=parts.data_kind,
-      batch_size=config.data.batch_size, seq_len=config.data.seq_len,
-      seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count()))
+  data_iterator = train_iterator(parts, config)
   state, state_shardings = restore_or_init(parts, manager, config, init_rng,
                                            data_iterator)
   start = int(jax.device_get(state.step))
@@ -202,9 +208,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     status = 'finished'
   except faults.Preempted:
     status = 'preempted'
-    raise
-  except BaseException:
-    status = 'failed'
     raise
   finally:
     # Commit saves already started, even when the loop was interrupted.
@@ -235,26 +238,27 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
       flops.flops_per_token(state.params, config.model, config.data.seq_len),
       flops.total_peak()[0])
   throughput.reset(start)
-  pending, unchecked = [], []
+  # Step metrics still on the device, and fetched (and checked) ones not yet
+  # logged: each is fetched once, at the next log line or save.
+  on_device, fetched = [], []
   with faults.StopSignal() as stop:
     for step in range(start + 1, total + 1):
       batch = sharding.global_batch(next(data_iterator), parts.mesh)
       state, step_metrics = step_fn(state, batch, dropout_rng)
-      pending.append(step_metrics)
-      unchecked.append((step, step_metrics))
+      on_device.append((step, step_metrics))
       if step % config.log_every_steps == 0 or step == total:
-        _check_finite(unchecked, manager, config.skip_nonfinite_steps)
-        unchecked = []
-        _log_train(writer, step, total, pending, throughput, parts.corpus.level,
+        fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
+        on_device = []
+        _log_train(writer, step, total, fetched, throughput, parts.corpus.level,
                    parts.steps_per_epoch)
-        pending = []
+        fetched = []
       if step % parts.eval_every == 0 and step != total:
         _evaluate_and_sample(evaluator, parts, state.params, step, ('valid',),
                              config, writer, sample_rng)
         throughput.reset(step)
       if step % parts.checkpoint_every == 0 or step == total or stop.received:
-        _check_finite(unchecked, manager, config.skip_nonfinite_steps)
-        unchecked = []
+        fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
+        on_device = []
         _save(manager, step, state, data_iterator, config)
       if stop.received and step != total:
         _wait(manager, step)
@@ -265,13 +269,13 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
   return state
 
 
-def _check_finite(unchecked, manager, skip: bool) -> None:
-  """Raises NonFiniteError at the first step whose loss or gradient norm is
-  not finite (unless such steps are skipped)."""
-  if skip or not unchecked:
-    return
-  for step, m in jax.device_get(unchecked):
-    if m['nonfinite']:
+def _fetch_checked(on_device, manager, skip: bool) -> list[dict]:
+  """Fetches (step, metrics) pairs to the host; raises NonFiniteError at the
+  first step whose loss or gradient norm is not finite (unless such steps are
+  skipped). Returns the host metrics."""
+  host = jax.device_get(on_device)
+  for step, m in host:
+    if m['nonfinite'] and not skip:
       name = 'loss' if not np.isfinite(m['loss']) else 'grad_norm'
       last = checkpoint.latest_step(manager)
       where = (f'the last good checkpoint is step {last} in {manager.directory}'
@@ -282,6 +286,7 @@ def _check_finite(unchecked, manager, skip: bool) -> None:
           'optim.learning_rate or check the data, then run again (it resumes '
           'from that checkpoint), or set config.skip_nonfinite_steps=True to '
           'skip such steps.')
+  return [m for _, m in host]
 
 
 def _disk_full(error: BaseException) -> bool:
@@ -320,9 +325,8 @@ def _raise_save_error(error, manager, step):
       'keep_checkpoints lower) and run the same command to continue.') from error
 
 
-def _log_train(writer, step, total, pending, throughput, level, per_epoch):
-  """Fetches the pending step metrics once and writes their means."""
-  host = jax.device_get(pending)
+def _log_train(writer, step, total, host, throughput, level, per_epoch):
+  """Writes the means of the host step metrics since the last log line."""
   # Means over the steps that counted (all of them unless steps were skipped).
   good = [m for m in host if not m['nonfinite']] or host
   loss = float(np.mean([m['loss'] for m in good]))

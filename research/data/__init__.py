@@ -80,12 +80,13 @@ def _prepare_once(make_builder: Callable[[], object]):
   it once; the others wait, then read it. The builder is made again after
   the build so its metadata is read from the prepared files.
   """
-  lock_dir = os.fspath(make_builder().data_dir_root)
+  builder = make_builder()
+  lock_dir = os.fspath(builder.data_dir_root)
   os.makedirs(lock_dir, exist_ok=True)
   with open(os.path.join(lock_dir, ".research_prepare.lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-      make_builder().download_and_prepare()  # a no-op when already prepared
+      builder.download_and_prepare()  # a no-op when already prepared
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
   return make_builder()

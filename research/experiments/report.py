@@ -8,7 +8,6 @@ and failed cells with their reason.
 
 import csv
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -63,19 +62,12 @@ class CellResult:
   revision: str
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
-
-
 def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
   out = []
   for cell in spec_lib.cells(experiment):
     path = runner.workdir(root, experiment, cell)
     cell_state = runner.state(path)
-    records = _read_jsonl(os.path.join(path, 'metrics.jsonl'))
+    records = provenance.read_jsonl(os.path.join(path, 'metrics.jsonl'))
     runs = provenance.read_runs(path)
     final = {}
     if cell_state.status == 'finished':
