@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 
 from research import components
 from research import flops
+from research import host
 from research import provenance
 from research import sharding
 from research import train
@@ -58,8 +59,13 @@ def data_tokens_per_s(parts, config, batches: int = 200) -> float:
       time.perf_counter() - start)
 
 
-def run(config, steps: int, warmup: int, config_name: str = '') -> dict:
-  """Benchmarks the train step of `config`; returns the figures."""
+def run(config, steps: int, warmup: int, config_name: str = '',
+        allocator: str = 'not set') -> dict:
+  """Benchmarks the train step of `config`; returns the figures.
+
+  `allocator` is what research.host.tune_allocator() reported; host page
+  faults per step are counted because they showed where CPU time went.
+  """
   parts = components.build(config)
   state, shardings = components.create_state(parts, jax.random.key(config.seed),
                                               config.data.batch_size)
@@ -79,11 +85,13 @@ def run(config, steps: int, warmup: int, config_name: str = '') -> dict:
     state, m = step_fn(state, batches[i % len(batches)], key)
   jax.block_until_ready((state, m))
   times = []
+  faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for i in range(steps):
     t0 = time.perf_counter()
     state, m = step_fn(state, batches[i % len(batches)], key)
     jax.block_until_ready((state, m))
     times.append(time.perf_counter() - t0)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
   del compiled
 
   tokens = config.data.batch_size * config.data.seq_len
@@ -111,6 +119,8 @@ def run(config, steps: int, warmup: int, config_name: str = '') -> dict:
       'mfu': flops_per_s / peak_total if peak_total else None,
       'peak_memory_bytes': memory,
       'peak_memory_kind': memory_kind,
+      'page_faults_per_step': faults / steps,
+      'host_allocator': allocator,
       'data_tokens_per_s': data_tokens_per_s(parts, config),
   }
 
@@ -132,6 +142,8 @@ def _print(figures: dict) -> None:
         f'  MFU                {mfu}\n'
         f'  peak memory        {figures["peak_memory_bytes"] / 2**20:,.0f} MiB '
         f'({figures["peak_memory_kind"]})\n'
+        f'  page faults        {figures["page_faults_per_step"]:,.0f} per step '
+        f'(host allocator {figures["host_allocator"]})\n'
         f'  data pipeline      {figures["data_tokens_per_s"]:,.0f} tokens/s', flush=True)
 
 
@@ -168,12 +180,13 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   tfds.disable_progress_bar()
+  allocator = host.tune_allocator()
   name = next((a.split('=', 1)[1] for a in os.sys.argv if a.startswith('--config=')), '')
   overrides = [a for a in os.sys.argv if a.startswith('--config.')
                and not a.startswith(('--config.data.path', '--config.data.tfds_dir'))]
   if overrides:
     name += ' ' + ' '.join(overrides)
-  figures = run(_CONFIG.value, _STEPS.value, _WARMUP.value, name)
+  figures = run(_CONFIG.value, _STEPS.value, _WARMUP.value, name, allocator)
   _print(figures)
   if _JSON.value:
     with open(_JSON.value, 'w') as f:
@@ -186,4 +199,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host.reexec_with_huge_pages()
   app.run(main)

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from research import distributed
 from research import evaluate
 from research import faults
+from research import host
 from research import metrics
 from research import train
 
@@ -41,8 +42,9 @@ def main(argv):
   # the run's own lines (research.metrics.console).
   logging.set_verbosity(logging.WARNING)
   tfds.disable_progress_bar()
+  allocator = host.tune_allocator()
   try:
-    results = _run(_CONFIG.value, _WORKDIR.value)
+    results = _run(_CONFIG.value, _WORKDIR.value, allocator)
   except faults.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr, flush=True)
     return faults.EXIT_PREEMPTED
@@ -59,10 +61,11 @@ def main(argv):
   return 0
 
 
-def _run(config, workdir):
+def _run(config, workdir, allocator):
   distributed.initialize(config.distributed)
-  metrics.console('JAX devices: %s (process %d of %d)', jax.devices(),
-                  jax.process_index(), jax.process_count())
+  metrics.console('JAX devices: %s (process %d of %d); host allocator %s',
+                  jax.devices(), jax.process_index(), jax.process_count(),
+                  allocator)
   if _MODE.value == 'eval':
     return evaluate.evaluate_checkpoint(config, workdir)
   if _FRESH.value and jax.process_index() == 0:
@@ -73,4 +76,5 @@ def _run(config, workdir):
 
 
 if __name__ == '__main__':
+  host.reexec_with_huge_pages()
   app.run(main)

@@ -50,6 +50,18 @@ _LAYER_NORM_EPSILON = 1e-5
 _INIT_STDDEV = 0.02
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU, x * Phi(x), as nanoGPT's nn.GELU() (GPT-2 used tanh).
+
+  Written with erf rather than jax.nn.gelu's erfc: XLA's erf is one rational
+  polynomial while erfc branches on the range and needs exp, and on a 2-core
+  CPU this cut the shakespeare_char:cpu step by 3 ms (about 6%). The two
+  agree to float32 rounding wherever the value is not ~0 (erfc keeps more
+  relative precision deep in the negative tail, where GELU is below 1e-7).
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 def _causal_attention(q_BxTxNxK, k_BxSxNxK, v_BxSxNxK, dropout):
   """Softmax attention of each position over itself and earlier ones."""
   T = q_BxTxNxK.shape[1]  # pylint: disable=invalid-name
@@ -126,10 +138,7 @@ class Mlp(nn.Module):
         self.d_ff, use_bias=self.use_bias,
         kernel_init=nn.initializers.normal(_INIT_STDDEV),
         name="fc")(x_BxTxD.reshape(B * T, D))
-    # Exact (erf) GELU, as nanoGPT's nn.GELU(), whose recipes the configs
-    # reproduce; GPT-2 itself used the tanh approximation.
-    h_BTxF = sharding.constrain(nn.gelu(h_BTxF, approximate=False),
-                                BATCH, 'tensor')
+    h_BTxF = sharding.constrain(gelu(h_BTxF), BATCH, 'tensor')
     out_BTxD = nn.Dense(
         D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
         name="proj")(h_BTxF)
