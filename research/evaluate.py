@@ -36,6 +36,24 @@ def eval_step(params, carry, batch, *, model: models.Model):
   return loss_sum, weight_sum, carry
 
 
+# Tokens per evaluation call that a stateful model gets at least.
+_MIN_STATEFUL_SEGMENT_TOKENS = 512
+
+
+def segment_length(model: models.Model, batch_size: int, seq_len: int) -> int:
+  """T for evaluation: `seq_len`, or longer for a stateful model.
+
+  The Transformer's protocol is its window, so T is the context length. A
+  stateful model carries its state from segment to segment, so T does not
+  change what it computes, only how many calls it takes: with the paper's
+  one-row PTB protocol, 20-token segments made 3,688 calls for the valid
+  split (14.8 s on a 2-core CPU) and 512-token ones make 145 (6.9 s).
+  """
+  if not model.stateful:
+    return seq_len
+  return max(seq_len, -(-_MIN_STATEFUL_SEGMENT_TOKENS // batch_size))
+
+
 class Evaluator:
   """Scores splits with one jitted step per run (compiled on first use)."""
 
@@ -43,7 +61,7 @@ class Evaluator:
                seq_len: int):
     self._parts = parts
     self._batch_size = batch_size
-    self._seq_len = seq_len
+    self._seq_len = segment_length(parts.model, batch_size, seq_len)
     mesh = parts.mesh
     # Rows are split over the data-parallel devices when they divide evenly
     # (the LSTM's paper protocol uses a single row, which is replicated).

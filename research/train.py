@@ -233,10 +233,14 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
   current step with a checkpoint (faults.Preempted).
   """
   total = parts.num_train_steps
+  peak, peak_source = flops.total_peak()
+  if peak:
+    metrics.console('MFU below is against a peak of %.1f GFLOP/s (%s).',
+                    peak / 1e9, peak_source)
   throughput = metrics.Throughput(
       config.data.batch_size * config.data.seq_len, total,
       flops.flops_per_token(state.params, config.model, config.data.seq_len),
-      flops.total_peak()[0])
+      peak)
   throughput.reset(start)
   # Step metrics still on the device, and fetched (and checked) ones not yet
   # logged: each is fetched once, at the next log line or save.

@@ -9,6 +9,7 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from research import components
 from research import evaluate
 from research import sharding
 from research import train
@@ -69,6 +70,24 @@ class TrainTest(parameterized.TestCase):
     # --mode=eval on the finished workdir gives the end-of-training figure.
     again = evaluate.evaluate_checkpoint(config, workdir)
     self.assertEqual(again['valid']['loss'], results['valid']['loss'])
+
+  def test_lstm_eval_does_not_depend_on_the_segment_length(self):
+    # The Evaluator gives the LSTM longer segments than data.seq_len; its
+    # carry makes the loss the same as in seq_len segments.
+    tmp = self.create_tempdir().full_path
+    config = test_util.tiny_config(tmp, model='lstm')
+    parts = components.build(config)
+    params = parts.model.init(jax.random.key(0))
+    tokens = parts.corpus.splits['valid']
+    long = evaluate.Evaluator(parts, batch_size=1, seq_len=config.data.seq_len)
+    self.assertGreater(long._seq_len, config.data.seq_len)  # pylint: disable=protected-access
+    with mock.patch.object(evaluate, 'segment_length',
+                           lambda model, batch_size, seq_len: seq_len):
+      short = evaluate.Evaluator(parts, batch_size=1,
+                                 seq_len=config.data.seq_len)
+    self.assertEqual(short._seq_len, config.data.seq_len)  # pylint: disable=protected-access
+    np.testing.assert_allclose(long.loss(params, tokens),
+                               short.loss(params, tokens), rtol=1e-6)
 
   @parameterized.parameters('lstm', 'transformer')
   def test_interrupted_run_resumes_bit_identically(self, model):
