@@ -147,6 +147,13 @@ def _print(figures: dict) -> None:
         f'  data pipeline      {figures["data_tokens_per_s"]:,.0f} tokens/s', flush=True)
 
 
+def _faults(record: dict) -> str:
+  if 'page_faults_per_step' not in record:
+    return 'n/a'
+  return (f'{record["page_faults_per_step"]:,.0f} '
+          f'({record["host_allocator"]})')
+
+
 def write_table(records_path: str, table_path: str) -> None:
   """BENCHMARKS.md: the latest record per (config, device), generated."""
   records = provenance.read_jsonl(records_path)
@@ -161,8 +168,8 @@ def write_table(records_path: str, table_path: str) -> None:
       'token plus the attention term, research/flops.py) over the peak: on '
       'CPU a float32 matmul measured in the same process, on accelerators the '
       'dense bf16 datasheet figure.', '',
-      '| config | batch | device | step median (p10-p90) | tokens/s | GFLOP/s | peak GFLOP/s | MFU | compile | data tokens/s | commit | date |',
-      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+      '| config | batch | device | step median (p10-p90) | tokens/s | GFLOP/s | peak GFLOP/s | MFU | compile | page faults/step | data tokens/s | commit | date |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
   for r in latest.values():
     mfu = f'{100 * r["mfu"]:.1f}%' if r['mfu'] else 'n/a'
     peak = f'{r["peak_flops_per_s"] / 1e9:.0f}' if r['peak_flops_per_s'] else 'n/a'
@@ -171,6 +178,7 @@ def write_table(records_path: str, table_path: str) -> None:
         f'{1e3 * r["step_time_median_s"]:.1f} ms ({1e3 * r["step_time_p10_s"]:.1f}-'
         f'{1e3 * r["step_time_p90_s"]:.1f}) | {r["tokens_per_s"]:,.0f} | '
         f'{r["flops_per_s"] / 1e9:.1f} | {peak} | {mfu} | {r["compile_s"]:.1f} s | '
+        f'{_faults(r)} | '
         f'{r["data_tokens_per_s"]:,.0f} | {r["commit"][:12]} | {r["date"]} |')
   with open(table_path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
