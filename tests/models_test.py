@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from research import models
+from research.models import layers
 from research.models import transformer
 
 # Distinct primes so that a swapped axis shows up as a shape error.
@@ -307,6 +308,33 @@ class LSTMTest(absltest.TestCase):
       jax.eval_shape(functools.partial(self.model.apply, train=False),
                      self.params, self.model.init_carry(B + 1),
                      self.tokens_BxT, rng=None)
+
+
+class SixteenBitDropoutTest(parameterized.TestCase):
+
+  @parameterized.parameters(0.2, 0.65)
+  def test_keeps_the_rate_and_the_expectation(self, rate):
+    x = jnp.full((40, 25, 101), 3.0)  # An odd last axis: half a word unused.
+    out = np.asarray(layers.Dropout(rate).apply(
+        {}, x, deterministic=False, rngs={"dropout": jax.random.key(7)}))
+    kept = out != 0
+    scale = 65536 / round((1 - rate) * 65536)
+    np.testing.assert_allclose(out[kept], 3.0 * scale, rtol=1e-6)
+    # 101,000 draws: the kept fraction is within 5 standard deviations.
+    sd = np.sqrt(rate * (1 - rate) / x.size)
+    self.assertAlmostEqual(kept.mean(), 1 - rate, delta=5 * sd)
+    self.assertAlmostEqual(out.mean() / 3.0, 1.0, delta=5 * sd / (1 - rate))
+    # Both halves of each random word are used alike: no column pattern.
+    by_column = kept.mean(axis=(0, 1))
+    self.assertLess(np.abs(by_column - (1 - rate)).max(),
+                    6 * np.sqrt(rate * (1 - rate) / 1000))
+
+  def test_deterministic_or_rate_zero_is_identity(self):
+    x = jnp.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(
+        layers.Dropout(0.5).apply({}, x, deterministic=True), x)
+    np.testing.assert_array_equal(
+        layers.Dropout(0.0).apply({}, x, deterministic=False), x)
 
 
 class DropoutTest(parameterized.TestCase):

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from research import models
+from research.models import layers
 from research import sharding
 from research.sharding import BATCH
 
@@ -129,7 +130,8 @@ class LSTMLanguageModel(nn.Module):
           f"Carry must hold {self.num_layers} (c, h) pairs of shape {(B, H)}; "
           f"got {jax.tree.map(jnp.shape, carry)}.")
     init = uniform_init(self.init_scale)
-    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+    dropout_layer = layers.Dropout(self.dropout_rate)
+    dropout = lambda x: dropout_layer(x, deterministic=not train)
 
     # Time-major throughout, so the scan slices its leading axis; transposing
     # the int ids here is cheaper than transposing activations per layer.

@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from research import models
+from research.models import layers
 from research import sharding
 from research.sharding import BATCH
 
@@ -112,7 +113,7 @@ class CausalSelfAttention(nn.Module):
       out_BxTxNxK = jax.nn.dot_product_attention(
           q_BxTxNxK, k_BxSxNxK, v_BxSxNxK, is_causal=True)
     else:
-      dropout = nn.Dropout(self.dropout_rate)
+      dropout = layers.Dropout(self.dropout_rate)
       out_BxTxNxK = _causal_attention(
           q_BxTxNxK * K**-0.5, k_BxSxNxK, v_BxSxNxK,
           lambda p: dropout(p, deterministic=not train))
@@ -120,7 +121,7 @@ class CausalSelfAttention(nn.Module):
         D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
         name="out")(sharding.constrain(out_BxTxNxK.reshape(B * T, D),
                                        BATCH, 'tensor'))
-    out_BTxD = nn.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
+    out_BTxD = layers.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
     return out_BTxD.reshape(B, T, D)
 
 
@@ -142,7 +143,7 @@ class Mlp(nn.Module):
     out_BTxD = nn.Dense(
         D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
         name="proj")(h_BTxF)
-    out_BTxD = nn.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
+    out_BTxD = layers.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
     return out_BTxD.reshape(B, T, D)
 
 
@@ -214,7 +215,7 @@ class Transformer(nn.Module):
       x_BxTxD = x_BxTxD + pos_PxD[:T]
     else:
       x_BxTxD = x_BxTxD + sinusoidal_positions(T, D).astype(x_BxTxD.dtype)
-    x_BxTxD = nn.Dropout(self.dropout_rate)(x_BxTxD, deterministic=not train)
+    x_BxTxD = layers.Dropout(self.dropout_rate)(x_BxTxD, deterministic=not train)
 
     # GPT-2: scale the init of the projections that write into the residual
     # stream by 1/sqrt(2 * num_layers), so its variance does not grow with
