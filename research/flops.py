@@ -17,6 +17,7 @@ Peaks: accelerators by device kind from vendor datasheets (dense bf16
 matmul, no sparsity); on CPU a float32 matmul peak measured on the spot.
 """
 
+import functools
 import time
 
 import jax
@@ -68,6 +69,7 @@ def flops_per_token(params, model_config, seq_len: int) -> float:
   return flops
 
 
+@functools.cache
 def measure_cpu_matmul_peak(size: int = 1024, repeats: int = 8,
                             min_seconds: float = 1.0) -> float:
   """Best float32 FLOP/s of a jitted size^3 matmul on this CPU.
@@ -75,6 +77,8 @@ def measure_cpu_matmul_peak(size: int = 1024, repeats: int = 8,
   At least `repeats` timings and at least `min_seconds` of them: on a shared
   VM the same matmul ran at 80 to 165 GFLOP/s from one second to the next,
   and a best-of-8 taken in a slow second halved the peak (and doubled MFU).
+  Measured once per process: every train_and_evaluate call (and the tests
+  make many in one process) would otherwise spend that second again.
   """
   a = jnp.ones((size, size), jnp.float32)
   matmul = jax.jit(lambda x, y: x @ y)

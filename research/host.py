@@ -26,10 +26,13 @@ What. Two settings, each with its own opt-out:
 Measured on this task's 2-core VM (AMD EPYC; research.bench, which prints the
 faults per step; timings vary about 15% between runs, fault counts do not):
 
-  config                     faults/step              step (median)
-  shakespeare_char:cpu       12,000 -> 0-300          85 -> 44-48 ms
-  ptb_lstm:small             12,900 -> 150-300        93 -> 55-60 ms
-  shakespeare_char (64x256)  2.1 M -> 27,000 (2 only) 21.5 -> 17.3 s
+  config                     faults/step          step (median)
+  shakespeare_char:cpu       12,000 -> 0-120      71-85 -> 40-50 ms
+  ptb_lstm:small             12,900 -> 0-1        83-99 -> 54-64 ms
+  shakespeare_char (64x256)  2.1 M -> 4,300-4,800 21.5 -> 16.7-17.2 s
+
+(With the mallopt setting alone, ptb_lstm:small kept 150-340 faults per step
+and the 64x256 step all 2.1 million; with huge pages alone, 27,000.)
 
 The cost: the process keeps its peak heap until it exits, which is what a
 training process wants. Only where memory comes from changes, never a
@@ -58,20 +61,19 @@ _GLIBC_VARIABLES = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
                     'MALLOC_TOP_PAD_', 'GLIBC_TUNABLES')
 
 
-def _libc():
-  """glibc through ctypes, or None on any other C library."""
-  if not sys.platform.startswith('linux'):
-    return None
+def glibc_version() -> tuple[int, int] | None:
+  """(major, minor) of the C library if it is glibc, else None."""
   try:
-    libc = ctypes.CDLL(None)
-    libc.gnu_get_libc_version.restype = ctypes.c_char_p
-  except (OSError, AttributeError):
+    name, version = os.confstr('CS_GNU_LIBC_VERSION').split()
+  except (ValueError, OSError, AttributeError):
     return None
-  return libc
+  if name != 'glibc':
+    return None
+  return tuple(int(p) for p in version.split('.')[:2])
 
 
 def _left_alone_because() -> str | None:
-  if _libc() is None:
+  if glibc_version() is None:
     return 'the C library is not glibc'
   if os.environ.get(_OPT_OUT, '') not in ('', '0'):
     return f'{_OPT_OUT} is set'
@@ -89,10 +91,8 @@ def reexec_with_huge_pages() -> None:
   see the same process). Does nothing when already done, when glibc is older
   than 2.35 (no such tunable), or when left alone (see `tune_allocator`).
   """
-  if _left_alone_because() or _REEXECUTED in os.environ:
-    return
-  version = _libc().gnu_get_libc_version().decode()
-  if tuple(int(p) for p in version.split('.')[:2]) < (2, 35):
+  if (_left_alone_because() or _REEXECUTED in os.environ
+      or glibc_version() < (2, 35)):
     return
   env = {**os.environ, 'GLIBC_TUNABLES': HUGE_PAGE_TUNABLES,
          _REEXECUTED: HUGE_PAGE_TUNABLES}
@@ -111,7 +111,7 @@ def tune_allocator() -> str:
   reason = _left_alone_because()
   if reason:
     return f'left alone: {reason}'
-  mallopt = _libc().mallopt
+  mallopt = ctypes.CDLL(None).mallopt
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   mallopt.restype = ctypes.c_int
   accepted = (mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)

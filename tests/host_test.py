@@ -29,14 +29,23 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 '''
 
 
-def _faults_per_call(**env) -> float:
+# Variables that would make a child process start already tuned or opted out.
+_ALLOCATOR_VARIABLES = ('RESEARCH_KEEP_MALLOC', 'GLIBC_TUNABLES',
+                        'RESEARCH_HOST_REEXECUTED')
+
+
+def _python(code: str, *args: str, **env: str) -> str:
+  """Stdout of `python -c code args` from the repository root, with this
+  environment minus _ALLOCATOR_VARIABLES, plus `env`."""
   env = {**{k: v for k, v in os.environ.items()
-            if k not in ('GLIBC_TUNABLES', 'RESEARCH_HOST_REEXECUTED')},
-         'JAX_PLATFORMS': 'cpu', **env}
-  out = subprocess.run([sys.executable, '-c', _FAULTS_PER_CALL], env=env,
-                       capture_output=True, text=True, check=True,
-                       cwd=os.path.dirname(os.path.dirname(__file__)))
-  return float(out.stdout.split()[-1])
+            if k not in _ALLOCATOR_VARIABLES}, 'JAX_PLATFORMS': 'cpu', **env}
+  return subprocess.run([sys.executable, '-c', code, *args], env=env,
+                        capture_output=True, text=True, check=True,
+                        cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+
+
+def _faults_per_call(**env) -> float:
+  return float(_python(_FAULTS_PER_CALL, **env).split()[-1])
 
 
 _REEXEC = r'''
@@ -49,21 +58,13 @@ print(os.environ.get('GLIBC_TUNABLES'), '|', host.tune_allocator(), '|',
 
 
 def _run_reexec(**env) -> list[str]:
-  env = {**{k: v for k, v in os.environ.items()
-            if k not in ('RESEARCH_KEEP_MALLOC', 'GLIBC_TUNABLES',
-                         'RESEARCH_HOST_REEXECUTED')}, **env}
-  out = subprocess.run([sys.executable, '-c', _REEXEC, 'an', 'argument'],
-                       env=env, capture_output=True, text=True, check=True,
-                       cwd=os.path.dirname(os.path.dirname(__file__)))
-  return [part.strip() for part in out.stdout.split('|')]
+  out = _python(_REEXEC, 'an', 'argument', **env)
+  return [part.strip() for part in out.split('|')]
 
 
 def _glibc_at_least(major: int, minor: int) -> bool:
-  try:
-    version = os.confstr('CS_GNU_LIBC_VERSION').split()[1]
-  except (ValueError, OSError, AttributeError, IndexError):
-    return False
-  return tuple(int(p) for p in version.split('.')[:2]) >= (major, minor)
+  version = host.glibc_version()
+  return version is not None and version >= (major, minor)
 
 
 def _transparent_huge_pages() -> bool:
@@ -113,9 +114,7 @@ class HostTest(absltest.TestCase):
   @absltest.skipUnless(_glibc_at_least(2, 0), 'glibc only')
   def test_tunes_by_default_on_linux(self):
     env = {k: v for k, v in os.environ.items()
-           if k not in ('RESEARCH_KEEP_MALLOC', 'MALLOC_MMAP_THRESHOLD_',
-                        'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_',
-                        'GLIBC_TUNABLES', 'RESEARCH_HOST_REEXECUTED')}
+           if k not in _ALLOCATOR_VARIABLES and not k.startswith('MALLOC_')}
     with absltest.mock.patch.dict(os.environ, env, clear=True):
       self.assertEqual(host.tune_allocator(), 'tuned')
 
