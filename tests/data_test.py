@@ -219,6 +219,15 @@ class TinyShakespeareTest(absltest.TestCase):
     self.assertEqual(corpus.tokenizer.decode(corpus.splits["valid"]),
                      self.text[int(len(self.text) * 0.9):])
 
+  def test_failed_download_names_the_local_file_fix(self):
+    with mock.patch.object(tfds.download.DownloadManager, "download",
+                           autospec=True,
+                           side_effect=ConnectionError("no network")):
+      with self.assertRaisesRegex(RuntimeError,
+                                  "Could not download.*config.data.path="):
+        data.load_corpus(_config(name="tiny_shakespeare",
+                                 tfds_dir=os.path.join(self.tmp, "t")))
+
   @absltest.skipUnless(os.path.exists(_SHARED_SHAKESPEARE), "no local copy")
   def test_real_file(self):
     corpus = data.load_corpus(_config(

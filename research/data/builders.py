@@ -112,6 +112,19 @@ def read_tiny_shakespeare(path: str) -> str:
   return data.decode("utf-8")
 
 
+def _download_tiny_shakespeare(
+    dl_manager: tfds.download.DownloadManager) -> str:
+  """The downloaded file's path; an offline machine gets the local-file fix."""
+  try:
+    return os.fspath(dl_manager.download(TINY_SHAKESPEARE_URL))
+  except OSError as e:  # requests' errors are OSErrors too
+    raise RuntimeError(
+        f"Could not download tiny_shakespeare from {TINY_SHAKESPEARE_URL}"
+        f" ({type(e).__name__}). Offline, give a local copy of input.txt:"
+        " --config.data.path=/path/to/input.txt"
+    ) from e
+
+
 def read_utf8(path: str) -> str:
   """The text of a UTF-8 file; ValueError naming the first bad byte."""
   with open(path, "rb") as f:
@@ -263,7 +276,7 @@ class ResearchTinyShakespeare(_TokenStreamBuilder):
   HOMEPAGE = "https://github.com/karpathy/char-rnn"
 
   def _tokenize(self, dl_manager):
-    path = self._path or os.fspath(dl_manager.download(TINY_SHAKESPEARE_URL))
+    path = self._path or _download_tiny_shakespeare(dl_manager)
     text = read_tiny_shakespeare(path)
     tokenizer = tokenizers.CharTokenizer.from_text(text)
     pieces = split_text(
