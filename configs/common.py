@@ -101,6 +101,7 @@ def transformer_model() -> ml_collections.ConfigDict:
   m.compute_dtype = 'float32'  # 'bfloat16': activations and matmuls in bf16; parameters, optimizer state, softmaxes and the loss stay float32.
   m.attention = 'xla'  # 'dot_product': jax.nn.dot_product_attention (cuDNN flash attention on GPU); needs no dropout on attention weights.
   m.remat = False  # Recompute each block's activations in the backward pass: less memory, about a third more compute.
+  m.scan_layers = False  # One lax.scan over stacked block weights (params under 'blocks', leading axis L): compile time independent of depth; same function.
   return m
 
 

@@ -49,9 +49,11 @@ def matmul_params(params) -> int:
   names = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     names[_path_name(path)] = leaf
-  tied = 'head/kernel' not in names and any(n.startswith('block_') for n in names)
+  tied = 'head/kernel' not in names and any(
+      n.startswith(('block_', 'blocks/')) for n in names)
   for name, leaf in names.items():
-    if leaf.ndim != 2:
+    # scan_layers stacks the blocks' matrices on a leading layer axis.
+    if leaf.ndim != (3 if name.startswith('blocks/') else 2):
       continue
     if name.endswith('embed/embedding'):
       total += leaf.size if tied else 0  # Lookup only, unless it is the head.

@@ -59,8 +59,15 @@ def make_schedule(optim_config: ml_collections.ConfigDict, *,
 
 
 def _matrices_only(params):
-  """Weight-decay mask: decay kernels and embeddings, not biases or scales."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight-decay mask: decay kernels and embeddings, not biases or scales.
+
+  Weights stacked by scan_layers (under `blocks`) have one more axis: their
+  biases and LayerNorm scales are LxD, still not decayed.
+  """
+  def is_matrix(path, p):
+    stacked = getattr(path[0], 'key', None) == 'blocks'
+    return p.ndim >= (3 if stacked else 2)
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict,

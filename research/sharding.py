@@ -34,6 +34,16 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 BATCH = BATCH_AXES  # For specs: P(BATCH, None) splits dimension 0 over both.
 
+# Transformer block weights, by their path inside a block.
+_BLOCK_RULES: tuple[tuple[str, P], ...] = (
+    (r'attn/qkv/kernel', P('fsdp', 'tensor')),   # Dx(N*3*K), head-major
+    (r'attn/qkv/bias', P('tensor')),
+    (r'attn/out/kernel', P('tensor', 'fsdp')),   # (N*K)xD
+    (r'mlp/fc/kernel', P('fsdp', 'tensor')),     # DxF
+    (r'mlp/fc/bias', P('tensor')),
+    (r'mlp/proj/kernel', P('tensor', 'fsdp')),   # FxD
+)
+
 # (path regex, spec), first match wins. Shapes as in the models' docstrings.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
     # Both families: token embedding VxD, split by feature (vocabularies such
@@ -41,12 +51,9 @@ PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r'embed/embedding', P(None, 'fsdp')),
     # Transformer.
     (r'pos_embed', P(None, 'fsdp')),                       # PxD
-    (r'block_\d+/attn/qkv/kernel', P('fsdp', 'tensor')),   # Dx(N*3*K), head-major
-    (r'block_\d+/attn/qkv/bias', P('tensor')),
-    (r'block_\d+/attn/out/kernel', P('tensor', 'fsdp')),   # (N*K)xD
-    (r'block_\d+/mlp/fc/kernel', P('fsdp', 'tensor')),     # DxF
-    (r'block_\d+/mlp/fc/bias', P('tensor')),
-    (r'block_\d+/mlp/proj/kernel', P('tensor', 'fsdp')),   # FxD
+    *((rf'block_\d+/{name}', spec) for name, spec in _BLOCK_RULES),
+    # scan_layers=True: the same weights stacked on a leading layer axis.
+    *((rf'blocks/{name}', P(None, *spec)) for name, spec in _BLOCK_RULES),
     (r'head/kernel', P('fsdp', None)),                     # DxV
     # LSTM: gate axis 4H is unit-major, so a contiguous split keeps each
     # unit's four gates on one device.

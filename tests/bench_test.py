@@ -33,6 +33,9 @@ class FlopsTest(absltest.TestCase):
     n = L * block + D * V  # The output layer (tied or not) counts once.
     self.assertEqual(flops.matmul_params(params), n)
     self.assertEqual(flops.flops_per_token(params, m, T), 6 * n + 12 * L * T * D)
+    m.scan_layers = True  # Stacked block weights count the same.
+    scanned = models.get_model(m, V, T).init(jax.random.key(0))
+    self.assertEqual(flops.matmul_params(scanned), n)
 
   def test_peaks(self):
     self.assertGreater(flops.measure_cpu_matmul_peak(size=256, repeats=2, min_seconds=0.0), 1e8)

@@ -29,7 +29,7 @@ class ConfigTest(parameterized.TestCase):
 
   def test_every_config_and_variant_loads_with_the_shared_keys(self):
     variants = {'default.py': [None], 'ptb_lstm.py': ['small', 'medium', 'large'],
-                'shakespeare_char.py': ['full', 'cpu']}
+                'shakespeare_char.py': ['full', 'cpu', 'gpt2_small']}
     self.assertSetEqual(
         set(variants), {os.path.basename(p) for p in glob.glob(
             os.path.join(_ROOT, 'configs', '*.py'))} - {'__init__.py', 'common.py'})

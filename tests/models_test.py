@@ -28,7 +28,7 @@ def transformer_config(**overrides) -> ml_collections.ConfigDict:
       name="transformer", num_layers=NUM_LAYERS, num_heads=NUM_HEADS,
       d_model=D, d_ff=D_FF, dropout_rate=0.0, positional="learned",
       tie_embeddings=False, use_bias=True, compute_dtype="float32",
-      attention="xla", remat=False))
+      attention="xla", remat=False, scan_layers=False))
   config.update(overrides)
   return config
 

@@ -53,7 +53,7 @@ def _specs_match_rules(state, parts) -> bool:
   return ok and all(jax.tree.leaves(moments))
 
 
-def mesh_worker(model: str, directory: str) -> dict:
+def mesh_worker(model: str, directory: str, scan_layers: bool = False) -> dict:
   """Runs 3 steps under every mesh of MESHES from the same initial state."""
   import jax  # pylint: disable=g-import-not-at-top
   from research import components, sharding, train  # pylint: disable=g-import-not-at-top
@@ -62,6 +62,8 @@ def mesh_worker(model: str, directory: str) -> dict:
 
   assert jax.device_count() == 8, jax.devices()
   config = test_util.tiny_config(directory, model=model)
+  if scan_layers:
+    config.model.scan_layers = True
   runs = {}
   for name, sizes in MESHES.items():
     _set_mesh(config, sizes)
@@ -152,10 +154,11 @@ def _run(call: str) -> dict:
 
 class MultiDeviceTest(parameterized.TestCase):
 
-  @parameterized.parameters('lstm', 'transformer')
-  def test_every_mesh_trains_like_one_device(self, model):
+  @parameterized.parameters(('lstm', False), ('transformer', False),
+                            ('transformer', True))
+  def test_every_mesh_trains_like_one_device(self, model, scan_layers):
     with tempfile.TemporaryDirectory() as tmp:
-      result = _run(f'mesh_worker({model!r}, {tmp!r})')
+      result = _run(f'mesh_worker({model!r}, {tmp!r}, {scan_layers})')
     one = result['one']['losses']
     self.assertNotEqual(one[0], one[-1])  # The steps did train.
     for name, r in result.items():

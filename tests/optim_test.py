@@ -46,6 +46,14 @@ class OptimTest(absltest.TestCase):
     np.testing.assert_allclose(updates['kernel'], -0.1 * 0.5 * np.ones((3, 5)),
                                rtol=1e-6)
     np.testing.assert_array_equal(updates['bias'], np.zeros(5))
+    # scan_layers: stacked (L, ...) biases and scales are still not decayed.
+    stacked = {'blocks': {'kernel': jnp.ones((2, 3, 5)),
+                          'scale': jnp.ones((2, 5))}}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, stacked),
+                           tx.init(stacked), stacked)
+    np.testing.assert_allclose(updates['blocks']['kernel'],
+                               -0.05 * np.ones((2, 3, 5)), rtol=1e-6)
+    np.testing.assert_array_equal(updates['blocks']['scale'], np.zeros((2, 5)))
 
   def test_clipping_bounds_the_update(self):
     c = _optim_config(name='sgd', grad_clip_norm=5.0)

@@ -1,5 +1,6 @@
 """The Transformer's speed options compute the same model: fused attention,
-rematerialisation and bf16 compute with float32 parameters."""
+rematerialisation, scan over layers and bf16 compute with float32
+parameters."""
 
 import functools
 
@@ -10,19 +11,23 @@ from absl.testing import absltest
 
 from research import metrics
 from research import models
+from research.models import transformer
 from tests import models_test
 
 
-def _loss_and_grads(**overrides):
+def _loss_and_grads(params=None, *, train=False, **overrides):
+  """Loss and gradients at `params` (default: the model's init at key 0)."""
   config = models_test.transformer_config(**overrides)
   model = models.get_model(config, models_test.V, models_test.T)
-  params = model.init(jax.random.key(0))
+  if params is None:
+    params = model.init(jax.random.key(0))
   tokens = models_test.random_tokens(1, (2, models_test.T))
   targets = models_test.random_tokens(2, (2, models_test.T))
 
   @functools.partial(jax.jit)
   def loss(params):
-    logits, _ = model.apply(params, {}, tokens, train=False, rng=None)
+    logits, _ = model.apply(params, {}, tokens, train=train,
+                            rng=jax.random.key(3))
     s, n = metrics.cross_entropy_sums(logits, targets, jnp.ones(targets.shape))
     return s / n
   return jax.value_and_grad(loss)(params)
@@ -45,6 +50,37 @@ class SpeedOptionsTest(absltest.TestCase):
 
   def test_remat_gives_the_same_gradients(self):
     self._assert_close(*_loss_and_grads(remat=True), 1e-6, 1e-7)
+
+  def test_scan_layers_computes_the_same_model(self):
+    unrolled = models.get_model(models_test.transformer_config(),
+                                models_test.V, models_test.T).init(
+                                    jax.random.key(0))
+    stacked = transformer.stack_blocks(unrolled, models_test.NUM_LAYERS)
+    scanned = models.get_model(
+        models_test.transformer_config(scan_layers=True), models_test.V,
+        models_test.T).init(jax.random.key(0))
+    # Its own init has the stacked tree: L leading, rules of models' docstring.
+    self.assertEqual(jax.tree.map(jnp.shape, scanned),
+                     jax.tree.map(jnp.shape, stacked))
+    self.assertEqual(scanned['blocks']['attn']['qkv']['kernel'].shape,
+                     (models_test.NUM_LAYERS, models_test.D,
+                      3 * models_test.D))
+    loss, grads = _loss_and_grads(stacked, scan_layers=True)
+    self._assert_close(loss, transformer.unstack_blocks(grads), 1e-6, 1e-7)
+
+  def test_scan_layers_with_remat_and_dropout(self):
+    # Each layer draws its own dropout mask; remat recomputes the same ones.
+    params = models.get_model(
+        models_test.transformer_config(scan_layers=True), models_test.V,
+        models_test.T).init(jax.random.key(0))
+    kw = dict(train=True, scan_layers=True, dropout_rate=0.3)
+    loss, grads = _loss_and_grads(params, **kw)
+    loss_remat, grads_remat = _loss_and_grads(params, remat=True, **kw)
+    np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    self.assertNotAlmostEqual(float(loss), float(_loss_and_grads(
+        params, scan_layers=True)[0]), places=3)  # dropout did act
 
   def test_bfloat16_compute_keeps_float32_gradients(self):
     self._assert_close(*_loss_and_grads(compute_dtype='bfloat16'), 3e-2, 3e-3)

@@ -27,6 +27,12 @@ Parameter tree (`Model.init` output):
   block_{i}/mlp/proj        kernel FxD, bias D
   ln_f                      scale D, bias D
   head/kernel               DxV   (only if not tie_embeddings)
+
+With scan_layers=True the L blocks are one `lax.scan` over stacked weights:
+`blocks/...` replaces `block_{i}/...`, every leaf with a leading axis of L
+(`blocks/attn/qkv/kernel` is LxDx3D). `stack_blocks`/`unstack_blocks`
+convert between the two trees. The function computed is the same; XLA
+compiles one block instead of L, so compile time stops growing with depth.
 """
 
 import functools
@@ -148,16 +154,20 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+  """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x)).
+
+  As a step of `nn.scan` (scan_step=True) it maps (x, None) -> (x, None).
+  """
   num_heads: int
   d_ff: int
   dropout_rate: float
   use_bias: bool
   out_kernel_init: nn.initializers.Initializer
   attention: str = "xla"
+  scan_step: bool = False
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, train: bool):
     layer_norm = functools.partial(
         nn.LayerNorm, epsilon=_LAYER_NORM_EPSILON, use_bias=self.use_bias)
     x_BxTxD = x_BxTxD + CausalSelfAttention(
@@ -168,7 +178,8 @@ class Block(nn.Module):
         self.d_ff, self.dropout_rate, self.use_bias, self.out_kernel_init,
         name="mlp")(layer_norm(name="ln_2")(x_BxTxD), train)
     # The residual stream is split by batch only, whole features per device.
-    return sharding.constrain(x_BxTxD, BATCH, None, None)
+    x_BxTxD = sharding.constrain(x_BxTxD, BATCH, None, None)
+    return (x_BxTxD, None) if self.scan_step else x_BxTxD
 
 
 def sinusoidal_positions(num_positions: int, d_model: int) -> np.ndarray:
@@ -198,6 +209,7 @@ class Transformer(nn.Module):
   use_bias: bool
   attention: str = "xla"
   remat: bool = False
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, inputs_BxT: jax.Array, train: bool) -> jax.Array:
@@ -224,10 +236,19 @@ class Transformer(nn.Module):
         _INIT_STDDEV / math.sqrt(2 * self.num_layers))
     # Rematerialised blocks keep only their inputs for the backward pass.
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
-    for i in range(self.num_layers):
-      x_BxTxD = block(self.num_heads, self.d_ff, self.dropout_rate,
-                      self.use_bias, out_kernel_init, self.attention,
-                      name=f"block_{i}")(x_BxTxD, train)
+    block_args = (self.num_heads, self.d_ff, self.dropout_rate, self.use_bias,
+                  out_kernel_init, self.attention)
+    if self.scan_layers:
+      # `train` is broadcast (static inside the body); every layer gets its
+      # own slice of the stacked parameters and its own dropout key.
+      stack = nn.scan(block, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=nn.broadcast, length=self.num_layers)
+      x_BxTxD, _ = stack(*block_args, scan_step=True, name="blocks")(
+          x_BxTxD, train)
+    else:
+      for i in range(self.num_layers):
+        x_BxTxD = block(*block_args, name=f"block_{i}")(x_BxTxD, train)
     x_BxTxD = nn.LayerNorm(epsilon=_LAYER_NORM_EPSILON, use_bias=self.use_bias,
                            name="ln_f")(x_BxTxD)
 
@@ -250,7 +271,7 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
       dropout_rate, positional ('learned' | 'sinusoidal'), tie_embeddings,
       use_bias (bias in every Dense and LayerNorm except the output head);
       speed options compute_dtype ('float32' | 'bfloat16'), attention
-      ('xla' | 'dot_product') and remat (bool).
+      ('xla' | 'dot_product'), remat and scan_layers (bools).
     vocab_size: V.
     seq_len: the context length P; `apply` accepts any T <= P.
 
@@ -291,7 +312,8 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
       tie_embeddings=model_config.tie_embeddings,
       use_bias=model_config.use_bias,
       attention=model_config.attention,
-      remat=model_config.remat)
+      remat=model_config.remat,
+      scan_layers=model_config.scan_layers)
 
   def init(rng: jax.Array) -> dict:
     # Parameter shapes do not depend on T, so one position is enough.
@@ -317,3 +339,19 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
 
   return models.Model(init=init, apply=apply, init_carry=init_carry,
                       stateful=False)
+
+
+def stack_blocks(params: dict, num_layers: int) -> dict:
+  """The scan_layers=True tree of an unrolled tree (`block_{i}` -> `blocks`)."""
+  blocks = [params[f"block_{i}"] for i in range(num_layers)]
+  rest = {k: v for k, v in params.items() if not k.startswith("block_")}
+  return {**rest, "blocks": jax.tree.map(lambda *x: jnp.stack(x), *blocks)}
+
+
+def unstack_blocks(params: dict) -> dict:
+  """The unrolled tree of a scan_layers=True tree (`blocks` -> `block_{i}`)."""
+  rest = {k: v for k, v in params.items() if k != "blocks"}
+  num_layers = jax.tree.leaves(params["blocks"])[0].shape[0]
+  for i in range(num_layers):
+    rest[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+  return rest
