@@ -105,8 +105,14 @@ def _row_summary(experiment, row, results, split):
   return mean, half, len(values), done
 
 
-def _fmt(mean, half) -> str:
-  return f'{mean:.1f}' if half is None else f'{mean:.1f} ± {half:.1f}'
+# Decimals of a row's mean (a cell's value gets one more): perplexities
+# differ in the first decimal, losses and bits per character in the third.
+_DECIMALS = {'perplexity': 1, 'loss': 3, 'bpc': 3}
+
+
+def _fmt(mean, half, metric: str) -> str:
+  d = _DECIMALS.get(metric, 3)
+  return f'{mean:.{d}f}' if half is None else f'{mean:.{d}f} ± {half:.{d}f}'
 
 
 def results_markdown(experiment: spec_lib.Experiment,
@@ -126,7 +132,7 @@ def results_markdown(experiment: spec_lib.Experiment,
   for row in experiment.rows:
     for split in experiment.splits:
       published = row.published.get(split)
-      pub = f'{published:.1f}' if published is not None else '—'
+      pub = f'{published:g}' if published is not None else '—'
       summary = _row_summary(experiment, row, results, split)
       if summary is None:
         cells = [r for r in results if r.cell.row == row]
@@ -138,7 +144,7 @@ def results_markdown(experiment: spec_lib.Experiment,
       walls = [r.wall_seconds for r in done]
       per_epoch = statistics.fmean(r.wall_seconds / r.epochs for r in done if r.epochs)
       hardware = '; '.join(sorted({r.hardware for r in done}))
-      lines.append(f'| {row.name} | {split} | {pub} | {_fmt(mean, half)} | {n} of {planned} | '
+      lines.append(f'| {row.name} | {split} | {pub} | {_fmt(mean, half, metric)} | {n} of {planned} | '
                    f'{_duration(per_epoch)} | {_duration(statistics.fmean(walls))} | {hardware} |')
   sources = sorted({r.source for r in experiment.rows if r.source})
   lines += ['', 'Published values: ' + '; '.join(sources) + '.', '']
@@ -156,7 +162,8 @@ def results_markdown(experiment: spec_lib.Experiment,
             '| --- | --- | ' + ' | '.join('---' for _ in experiment.splits) +
             ' | --- | --- | --- | --- |']
   for r in results:
-    values = ' | '.join(f'{r.final[s]:.2f}' if s in r.final else ''
+    d = _DECIMALS.get(metric, 3) + 1
+    values = ' | '.join(f'{r.final[s]:.{d}f}' if s in r.final else ''
                         for s in experiment.splits)
     detail = r.reason if r.status == 'failed' else f'`{r.command}`'
     wall = _duration(r.wall_seconds) if r.wall_seconds else ''
