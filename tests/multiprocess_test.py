@@ -106,7 +106,13 @@ class MultiProcessTest(absltest.TestCase):
     a = test_util.final_state(config, os.path.join(tmp, 'one'))
     b = test_util.final_state(config, os.path.join(tmp, 'two'))
     self.assertEqual(int(a.step), config.num_train_steps)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), a, b)
+    # Two processes add the gradient in another order (each its half of the
+    # batch, then across processes), so the states agree to float32 rounding
+    # carried through Adam, not bit for bit: the bound of the one-process
+    # mesh tests (multidevice_test). On a Zen 4 CPU one parameter of 768
+    # differed by 1.4e-6 after the run, on an Intel Xeon (model 207) by 1.2e-6.
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0,
+                                                         atol=1e-5), a, b)
 
 
 if __name__ == '__main__':
