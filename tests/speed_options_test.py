@@ -3,6 +3,7 @@ rematerialisation, scan over layers and bf16 compute with float32
 parameters."""
 
 import functools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,18 @@ class SpeedOptionsTest(absltest.TestCase):
 
   def test_dot_product_attention_equals_the_einsums(self):
     self._assert_close(*_loss_and_grads(attention='dot_product'), 1e-5, 1e-6)
+
+  def test_heads_major_attention_computes_the_same_model(self):
+    # Long contexts run the einsums on heads-major operands (a speed choice,
+    # transformer._HEADS_MAJOR_MIN_CONTEXT); force it at this short one.
+    for train in (False, True):  # With dropout on the attention weights too.
+      kwargs = dict(train=train, dropout_rate=0.1)
+      expected = _loss_and_grads(**kwargs)
+      with mock.patch.object(transformer, '_HEADS_MAJOR_MIN_CONTEXT', 1):
+        loss, grads = _loss_and_grads(**kwargs)
+      np.testing.assert_allclose(loss, expected[0], rtol=1e-6)
+      for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
   def test_remat_gives_the_same_gradients(self):
     self._assert_close(*_loss_and_grads(remat=True), 1e-6, 1e-7)
