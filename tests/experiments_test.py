@@ -201,6 +201,17 @@ class RunnerTest(absltest.TestCase):
     self.assertIn('| broken-s0 | failed |', markdown)
     self.assertIn("Unknown dataset 'nope'", markdown)
 
+    # Reporting from a root without those workdirs would drop their results:
+    # refused, naming the cells, with nothing written; --force rewrites.
+    elsewhere = os.path.join(tmp, 'elsewhere')
+    with self.assertRaisesRegex(ValueError, 'a-s0, a-s1, b-s0, b-s1.*--force'):
+      report.write(out, elsewhere, spec)
+    with open(os.path.join(out, 'RESULTS.md')) as f:
+      self.assertEqual(f.read(), markdown)
+    self.assertLen(report.recorded_cells(os.path.join(out, 'results.csv')), 4)
+    report.write(out, elsewhere, spec, force=True)
+    self.assertEmpty(report.recorded_cells(os.path.join(out, 'results.csv')))
+
     # --dry-run prints each cell's command, and a printed command runs as is.
     listing = subprocess.run(
         [sys.executable, '-m', 'research.experiments', 'run', os.path.dirname(out),

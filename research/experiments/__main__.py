@@ -25,11 +25,14 @@ _EMIT_SLURM = flags.DEFINE_string(
 _CELLS = flags.DEFINE_string(
     'cells', '', 'Comma-separated cell names or rows, shell wildcards allowed '
     '(small, small-s0, *-s1); empty: every cell.')
+_FORCE = flags.DEFINE_boolean(
+    'force', False, 'Rewrite the table even where it would drop results of '
+    'cells whose workdirs are not under --root.')
 _ROOT = flags.DEFINE_string(
     'root', 'workdirs', 'Cell workdirs go to ROOT/EXPERIMENT/ROW-sSEED.')
 
 _USAGE = ('usage: python -m research.experiments run|report experiments/NAME '
-          '[--parallel=N] [--dry-run] [--emit-slurm=FILE] [--cells=...]')
+          '[--parallel=N] [--dry-run] [--emit-slurm=FILE] [--cells=...] [--force]')
 
 
 def main(argv):
@@ -62,7 +65,7 @@ def _main(argv):
     outcome = runner.run(root, experiment, cells, parallel=_PARALLEL.value)
   # Imported here: matplotlib is slow to load and only the table needs it.
   from research.experiments import report  # pylint: disable=g-import-not-at-top
-  written = report.write(directory, root, experiment)
+  written = report.write(directory, root, experiment, force=_FORCE.value)
   print('Wrote ' + ', '.join(written))
   if argv[1] == 'run':
     failed = [n for n, s in outcome.items() if s.status != 'finished']

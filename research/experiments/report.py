@@ -253,12 +253,36 @@ def write_plots(directory: str, experiment: spec_lib.Experiment,
   return [curve, final]
 
 
-def write(directory: str, root: str, experiment: spec_lib.Experiment) -> list[str]:
-  """Writes RESULTS.md, results.csv and the plots; returns their paths."""
+def recorded_cells(table: str) -> set[str]:
+  """Cells (ROW-sSEED) with a value in an existing results.csv."""
+  if not os.path.exists(table):
+    return set()
+  with open(table, newline='') as f:
+    return {f'{r["row"]}-s{r["seed"]}' for r in csv.DictReader(f)
+            if r['seed'] != 'published' and r['value']}
+
+
+def write(directory: str, root: str, experiment: spec_lib.Experiment,
+          force: bool = False) -> list[str]:
+  """Writes RESULTS.md, results.csv and the plots; returns their paths.
+
+  Raises:
+    ValueError: the existing results.csv has values for cells that are not
+      finished under `root` (their workdirs are elsewhere or gone), unless
+      `force`: rewriting would drop measured results. Nothing is written.
+  """
   results = collect(root, experiment)
+  table = os.path.join(directory, 'results.csv')
+  finished = {r.cell.name for r in results if r.status == 'finished'}
+  lost = sorted(recorded_cells(table) - finished)
+  if lost and not force:
+    raise ValueError(
+        f'{table} holds results of {", ".join(lost)}, which are not finished '
+        f'under --root={root} (expected in {os.path.join(root, experiment.name)}'
+        '/CELL). Rewriting it would drop them: point --root at the workdirs '
+        'that hold them, or pass --force to rewrite the table without them.')
   markdown = os.path.join(directory, 'RESULTS.md')
   with open(markdown, 'w') as f:
     f.write(results_markdown(experiment, results))
-  table = os.path.join(directory, 'results.csv')
   write_csv(table, experiment, results)
   return [markdown, table] + write_plots(directory, experiment, results)
