@@ -209,8 +209,17 @@ class RunnerTest(absltest.TestCase):
     with open(os.path.join(out, 'RESULTS.md')) as f:
       self.assertEqual(f.read(), markdown)
     self.assertLen(report.recorded_cells(os.path.join(out, 'results.csv')), 4)
+    # Cells about to run count as kept.
+    with self.assertRaisesRegex(ValueError, 'results of b-s1, which'):
+      report.check_nothing_dropped(out, elsewhere, spec,
+                                   frozenset({'a-s0', 'a-s1', 'b-s0'}))
+    report.check_nothing_dropped(out, elsewhere, spec,
+                                 frozenset({'a-s0', 'a-s1', 'b-s0', 'b-s1'}))
+    recorded_csv = os.path.join(out, 'results.csv')
+    with open(recorded_csv) as f:
+      recorded = f.read()
     report.write(out, elsewhere, spec, force=True)
-    self.assertEmpty(report.recorded_cells(os.path.join(out, 'results.csv')))
+    self.assertEmpty(report.recorded_cells(recorded_csv))
 
     # --dry-run prints each cell's command, and a printed command runs as is.
     listing = subprocess.run(
@@ -232,6 +241,16 @@ class RunnerTest(absltest.TestCase):
     printed = shlex.split(listing[1])
     self.assertEqual(printed[3:], runner.command(root, spec, cells[1])[3:])
     subprocess.run(printed, check=True, capture_output=True)
+
+    # `run` refuses before running anything when its table would drop cells.
+    with open(os.path.join(spec_dir, 'results.csv'), 'w') as f:
+      f.write(recorded)
+    refused = subprocess.run(
+        [sys.executable, '-m', 'research.experiments', 'run', spec_dir,
+         f'--root={elsewhere}', '--cells=a-s0'], capture_output=True, text=True)
+    self.assertEqual(refused.returncode, 2, refused.stderr[-2000:])
+    self.assertIn('results of a-s1, b-s0, b-s1, which', refused.stderr)
+    self.assertFalse(os.path.exists(elsewhere))
 
 
 if __name__ == '__main__':

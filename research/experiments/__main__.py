@@ -12,6 +12,7 @@ import sys
 from absl import app
 from absl import flags
 
+from research.experiments import report
 from research.experiments import runner
 from research.experiments import spec as spec_lib
 
@@ -62,9 +63,10 @@ def _main(argv):
       print(f'Wrote {_EMIT_SLURM.value}: a job array of {len(cells)} cells.')
     return 0
   if argv[1] == 'run':
+    if not _FORCE.value:  # Before hours of runs, not after.
+      report.check_nothing_dropped(directory, root, experiment,
+                                   frozenset(c.name for c in cells))
     outcome = runner.run(root, experiment, cells, parallel=_PARALLEL.value)
-  # Imported here: matplotlib is slow to load and only the table needs it.
-  from research.experiments import report  # pylint: disable=g-import-not-at-top
   written = report.write(directory, root, experiment, force=_FORCE.value)
   print('Wrote ' + ', '.join(written))
   if argv[1] == 'run':

@@ -262,25 +262,45 @@ def recorded_cells(table: str) -> set[str]:
             if r['seed'] != 'published' and r['value']}
 
 
-def write(directory: str, root: str, experiment: spec_lib.Experiment,
-          force: bool = False) -> list[str]:
-  """Writes RESULTS.md, results.csv and the plots; returns their paths.
+def check_nothing_dropped(directory: str, root: str,
+                          experiment: spec_lib.Experiment,
+                          to_run: frozenset[str] = frozenset()) -> None:
+  """Refuses a table rewrite that would drop recorded results.
+
+  Args:
+    directory: the experiment folder (its results.csv is the record).
+    root: where the cells' workdirs are.
+    experiment: the spec.
+    to_run: names of cells about to run (they will be in the new table).
 
   Raises:
-    ValueError: the existing results.csv has values for cells that are not
-      finished under `root` (their workdirs are elsewhere or gone), unless
-      `force`: rewriting would drop measured results. Nothing is written.
+    ValueError: results.csv has values for cells that are neither finished
+      under `root` nor in `to_run` (their workdirs are elsewhere or gone).
   """
-  results = collect(root, experiment)
+  finished = {cell.name for cell in spec_lib.cells(experiment)
+              if runner.state(runner.workdir(root, experiment, cell)).status
+              == 'finished'}
   table = os.path.join(directory, 'results.csv')
-  finished = {r.cell.name for r in results if r.status == 'finished'}
-  lost = sorted(recorded_cells(table) - finished)
-  if lost and not force:
+  lost = sorted(recorded_cells(table) - finished - to_run)
+  if lost:
     raise ValueError(
         f'{table} holds results of {", ".join(lost)}, which are not finished '
         f'under --root={root} (expected in {os.path.join(root, experiment.name)}'
         '/CELL). Rewriting it would drop them: point --root at the workdirs '
         'that hold them, or pass --force to rewrite the table without them.')
+
+
+def write(directory: str, root: str, experiment: spec_lib.Experiment,
+          force: bool = False) -> list[str]:
+  """Writes RESULTS.md, results.csv and the plots; returns their paths.
+
+  Unless `force`, first `check_nothing_dropped` (nothing is written when it
+  raises).
+  """
+  if not force:
+    check_nothing_dropped(directory, root, experiment)
+  results = collect(root, experiment)
+  table = os.path.join(directory, 'results.csv')
   markdown = os.path.join(directory, 'RESULTS.md')
   with open(markdown, 'w') as f:
     f.write(results_markdown(experiment, results))
