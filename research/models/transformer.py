@@ -63,7 +63,8 @@ _INIT_STDDEV = 0.02
 # the backward products then write plain batched matmul outputs, where on
 # (B, T, N, K) operands XLA's CPU dots wrote transposed ones at a tenth of
 # the matmul rate. At the cpu recipe's context 64 the two transposes cost
-# more than they save (42.5 against 44-47 ms). Same math either way.
+# more than they save (four paired runs: 37-43 against 41-47 ms). Same
+# math either way.
 _HEADS_MAJOR_MIN_CONTEXT = 128
 
 
