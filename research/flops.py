@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import models
+
 # device_kind prefix -> (dense bf16 FLOP/s, source).
 ACCELERATOR_PEAKS = (
     ('NVIDIA H200', 989.4e12, 'NVIDIA H200 datasheet: 1,979 TFLOPS bf16 with sparsity, half dense'),
@@ -46,15 +48,13 @@ def _path_name(path) -> str:
 def matmul_params(params) -> int:
   """N: parameters of every weight matrix used in a matmul (see above)."""
   total = 0
-  names = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    names[_path_name(path)] = leaf
-  tied = 'head/kernel' not in names and any(
-      n.startswith(('block_', 'blocks/')) for n in names)
-  for name, leaf in names.items():
-    # scan_layers stacks the blocks' matrices on a leading layer axis.
-    if leaf.ndim != (3 if name.startswith('blocks/') else 2):
-      continue
+  # scan_layers stacks the blocks' matrices on a leading layer axis.
+  matrices = {_path_name(path): leaf for path, leaf
+              in jax.tree_util.tree_flatten_with_path(params)[0]
+              if leaf.ndim - models.layer_axes(path) == 2}
+  tied = 'head/kernel' not in matrices and any(
+      n.startswith(('block_', models.STACKED_BLOCKS + '/')) for n in matrices)
+  for name, leaf in matrices.items():
     if name.endswith('embed/embedding'):
       total += leaf.size if tied else 0  # Lookup only, unless it is the head.
     elif name != 'pos_embed':

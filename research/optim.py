@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from research import models
+
 OPTIMIZERS = ('adamw', 'sgd')
 LOSSES = ('sequence_sum', 'token_mean')
 
@@ -64,10 +66,8 @@ def _matrices_only(params):
   Weights stacked by scan_layers (under `blocks`) have one more axis: their
   biases and LayerNorm scales are LxD, still not decayed.
   """
-  def is_matrix(path, p):
-    stacked = getattr(path[0], 'key', None) == 'blocks'
-    return p.ndim >= (3 if stacked else 2)
-  return jax.tree_util.tree_map_with_path(is_matrix, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim - models.layer_axes(path) >= 2, params)
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict,

@@ -40,6 +40,17 @@ class Model(NamedTuple):
   stateful: bool
 
 
+# With scan_layers=True the Transformer keeps its L blocks under this key,
+# every leaf with a leading layer axis (research/models/transformer.py).
+STACKED_BLOCKS = "blocks"
+
+
+def layer_axes(path) -> int:
+  """Leading layer axes of the parameter at `path` (a jax tree path): 1
+  under STACKED_BLOCKS, else 0. A leaf's own rank is ndim minus this."""
+  return int(bool(path) and getattr(path[0], "key", None) == STACKED_BLOCKS)
+
+
 # The family modules import `Model` from this package, so they are imported
 # only after it is defined. Importing a submodule directly still works because
 # Python always runs this `__init__` first.

@@ -265,7 +265,8 @@ class Transformer(nn.Module):
       stack = nn.scan(block, variable_axes={"params": 0},
                       split_rngs={"params": True, "dropout": True},
                       in_axes=nn.broadcast, length=self.num_layers)
-      x_BxTxD, _ = stack(*block_args, scan_step=True, name="blocks")(
+      x_BxTxD, _ = stack(*block_args, scan_step=True,
+                            name=models.STACKED_BLOCKS)(
           x_BxTxD, train)
     else:
       for i in range(self.num_layers):
@@ -366,13 +367,15 @@ def stack_blocks(params: dict, num_layers: int) -> dict:
   """The scan_layers=True tree of an unrolled tree (`block_{i}` -> `blocks`)."""
   blocks = [params[f"block_{i}"] for i in range(num_layers)]
   rest = {k: v for k, v in params.items() if not k.startswith("block_")}
-  return {**rest, "blocks": jax.tree.map(lambda *x: jnp.stack(x), *blocks)}
+  stacked = jax.tree.map(lambda *x: jnp.stack(x), *blocks)
+  return {**rest, models.STACKED_BLOCKS: stacked}
 
 
 def unstack_blocks(params: dict) -> dict:
   """The unrolled tree of a scan_layers=True tree (`blocks` -> `block_{i}`)."""
-  rest = {k: v for k, v in params.items() if k != "blocks"}
-  num_layers = jax.tree.leaves(params["blocks"])[0].shape[0]
+  stacked = params[models.STACKED_BLOCKS]
+  rest = {k: v for k, v in params.items() if k != models.STACKED_BLOCKS}
+  num_layers = jax.tree.leaves(stacked)[0].shape[0]
   for i in range(num_layers):
-    rest[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+    rest[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
   return rest
