@@ -210,11 +210,14 @@ class RunnerTest(absltest.TestCase):
       self.assertEqual(f.read(), markdown)
     self.assertLen(report.recorded_cells(os.path.join(out, 'results.csv')), 4)
     # Cells about to run count as kept.
+    self.assertEqual(report.finished_cells(root, spec),
+                     {'a-s0', 'a-s1', 'b-s0', 'b-s1'})
+    self.assertEmpty(report.finished_cells(elsewhere, spec))
     with self.assertRaisesRegex(ValueError, 'results of b-s1, which'):
       report.check_nothing_dropped(out, elsewhere, spec,
-                                   frozenset({'a-s0', 'a-s1', 'b-s0'}))
+                                   {'a-s0', 'a-s1', 'b-s0'})
     report.check_nothing_dropped(out, elsewhere, spec,
-                                 frozenset({'a-s0', 'a-s1', 'b-s0', 'b-s1'}))
+                                 {'a-s0', 'a-s1', 'b-s0', 'b-s1'})
     recorded_csv = os.path.join(out, 'results.csv')
     with open(recorded_csv) as f:
       recorded = f.read()

@@ -64,8 +64,9 @@ def _main(argv):
     return 0
   if argv[1] == 'run':
     if not _FORCE.value:  # Before hours of runs, not after.
-      report.check_nothing_dropped(directory, root, experiment,
-                                   frozenset(c.name for c in cells))
+      report.check_nothing_dropped(
+          directory, root, experiment,
+          report.finished_cells(root, experiment) | {c.name for c in cells})
     outcome = runner.run(root, experiment, cells, parallel=_PARALLEL.value)
   written = report.write(directory, root, experiment, force=_FORCE.value)
   print('Wrote ' + ', '.join(written))

@@ -262,26 +262,31 @@ def recorded_cells(table: str) -> set[str]:
             if r['seed'] != 'published' and r['value']}
 
 
+def finished_cells(root: str, experiment: spec_lib.Experiment) -> set[str]:
+  """Names of the cells whose workdirs under `root` hold a finished run."""
+  return {cell.name for cell in spec_lib.cells(experiment)
+          if runner.state(runner.workdir(root, experiment, cell)).status
+          == 'finished'}
+
+
 def check_nothing_dropped(directory: str, root: str,
                           experiment: spec_lib.Experiment,
-                          to_run: frozenset[str] = frozenset()) -> None:
+                          kept: set[str] | frozenset[str]) -> None:
   """Refuses a table rewrite that would drop recorded results.
 
   Args:
     directory: the experiment folder (its results.csv is the record).
-    root: where the cells' workdirs are.
+    root: where the cells' workdirs are (named in the message).
     experiment: the spec.
-    to_run: names of cells about to run (they will be in the new table).
+    kept: cells the new table will have: those finished under `root`, and
+      before a run also those about to run.
 
   Raises:
-    ValueError: results.csv has values for cells that are neither finished
-      under `root` nor in `to_run` (their workdirs are elsewhere or gone).
+    ValueError: results.csv has values for cells not in `kept` (their
+      workdirs are elsewhere or gone).
   """
-  finished = {cell.name for cell in spec_lib.cells(experiment)
-              if runner.state(runner.workdir(root, experiment, cell)).status
-              == 'finished'}
   table = os.path.join(directory, 'results.csv')
-  lost = sorted(recorded_cells(table) - finished - to_run)
+  lost = sorted(recorded_cells(table) - set(kept))
   if lost:
     raise ValueError(
         f'{table} holds results of {", ".join(lost)}, which are not finished '
@@ -297,9 +302,10 @@ def write(directory: str, root: str, experiment: spec_lib.Experiment,
   Unless `force`, first `check_nothing_dropped` (nothing is written when it
   raises).
   """
-  if not force:
-    check_nothing_dropped(directory, root, experiment)
   results = collect(root, experiment)
+  if not force:
+    check_nothing_dropped(directory, root, experiment,
+                          {r.cell.name for r in results if r.status == 'finished'})
   table = os.path.join(directory, 'results.csv')
   markdown = os.path.join(directory, 'RESULTS.md')
   with open(markdown, 'w') as f:
