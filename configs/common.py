@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.name = 'adamw'  # 'adamw' (warmup + cosine) or 'sgd' (constant, then per-epoch decay).
   c.optim.learning_rate = 1e-3  # Peak learning rate.
   c.optim.grad_clip_norm = 1.0  # Global gradient-norm clip (<= 0: no clipping).
+  c.optim.grad_accum_steps = 1  # Micro-batches per optimizer step: gradients of data.batch_size / k rows each are summed inside the jitted step (1 = none).
   c.optim.loss = 'token_mean'  # Objective: 'token_mean' or 'sequence_sum' (sum over time, mean over batch; Zaremba).
   # adamw only.
   c.optim.warmup_steps = 100  # Linear warmup from 0 to learning_rate, in steps.

@@ -22,6 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      'no variants.')
   c = common.base_config()
   c.data.name = 'ptb'
+  c.data.level = 'word'  # Stated: a text_file run from this config stays word level.
   c.data.seq_len = 35
   c.data.batch_size = 20
   c.data.eval_batch_size = 10

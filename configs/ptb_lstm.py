@@ -31,6 +31,7 @@ def _base(hidden: int, seq_len: int, init: float, dropout: float,
           decay_after: int, decay: float, epochs: int, clip: float):
   c = common.base_config()
   c.data.name = 'ptb'
+  c.data.level = 'word'  # Stated: a text_file run from this config stays word level.
   c.data.seq_len = seq_len
   c.data.batch_size = 20
   c.data.eval_batch_size = 1

@@ -32,6 +32,10 @@ from configs import common
 def full() -> ml_collections.ConfigDict:
   c = common.base_config()
   c.data.name = 'tiny_shakespeare'
+  # Stated, not inherited: pointed at another file (data.name='text_file',
+  # data.path=...) this config still trains on characters with nanoGPT's split.
+  c.data.level = 'char'
+  c.data.split = '0.9,0.1'
   c.data.seq_len = 256
   c.data.batch_size = 64
   c.data.eval_batch_size = 64

@@ -14,6 +14,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from research import config_checks
 from research import data
 from research import models
 from research import optim
@@ -44,27 +45,12 @@ class Components(NamedTuple):
 
 def validate(config: ml_collections.ConfigDict,
              num_devices: int | None = None) -> None:
-  """Raises ValueError naming the key of any unknown name in `config`."""
-  if config.model.name not in models.MODELS:
-    raise ValueError(f'Unknown model {config.model.name!r} (config key '
-                     f'model.name); known models: {sorted(models.MODELS)}.')
-  if config.data.name not in data.DATASETS:
-    raise ValueError(f'Unknown dataset {config.data.name!r} (config key '
-                     f'data.name); known datasets: {sorted(data.DATASETS)}.')
-  optim.validate(config.optim)
-  # Building a model only wires functions together; it checks the
-  # family-specific choices (e.g. model.positional) without any compute.
-  models.get_model(config.model, vocab_size=2, seq_len=config.data.seq_len)
+  """Raises ValueError naming the key of any value that cannot be used:
+  `config_checks.check`, then the mesh against `num_devices` (default: all)."""
+  config_checks.check(config)
   if num_devices is None:
     num_devices = jax.device_count()
   sharding.mesh_shape(config.mesh, num_devices)
-  for key in ('seq_len', 'batch_size', 'eval_batch_size'):
-    if config.data[key] <= 0:
-      raise ValueError(f'config.data.{key} must be positive, got '
-                       f'{config.data[key]}.')
-  if config.num_train_steps <= 0 and config.num_epochs <= 0:
-    raise ValueError('Set config.num_train_steps or config.num_epochs to a '
-                     'positive number.')
 
 
 def _every(value: int, steps_per_epoch: int) -> int:

@@ -12,6 +12,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
+from research import cli
 from research import distributed
 from research import evaluate
 from research import faults
@@ -36,8 +37,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv  # cli.flags_parser refuses stray arguments.
   # Orbax and TFDS log every file operation at INFO; keep the console for
   # the run's own lines (research.metrics.console).
   logging.set_verbosity(logging.WARNING)
@@ -77,4 +77,4 @@ def _run(config, workdir, allocator):
 
 if __name__ == '__main__':
   host.reexec_with_huge_pages()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('config'))

@@ -77,7 +77,7 @@ class ConfigTest(parameterized.TestCase):
   @parameterized.parameters(
       ('model.name', 'gru', r"known models: \['lstm', 'transformer'\]"),
       ('data.name', 'wikitext', r"known datasets: \['ptb', 'text_file', 'tiny_shakespeare'\]"),
-      ('optim.name', 'lion', r"valid names: \['adamw', 'sgd'\]"),
+      ('optim.name', 'lion', r"known optimizers: \['adamw', 'sgd'\]"),
       ('model.positional', 'rotary', 'sinusoidal'),
   )
   def test_unknown_names_list_the_valid_ones(self, key, value, message):

