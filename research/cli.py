@@ -33,34 +33,37 @@ def fail(message: str) -> None:
   sys.exit(faults.EXIT_BAD_INPUT)
 
 
-def flags_parser(config_flag: str = 'config',
-                 check_values: bool = True) -> Callable[[list[str]], list[str]]:
-  """An `app.run` flags parser for a program with a config-file flag.
+def flags_parser(config_flag: str | None = 'config', *,
+                 positional: bool = False) -> Callable[[list[str]], list[str]]:
+  """An `app.run` flags parser: any failure is one `error:` line, exit 2.
 
   Args:
-    config_flag: the name of the `DEFINE_config_file` flag.
-    check_values: also refuse config values that cannot mean anything
-      (`config_checks.check`, without the device-dependent mesh check, which
-      runs once the devices are known).
+    config_flag: the name of the program's `DEFINE_config_file` flag, or
+      None. Its config's values are checked too (`config_checks.check`; the
+      mesh against the device count is checked once the devices are known).
+    positional: the program takes positional arguments (it checks them);
+      otherwise any is refused.
 
   Returns:
-    A function of argv returning the arguments left after the flags (just
-    the program name: stray arguments are refused).
+    A function of argv returning the arguments left after the flags.
   """
   def parse(argv: list[str]) -> list[str]:
+    config = None
     try:
-      _check_config_file(_config_spec(argv, config_flag), config_flag)
+      if config_flag:
+        _check_config_file(_config_spec(argv, config_flag), config_flag)
       rest = flags.FLAGS(argv)
-      config = flags.FLAGS[config_flag].value
+      if config_flag:
+        config = flags.FLAGS[config_flag].value
       if config is not None and not isinstance(config, ml_collections.ConfigDict):
         # ml_collections defers a load failure until the config is used.
         config.lock()
     except Exception as e:  # pylint: disable=broad-except
       fail(describe(e, argv, config_flag))
-    if len(rest) > 1:
+    if len(rest) > 1 and not positional:
       fail(f'unexpected arguments {rest[1:]}: every option is a flag, '
            '--name=value (values with spaces in quotes).')
-    if check_values and config is not None:
+    if config is not None:
       try:
         config_checks.check(config)
       except ValueError as e:
@@ -204,12 +207,15 @@ def _type_message(error: flags.Error, name: str, spec: str | None) -> str | None
           f'(default {default!r}), e.g. --{name}.{key}={default!r}.')
 
 
-def describe(error: Exception, argv: list[str], name: str) -> str:
-  """One line naming what went wrong in parsing `argv` and how to fix it."""
-  spec = _config_spec(argv, name)
+def describe(error: Exception, argv: list[str], name: str | None) -> str:
+  """One line naming what went wrong in parsing `argv` and how to fix it
+  (`name`: the config-file flag, if the program has one)."""
   if isinstance(error, flags.UnrecognizedFlagError):
-    return (f'{error}. Flags: {", ".join(_program_flags())}; config keys are '
-            f'set as --{name}.KEY=VALUE.')
+    hint = f'; config keys are set as --{name}.KEY=VALUE' if name else ''
+    return f'{error}. Flags: {", ".join(_program_flags())}{hint}.'
+  if name is None:
+    return ' '.join(str(error).split()).rstrip('.') + '. --helpshort lists the flags.'
+  spec = _config_spec(argv, name)
   message = _unknown_key_message(argv, name, spec)
   if message:
     return message

@@ -16,11 +16,16 @@ from tests import test_util
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_main(args: list[str]) -> subprocess.CompletedProcess:
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+  """`python -m MODULE ARGS...` from the repository root."""
   env = dict(os.environ, RESEARCH_KEEP_MALLOC='1', JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'research.main', *args],
-                        cwd=_ROOT, env=env, capture_output=True, text=True,
-                        timeout=300, check=False)
+  return subprocess.run([sys.executable, '-m', *args], cwd=_ROOT, env=env,
+                        capture_output=True, text=True, timeout=300,
+                        check=False)
+
+
+def _run_main(args: list[str]) -> subprocess.CompletedProcess:
+  return _run(['research.main', *args])
 
 
 class CliTest(absltest.TestCase):
@@ -90,6 +95,19 @@ class CliTest(absltest.TestCase):
         # Parsing fails before anything runs: nothing else was printed.
         self.assertEqual(result.stdout, '', output)
         self.assertEqual(result.stderr.strip(), errors[0])
+
+  def test_the_experiment_runner_fails_in_one_line_too(self):
+    cases = [(['run'], r'expected run\|report and an experiment folder'),
+             (['run', 'experiments/zaremba2014', '--no_such_flag'],
+              r"Unknown command line flag 'no_such_flag'\. Flags: --cells"),
+             (['run', 'experiments/zaremba2014', '--parallel=x'],
+              r'flag --parallel=x: invalid literal')]
+    for args, pattern in cases:
+      result = _run(['research.experiments', *args])
+      self.assertEqual(result.returncode, 2, result.stderr)
+      self.assertNotIn('Traceback', result.stderr)
+      self.assertRegex(result.stderr.strip(), '^error: ' + pattern)
+      self.assertLen(result.stderr.strip().splitlines(), 1)
 
   def test_a_workdir_that_is_a_file_is_one_error_line(self):
     tmp = self.create_tempdir().full_path

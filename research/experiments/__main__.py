@@ -12,6 +12,7 @@ import sys
 from absl import app
 from absl import flags
 
+from research import cli
 from research.experiments import report
 from research.experiments import runner
 from research.experiments import spec as spec_lib
@@ -38,7 +39,8 @@ _USAGE = ('usage: python -m research.experiments run|report experiments/NAME '
 
 def main(argv):
   if len(argv) != 3 or argv[1] not in ('run', 'report'):
-    raise app.UsageError(_USAGE)
+    cli.fail(f'expected run|report and an experiment folder, got {argv[1:]}; '
+             + _USAGE)
   try:
     return _main(argv)
   except (ValueError, FileNotFoundError) as e:
@@ -79,4 +81,4 @@ def _main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(None, positional=True))
