@@ -150,7 +150,7 @@ class RunnerTest(absltest.TestCase):
     self.assertEqual({n: s.status for n, s in outcome.items()},
                      {'a-s0': 'finished', 'a-s1': 'finished', 'b-s0': 'finished',
                       'b-s1': 'finished', 'broken-s0': 'failed'})
-    self.assertIn("Unknown dataset 'nope'", outcome['broken-s0'].reason)
+    self.assertIn("config.data.name='nope' must be one of the known datasets", outcome['broken-s0'].reason)
     with open(os.path.join(path('b-s0'), runner.LOG_FILE)) as f:
       log = f.read()
     self.assertIn('Resuming from the checkpoint at step', log, log[-3000:])
@@ -199,7 +199,7 @@ class RunnerTest(absltest.TestCase):
     # bpc to three decimals; the published value as the paper gives it.
     self.assertIn(f'| a | valid | 3 | {mean:.3f} ± {half:.3f} | 2 of 2 |', markdown)
     self.assertIn('| broken-s0 | failed |', markdown)
-    self.assertIn("Unknown dataset 'nope'", markdown)
+    self.assertIn("config.data.name='nope' must be one of the known datasets", markdown)
 
     # Reporting from a root without those workdirs would drop their results:
     # refused, naming the cells, with nothing written; --force rewrites.

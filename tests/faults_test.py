@@ -293,8 +293,8 @@ class BadInputTest(absltest.TestCase):
         'empty file': (f'c.data.path = {empty!r}', 'is empty'),
         'not UTF-8': (f'c.data.path = {latin1!r}', 'UTF-8'),
         'split too small': ('c.data.batch_size = 2000', 'too small'),
-        'unknown dataset': ("c.data.name = 'nope'", "Unknown dataset 'nope'"),
-        'unknown model': ("c.model.name = 'nope'", "Unknown model 'nope'"),
+        'unknown dataset': ("c.data.name = 'nope'", "config.data.name='nope' must be one of the known datasets"),
+        'unknown model': ("c.model.name = 'nope'", "config.model.name='nope' must be one of the known models"),
     }
     for name, (body, message) in cases.items():
       with self.subTest(name):
