@@ -70,7 +70,8 @@ def run(config, steps: int, warmup: int, config_name: str = '',
   state, shardings = components.create_state(parts, jax.random.key(config.seed),
                                               config.data.batch_size)
   step_fn = train.make_train_step(parts, shardings, config.optim.loss,
-                                  config.skip_nonfinite_steps)
+                                  config.skip_nonfinite_steps,
+                                  config.optim.grad_accum_steps)
   it = train.train_iterator(parts, config)
   batches = [sharding.global_batch(next(it), parts.mesh) for _ in range(8)]
   key = jax.random.key(1)

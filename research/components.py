@@ -64,6 +64,13 @@ def build(config: ml_collections.ConfigDict,
   validate(config, len(devices))
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_divisible(config.data.batch_size, mesh, 'data.batch_size')
+  micro_rows = config.data.batch_size // config.optim.grad_accum_steps
+  if micro_rows % sharding.data_parallel_size(mesh):
+    raise ValueError(
+        f'A micro-batch of config.data.batch_size / optim.grad_accum_steps = '
+        f'{micro_rows} rows does not split over the '
+        f'{sharding.data_parallel_size(mesh)} data-parallel devices of mesh '
+        f'{dict(mesh.shape)}; lower optim.grad_accum_steps or raise the batch.')
   corpus = data.load_corpus(config.data)
   model = models.get_model(config.model, vocab_size=corpus.tokenizer.vocab_size,
                            seq_len=config.data.seq_len)

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from research import accumulate
 from research import checkpoint
 from research import components as components_lib
 from research import evaluate
@@ -31,10 +32,25 @@ from research.components import TrainState
 from research.data import pipeline
 
 
+def scaled_loss(params, carry, batch: dict, key: jax.Array, *,
+                model: models.Model, denominator: jax.Array | int):
+  """Returns (loss sum / `denominator`, (loss sum, new carry)) on `batch`.
+
+  `denominator` belongs to the whole step's batch (its rows or its total
+  weight), also when `batch` is one of its micro-batches, so that the
+  micro-batches' gradients add up to the whole batch's.
+  """
+  logits_BxTxV, new_carry = model.apply(params, carry, batch['inputs'],
+                                        train=True, rng=key)
+  loss_sum, _ = metrics.cross_entropy_sums(
+      logits_BxTxV, batch['targets'], batch['weights'])
+  return loss_sum / denominator, (loss_sum, new_carry)
+
+
 def train_step(state: TrainState, batch: dict, key: jax.Array, *,
                model: models.Model, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule, objective: str,
-               skip_nonfinite: bool = False):
+               skip_nonfinite: bool = False, grad_accum_steps: int = 1):
   """One optimizer step. Returns (new state, scalar metrics).
 
   `objective` 'token_mean' minimises the mean loss per token; 'sequence_sum'
@@ -43,21 +59,28 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
   and `nonfinite` (1.0 when the loss or the gradient norm is inf or NaN).
   With `skip_nonfinite`, such a step leaves parameters, optimizer state and
   carry as they were (the step counter and the data still advance).
+
+  With `grad_accum_steps` K > 1 the gradient is summed over K micro-batches
+  of B/K rows (research/accumulate.py), each divided by the whole batch's
+  denominator, then applied once: the same step as the whole batch's up to
+  float summation order. Each micro-batch folds its index into the dropout
+  key, so with dropout its masks are a different, equally distributed draw
+  from the whole-batch step's; only without dropout are the two equal.
   """
   key = jax.random.fold_in(key, state.step)
   carry = models.reset_carry(state.carry, batch['reset'])
   num_rows = batch['inputs'].shape[0]
-
-  def loss_fn(params):
-    logits_BxTxV, new_carry = model.apply(params, carry, batch['inputs'],
-                                          train=True, rng=key)
-    loss_sum, weight_sum = metrics.cross_entropy_sums(
-        logits_BxTxV, batch['targets'], batch['weights'])
-    target = loss_sum / (num_rows if objective == 'sequence_sum' else weight_sum)
-    return target, (loss_sum / weight_sum, new_carry)
-
-  (_, (loss, new_carry)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  weight_sum = jnp.sum(batch['weights'])
+  loss_fn = functools.partial(
+      scaled_loss, model=model,
+      denominator=num_rows if objective == 'sequence_sum' else weight_sum)
+  if grad_accum_steps == 1:
+    (_, (loss_sum, new_carry)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params, carry, batch, key)
+  else:
+    grads, loss_sum, new_carry = accumulate.gradients(
+        loss_fn, state.params, carry, batch, key, grad_accum_steps)
+  loss = loss_sum / weight_sum
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # Truncated backpropagation through time: the carry is data, not a graph.
@@ -77,12 +100,13 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
 
 def make_train_step(parts: components_lib.Components,
                     state_shardings: TrainState, objective: str,
-                    skip_nonfinite: bool = False):
+                    skip_nonfinite: bool = False, grad_accum_steps: int = 1):
   """Jits `train_step` once with explicit shardings and a donated state."""
   mesh = parts.mesh
   step = functools.partial(train_step, model=parts.model,
                            optimizer=parts.optimizer, schedule=parts.schedule,
-                           objective=objective, skip_nonfinite=skip_nonfinite)
+                           objective=objective, skip_nonfinite=skip_nonfinite,
+                           grad_accum_steps=grad_accum_steps)
   jitted = jax.jit(step,
                    in_shardings=(state_shardings, sharding.batch_sharding(mesh),
                                  sharding.replicated(mesh)),
@@ -189,7 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start = int(jax.device_get(state.step))
   writer.truncate_after(start)
   step_fn = make_train_step(parts, state_shardings, config.optim.loss,
-                            config.skip_nonfinite_steps)
+                            config.skip_nonfinite_steps,
+                            config.optim.grad_accum_steps)
   evaluator = evaluate.Evaluator(parts, batch_size=config.data.eval_batch_size,
                                  seq_len=config.data.seq_len)
   total = parts.num_train_steps
