@@ -27,13 +27,15 @@ from research.data import pipeline
 
 
 def eval_step(params, carry, batch, *, model: models.Model):
-  """Returns (sum of token losses, number of scored tokens, next carry)."""
+  """Returns (sum of token losses, number of scored tokens, number of them
+  whose argmax logit is the target, next carry)."""
   carry = models.reset_carry(carry, batch['reset'])
   logits_BxTxV, carry = model.apply(params, carry, batch['inputs'],
                                     train=False, rng=None)
   loss_sum, weight_sum = metrics.cross_entropy_sums(
       logits_BxTxV, batch['targets'], batch['weights'])
-  return loss_sum, weight_sum, carry
+  hits = metrics.top1_hits(logits_BxTxV, batch['targets'], batch['weights'])
+  return loss_sum, weight_sum, hits, carry
 
 
 # Tokens per evaluation call that a stateful model gets at least.
@@ -73,36 +75,46 @@ class Evaluator:
     self._step = jax.jit(
         functools.partial(eval_step, model=parts.model),
         out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh),
-                       self._carry_sharding))
+                       sharding.replicated(mesh), self._carry_sharding))
 
   def _put(self, array: np.ndarray, target):
     # Every process holds the whole eval batch; each keeps its shards.
     return jax.make_array_from_callback(array.shape, target,
                                         lambda idx: array[idx])
 
-  def loss(self, params, tokens: np.ndarray) -> float:
-    """Mean loss in nats per token over every prediction in `tokens`."""
+  def score(self, params, tokens: np.ndarray) -> tuple[float, float]:
+    """(Mean loss in nats per token, top-1 accuracy) over every prediction
+    in `tokens`."""
     carry = jax.tree.map(
         lambda c, s: self._put(np.asarray(c), s),
         self._parts.model.init_carry(self._batch_size), self._carry_sharding)
-    sums, counts = [], []
+    sums, counts, hits = [], [], []
     for batch in pipeline.eval_batches(tokens, batch_size=self._batch_size,
                                        seq_len=self._seq_len):
       batch = {k: self._put(v, self._batch_sharding) for k, v in batch.items()}
-      loss_sum, weight_sum, carry = self._step(params, carry, batch)
+      loss_sum, weight_sum, hit_sum, carry = self._step(params, carry, batch)
       sums.append(loss_sum)
       counts.append(weight_sum)
+      hits.append(hit_sum)
     # Accumulate in float64 on the host: one device round trip at the end.
-    sums, counts = jax.device_get((sums, counts))
-    return float(np.sum(np.asarray(sums, np.float64)) /
-                 np.sum(np.asarray(counts, np.float64)))
+    loss_total, count, hit_total = (
+        np.sum(np.asarray(x, np.float64))
+        for x in jax.device_get((sums, counts, hits)))
+    return float(loss_total / count), float(hit_total / count)
+
+  def loss(self, params, tokens: np.ndarray) -> float:
+    """Mean loss in nats per token over every prediction in `tokens`."""
+    return self.score(params, tokens)[0]
 
   def splits(self, params, names) -> dict[str, dict[str, float]]:
-    """Figures (loss plus perplexity or bpc) for each named split."""
+    """Figures (loss, perplexity or bpc, accuracy) for each named split."""
     corpus = self._parts.corpus
-    return {name: metrics.split_figures(self.loss(params, corpus.splits[name]),
-                                        corpus.level)
-            for name in names if name in corpus.splits}
+    figures = {}
+    for name in names:
+      if name in corpus.splits:
+        loss, accuracy = self.score(params, corpus.splits[name])
+        figures[name] = metrics.split_figures(loss, corpus.level, accuracy)
+    return figures
 
 
 def generate(parts: components_lib.Components, params, rng: jax.Array,

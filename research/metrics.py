@@ -33,18 +33,39 @@ def cross_entropy_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return jnp.sum(nll_BxT * weights_BxT), jnp.sum(weights_BxT)
 
 
-def split_figures(loss: float, level: str) -> dict[str, float]:
-  """Per-token loss (nats) plus perplexity (word level) or bpc (char level)."""
+def top1_hits(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+              weights_BxT: jax.Array) -> jax.Array:
+  """Sum of the weights of the tokens whose largest logit is the target.
+
+  Padding has weight 0, so it never counts; ties go to the lowest id.
+  """
+  hit_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+  return jnp.sum(jnp.where(hit_BxT, weights_BxT, 0.0))
+
+
+def split_figures(loss: float, level: str,
+                  accuracy: float | None = None) -> dict[str, float]:
+  """Per-token loss (nats) plus perplexity (word level) or bpc (char level),
+  and the top-1 next-token accuracy (a fraction) when given."""
   if level == 'char':
-    return {'loss': loss, 'bpc': loss / math.log(2)}
-  return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0))}
+    figures = {'loss': loss, 'bpc': loss / math.log(2)}
+  else:
+    figures = {'loss': loss, 'perplexity': math.exp(min(loss, 700.0))}
+  if accuracy is not None:
+    figures['accuracy'] = accuracy
+  return figures
 
 
 def headline(figures: dict[str, float]) -> str:
-  """'ppl 123.45' or 'bpc 1.234' for a console line."""
+  """'ppl 123.45' or 'bpc 1.234' for a console line, then 'acc 41.2%' when
+  the figures hold an accuracy."""
   if 'bpc' in figures:
-    return f'bpc {figures["bpc"]:.4f}'
-  return f'ppl {figures["perplexity"]:.2f}'
+    line = f'bpc {figures["bpc"]:.4f}'
+  else:
+    line = f'ppl {figures["perplexity"]:.2f}'
+  if 'accuracy' in figures:
+    line += f' | acc {100 * figures["accuracy"]:.1f}%'
+  return line
 
 
 class Throughput:

@@ -1,5 +1,7 @@
 """End-to-end tests of training, resuming and evaluation on a tiny corpus."""
 
+import contextlib
+import io
 import json
 import os
 from unittest import mock
@@ -50,7 +52,9 @@ class TrainTest(parameterized.TestCase):
     config.log_every_steps = 10
     config.eval_every_steps = 20
     workdir = os.path.join(tmp, 'work')
-    results = train.train_and_evaluate(config, workdir)
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+      results = train.train_and_evaluate(config, workdir)
     records = _read_metrics(workdir)
     train_losses = [r['loss'] for r in records if r['split'] == 'train']
     self.assertLen(train_losses, 4)
@@ -63,13 +67,20 @@ class TrainTest(parameterized.TestCase):
       if r['split'] != 'train':
         self.assertIn('bpc', r)  # Character level.
         self.assertAlmostEqual(r['bpc'], r['loss'] / np.log(2), places=5)
+        self.assertBetween(r['accuracy'], 0.0, 1.0)
     evals = [(r['step'], r['split']) for r in records if r['split'] != 'train']
     self.assertEqual(evals, [(20, 'valid'), (40, 'valid'), (40, 'test')])
     self.assertSetEqual(set(results), {'valid', 'test'})
-    self.assertTrue(os.listdir(os.path.join(workdir, 'tensorboard')))
-    # --mode=eval on the finished workdir gives the end-of-training figure.
+    self.assertRegex(console.getvalue(), r'eval at step 40 \| valid \| loss '
+                     r'\d\.\d{4} \| bpc \d\.\d{4} \| acc \d+\.\d%\n')
+    events = os.listdir(os.path.join(workdir, 'tensorboard'))
+    self.assertTrue(events)
+    with open(os.path.join(workdir, 'tensorboard', events[0]), 'rb') as f:
+      self.assertIn(b'valid/accuracy', f.read())
+    # --mode=eval on the finished workdir gives the end-of-training figures.
     again = evaluate.evaluate_checkpoint(config, workdir)
-    self.assertEqual(again['valid']['loss'], results['valid']['loss'])
+    for name in ('loss', 'accuracy'):
+      self.assertEqual(again['valid'][name], results['valid'][name])
 
   def test_lstm_eval_does_not_depend_on_the_segment_length(self):
     # The Evaluator gives the LSTM longer segments than data.seq_len; its
