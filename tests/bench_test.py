@@ -64,5 +64,75 @@ class BenchTest(absltest.TestCase):
       self.assertIn('| `tiny` | 8x11 |', f.read())
 
 
+def _record(config: str, step_s: float) -> dict:
+  """A benchmark record with the fields write_table reads."""
+  return {'config': config, 'device': 'CPU: test, 1 JAX device(s)',
+          'batch': '7x11', 'step_time_median_s': step_s,
+          'step_time_p10_s': step_s, 'step_time_p90_s': step_s,
+          'tokens_per_s': 77 / step_s, 'flops_per_s': 1e9, 'peak_flops_per_s': 2e9,
+          'mfu': 0.5, 'compile_s': 1.0, 'data_tokens_per_s': 1e6,
+          'commit': 'abcdef0123456789', 'date': '2026-12-01 00:00 UTC'}
+
+
+class WriteTableTest(absltest.TestCase):
+  """write_table rewrites only the part between its markers."""
+
+  def _write(self, tmp: str, records: list[dict], table_text: str | None) -> str:
+    records_path = os.path.join(tmp, 'records.jsonl')
+    with open(records_path, 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in records)
+    table = os.path.join(tmp, 'BENCHMARKS.md')
+    if table_text is not None:
+      with open(table, 'w', newline='') as f:
+        f.write(table_text)
+    bench.write_table(records_path, table)
+    with open(table, newline='') as f:
+      return f.read()
+
+  def test_keeps_hand_written_text_and_replaces_the_generated_part(self):
+    tmp = self.create_tempdir().full_path
+    first = self._write(tmp, [_record('old', 0.5)], None)
+    self.assertIn('| `old` | 7x11 |', first)
+    # Hand-written text around the markers, with a CRLF line and no final
+    # newline, must come back byte for byte.
+    head = '# Benchmarks\n\nIntro written by hand.\r\n\n'
+    tail = '\n\n## History\n\n| machine | step |\n| --- | --- |\n| A | 45 ms |'
+    start = first.index(bench.GENERATED_START)
+    end = first.index(bench.GENERATED_END) + len(bench.GENERATED_END)
+    second = self._write(tmp, [_record('new', 0.25)],
+                         head + first[start:end] + tail)
+    self.assertTrue(second.startswith(head + bench.GENERATED_START + '\n'))
+    self.assertTrue(second.endswith(bench.GENERATED_END + tail))
+    self.assertIn('| `new` | 7x11 | CPU: test, 1 JAX device(s) | 250.0 ms', second)
+    self.assertNotIn('`old`', second)  # The previous table is gone.
+    self.assertEqual(second.count('| `new` |'), 1)
+
+  def test_a_file_without_markers_is_replaced(self):
+    tmp = self.create_tempdir().full_path
+    text = self._write(tmp, [_record('tiny', 0.5)], 'an old table, no markers\n')
+    self.assertNotIn('an old table', text)
+    self.assertTrue(text.startswith('# Benchmarks\n\n' + bench.GENERATED_START))
+    self.assertTrue(text.endswith(bench.GENERATED_END + '\n'))
+
+  def test_broken_markers_are_refused_and_nothing_is_written(self):
+    tmp = self.create_tempdir().full_path
+    for broken in (f'notes\n{bench.GENERATED_START}\nrows\n',
+                   f'{bench.GENERATED_END}\nrows\n{bench.GENERATED_START}\n'):
+      with self.assertRaisesRegex(ValueError, 'restore the markers'):
+        self._write(tmp, [_record('tiny', 0.5)], broken)
+      with open(os.path.join(tmp, 'BENCHMARKS.md'), newline='') as f:
+        self.assertEqual(f.read(), broken)
+
+  def test_the_repository_table_has_its_markers(self):
+    # BENCHMARKS.md keeps hand-written history below the generated table;
+    # without the markers, the next --table run would erase it.
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'BENCHMARKS.md')
+    with open(path) as f:
+      text = f.read()
+    self.assertEqual(text.count(bench.GENERATED_START), 1)
+    self.assertEqual(text.count(bench.GENERATED_END), 1)
+    self.assertLess(text.index(bench.GENERATED_START), text.index(bench.GENERATED_END))
+
+
 if __name__ == '__main__':
   absltest.main()
