@@ -10,7 +10,6 @@ from research import cli
 from research import config_checks
 from research import data
 from research import models
-from tests import config_test
 from tests import test_util
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +21,7 @@ def _configs():
   for name, variants in _VARIANTS.items():
     for variant in variants:
       spec = os.path.join(_ROOT, 'configs', name) + (f':{variant}' if variant else '')
-      yield spec, config_test._parse(f'--config={spec}')  # pylint: disable=protected-access
+      yield spec, test_util.parse_config_flags(f'--config={spec}')
 
 
 class ConfigChecksTest(parameterized.TestCase):
@@ -70,7 +69,7 @@ class ConfigChecksTest(parameterized.TestCase):
       ('model.compute_dtype', 'float16', 'bfloat16'),
   )
   def test_meaningless_values_are_refused_naming_the_key(self, key, value, message):
-    config = config_test._parse(  # pylint: disable=protected-access
+    config = test_util.parse_config_flags(
         '--config=' + os.path.join(_ROOT, 'configs', 'shakespeare_char.py:cpu'))
     with config.unlocked():
       if key == 'model.attention':
@@ -86,7 +85,7 @@ class ConfigChecksTest(parameterized.TestCase):
     self.assertNotIn('\n', str(raised.exception))
 
   def test_lstm_rules(self):
-    config = config_test._parse(  # pylint: disable=protected-access
+    config = test_util.parse_config_flags(
         '--config=' + os.path.join(_ROOT, 'configs', 'default.py'))
     for key, value in (('init_scale', 0.0), ('hidden_size', 0)):
       bad = ml_collections.ConfigDict(config.to_dict())
@@ -122,7 +121,7 @@ class ConfigChecksTest(parameterized.TestCase):
     tmp = self.create_tempdir().full_path
     corpus = test_util.write_corpus(tmp)
     spec = os.path.join(_ROOT, 'configs', 'shakespeare_char.py') + ':cpu'
-    config = config_test._parse(  # pylint: disable=protected-access
+    config = test_util.parse_config_flags(
         f'--config={spec}', '--config.data.name=text_file',
         f'--config.data.path={corpus}', f'--config.data.tfds_dir={tmp}/tfds')
     config_checks.check(config)
@@ -131,7 +130,7 @@ class ConfigChecksTest(parameterized.TestCase):
     self.assertEqual(set(corpus_data.splits), {'train', 'valid'})  # nanoGPT's 90/10
     # The word-level configs state their level too.
     for name in ('default.py', 'ptb_lstm.py'):
-      word = config_test._parse(  # pylint: disable=protected-access
+      word = test_util.parse_config_flags(
           '--config=' + os.path.join(_ROOT, 'configs', name))
       self.assertEqual(word.data.level, 'word')
 

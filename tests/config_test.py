@@ -6,23 +6,12 @@ import os
 from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
-from ml_collections import config_flags
 
 from research import components
 from research import sharding
+from tests import test_util
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _parse(*args):
-  """Parses --config flags as research.main does, into fresh FlagValues."""
-  argv = ['main'] + list(args)
-  fv = flags.FlagValues()
-  # Override flags are found in argv when the config flag is defined.
-  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv,
-                                  lock_config=True, sys_argv=argv)
-  fv(argv)
-  return fv.config
 
 
 class ConfigTest(parameterized.TestCase):
@@ -36,7 +25,7 @@ class ConfigTest(parameterized.TestCase):
     for name, names in variants.items():
       for variant in names:
         spec = os.path.join(_ROOT, 'configs', name) + (f':{variant}' if variant else '')
-        config = _parse(f'--config={spec}')
+        config = test_util.parse_config_flags(f'--config={spec}')
         for key in ('seed', 'num_train_steps', 'log_every_steps',
                     'eval_every_steps', 'checkpoint_every_steps', 'data.name',
                     'data.path', 'model.name', 'num_epochs'):
@@ -50,7 +39,7 @@ class ConfigTest(parameterized.TestCase):
             'medium': (650, 35, 0.05, 0.5, 6, 1 / 1.2, 39, 5.0),
             'large': (1500, 35, 0.04, 0.65, 14, 1 / 1.15, 55, 10.0)}
     for variant, figures in want.items():
-      c = _parse(f'--config={path}:{variant}')
+      c = test_util.parse_config_flags(f'--config={path}:{variant}')
       got = (c.model.hidden_size, c.data.seq_len, c.model.init_scale,
              c.model.dropout_rate, c.optim.decay_after_epochs,
              c.optim.decay_factor, c.num_epochs, c.optim.grad_clip_norm)
@@ -62,17 +51,17 @@ class ConfigTest(parameterized.TestCase):
     path = os.path.join(_ROOT, 'configs', 'default.py')
     with self.assertRaisesRegex((AttributeError, KeyError),
                                 'hiden_size.*Did you mean "hidden_size"'):
-      _parse(f'--config={path}', '--config.model.hiden_size=3')
+      test_util.parse_config_flags(f'--config={path}', '--config.model.hiden_size=3')
 
   def test_wrong_type_names_the_key(self):
     path = os.path.join(_ROOT, 'configs', 'default.py')
     with self.assertRaisesRegex(flags.IllegalFlagValueError, 'num_train_steps'):
-      _parse(f'--config={path}', '--config.num_train_steps=lots')
+      test_util.parse_config_flags(f'--config={path}', '--config.num_train_steps=lots')
 
   def test_unknown_variant_lists_the_variants(self):
     path = os.path.join(_ROOT, 'configs', 'ptb_lstm.py')
     with self.assertRaisesRegex(Exception, r"valid variants: \['large', 'medium', 'small'\]"):
-      _parse(f'--config={path}:huge')
+      test_util.parse_config_flags(f'--config={path}:huge')
 
   @parameterized.parameters(
       ('model.name', 'gru', r"known models: \['lstm', 'transformer'\]"),
@@ -82,14 +71,14 @@ class ConfigTest(parameterized.TestCase):
   )
   def test_unknown_names_list_the_valid_ones(self, key, value, message):
     path = os.path.join(_ROOT, 'configs', 'shakespeare_char.py')
-    config = _parse(f'--config={path}:cpu', f'--config.{key}={value}')
+    config = test_util.parse_config_flags(f'--config={path}:cpu', f'--config.{key}={value}')
     # validate() runs before any data is read or anything is compiled.
     with self.assertRaisesRegex(ValueError, message):
       components.validate(config)
 
   def test_bad_mesh_names_the_sizes(self):
     path = os.path.join(_ROOT, 'configs', 'default.py')
-    config = _parse(f'--config={path}', '--config.mesh.tensor=3')
+    config = test_util.parse_config_flags(f'--config={path}', '--config.mesh.tensor=3')
     with self.assertRaisesRegex(ValueError, '1 devices cannot be split'):
       sharding.mesh_shape(config.mesh, 1)
     config.mesh.data = 2

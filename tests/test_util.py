@@ -5,10 +5,23 @@ Nothing here reads ../shared or the network: corpora are generated.
 
 import os
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 
 from configs import common
+
+
+def parse_config_flags(*args: str) -> ml_collections.ConfigDict:
+  """Parses --config flags as research.main does, into fresh FlagValues."""
+  argv = ['main'] + list(args)
+  fv = flags.FlagValues()
+  # Override flags are found in argv when the config flag is defined.
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv,
+                                  lock_config=True, sys_argv=argv)
+  fv(argv)
+  return fv.config
 
 
 def write_corpus(directory: str, num_lines: int = 400, seed: int = 0) -> str:
