@@ -310,9 +310,9 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
         f"model.attention); known: {list(ATTENTION_KINDS)}")
   if model_config.attention == "dot_product" and model_config.dropout_rate:
     raise ValueError(
-        "model.attention='dot_product' has no dropout on the attention "
-        f"weights but model.dropout_rate={model_config.dropout_rate}; set "
-        "model.dropout_rate=0 or model.attention='xla'.")
+        "config.model.attention='dot_product' has no dropout on the attention"
+        f" weights but model.dropout_rate={model_config.dropout_rate}; set "
+        "--config.model.dropout_rate=0 or --config.model.attention=xla.")
   if model_config.compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(
         f"Unknown compute_dtype {model_config.compute_dtype!r} (config key "
@@ -320,8 +320,8 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
   compute_dtype = COMPUTE_DTYPES[model_config.compute_dtype]
   if model_config.d_model % model_config.num_heads:
     raise ValueError(
-        f"d_model={model_config.d_model} is not divisible by "
-        f"num_heads={model_config.num_heads}.")
+        f"config.model.d_model={model_config.d_model} is not divisible by "
+        f"config.model.num_heads={model_config.num_heads}; heads split the width.")
   module = Transformer(
       vocab_size=vocab_size,
       seq_len=seq_len,
