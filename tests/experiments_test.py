@@ -106,6 +106,27 @@ class SpecTest(absltest.TestCase):
     self.assertIn('--config.seed=1', argv)
     self.assertIn('--config.model.hidden_size=8', argv)
 
+  def test_identity_leaves_out_what_belongs_to_a_machine(self):
+    cell = spec_lib.cells(self.spec)[3]
+    here = runner.command('root', self.spec, cell, python='python',
+                          locations={'data.path': '/data/x.txt', 'data.tfds_dir': ''})
+    self.assertIn('--config.data.path=/data/x.txt', here)
+    self.assertFalse(any(a.startswith('--config.data.tfds_dir') for a in here))
+    elsewhere = runner.command('/scratch/runs', self.spec, cell,
+                               python='/opt/venv/bin/python',
+                               locations={'data.path': '/mnt/x.txt',
+                                          'data.tfds_dir': '/mnt/tfds'})
+    self.assertEqual(runner.identity(here), runner.identity(elsewhere))
+    other_seed = runner.command('root', self.spec, spec_lib.cells(self.spec)[2])
+    self.assertNotEqual(runner.identity(here), runner.identity(other_seed))
+    changed = here[:-1] + ['--config.model.hidden_size=9']
+    self.assertNotEqual(runner.identity(here), runner.identity(changed))
+
+  def test_a_spec_may_not_say_where_the_data_lies(self):
+    row = spec_lib.Row('a', self.config, overrides={'data.path': '/x/input.txt'})
+    with self.assertRaisesRegex(ValueError, r"sets \['data.path'\].*--data_path"):
+      spec_lib.check(spec_lib.Experiment('x', 'x', rows=(row,)))
+
   def test_bad_specs_are_refused(self):
     row = spec_lib.Row('a', self.config)
     with self.assertRaisesRegex(ValueError, 'unique'):

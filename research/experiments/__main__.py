@@ -32,9 +32,17 @@ _FORCE = flags.DEFINE_boolean(
     'cells whose workdirs are not under --root.')
 _ROOT = flags.DEFINE_string(
     'root', 'workdirs', 'Cell workdirs go to ROOT/EXPERIMENT/ROW-sSEED.')
+_DATA_PATH = flags.DEFINE_string(
+    'data_path', '', 'Where the data lies on this machine, given to every '
+    "cell as --config.data.path ('' = the config's default: the package or a "
+    'download). Not part of a cell\'s identity.')
+_TFDS_DIR = flags.DEFINE_string(
+    'tfds_dir', '', 'Given to every cell as --config.data.tfds_dir (\'\' = '
+    "TFDS's default). Not part of a cell's identity.")
 
 _USAGE = ('usage: python -m research.experiments run|report experiments/NAME '
-          '[--parallel=N] [--dry-run] [--emit-slurm=FILE] [--cells=...] [--force]')
+          '[--parallel=N] [--dry-run] [--emit-slurm=FILE] [--cells=...] [--force] '
+          '[--data_path=...] [--tfds_dir=...]')
 
 
 def main(argv):
@@ -53,15 +61,17 @@ def _main(argv):
   experiment = spec_lib.load(directory)
   cells = runner.select(spec_lib.cells(experiment), _CELLS.value)
   root = _ROOT.value
+  locations = {'data.path': _DATA_PATH.value, 'data.tfds_dir': _TFDS_DIR.value}
   if _DRY_RUN.value or _EMIT_SLURM.value:
     if _DRY_RUN.value:
       for cell in cells:
         path = runner.workdir(root, experiment, cell)
         print(f'{cell.name} [{runner.state(path).status}]\n  '
-              f'{shlex.join(runner.command(root, experiment, cell))}')
+              f'{shlex.join(runner.command(root, experiment, cell, locations=locations))}')
     if _EMIT_SLURM.value:
       with open(_EMIT_SLURM.value, 'w') as f:
-        f.write(runner.slurm_script(root, experiment, cells, os.getcwd()))
+        f.write(runner.slurm_script(root, experiment, cells, os.getcwd(),
+                                    locations))
       print(f'Wrote {_EMIT_SLURM.value}: a job array of {len(cells)} cells.')
     return 0
   if argv[1] == 'run':
@@ -69,7 +79,8 @@ def _main(argv):
       report.check_nothing_dropped(
           directory, root, experiment,
           report.finished_cells(root, experiment) | {c.name for c in cells})
-    outcome = runner.run(root, experiment, cells, parallel=_PARALLEL.value)
+    outcome = runner.run(root, experiment, cells, parallel=_PARALLEL.value,
+                         locations=locations)
   written = report.write(directory, root, experiment, force=_FORCE.value)
   print('Wrote ' + ', '.join(written))
   if argv[1] == 'run':

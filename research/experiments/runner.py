@@ -54,15 +54,36 @@ def workdir(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> 
 
 
 def command(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell,
-            python: str | None = None) -> list[str]:
-  """The `python -m research.main ...` argv that runs `cell`."""
+            python: str | None = None,
+            locations: dict[str, str] | None = None) -> list[str]:
+  """The `python -m research.main ...` argv that runs `cell`.
+
+  `locations` maps `spec_lib.LOCATION_KEYS` to where the data lies on this
+  machine (the runner's --data_path and --tfds_dir; '' is left out).
+  """
   argv = [python or python_command(), '-m', 'research.main',
           f'--config={cell.row.config}',
           f'--workdir={workdir(root, experiment, cell)}',
           f'--config.seed={cell.seed}']
   argv += [f'--config.{k}={_format_value(v)}'
            for k, v in sorted(cell.row.overrides.items())]
+  argv += [f'--config.{k}={v}' for k, v in sorted((locations or {}).items())
+           if v]
   return argv
+
+
+def identity(argv: list[str]) -> list[str]:
+  """What a cell's command trains: its config, seed and overrides.
+
+  Not the interpreter, the workdir's root or the data locations: those
+  belong to a machine, and the same experiment run elsewhere (the data in
+  another folder) is the same experiment. The data's content is checked by
+  its checksum when it is prepared.
+  """
+  def key(arg):
+    return arg.split('=', 1)[0].removeprefix('--config.')
+  return [a for a in argv[1:] if a.startswith('--config')
+          and key(a) not in spec_lib.LOCATION_KEYS]
 
 
 def select(cells: list[spec_lib.Cell], patterns: str) -> list[spec_lib.Cell]:
@@ -170,21 +191,23 @@ class _Launched:
 
 
 def run(root: str, experiment: spec_lib.Experiment, cells: list[spec_lib.Cell],
-        parallel: int = 1, echo=print) -> dict[str, CellState]:
+        parallel: int = 1, echo=print,
+        locations: dict[str, str] | None = None) -> dict[str, CellState]:
   """Runs the cells that are not finished, at most `parallel` at once.
 
   Finished cells are skipped; interrupted and failed ones are run again with
   the same command, which resumes from their latest checkpoint. A cell whose
-  workdir was made by a different command stops the run before anything
-  starts: its results would not be the row's.
+  workdir was made by a command that trains something else (`identity`)
+  stops the run before anything starts: its results would not be the row's.
+  `locations`: see `command`.
   """
   todo = []
   for cell in cells:
     path = workdir(root, experiment, cell)
-    argv = command(root, experiment, cell)
+    argv = command(root, experiment, cell, locations=locations)
     current = state(path)
     recorded = _read_cell_file(path).get('command')
-    if recorded and shlex.split(recorded)[1:] != argv[1:]:
+    if recorded and identity(shlex.split(recorded)) != identity(argv):
       raise ValueError(
           f'Cell {cell.name} in {path} was run as\n  {recorded}\nbut the spec '
           f'now gives\n  {shlex.join(argv)}\nMove or delete {path} to run the '
@@ -229,7 +252,8 @@ def run(root: str, experiment: spec_lib.Experiment, cells: list[spec_lib.Cell],
 
 
 def slurm_script(root: str, experiment: spec_lib.Experiment,
-                 cells: list[spec_lib.Cell], repo: str) -> str:
+                 cells: list[spec_lib.Cell], repo: str,
+                 locations: dict[str, str] | None = None) -> str:
   """A Slurm job-array script running each cell's command as one task."""
   lines = [
       '#!/bin/bash',
@@ -251,6 +275,7 @@ def slurm_script(root: str, experiment: spec_lib.Experiment,
       'COMMANDS=(',
   ]
   for cell in cells:
-    lines.append('  ' + shlex.quote(shlex.join(command(root, experiment, cell))))
+    lines.append('  ' + shlex.quote(shlex.join(
+        command(root, experiment, cell, locations=locations))))
   lines += [')', 'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"', '']
   return '\n'.join(lines)

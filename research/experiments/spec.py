@@ -14,6 +14,10 @@ import re
 
 _NAME = re.compile(r'^[A-Za-z0-9_.]+$')
 
+# Config keys that say where data lies on one machine, not what a cell
+# trains: the runner takes them (--data_path, --tfds_dir), never a spec.
+LOCATION_KEYS = ('data.path', 'data.tfds_dir')
+
 
 @dataclasses.dataclass(frozen=True)
 class Row:
@@ -73,6 +77,12 @@ def check(experiment: Experiment) -> None:
     if not os.path.exists(path):
       raise ValueError(f'Row {row.name!r}: config file {path!r} does not '
                        'exist (paths are relative to the repository root).')
+    located = sorted(set(row.overrides) & set(LOCATION_KEYS))
+    if located:
+      raise ValueError(
+          f'Row {row.name!r} sets {located}: where the data lies belongs to a '
+          'machine, not to the experiment. Drop it from the spec and give it '
+          'to the runner (--data_path=..., --tfds_dir=...).')
     unknown = sorted(set(row.published) - set(experiment.splits))
     if unknown:
       raise ValueError(f'Row {row.name!r}: published values for splits '
