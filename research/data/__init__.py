@@ -62,13 +62,13 @@ def _text_file(data: ml_collections.ConfigDict) -> builders.ResearchTextFile:
 
 
 def _tfds_args(data: ml_collections.ConfigDict) -> dict[str, object]:
-  return {"data_dir": data.tfds_dir or None, "file_format": "array_record"}
+  return {'data_dir': data.tfds_dir or None, 'file_format': 'array_record'}
 
 
 _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], object]] = {
-    "ptb": _ptb,
-    "text_file": _text_file,
-    "tiny_shakespeare": _tiny_shakespeare,
+    'ptb': _ptb,
+    'text_file': _text_file,
+    'tiny_shakespeare': _tiny_shakespeare,
 }
 DATASETS = tuple(_BUILDERS)
 
@@ -83,7 +83,7 @@ def _prepare_once(make_builder: Callable[[], object]):
   builder = make_builder()
   lock_dir = os.fspath(builder.data_dir_root)
   os.makedirs(lock_dir, exist_ok=True)
-  with open(os.path.join(lock_dir, ".research_prepare.lock"), "w") as lock:
+  with open(os.path.join(lock_dir, '.research_prepare.lock'), 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
       builder.download_and_prepare()  # a no-op when already prepared
@@ -96,7 +96,7 @@ def load_corpus(data_config: ml_collections.ConfigDict) -> Corpus:
   """Prepares (once) and loads the corpus named by `data_config.name`."""
   if data_config.name not in _BUILDERS:
     raise ValueError(
-        f"Unknown dataset {data_config.name!r}; valid names: {DATASETS}"
+        f'Unknown dataset {data_config.name!r}; valid names: {DATASETS}'
     )
   builder = _prepare_once(lambda: _BUILDERS[data_config.name](data_config))
   tokenizer = builders.stored_tokenizer(builder)

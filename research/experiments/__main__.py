@@ -35,9 +35,9 @@ _ROOT = flags.DEFINE_string(
 _DATA_PATH = flags.DEFINE_string(
     'data_path', '', 'Where the data lies on this machine, given to every '
     "cell as --config.data.path ('' = the config's default: the package or a "
-    'download). Not part of a cell\'s identity.')
+    "download). Not part of a cell's identity.")
 _TFDS_DIR = flags.DEFINE_string(
-    'tfds_dir', '', 'Given to every cell as --config.data.tfds_dir (\'\' = '
+    'tfds_dir', '', "Given to every cell as --config.data.tfds_dir ('' = "
     "TFDS's default). Not part of a cell's identity.")
 
 _USAGE = ('usage: python -m research.experiments run|report experiments/NAME '

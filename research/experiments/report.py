@@ -152,7 +152,7 @@ def results_markdown(experiment: spec_lib.Experiment,
              if not any(r.cell.row == row and r.status == 'finished' for r in results)]
   if missing:
     lines += [f'Rows without a finished cell here: {", ".join(missing)}. This '
-              'command runs them (each cell\'s own command is listed below):', '',
+              "command runs them (each cell's own command is listed below):", '',
               f'    python -m research.experiments run experiments/{experiment.name} '
               f'--cells={",".join(missing)}', '']
   lines += [

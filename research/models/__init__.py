@@ -42,13 +42,13 @@ class Model(NamedTuple):
 
 # With scan_layers=True the Transformer keeps its L blocks under this key,
 # every leaf with a leading layer axis (research/models/transformer.py).
-STACKED_BLOCKS = "blocks"
+STACKED_BLOCKS = 'blocks'
 
 
 def layer_axes(path) -> int:
   """Leading layer axes of the parameter at `path` (a jax tree path): 1
   under STACKED_BLOCKS, else 0. A leaf's own rank is ndim minus this."""
-  return int(bool(path) and getattr(path[0], "key", None) == STACKED_BLOCKS)
+  return int(bool(path) and getattr(path[0], 'key', None) == STACKED_BLOCKS)
 
 
 # The family modules import `Model` from this package, so they are imported
@@ -59,7 +59,7 @@ from research.models import lstm
 from research.models import transformer
 # pylint: enable=wrong-import-position
 
-MODELS = {"transformer": transformer.build, "lstm": lstm.build}
+MODELS = {'transformer': transformer.build, 'lstm': lstm.build}
 
 
 def get_model(model_config: ml_collections.ConfigDict, vocab_size: int,
@@ -80,7 +80,7 @@ def get_model(model_config: ml_collections.ConfigDict, vocab_size: int,
   name = model_config.name
   if name not in MODELS:
     raise ValueError(
-        f"Unknown model name {name!r}; known models: {sorted(MODELS)}")
+        f'Unknown model name {name!r}; known models: {sorted(MODELS)}')
   return MODELS[name](model_config, vocab_size, seq_len)
 
 
@@ -88,8 +88,8 @@ def dropout_rngs(train: bool, dropout_rate: float,
                  rng: jax.Array | None) -> dict[str, jax.Array]:
   """The flax `rngs` of an apply call; training with dropout needs a key."""
   if train and dropout_rate > 0 and rng is None:
-    raise ValueError("apply(train=True) with dropout needs an rng.")
-  return {"dropout": rng} if rng is not None else {}
+    raise ValueError('apply(train=True) with dropout needs an rng.')
+  return {'dropout': rng} if rng is not None else {}
 
 
 def reset_carry(carry: Any, reset_B: Any) -> Any:

@@ -61,9 +61,9 @@ class LSTMLayer(nn.Module):
     T, B, D = x_TxBxD.shape  # pylint: disable=invalid-name
     H = self.hidden_size  # pylint: disable=invalid-name
     init = uniform_init(self.init_scale)
-    w_in_Dx4H = self.param("input_kernel", init, (D, 4 * H))
-    w_rec_Hx4H = self.param("recurrent_kernel", init, (H, 4 * H))
-    b_4H = self.param("bias", init, (4 * H,))
+    w_in_Dx4H = self.param('input_kernel', init, (D, 4 * H))
+    w_rec_Hx4H = self.param('recurrent_kernel', init, (H, 4 * H))
+    b_4H = self.param('bias', init, (4 * H,))
 
     # The input projection does not depend on the recurrence: one big matmul
     # over all T*B positions instead of T small ones inside the loop.
@@ -105,8 +105,8 @@ class SoftmaxLayer(nn.Module):
   def __call__(self, h_NxH: jax.Array) -> jax.Array:
     N, H = h_NxH.shape  # pylint: disable=invalid-name
     init = uniform_init(self.init_scale)
-    w_HxV = self.param("kernel", init, (H, self.vocab_size))
-    b_V = self.param("bias", init, (self.vocab_size,))
+    w_HxV = self.param('kernel', init, (H, self.vocab_size))
+    b_V = self.param('bias', init, (self.vocab_size,))
     ones_Nx1 = jnp.ones((N, 1), h_NxH.dtype)
     return (jnp.concatenate([h_NxH, ones_Nx1], axis=1)
             @ jnp.concatenate([w_HxV, b_V[None]], axis=0))
@@ -127,19 +127,19 @@ class LSTMLanguageModel(nn.Module):
     H, V = self.hidden_size, self.vocab_size  # pylint: disable=invalid-name
     if len(carry) != self.num_layers or carry[0][0].shape != (B, H):
       raise ValueError(
-          f"Carry must hold {self.num_layers} (c, h) pairs of shape {(B, H)}; "
-          f"got {jax.tree.map(jnp.shape, carry)}.")
+          f'Carry must hold {self.num_layers} (c, h) pairs of shape {(B, H)}; '
+          f'got {jax.tree.map(jnp.shape, carry)}.')
     init = uniform_init(self.init_scale)
     dropout_layer = layers.Dropout(self.dropout_rate)
     dropout = lambda x: dropout_layer(x, deterministic=not train)
 
     # Time-major throughout, so the scan slices its leading axis; transposing
     # the int ids here is cheaper than transposing activations per layer.
-    x_TxBxD = nn.Embed(V, H, embedding_init=init, name="embed")(inputs_BxT.T)
+    x_TxBxD = nn.Embed(V, H, embedding_init=init, name='embed')(inputs_BxT.T)
     new_carry = []
     for layer in range(self.num_layers):
       x_TxBxD = dropout(x_TxBxD)
-      lstm_layer = LSTMLayer(H, self.init_scale, name=f"lstm_{layer}")
+      lstm_layer = LSTMLayer(H, self.init_scale, name=f'lstm_{layer}')
       # tuple(): a checkpoint restored without a target may hold lists, and
       # scan needs its carry in and out to have the same structure.
       x_TxBxD, layer_carry = lstm_layer(x_TxBxD, tuple(carry[layer]))
@@ -149,7 +149,7 @@ class LSTMLanguageModel(nn.Module):
     # Transpose the H-wide hidden states rather than the V-wide logits.
     h_BTxH = h_TxBxH.transpose(1, 0, 2).reshape(B * T, H)
     h_BTxH = sharding.constrain(h_BTxH, BATCH, None)
-    logits_BTxV = SoftmaxLayer(V, self.init_scale, name="softmax")(h_BTxH)
+    logits_BTxV = SoftmaxLayer(V, self.init_scale, name='softmax')(h_BTxH)
     return logits_BTxV.reshape(B, T, V), tuple(new_carry)
 
 
@@ -179,14 +179,14 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
     return tuple((zeros_BxH, zeros_BxH) for _ in range(module.num_layers))
 
   def init(rng: jax.Array) -> dict:
-    variables = module.init({"params": rng}, init_carry(1),
+    variables = module.init({'params': rng}, init_carry(1),
                             jnp.zeros((1, 1), jnp.int32), train=False)
-    return variables["params"]
+    return variables['params']
 
   def apply(params: dict, carry: Carry, inputs_BxT: jax.Array, *, train: bool,
             rng: jax.Array | None) -> tuple[jax.Array, Carry]:
     rngs = models.dropout_rngs(train, module.dropout_rate, rng)
-    return module.apply({"params": params}, carry, inputs_BxT, train=train,
+    return module.apply({'params': params}, carry, inputs_BxT, train=train,
                         rngs=rngs)
 
   return models.Model(init=init, apply=apply, init_carry=init_carry,

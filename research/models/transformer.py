@@ -49,9 +49,9 @@ from research.models import layers
 from research import sharding
 from research.sharding import BATCH
 
-POSITIONAL_KINDS = ("learned", "sinusoidal")
-ATTENTION_KINDS = ("xla", "dot_product")
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+POSITIONAL_KINDS = ('learned', 'sinusoidal')
+ATTENTION_KINDS = ('xla', 'dot_product')
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # GPT-2 and nanoGPT use 1e-5; Flax's default is 1e-6.
 _LAYER_NORM_EPSILON = 1e-5
 _INIT_STDDEV = 0.02
@@ -87,9 +87,9 @@ def _causal_attention(q, k, v, dropout, heads_major: bool):
   same layout as q.
   """
   if heads_major:
-    qk_spec, pv_spec = "bntk,bnsk->bnts", "bnts,bnsk->bntk"
+    qk_spec, pv_spec = 'bntk,bnsk->bnts', 'bnts,bnsk->bntk'
   else:
-    qk_spec, pv_spec = "btnk,bsnk->bnts", "bnts,bsnk->btnk"
+    qk_spec, pv_spec = 'btnk,bsnk->bnts', 'bnts,bsnk->btnk'
   T = q.shape[2 if heads_major else 1]  # pylint: disable=invalid-name
 
   # Softmax in float32 whatever the compute dtype, so that low-precision
@@ -112,7 +112,7 @@ class CausalSelfAttention(nn.Module):
   dropout_rate: float
   use_bias: bool
   out_kernel_init: nn.initializers.Initializer
-  attention: str = "xla"
+  attention: str = 'xla'
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
@@ -124,10 +124,10 @@ class CausalSelfAttention(nn.Module):
     qkv_BTx3D = nn.Dense(
         3 * D, use_bias=self.use_bias,
         kernel_init=nn.initializers.normal(_INIT_STDDEV),
-        name="qkv")(x_BxTxD.reshape(B * T, D))
+        name='qkv')(x_BxTxD.reshape(B * T, D))
     qkv_BxTxNx3xK = sharding.constrain(
         qkv_BTx3D.reshape(B, T, N, 3, K), BATCH, None, 'tensor', None, None)
-    if self.attention == "dot_product":
+    if self.attention == 'dot_product':
       # One fused op: cuDNN flash attention on GPU where it applies, XLA
       # elsewhere. Same math; no dropout on the attention weights.
       q_BxTxNxK, k_BxSxNxK, v_BxSxNxK = (
@@ -146,7 +146,7 @@ class CausalSelfAttention(nn.Module):
       out_BxTxNxK = out.transpose(0, 2, 1, 3) if heads_major else out
     out_BTxD = nn.Dense(
         D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
-        name="out")(sharding.constrain(out_BxTxNxK.reshape(B * T, D),
+        name='out')(sharding.constrain(out_BxTxNxK.reshape(B * T, D),
                                        BATCH, 'tensor'))
     out_BTxD = layers.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
     return out_BTxD.reshape(B, T, D)
@@ -165,11 +165,11 @@ class Mlp(nn.Module):
     h_BTxF = nn.Dense(
         self.d_ff, use_bias=self.use_bias,
         kernel_init=nn.initializers.normal(_INIT_STDDEV),
-        name="fc")(x_BxTxD.reshape(B * T, D))
+        name='fc')(x_BxTxD.reshape(B * T, D))
     h_BTxF = sharding.constrain(gelu(h_BTxF), BATCH, 'tensor')
     out_BTxD = nn.Dense(
         D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
-        name="proj")(h_BTxF)
+        name='proj')(h_BTxF)
     out_BTxD = layers.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
     return out_BTxD.reshape(B, T, D)
 
@@ -184,7 +184,7 @@ class Block(nn.Module):
   dropout_rate: float
   use_bias: bool
   out_kernel_init: nn.initializers.Initializer
-  attention: str = "xla"
+  attention: str = 'xla'
   scan_step: bool = False
 
   @nn.compact
@@ -193,11 +193,11 @@ class Block(nn.Module):
         nn.LayerNorm, epsilon=_LAYER_NORM_EPSILON, use_bias=self.use_bias)
     x_BxTxD = x_BxTxD + CausalSelfAttention(
         self.num_heads, self.dropout_rate, self.use_bias,
-        self.out_kernel_init, self.attention, name="attn")(
-            layer_norm(name="ln_1")(x_BxTxD), train)
+        self.out_kernel_init, self.attention, name='attn')(
+            layer_norm(name='ln_1')(x_BxTxD), train)
     x_BxTxD = x_BxTxD + Mlp(
         self.d_ff, self.dropout_rate, self.use_bias, self.out_kernel_init,
-        name="mlp")(layer_norm(name="ln_2")(x_BxTxD), train)
+        name='mlp')(layer_norm(name='ln_2')(x_BxTxD), train)
     # The residual stream is split by batch only, whole features per device.
     x_BxTxD = sharding.constrain(x_BxTxD, BATCH, None, None)
     return (x_BxTxD, None) if self.scan_step else x_BxTxD
@@ -228,7 +228,7 @@ class Transformer(nn.Module):
   positional: str
   tie_embeddings: bool
   use_bias: bool
-  attention: str = "xla"
+  attention: str = 'xla'
   remat: bool = False
   scan_layers: bool = False
 
@@ -238,12 +238,12 @@ class Transformer(nn.Module):
     D, V = self.d_model, self.vocab_size  # pylint: disable=invalid-name
     if T > self.seq_len:
       raise ValueError(
-          f"Input length {T} exceeds the context length {self.seq_len}.")
+          f'Input length {T} exceeds the context length {self.seq_len}.')
     embed = nn.Embed(V, D, embedding_init=nn.initializers.normal(_INIT_STDDEV),
-                     name="embed")
+                     name='embed')
     x_BxTxD = embed(inputs_BxT)
-    if self.positional == "learned":
-      pos_PxD = self.param("pos_embed", nn.initializers.normal(_INIT_STDDEV),
+    if self.positional == 'learned':
+      pos_PxD = self.param('pos_embed', nn.initializers.normal(_INIT_STDDEV),
                            (self.seq_len, D))
       x_BxTxD = x_BxTxD + pos_PxD[:T]
     else:
@@ -262,17 +262,17 @@ class Transformer(nn.Module):
     if self.scan_layers:
       # `train` is broadcast (static inside the body); every layer gets its
       # own slice of the stacked parameters and its own dropout key.
-      stack = nn.scan(block, variable_axes={"params": 0},
-                      split_rngs={"params": True, "dropout": True},
+      stack = nn.scan(block, variable_axes={'params': 0},
+                      split_rngs={'params': True, 'dropout': True},
                       in_axes=nn.broadcast, length=self.num_layers)
       x_BxTxD, _ = stack(*block_args, scan_step=True,
                             name=models.STACKED_BLOCKS)(
           x_BxTxD, train)
     else:
       for i in range(self.num_layers):
-        x_BxTxD = block(*block_args, name=f"block_{i}")(x_BxTxD, train)
+        x_BxTxD = block(*block_args, name=f'block_{i}')(x_BxTxD, train)
     x_BxTxD = nn.LayerNorm(epsilon=_LAYER_NORM_EPSILON, use_bias=self.use_bias,
-                           name="ln_f")(x_BxTxD)
+                           name='ln_f')(x_BxTxD)
 
     x_BTxD = x_BxTxD.reshape(B * T, D)
     if self.tie_embeddings:
@@ -280,7 +280,7 @@ class Transformer(nn.Module):
     else:
       logits_BTxV = nn.Dense(
           V, use_bias=False, kernel_init=nn.initializers.normal(_INIT_STDDEV),
-          name="head")(x_BTxD)
+          name='head')(x_BTxD)
     return logits_BTxV.reshape(B, T, V).astype(jnp.float32)
 
 
@@ -302,26 +302,26 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
   """
   if model_config.positional not in POSITIONAL_KINDS:
     raise ValueError(
-        f"Unknown positional {model_config.positional!r}; known: "
-        f"{list(POSITIONAL_KINDS)}")
+        f'Unknown positional {model_config.positional!r}; known: '
+        f'{list(POSITIONAL_KINDS)}')
   if model_config.attention not in ATTENTION_KINDS:
     raise ValueError(
-        f"Unknown attention {model_config.attention!r} (config key "
-        f"model.attention); known: {list(ATTENTION_KINDS)}")
-  if model_config.attention == "dot_product" and model_config.dropout_rate:
+        f'Unknown attention {model_config.attention!r} (config key '
+        f'model.attention); known: {list(ATTENTION_KINDS)}')
+  if model_config.attention == 'dot_product' and model_config.dropout_rate:
     raise ValueError(
         "config.model.attention='dot_product' has no dropout on the attention"
         f" weights but model.dropout_rate={model_config.dropout_rate}; set "
         "--config.model.dropout_rate=0 or --config.model.attention=xla.")
   if model_config.compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(
-        f"Unknown compute_dtype {model_config.compute_dtype!r} (config key "
-        f"model.compute_dtype); known: {list(COMPUTE_DTYPES)}")
+        f'Unknown compute_dtype {model_config.compute_dtype!r} (config key '
+        f'model.compute_dtype); known: {list(COMPUTE_DTYPES)}')
   compute_dtype = COMPUTE_DTYPES[model_config.compute_dtype]
   if model_config.d_model % model_config.num_heads:
     raise ValueError(
-        f"config.model.d_model={model_config.d_model} is not divisible by "
-        f"config.model.num_heads={model_config.num_heads}; heads split the width.")
+        f'config.model.d_model={model_config.d_model} is not divisible by '
+        f'config.model.num_heads={model_config.num_heads}; heads split the width.')
   module = Transformer(
       vocab_size=vocab_size,
       seq_len=seq_len,
@@ -339,9 +339,9 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
 
   def init(rng: jax.Array) -> dict:
     # Parameter shapes do not depend on T, so one position is enough.
-    variables = module.init({"params": rng}, jnp.zeros((1, 1), jnp.int32),
+    variables = module.init({'params': rng}, jnp.zeros((1, 1), jnp.int32),
                             train=False)
-    return variables["params"]
+    return variables['params']
 
   def apply(params: dict, carry: dict, inputs_BxT: jax.Array, *, train: bool,
             rng: jax.Array | None) -> tuple[jax.Array, dict]:
@@ -351,7 +351,7 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
       # are cast on the way in, so gradients come back in float32; the
       # attention softmax and the logits are float32 (see above).
       params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
-    logits_BxTxV = module.apply({"params": params}, inputs_BxT, train=train,
+    logits_BxTxV = module.apply({'params': params}, inputs_BxT, train=train,
                                 rngs=rngs)
     return logits_BxTxV, carry
 
@@ -365,8 +365,8 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
 
 def stack_blocks(params: dict, num_layers: int) -> dict:
   """The scan_layers=True tree of an unrolled tree (`block_{i}` -> `blocks`)."""
-  blocks = [params[f"block_{i}"] for i in range(num_layers)]
-  rest = {k: v for k, v in params.items() if not k.startswith("block_")}
+  blocks = [params[f'block_{i}'] for i in range(num_layers)]
+  rest = {k: v for k, v in params.items() if not k.startswith('block_')}
   stacked = jax.tree.map(lambda *x: jnp.stack(x), *blocks)
   return {**rest, models.STACKED_BLOCKS: stacked}
 
@@ -377,5 +377,5 @@ def unstack_blocks(params: dict) -> dict:
   rest = {k: v for k, v in params.items() if k != models.STACKED_BLOCKS}
   num_layers = jax.tree.leaves(stacked)[0].shape[0]
   for i in range(num_layers):
-    rest[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    rest[f'block_{i}'] = jax.tree.map(lambda x, i=i: x[i], stacked)
   return rest
