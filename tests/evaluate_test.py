@@ -5,10 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
+from configs import common
 from research import components
 from research import evaluate
 from research import metrics
 from research import models
+from research import sharding
 from tests import test_util
 
 
@@ -73,6 +75,41 @@ class AccuracyTest(absltest.TestCase):
     self.assertAlmostEqual(loss, want_loss, places=5)
     figures = evaluator.splits({'table': jnp.asarray(table_VxV)}, ('valid',))
     self.assertEqual(figures['valid']['accuracy'], accuracy)
+
+  def test_transformer_scores_each_prediction_once_with_a_padded_last_row(self):
+    v, t, b, n = 13, 7, 3, 60  # N - 1 = 59 predictions in 3 rows of 20.
+    config = common.transformer_model()
+    config.num_layers, config.num_heads, config.d_model, config.d_ff = 2, 2, 10, 17
+    config.dropout_rate = 0.0
+    model = models.get_model(config, vocab_size=v, seq_len=t)
+    params = model.init(jax.random.key(0))
+    parts = components.Components(
+        corpus=None, model=model, optimizer=None, schedule=None,
+        mesh=sharding.make_mesh(common.base_config().mesh, jax.devices()[:1]),
+        data_kind='windows', steps_per_epoch=1, num_train_steps=1,
+        eval_every=1, checkpoint_every=1)
+    tokens = np.random.default_rng(0).integers(0, v, n).astype(np.int32)
+    evaluator = evaluate.Evaluator(parts, batch_size=b, seq_len=t)
+    loss, _ = evaluator.score(params, tokens)
+
+    # Reference: row r holds predictions [20r, min(20r + 20, 59)), read in
+    # windows of 7 from the row's start (the last window of a row is 6 long,
+    # of the last row 5); each window is scored alone, at its true length,
+    # so no padding reaches the model.
+    row_len, total, count = 20, 0.0, 0
+    for start in range(0, n - 1, row_len):
+      end = min(start + row_len, n - 1)
+      for w in range(start, end, t):
+        inputs = tokens[w:min(w + t, end)]
+        logits, _ = model.apply(params, {}, inputs[None], train=False, rng=None)
+        logits = np.asarray(logits[0], np.float64)
+        peak = logits.max(-1)
+        lse = peak + np.log(np.exp(logits - peak[:, None]).sum(-1))
+        targets = tokens[w + 1:w + 1 + len(inputs)]
+        total += np.sum(lse - logits[np.arange(len(inputs)), targets])
+        count += len(inputs)
+    self.assertEqual(count, n - 1)
+    self.assertAlmostEqual(loss, total / count, places=5)
 
   def test_figures_and_console_line_carry_the_accuracy(self):
     figures = metrics.split_figures(2.3456, 'word', accuracy=0.41234)

@@ -2,6 +2,7 @@
 non-finite steps, bad input, determinism. Every fault ends either in a result
 bit-identical to the uninterrupted run or in one clear error."""
 
+import functools
 import json
 import os
 import signal
@@ -10,11 +11,16 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
+from configs import common
 from research import checkpoint
+from research import components
 from research import faults
+from research import models
+from research import optim
 from research import sharding
 from research import train
 from tests import test_util
@@ -236,6 +242,56 @@ class InProcessFaultTest(absltest.TestCase):
     self.assertTrue(np.isfinite(results['valid']['loss']))
     skipped = [m['skipped_steps'] for m in _metrics(work) if m['split'] == 'train']
     self.assertEqual(skipped, [0.0, 1.0, 0.0])
+
+  def test_infinite_gradient_with_a_finite_loss_is_caught_and_skipped(self):
+    v, b, t = 13, 3, 7
+
+    def apply(params, carry, inputs_BxT, *, train, rng):
+      """A bigram table plus sqrt(root) on token 0's logit: at root = 0 the
+      forward pass is finite, its derivative 1 / (2 sqrt(0)) is inf."""
+      del train, rng
+      logits_BxTxV = params['table'][inputs_BxT]
+      return logits_BxTxV.at[..., 0].add(jnp.sqrt(params['root'])), carry
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(v, v)).astype(np.float32)
+    model = models.Model(
+        init=lambda _: {'table': jnp.asarray(table), 'root': jnp.zeros(())},
+        apply=apply, init_carry=lambda _: {}, stateful=False)
+    schedule = lambda _: 0.01
+    optimizer = optim.make_optimizer(common.base_config().optim, schedule)
+    state = components.init_state(jax.random.key(0), model=model,
+                                  optimizer=optimizer, batch_size=b)
+    # No target is token 0, so d loss / d sqrt(root) > 0 and the gradient of
+    # root is +inf (not NaN).
+    batch = {'inputs': rng.integers(0, v, (b, t), dtype=np.int32),
+             'targets': rng.integers(1, v, (b, t), dtype=np.int32),
+             'weights': np.ones((b, t), np.float32),
+             'reset': np.ones((b,), bool)}
+    step = functools.partial(train.train_step, model=model, optimizer=optimizer,
+                             schedule=schedule, objective='token_mean')
+    manager = checkpoint.make_manager(self.create_tempdir().full_path,
+                                      max_to_keep=1)
+    fetch_checked = train._fetch_checked  # pylint: disable=protected-access
+    for skip in (False, True):
+      new, metrics = jax.jit(functools.partial(step, skip_nonfinite=skip))(
+          state, batch, jax.random.key(0))
+      metrics = jax.device_get(metrics)
+      self.assertTrue(np.isfinite(metrics['loss']))
+      self.assertEqual(metrics['grad_norm'], np.inf)
+      self.assertEqual(metrics['nonfinite'], 1.0, 'the step reported finite')
+      self.assertEqual(int(new.step), 1)
+      if skip:
+        jax.tree.map(np.testing.assert_array_equal,
+                     (new.params, new.opt_state), (state.params, state.opt_state))
+        self.assertEqual(fetch_checked([(1, metrics)], manager, True), [metrics])
+      else:
+        # Not skipped, the step makes the parameters NaN.
+        self.assertTrue(np.isnan(float(new.params['root'])))
+        with self.assertRaisesRegex(
+            faults.NonFiniteError, r'Non-finite grad_norm \(inf\) at step 1\. '
+            r'.*there is no checkpoint yet'):
+          fetch_checked([(1, metrics)], manager, False)
+    manager.close()
 
   def test_full_disk_during_a_save_keeps_earlier_checkpoints(self):
     tmp = self.create_tempdir().full_path

@@ -140,6 +140,37 @@ def restore_worker(directory: str) -> dict:
           'max_state_diff': _max_diff(final_state(straight), final_state(moved))}
 
 
+def shard_shapes_worker() -> dict:
+  """{family: {parameter path: its shard's shape on every device}} for
+  parameters born sharded on the mesh data 1 x fsdp 4 x tensor 2."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from research import models, sharding  # pylint: disable=g-import-not-at-top
+
+  mesh = sharding.make_mesh(
+      ml_collections.ConfigDict({'data': 1, 'fsdp': 4, 'tensor': 2}))
+  transformer = common.transformer_model()
+  transformer.update(num_layers=2, num_heads=2, d_model=20, d_ff=36,
+                     tie_embeddings=False, use_bias=True)
+  lstm = common.lstm_model()
+  lstm.hidden_size = 24
+  configs = {'transformer': transformer, 'lstm': lstm,
+             'scanned': ml_collections.ConfigDict(
+                 dict(transformer, scan_layers=True))}
+  result = {}
+  for name, config in configs.items():
+    model = models.get_model(config, vocab_size=13, seq_len=11)
+    abstract = jax.eval_shape(model.init, jax.random.key(0))
+    params = jax.jit(model.init, out_shardings=sharding.param_shardings(
+        abstract, mesh))(jax.random.key(0))
+    result[name] = {
+        '/'.join(k.key for k in path): sorted(
+            {tuple(s.data.shape) for s in leaf.addressable_shards})
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  return result
+
+
 def _run(call: str) -> dict:
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
@@ -200,6 +231,43 @@ def bad_mesh_worker(directory: str) -> dict:
   except ValueError as e:
     return {'error': str(e)}
   return {'error': ''}
+
+
+def _expected_shard_shapes() -> dict:
+  """Written out by hand from sharding.py's docstring, not from its rules:
+  fsdp splits one dimension of every large matrix 4 ways; tensor splits qkv
+  and mlp/fc by output column, attn/out and mlp/proj by input row, the LSTM
+  gates by column and the softmax by row (over tensor and fsdp), 2 ways.
+  Vocabulary (13) and position (11) dimensions are never split."""
+  block = {  # D = 20, 3D = 60, F = 36.
+      'ln_1/scale': (20,), 'ln_1/bias': (20,),
+      'ln_2/scale': (20,), 'ln_2/bias': (20,),
+      'attn/qkv/kernel': (5, 30), 'attn/qkv/bias': (30,),
+      'attn/out/kernel': (10, 5), 'attn/out/bias': (20,),
+      'mlp/fc/kernel': (5, 18), 'mlp/fc/bias': (18,),
+      'mlp/proj/kernel': (18, 5), 'mlp/proj/bias': (20,),
+  }
+  outer = {'embed/embedding': (13, 5), 'pos_embed': (11, 5),
+           'ln_f/scale': (20,), 'ln_f/bias': (20,), 'head/kernel': (5, 13)}
+  transformer = dict(outer, **{f'block_{i}/{k}': s for i in range(2)
+                               for k, s in block.items()})
+  scanned = dict(outer, **{f'blocks/{k}': (2,) + s for k, s in block.items()})
+  lstm = {'embed/embedding': (13, 6), 'softmax/kernel': (3, 13),  # H = 24.
+          'softmax/bias': (13,)}
+  for i in range(2):
+    lstm.update({f'lstm_{i}/input_kernel': (6, 48),
+                 f'lstm_{i}/recurrent_kernel': (6, 48),
+                 f'lstm_{i}/bias': (48,)})
+  return {'transformer': transformer, 'scanned': scanned, 'lstm': lstm}
+
+
+class ShardShapesTest(absltest.TestCase):
+
+  def test_key_parameters_split_the_intended_axes(self):
+    got = _run('shard_shapes_worker()')
+    for family, want in _expected_shard_shapes().items():
+      with self.subTest(family=family):
+        self.assertEqual(got[family], {k: [list(s)] for k, s in want.items()})
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl.testing import absltest
 
 from configs import common
@@ -62,6 +63,52 @@ class OptimTest(absltest.TestCase):
     grads = {'w': jnp.full((4,), 100.0)}
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(np.linalg.norm(updates['w']), 5.0, rtol=1e-5)
+
+  def test_adamw_clips_the_gradient_before_adam(self):
+    lr, clip, wd, b1, b2, eps = 0.3, 1.0, 0.1, 0.9, 0.99, 1e-8
+    c = _optim_config(name='adamw', grad_clip_norm=clip, weight_decay=wd,
+                      b1=b1, b2=b2)
+    tx = optim.make_optimizer(c, lambda _: lr)
+    rng = np.random.default_rng(0)
+    params = {'kernel': rng.normal(size=(7, 3)), 'bias': rng.normal(size=(3,))}
+    # Global norms far above, below and above the clip: clipping first
+    # changes what Adam's moments average, so the two orders part ways.
+    grads = [{k: scale * rng.normal(size=p.shape) for k, p in params.items()}
+             for scale in (30.0, 0.05, 5.0)]
+
+    def clipped(tree):
+      norm = np.sqrt(sum(np.sum(x ** 2) for x in tree.values()))
+      return {k: x * min(1.0, clip / norm) for k, x in tree.items()}
+
+    def reference(clip_gradient_first):
+      """Adam with decoupled decay on matrices, written out in numpy."""
+      p = dict(params)
+      m = {k: np.zeros_like(x) for k, x in p.items()}
+      v = {k: np.zeros_like(x) for k, x in p.items()}
+      for t, g in enumerate(grads, start=1):
+        g = clipped(g) if clip_gradient_first else g
+        u = {}
+        for k in p:
+          m[k] = b1 * m[k] + (1 - b1) * g[k]
+          v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+          adam = (m[k] / (1 - b1 ** t)) / (np.sqrt(v[k] / (1 - b2 ** t)) + eps)
+          u[k] = -lr * (adam + (wd * p[k] if p[k].ndim >= 2 else 0.0))
+        u = u if clip_gradient_first else clipped(u)
+        p = {k: p[k] + u[k] for k in p}
+      return p
+
+    got = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    state = tx.init(got)
+    for g in grads:
+      updates, state = tx.update(
+          jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g), state, got)
+      got = optax.apply_updates(got, updates)
+    want, wrong_order = reference(True), reference(False)
+    for k in params:
+      self.assertGreater(np.abs(want[k] - wrong_order[k]).max(), 0.05)
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5,
+                                 err_msg=f'{k}: is the update clipped instead '
+                                 'of the gradient?')
 
   def test_unknown_optimizer_lists_the_valid_ones(self):
     with self.assertRaisesRegex(ValueError, r"optim.name.*\['adamw', 'sgd'\]"):

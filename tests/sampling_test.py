@@ -37,6 +37,23 @@ class SamplingTest(parameterized.TestCase):
     out = sampling.filter_logits(logits, temperature=1.0, top_k=0, top_p=0.1)
     np.testing.assert_array_equal(np.isfinite(out), [1, 0, 0, 0])
 
+  def test_top_p_stops_at_the_token_whose_mass_reaches_p_exactly(self):
+    # Powers of two: the sorted cumulative masses are exactly 0.5, 0.75,
+    # 0.875, 0.9375, 1 in float32, so a prefix reaches top_p with equality.
+    probs = np.array([0.125, 0.5, 0.0625, 0.25, 0.0625], np.float32)
+    logits = jnp.log(jnp.asarray(probs))
+    masses = np.cumsum(np.asarray(jax.nn.softmax(jnp.sort(logits)[::-1])))
+    np.testing.assert_array_equal(masses, [0.5, 0.75, 0.875, 0.9375, 1.0])
+    # "The smallest prefix whose mass reaches top_p": 0.5 + 0.25 reaches
+    # 0.75, so the 0.125 token is dropped at top_p = 0.75.
+    for top_p, kept in ((0.75, [0, 1, 0, 1, 0]), (0.5, [0, 1, 0, 0, 0]),
+                        (0.875, [1, 1, 0, 1, 0]), (0.7499, [0, 1, 0, 1, 0]),
+                        (0.7501, [1, 1, 0, 1, 0])):
+      out = sampling.filter_logits(logits, temperature=1.0, top_k=0,
+                                   top_p=top_p)
+      np.testing.assert_array_equal(np.isfinite(out), kept,
+                                    err_msg=f'top_p={top_p}')
+
   def test_temperature_scales(self):
     logits = jnp.array([1.0, 2.0])
     out = sampling.filter_logits(logits, temperature=0.5, top_k=0, top_p=1.0)

@@ -1,6 +1,7 @@
 """End-to-end tests of training, resuming and evaluation on a tiny corpus."""
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -11,8 +12,11 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from configs import common
 from research import components
 from research import evaluate
+from research import models
+from research import optim
 from research import sharding
 from research import train
 from tests import test_util
@@ -40,6 +44,66 @@ class _BatchRecorder:
       raise _Crash()
     self.batches.append({k: np.array(v) for k, v in local_batch.items()})
     return self._real(local_batch, mesh)
+
+
+def _mean_nll(logits_BxTxV, targets_BxT) -> float:
+  """Mean next-token loss in nats, by a float64 log-softmax in numpy."""
+  logits = np.asarray(logits_BxTxV, np.float64)
+  peak = logits.max(-1, keepdims=True)
+  log_probs = logits - peak - np.log(np.exp(logits - peak).sum(-1, keepdims=True))
+  return float(-np.take_along_axis(log_probs, targets_BxT[..., None], -1).mean())
+
+
+class LstmCarryTest(absltest.TestCase):
+
+  def test_train_step_carries_the_state_between_batches_of_a_stream(self):
+    # B rows, T steps, V words, H units: distinct sizes.
+    b, t, v = 3, 7, 13
+    model_config = common.lstm_model()
+    model_config.hidden_size = 11
+    model_config.init_scale = 0.5  # A strong recurrence: the carry matters.
+    model = models.get_model(model_config, vocab_size=v, seq_len=t)
+    optim_config = common.base_config().optim
+    schedule = lambda _: 0.01
+    optimizer = optim.make_optimizer(optim_config, schedule)
+    step = jax.jit(functools.partial(
+        train.train_step, model=model, optimizer=optimizer, schedule=schedule,
+        objective='token_mean'))
+    rng = np.random.default_rng(0)
+
+    def batch(reset_B):
+      return {'inputs': rng.integers(0, v, (b, t), dtype=np.int32),
+              'targets': rng.integers(0, v, (b, t), dtype=np.int32),
+              'weights': np.ones((b, t), np.float32),
+              'reset': np.asarray(reset_B, bool)}
+    first, second = batch([True] * b), batch([False, True, False])
+    state0 = components.init_state(jax.random.key(0), model=model,
+                                   optimizer=optimizer, batch_size=b)
+    state1, _ = step(state0, first, jax.random.key(1))
+    state2, metrics2 = step(state1, second, jax.random.key(1))
+
+    # Reference with plain model.apply: the first batch from zeros; the
+    # second from the state the first left, except row 1 which starts anew.
+    zeros = model.init_carry(b)
+    _, carry1 = model.apply(state0.params, zeros, first['inputs'],
+                            train=False, rng=None)
+    jax.tree.map(lambda got, want: np.testing.assert_allclose(
+        got, want, rtol=1e-5, atol=1e-6), state1.carry, carry1)
+    carried = jax.tree.map(lambda c: np.asarray(c).copy(), carry1)
+    for c in jax.tree.leaves(carried):
+      c[1] = 0.0
+    logits, carry2 = model.apply(state1.params, carried, second['inputs'],
+                                 train=False, rng=None)
+    want = _mean_nll(logits, second['targets'])
+    zero_logits, _ = model.apply(state1.params, zeros, second['inputs'],
+                                 train=False, rng=None)
+    from_zeros = _mean_nll(zero_logits, second['targets'])
+    self.assertGreater(abs(want - from_zeros), 1e-3)  # The test can tell.
+    np.testing.assert_allclose(
+        float(metrics2['loss']), want, rtol=1e-5,
+        err_msg=f'not the carried state (from zeros the loss is {from_zeros})')
+    jax.tree.map(lambda got, want: np.testing.assert_allclose(
+        got, want, rtol=1e-5, atol=1e-6), state2.carry, carry2)
 
 
 class TrainTest(parameterized.TestCase):
@@ -81,6 +145,27 @@ class TrainTest(parameterized.TestCase):
     again = evaluate.evaluate_checkpoint(config, workdir)
     for name in ('loss', 'accuracy'):
       self.assertEqual(again['valid'][name], results['valid'][name])
+
+  def test_word_level_run_reports_perplexity_as_exp_of_the_loss(self):
+    tmp = self.create_tempdir().full_path
+    config = test_util.tiny_config(tmp, model='lstm', level='word')
+    config.num_train_steps = 4
+    config.log_every_steps = 2
+    config.eval_every_steps = 100
+    config.sample.num_tokens = 0
+    workdir = os.path.join(tmp, 'work')
+    with contextlib.redirect_stdout(io.StringIO()):
+      results = train.train_and_evaluate(config, workdir)
+    records = _read_metrics(workdir)
+    self.assertEqual([(r['step'], r['split']) for r in records],
+                     [(2, 'train'), (4, 'train'), (4, 'valid'), (4, 'test')])
+    for r in records:
+      self.assertNotIn('bpc', r)
+      # Nats per word, so e ** loss; a loss above 1 tells it from 2 ** loss.
+      self.assertGreater(r['loss'], 1.0)
+      np.testing.assert_allclose(r['perplexity'], np.exp(r['loss']), rtol=1e-6)
+    np.testing.assert_allclose(results['valid']['perplexity'],
+                               np.exp(results['valid']['loss']), rtol=1e-12)
 
   def test_lstm_eval_does_not_depend_on_the_segment_length(self):
     # The Evaluator gives the LSTM longer segments than data.seq_len; its

@@ -1,0 +1,80 @@
+"""Losses and the figures derived from them, against numpy references."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+
+from research import metrics
+
+# Distinct sizes: B rows, T steps, V vocabulary.
+_B, _T, _V = 3, 5, 7
+
+
+def _reference_sums(logits_BxTxV, targets_BxT, weights_BxT):
+  """(Weighted sum of -log softmax at the targets, sum of weights), float64."""
+  logits = np.asarray(logits_BxTxV, np.float64)
+  peak = logits.max(-1, keepdims=True)
+  log_probs = logits - peak - np.log(np.exp(logits - peak).sum(-1, keepdims=True))
+  nll_BxT = -np.take_along_axis(log_probs, targets_BxT[..., None], -1)[..., 0]
+  return float(np.sum(nll_BxT * weights_BxT)), float(np.sum(weights_BxT))
+
+
+class CrossEntropyTest(absltest.TestCase):
+
+  def _case(self):
+    rng = np.random.default_rng(0)
+    logits_BxTxV = (4.0 * rng.normal(size=(_B, _T, _V))).astype(np.float32)
+    targets_BxT = rng.integers(0, _V, (_B, _T)).astype(np.int32)
+    weights_BxT = np.ones((_B, _T), np.float32)
+    # Padding as pipeline.eval_batches makes it: the end of the last row,
+    # whose inputs and targets are zeros; plus one half-weighted token.
+    weights_BxT[2, 2:] = 0.0
+    targets_BxT[2, 2:] = 0
+    weights_BxT[0, 1] = 0.5
+    # The padded positions have very confident wrong logits: counted, they
+    # would add tens of nats.
+    logits_BxTxV[2, 2:, 0] = -30.0
+    return logits_BxTxV, targets_BxT, weights_BxT
+
+  def test_sums_equal_a_log_softmax_reference_and_skip_padding(self):
+    logits, targets, weights = self._case()
+    loss_sum, weight_sum = metrics.cross_entropy_sums(
+        jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
+    want_loss, want_weight = _reference_sums(logits, targets, weights)
+    self.assertEqual(float(weight_sum), 11.5)
+    self.assertEqual(float(weight_sum), want_weight)
+    np.testing.assert_allclose(float(loss_sum), want_loss, rtol=1e-6)
+    unpadded, _ = _reference_sums(logits, targets, np.ones_like(weights))
+    self.assertGreater(unpadded - want_loss, 30.0)  # Padding would show.
+
+  def test_low_precision_logits_are_summed_in_float32(self):
+    logits, targets, weights = self._case()
+    low = jnp.asarray(logits, jnp.bfloat16)
+    loss_sum, _ = metrics.cross_entropy_sums(low, jnp.asarray(targets),
+                                             jnp.asarray(weights))
+    self.assertEqual(loss_sum.dtype, jnp.float32)
+    want, _ = _reference_sums(np.asarray(low, np.float32), targets, weights)
+    np.testing.assert_allclose(float(loss_sum), want, rtol=1e-6)
+
+
+class SplitFiguresTest(absltest.TestCase):
+
+  def test_word_level_perplexity_is_e_to_the_loss_in_nats(self):
+    for loss in (0.5, 4.6, 5.3):
+      figures = metrics.split_figures(loss, 'word')
+      self.assertEqual(set(figures), {'loss', 'perplexity'})
+      self.assertAlmostEqual(figures['perplexity'], math.exp(loss), places=9)
+    # PTB-scale: a loss of 4.6 nats per word is a perplexity of about 99.5.
+    self.assertAlmostEqual(metrics.split_figures(4.6, 'word')['perplexity'],
+                           99.484, places=3)
+
+  def test_char_level_bits_per_character_are_the_loss_in_bits(self):
+    figures = metrics.split_figures(0.9, 'char')
+    self.assertEqual(set(figures), {'loss', 'bpc'})
+    self.assertAlmostEqual(figures['bpc'], 0.9 / math.log(2), places=12)
+
+
+if __name__ == '__main__':
+  absltest.main()
