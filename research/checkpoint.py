@@ -1,9 +1,11 @@
 """Checkpoints: the only module that touches Orbax.
 
-A checkpoint holds three items, committed atomically by Orbax's
+A checkpoint holds four items, committed atomically by Orbax's
 CheckpointManager: `state` (step, parameters, optimizer state and the LSTM
-carry, as sharded arrays), `data` (the grain iterator position) and `config`
-(the config the run was trained with, as JSON). Saves are asynchronous: the
+carry, as sharded arrays), `data` (the grain iterator position), `config`
+(the config the run was trained with, as JSON) and `identity` (what else fixes
+the meaning of the state, as JSON: {'tokenizer': its `identity`}; checkpoints
+from before it was recorded lack it). Saves are asynchronous: the
 arrays are copied off the devices before `save` returns, so the caller can
 donate its state to the next step while the files are written.
 """
@@ -21,7 +23,7 @@ import orbax.checkpoint as ocp
 from research import faults
 from research import metrics
 
-_ITEMS = ('state', 'data', 'config')
+_ITEMS = ('state', 'data', 'config', 'identity')
 
 
 def make_manager(directory: str, *, max_to_keep: int,
@@ -35,8 +37,10 @@ def make_manager(directory: str, *, max_to_keep: int,
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
-         data_iterator: Any, config: ml_collections.ConfigDict) -> None:
-  """Starts saving the train state, data position and config at `step`.
+         data_iterator: Any, config: ml_collections.ConfigDict,
+         tokenizer: str) -> None:
+  """Starts saving the train state, data position, config and the
+  `tokenizer` identity ('kind:hash') at `step`.
 
   The grain position is written synchronously, so advancing the iterator
   afterwards does not change what this checkpoint holds.
@@ -44,7 +48,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(data_iterator),
-      config=ocp.args.JsonSave(config.to_dict())), force=True)
+      config=ocp.args.JsonSave(config.to_dict()),
+      identity=ocp.args.JsonSave({'tokenizer': tokenizer})), force=True)
 
 
 def latest_step(manager: ocp.CheckpointManager) -> int | None:
@@ -71,6 +76,17 @@ def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
   restored = manager.restore(
       step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
   return restored['config']
+
+
+def restore_identity(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The identity a checkpoint recorded ({'tokenizer': ...}); {} for one
+  saved before identities were recorded."""
+  try:
+    restored = manager.restore(
+        step, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))
+  except KeyError:  # Orbax: the item is not in the checkpoint.
+    return {}
+  return restored['identity']
 
 
 def check_for_errors(manager: ocp.CheckpointManager) -> None:
@@ -102,12 +118,24 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-  """'key: saved -> current' for every identity key that differs."""
+  """'key: saved -> current' for every identity key that differs.
+
+  A key the saved config does not have was added to the code after the
+  checkpoint was written (e.g. model.norm); its default is what that run
+  used, so it is not compared.
+  """
   saved, current = _flatten(saved), _flatten(current)
-  keys = sorted(k for k in set(saved) | set(current)
+  keys = sorted(k for k in saved
                 if any(k == p or k.startswith(p + '.') for p in IDENTITY_KEYS))
   return [f'{k}: {saved.get(k, "(absent)")!r} -> {current.get(k, "(absent)")!r}'
           for k in keys if saved.get(k) != current.get(k)]
+
+
+def identity_differences(saved: dict, current: dict) -> list[str]:
+  """'name: saved -> current' for every recorded identity that differs; one
+  the checkpoint did not record is unknown, so it is not compared."""
+  return [f'{k}: {saved[k]!r} -> {current[k]!r}'
+          for k in sorted(current) if k in saved and saved[k] != current[k]]
 
 
 def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
@@ -128,14 +156,15 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
 
 def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
                         data_iterator: Any, config: ml_collections.ConfigDict,
-                        ) -> Any | None:
+                        tokenizer: str) -> Any | None:
   """Restores the newest checkpoint that reads back whole; None if none exist.
 
   A checkpoint that fails to load (truncated or missing file, unreadable
   metadata) is moved to `unreadable_checkpoints/` with a warning naming it,
   and the next older one is tried, so the keep policy never deletes the last
   good checkpoint to make room for bad ones. Raises ConfigMismatchError when
-  the checkpoint was trained with a different model or data, and
+  the checkpoint was trained with a different model or data, or another
+  `tokenizer` (identity) where it recorded one, and
   CheckpointError when checkpoints exist but none can be read.
   """
   steps = sorted(manager.all_steps(), reverse=True)
@@ -143,16 +172,20 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
   for step in steps:
     try:
       saved = restore_config(manager, step)
+      saved_identity = restore_identity(manager, step)
     except Exception as e:  # pylint: disable=broad-except
       saved, error = None, e
     if saved is not None:
-      differences = config_differences(saved, config.to_dict())
+      differences = (config_differences(saved, config.to_dict())
+                     + identity_differences(saved_identity,
+                                            {'tokenizer': tokenizer}))
       if differences:
         raise faults.ConfigMismatchError(
             f'The config differs from the one the checkpoint at step {step} in '
             f'{manager.directory} was trained with:\n  ' + '\n  '.join(differences)
-            + '\nUse the original values, another --workdir, or --fresh to move '
-            'the old run aside and start over.')
+            + '\nUse the original values (a tokenizer comes from the data), '
+            'another --workdir, or --fresh to move the old run aside and start '
+            'over.')
       try:
         return restore(manager, step, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-except

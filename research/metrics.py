@@ -1,4 +1,4 @@
-"""Losses, perplexity and bits per character, throughput, and metric writers.
+"""Losses, perplexity, bits per character and byte, throughput, and writers.
 
 Shape letters: B batch rows, T time steps, V vocabulary.
 
@@ -43,26 +43,48 @@ def top1_hits(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return jnp.sum(jnp.where(hit_BxT, weights_BxT, 0.0))
 
 
-def split_figures(loss: float, level: str,
+def bits_per_unit(loss: float, tokens: int, units: int) -> float:
+  """Bits per character (or byte) of a text of `units` characters (bytes)
+  that `tokens` tokens encode, from the mean loss per token in nats: total
+  nats / (units * ln 2), total nats = loss * tokens. When tokens == units it
+  is computed as loss / ln 2, so character-level bpc is exactly that."""
+  if tokens == units:
+    return loss / math.log(2)
+  return loss * tokens / (units * math.log(2))
+
+
+def split_figures(loss: float, size,
                   accuracy: float | None = None) -> dict[str, float]:
-  """Per-token loss (nats) plus perplexity (word level) or bpc (char level),
-  and the top-1 next-token accuracy (a fraction) when given."""
-  if level == 'char':
-    figures = {'loss': loss, 'bpc': loss / math.log(2)}
-  else:
-    figures = {'loss': loss, 'perplexity': math.exp(min(loss, 700.0))}
+  """Every figure of a split's mean loss, whatever its tokenizer.
+
+  Args:
+    loss: mean loss in nats per predicted token of the split.
+    size: what the split holds (`research.data.SplitSize`: `tokens`,
+      `characters`, `bytes`); its characters (bytes) per token turn the
+      per-token loss into bits per character (byte).
+    accuracy: top-1 next-token accuracy (a fraction), if measured.
+
+  Returns:
+    'loss' (nats per token), 'perplexity' (e ** loss), 'bpc' and 'bpb' (bits
+    per character and per UTF-8 byte), and 'accuracy' when given.
+  """
+  figures = {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
+             'bpc': bits_per_unit(loss, size.tokens, size.characters),
+             'bpb': bits_per_unit(loss, size.tokens, size.bytes)}
   if accuracy is not None:
     figures['accuracy'] = accuracy
   return figures
 
 
-def headline(figures: dict[str, float]) -> str:
-  """'ppl 123.45' or 'bpc 1.234' for a console line, then 'acc 41.2%' when
+_HEADLINES = {'perplexity': 'ppl {:.2f}', 'bpc': 'bpc {:.4f}',
+              'bpb': 'bpb {:.4f}'}
+
+
+def headline(figures: dict[str, float], figure: str) -> str:
+  """'ppl 123.45' or 'bpc 1.2345' (`figure`: the corpus's headline, see
+  `research.data.Corpus.headline`) for a console line, then 'acc 41.2%' when
   the figures hold an accuracy."""
-  if 'bpc' in figures:
-    line = f'bpc {figures["bpc"]:.4f}'
-  else:
-    line = f'ppl {figures["perplexity"]:.2f}'
+  line = _HEADLINES[figure].format(figures[figure])
   if 'accuracy' in figures:
     line += f' | acc {100 * figures["accuracy"]:.1f}%'
   return line
@@ -156,11 +178,12 @@ class MetricWriter:
     if self._enabled:
       self._tb.add_text(tag, text, step)
 
-  def log_train(self, step: int, total: int, figures: dict[str, float]) -> None:
-    """The console line of a log interval."""
+  def log_train(self, step: int, total: int, figures: dict[str, float],
+                headline_figure: str) -> None:
+    """The console line of a log interval, showing `headline_figure`."""
     mfu = f' | MFU {100 * figures["mfu"]:.1f}%' if 'mfu' in figures else ''
     console('step %d/%d | loss %.4f | %s | lr %.3g | %.0f tok/s%s | ETA %s',
-            step, total, figures['loss'], headline(figures),
+            step, total, figures['loss'], headline(figures, headline_figure),
             figures['learning_rate'], figures['tokens_per_s'], mfu,
             _format_eta(figures['eta_s']))
 

@@ -92,7 +92,7 @@ class TokenizerTest(absltest.TestCase):
       back = tokenizers.tokenizer_from_json(tok.to_json())
       self.assertIsInstance(back, type(tok))
       self.assertEqual(back.vocab, tok.vocab)
-      self.assertEqual(back.level, tok.level)
+      self.assertEqual(back.kind, tok.kind)
       self.assertEqual(back.vocab_size, len(tok.vocab))
 
   def test_decode_rejects_out_of_range_ids(self):
@@ -116,7 +116,7 @@ class PtbTest(absltest.TestCase):
 
   def test_sizes_and_vocab(self):
     tok = self.corpus.tokenizer
-    self.assertEqual(self.corpus.level, 'word')
+    self.assertEqual(self.corpus.tokenizer.kind, 'word')
     self.assertEqual(tok.vocab_size, 10_000)
     self.assertEqual(sorted(self.corpus.splits), ['test', 'train', 'valid'])
     words = {'train': 887_521, 'valid': 70_390, 'test': 78_669}
@@ -139,7 +139,8 @@ class PtbTest(absltest.TestCase):
                      ''.join(' '.join(l.split()) + '\n' for l in lines))
 
   def test_cached_load_does_not_rebuild(self):
-    folder = os.path.join(self.tfds_dir, 'research_ptb', '1.0.0')
+    folder = os.path.join(self.tfds_dir, 'research_ptb',
+                          str(builders.ResearchPtb.VERSION))
     mtimes = {f: os.path.getmtime(os.path.join(folder, f))
               for f in os.listdir(folder)}
     again = data.load_corpus(_config(name='ptb', tfds_dir=self.tfds_dir))
@@ -194,7 +195,7 @@ class TinyShakespeareTest(absltest.TestCase):
           name='tiny_shakespeare', path=self.path,
           tfds_dir=os.path.join(self.tmp, 't')))
     n = len(self.text)
-    self.assertEqual(corpus.level, 'char')
+    self.assertEqual(corpus.tokenizer.kind, 'char')
     self.assertEqual(list(corpus.tokenizer.vocab), sorted(set(self.text)))
     self.assertEqual(sorted(corpus.splits), ['train', 'valid'])
     self.assertEqual(corpus.tokenizer.decode(corpus.splits['train']),
@@ -267,7 +268,7 @@ class TextFileTest(absltest.TestCase):
     text = '\n'.join(lines) + '\n'
     corpus = self._load(text, level='word', split='0.75,0.25')
     tok = corpus.tokenizer
-    self.assertEqual(corpus.level, 'word')
+    self.assertEqual(corpus.tokenizer.kind, 'word')
     self.assertNotIn('valid_only', tok.vocab)  # vocabulary = train words
     self.assertEqual(tok.vocab[0], 'common')  # the most frequent word
     train, valid = (tok.decode(corpus.splits[s]) for s in ('train', 'valid'))

@@ -7,6 +7,7 @@ from absl.testing import absltest
 
 from configs import common
 from research import components
+from research import data
 from research import evaluate
 from research import metrics
 from research import models
@@ -112,10 +113,14 @@ class AccuracyTest(absltest.TestCase):
     self.assertAlmostEqual(loss, total / count, places=5)
 
   def test_figures_and_console_line_carry_the_accuracy(self):
-    figures = metrics.split_figures(2.3456, 'word', accuracy=0.41234)
-    self.assertEqual(set(figures), {'loss', 'perplexity', 'accuracy'})
-    self.assertEqual(metrics.headline(figures), 'ppl 10.44 | acc 41.2%')
-    self.assertEqual(metrics.headline(metrics.split_figures(1.0, 'char')),
+    words = data.SplitSize(tokens=5, characters=23, bytes=23)
+    figures = metrics.split_figures(2.3456, words, accuracy=0.41234)
+    self.assertEqual(set(figures),
+                     {'loss', 'perplexity', 'bpc', 'bpb', 'accuracy'})
+    self.assertEqual(metrics.headline(figures, 'perplexity'),
+                     'ppl 10.44 | acc 41.2%')
+    chars = data.SplitSize(tokens=5, characters=5, bytes=5)
+    self.assertEqual(metrics.headline(metrics.split_figures(1.0, chars), 'bpc'),
                      'bpc 1.4427')  # Train lines have no accuracy.
 
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
+from research import data
 from research import metrics
 
 # Distinct sizes: B rows, T steps, V vocabulary.
@@ -62,18 +63,30 @@ class CrossEntropyTest(absltest.TestCase):
 class SplitFiguresTest(absltest.TestCase):
 
   def test_word_level_perplexity_is_e_to_the_loss_in_nats(self):
+    # PTB's valid split: 73,760 words (with <eos>) in 399,782 ASCII characters.
+    ptb_valid = data.SplitSize(tokens=73_760, characters=399_782, bytes=399_782)
     for loss in (0.5, 4.6, 5.3):
-      figures = metrics.split_figures(loss, 'word')
-      self.assertEqual(set(figures), {'loss', 'perplexity'})
+      figures = metrics.split_figures(loss, ptb_valid)
+      self.assertEqual(set(figures), {'loss', 'perplexity', 'bpc', 'bpb'})
       self.assertAlmostEqual(figures['perplexity'], math.exp(loss), places=9)
     # PTB-scale: a loss of 4.6 nats per word is a perplexity of about 99.5.
-    self.assertAlmostEqual(metrics.split_figures(4.6, 'word')['perplexity'],
+    self.assertAlmostEqual(metrics.split_figures(4.6, ptb_valid)['perplexity'],
                            99.484, places=3)
 
   def test_char_level_bits_per_character_are_the_loss_in_bits(self):
-    figures = metrics.split_figures(0.9, 'char')
-    self.assertEqual(set(figures), {'loss', 'bpc'})
-    self.assertAlmostEqual(figures['bpc'], 0.9 / math.log(2), places=12)
+    figures = metrics.split_figures(0.9, data.SplitSize(11, 11, 11))
+    # Exactly today's formula, so printed char-level figures do not move.
+    self.assertEqual(figures['bpc'], 0.9 / math.log(2))
+    self.assertEqual(figures['bpb'], 0.9 / math.log(2))
+
+  def test_bits_per_character_are_total_nats_over_characters(self):
+    # 13 tokens encode 29 characters in 31 UTF-8 bytes (two are 2-byte).
+    figures = metrics.split_figures(2.0, data.SplitSize(13, 29, 31))
+    self.assertAlmostEqual(figures['bpc'], 2.0 * 13 / (29 * math.log(2)),
+                           places=12)
+    self.assertAlmostEqual(figures['bpb'], 2.0 * 13 / (31 * math.log(2)),
+                           places=12)
+    self.assertEqual(figures['perplexity'], math.exp(2.0))
 
 
 if __name__ == '__main__':

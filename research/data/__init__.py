@@ -4,6 +4,9 @@
 under `data.tfds_dir`, or TFDS's default `~/tensorflow_datasets`, or
 $TFDS_DATA_DIR), reads every split back through `tfds` data sources into one
 int32 token stream per split, and rebuilds the tokenizer stored with the data.
+Each split also says what it holds (`SplitSize`: tokens, and the characters
+and UTF-8 bytes of its text), which is what metrics turn a per-token loss
+into bits per character or byte with, whatever the tokenizer.
 Batching of those streams is in `research.data.pipeline`.
 
 Config fields (`ml_collections.ConfigDict`, all read directly):
@@ -12,7 +15,8 @@ Config fields (`ml_collections.ConfigDict`, all read directly):
     ptb.{train,valid,test}.txt; tiny_shakespeare: a local input.txt;
     text_file: the file (required).
   tfds_dir: TFDS data_dir; '' = TFDS default.
-  level: 'word' | 'char' (text_file only).
+  level: the tokenizer kind, 'word' | 'char' (`tokenizers.TOKENIZERS`; text_file
+    only: ptb is word level, tiny_shakespeare char level).
   split: 'train,valid[,test]' fractions by characters (text_file only).
   vocab_size: text_file word level: 0 = all train words, N = N-1 + '<unk>'.
 """
@@ -27,13 +31,26 @@ import ml_collections
 import numpy as np
 
 from research.data import builders
+from research.data import tokenizers
 from research.data.tokenizers import Tokenizer
+
+
+class SplitSize(NamedTuple):
+  """What a split holds: its tokens and the text they encode."""
+  tokens: int
+  characters: int  # Unicode code points of the split's text.
+  bytes: int  # Its UTF-8 bytes.
 
 
 class Corpus(NamedTuple):
   splits: dict[str, np.ndarray]  # 'train', 'valid'[, 'test'] -> int32 [N]
   tokenizer: Tokenizer
-  level: str  # 'word' or 'char'
+  sizes: dict[str, SplitSize]  # Same keys as `splits`.
+
+  @property
+  def headline(self) -> str:
+    """The figure the console shows first for this corpus ('bpc', ...)."""
+    return self.tokenizer.headline
 
 
 def _ptb(data: ml_collections.ConfigDict) -> builders.ResearchPtb:
@@ -99,9 +116,35 @@ def load_corpus(data_config: ml_collections.ConfigDict) -> Corpus:
         f'Unknown dataset {data_config.name!r}; valid names: {DATASETS}'
     )
   builder = _prepare_once(lambda: _BUILDERS[data_config.name](data_config))
-  tokenizer = builders.stored_tokenizer(builder)
+  metadata = builder.info.metadata
+  streams = read_token_streams(builder)
   return Corpus(
-      splits=builders.read_token_streams(builder),
-      tokenizer=tokenizer,
-      level=tokenizer.level,
+      splits=streams,
+      tokenizer=tokenizers.tokenizer_from_json(metadata['tokenizer']),
+      sizes={s: SplitSize(tokens=len(tokens_N),
+                          characters=metadata['num_chars'][s],
+                          bytes=metadata['num_bytes'][s])
+             for s, tokens_N in streams.items()},
   )
+
+
+def read_token_streams(builder) -> dict[str, np.ndarray]:
+  """Reads every prepared split back into one int32 array per split."""
+  expected = builder.info.metadata['num_tokens']
+  streams = {}
+  for split in builder.info.splits:
+    source = builder.as_data_source(split)
+    records = [source[i] for i in range(len(source))]
+    if [int(r['index']) for r in records] != list(range(len(records))):
+      raise ValueError(
+          f'{builder.data_dir}: records of split {split!r} are out of order;'
+          ' delete the folder and prepare again.'
+      )
+    tokens_N = np.concatenate([r['tokens'] for r in records]).astype(np.int32)
+    if len(tokens_N) != expected[split]:
+      raise ValueError(
+          f'{builder.data_dir}: split {split!r} has {len(tokens_N)} tokens,'
+          f' metadata says {expected[split]}; delete it and prepare again.'
+      )
+    streams[split] = tokens_N
+  return streams

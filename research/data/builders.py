@@ -3,8 +3,10 @@
 Each split is one token stream cut into records of `CHUNK_TOKENS` consecutive
 int32 tokens, each with its chunk `index`; shuffling on write is disabled and
 the index is checked on read, so concatenating the records gives the stream
-back. The tokenizer (level + vocabulary, JSON) is stored in the dataset's
-metadata, so the ids in the files and the tokenizer always agree.
+back. A builder supplies the text and names its tokenizer's kind; the shared
+code makes it with `tokenizers.fit` and stores its JSON form in the metadata
+(so the ids in the files and the tokenizer always agree), with, per split, the
+tokens and the characters and UTF-8 bytes of the text they encode.
 
 Sources are verified before anything is written: PTB by the md5s of Mikolov's
 files, tiny-shakespeare by the sha256 of Karpathy's file (see
@@ -205,11 +207,16 @@ class _TokenStreamBuilder(
 ):
   """Shared layout: chunked int32 token streams + tokenizer in metadata."""
 
-  # Bump on any change to tokenization or splits: a prepared copy of the same
-  # version in data.tfds_dir is otherwise reused as it is.
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  # Bump on any change to tokenization, splits or metadata: a prepared copy of
+  # the same version in data.tfds_dir is otherwise reused as it is.
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': 'Metadata: characters and UTF-8 bytes per split; the tokenizer '
+               "JSON names its 'kind' (was 'level'). Same token ids.",
+  }
   HOMEPAGE = ''
+  TOKENIZER: tuple[str, int]  # (kind, vocab_size) unless _tokenizer_spec says
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -235,18 +242,29 @@ class _TokenStreamBuilder(
     )
 
   @abc.abstractmethod
-  def _tokenize(
+  def _texts(
       self, dl_manager: tfds.download.DownloadManager
-  ) -> tuple[tokenizers.Tokenizer, dict[str, np.ndarray]]:
-    """Returns the tokenizer and split name -> int32 tokens_N."""
+  ) -> tuple[str, dict[str, str]]:
+    """Returns the whole corpus and split name -> text ('train' first)."""
+
+  def _tokenizer_spec(self) -> tuple[str, int]:
+    """(kind, vocab_size) of the tokenizer, as `tokenizers.fit` takes them."""
+    return self.TOKENIZER
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    tokenizer, streams = self._tokenize(dl_manager)
+    text, pieces = self._texts(dl_manager)
+    kind, vocab_size = self._tokenizer_spec()
+    tokenizer = tokenizers.fit(kind, text=text, train_text=pieces['train'],
+                               vocab_size=vocab_size)
+    streams = {s: tokenizer.encode(t) for s, t in pieces.items()}
     for split, tokens_N in streams.items():
       if not len(tokens_N):
         raise ValueError(f'{self.name}: split {split!r} has no tokens.')
-    self.info.metadata['tokenizer'] = tokenizer.to_json()
-    self.info.metadata['num_tokens'] = {s: len(t) for s, t in streams.items()}
+    metadata = self.info.metadata
+    metadata['tokenizer'] = tokenizer.to_json()
+    metadata['num_tokens'] = {s: len(t) for s, t in streams.items()}
+    metadata['num_chars'] = {s: len(t) for s, t in pieces.items()}
+    metadata['num_bytes'] = {s: len(t.encode()) for s, t in pieces.items()}
     return {s: self._generate_examples(t) for s, t in streams.items()}
 
   def _generate_examples(self, tokens_N: np.ndarray):
@@ -259,30 +277,29 @@ class ResearchPtb(_TokenStreamBuilder):
   """Penn Treebank, Mikolov's language-modelling version: 10k words, <eos>."""
 
   HOMEPAGE = 'https://www.fit.vutbr.cz/~imikolov/rnnlm/'
+  # Mikolov's (md5-verified) train words are exactly 10,000 with '<unk>' and
+  # '<eos>', so the cap leaves every word in; its order is by count.
+  TOKENIZER = ('word', PTB_VOCAB_SIZE)
 
-  def _tokenize(self, dl_manager):
+  def _texts(self, dl_manager):
     del dl_manager  # the text comes from the treebank package or self._path
     texts = ptb_texts(self._path)
-    train_words = tokenizers.split_words(texts['train'])
-    tokenizer = tokenizers.WordTokenizer.from_words(train_words)
-    if tokenizer.vocab_size != PTB_VOCAB_SIZE:
-      raise ValueError(f'PTB vocabulary is {tokenizer.vocab_size}, not 10000.')
-    return tokenizer, {s: tokenizer.encode(t) for s, t in texts.items()}
+    return ''.join(texts.values()), texts
 
 
 class ResearchTinyShakespeare(_TokenStreamBuilder):
   """Karpathy's tiny-shakespeare, characters, nanoGPT's 90/10 split."""
 
   HOMEPAGE = 'https://github.com/karpathy/char-rnn'
+  TOKENIZER = ('char', 0)
 
-  def _tokenize(self, dl_manager):
+  def _texts(self, dl_manager):
     path = self._path or _download_tiny_shakespeare(dl_manager)
     text = read_tiny_shakespeare(path)
-    tokenizer = tokenizers.CharTokenizer.from_text(text)
     pieces = split_text(
         text, parse_split(TINY_SHAKESPEARE_SPLIT), whole_words=False
     )
-    return tokenizer, {s: tokenizer.encode(t) for s, t in pieces.items()}
+    return text, pieces
 
 
 @dataclasses.dataclass(eq=False)
@@ -299,8 +316,8 @@ def text_file_config(
     path: str, *, level: str, split: str, vocab_size: int
 ) -> TextFileConfig:
   """Validates the options and names a config after the file's content."""
-  if level not in tokenizers.LEVELS:
-    raise ValueError(f'data.level={level!r}; valid: {tokenizers.LEVELS}')
+  if level not in tokenizers.TOKENIZERS:
+    raise ValueError(f'data.level={level!r}; valid: {tuple(tokenizers.TOKENIZERS)}')
   if not path:
     raise ValueError("data.name='text_file' needs data.path (the text file).")
   parts = parse_split(split)
@@ -328,15 +345,20 @@ def text_file_config(
 class ResearchTextFile(_TokenStreamBuilder):
   """Any UTF-8 text file, char or word level, contiguous splits."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
       '1.0.0': 'Initial release.',
       '1.1.0': 'Word level: a cut whose next line start lies beyond the next '
                'cut moves to the next word boundary instead (a one-line file '
                'used to put everything in train).',
+      '1.2.0': _TokenStreamBuilder.RELEASE_NOTES['1.1.0'],
   }
 
-  def _tokenize(self, dl_manager):
+  def _tokenizer_spec(self):
+    config: TextFileConfig = self.builder_config
+    return config.level, config.vocab_size
+
+  def _texts(self, dl_manager):
     del dl_manager
     config: TextFileConfig = self.builder_config
     text = read_utf8(self._path)
@@ -350,41 +372,4 @@ class ResearchTextFile(_TokenStreamBuilder):
             f'{self._path!r} ({len(text)} chars): split {name!r} is empty with'
             f' data.split={config.split!r}; use a larger file or fraction.'
         )
-    if word:
-      train_words = tokenizers.split_words(pieces['train'])
-      tokenizer = tokenizers.WordTokenizer.from_words(
-          train_words, config.vocab_size
-      )
-    else:
-      tokenizer = tokenizers.CharTokenizer.from_text(text)
-    return tokenizer, {s: tokenizer.encode(t) for s, t in pieces.items()}
-
-
-# ---------------------------------------------------------------- reading ---
-
-
-def read_token_streams(builder: _TokenStreamBuilder) -> dict[str, np.ndarray]:
-  """Reads every prepared split back into one int32 array per split."""
-  expected = builder.info.metadata['num_tokens']
-  streams = {}
-  for split in builder.info.splits:
-    source = builder.as_data_source(split)
-    records = [source[i] for i in range(len(source))]
-    if [int(r['index']) for r in records] != list(range(len(records))):
-      raise ValueError(
-          f'{builder.data_dir}: records of split {split!r} are out of order;'
-          ' delete the folder and prepare again.'
-      )
-    tokens_N = np.concatenate([r['tokens'] for r in records]).astype(np.int32)
-    if len(tokens_N) != expected[split]:
-      raise ValueError(
-          f'{builder.data_dir}: split {split!r} has {len(tokens_N)} tokens,'
-          f' metadata says {expected[split]}; delete it and prepare again.'
-      )
-    streams[split] = tokens_N
-  return streams
-
-
-def stored_tokenizer(builder: _TokenStreamBuilder) -> tokenizers.Tokenizer:
-  """The tokenizer saved with the prepared dataset."""
-  return tokenizers.tokenizer_from_json(builder.info.metadata['tokenizer'])
+    return text, pieces

@@ -1,9 +1,14 @@
-"""Character- and word-level tokenizers with a JSON form.
+"""Tokenizers: one interface, a registry by kind, and a JSON form.
 
-A tokenizer is fully described by its level and its vocabulary (a list of
-strings whose position is the token id), which is what `to_json` stores and
-what the TFDS builders keep next to the data, so a prepared dataset and its
-tokenizer can never disagree.
+A tokenizer maps text to int32 ids and back (`encode`, `decode`,
+`vocab_size`). It is fully described by its JSON form (`to_json`: its `kind`
+plus what that kind needs, e.g. a vocabulary), which the TFDS builders keep
+next to the data, so a prepared dataset and its tokenizer can never disagree.
+Its `identity`, 'KIND:HASH' of that JSON form, is what a checkpoint records,
+so a run never resumes on other token ids.
+
+A new kind is one `Tokenizer` subclass plus one entry in `TOKENIZERS`; `fit`
+makes any kind from a corpus, and `tokenizer_from_json` reads any kind back.
 
 Word level follows Mikolov's PTB convention: every line is one sentence, words
 are split on whitespace and every line end becomes '<eos>'; words outside the
@@ -17,20 +22,68 @@ from __future__ import annotations
 
 import abc
 import collections
+import hashlib
 import json
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 EOS = '<eos>'
 UNK = '<unk>'
-LEVELS = ('char', 'word')
 
 
 class Tokenizer(abc.ABC):
-  """Common interface of `CharTokenizer` and `WordTokenizer`."""
+  """What every kind of tokenizer provides."""
 
-  level: str
+  kind: str  # Its name in `TOKENIZERS` and in its JSON form.
+  # The figure a run on these tokens reports first ('bpc' or 'perplexity',
+  # see `research.metrics.split_figures`), as the literature on such corpora.
+  headline: str
+
+  @property
+  @abc.abstractmethod
+  def vocab_size(self) -> int:
+    """Number of token ids; ids are 0..vocab_size-1."""
+
+  @abc.abstractmethod
+  def encode(self, text: str) -> np.ndarray:
+    """Returns the int32 token ids of `text`, shape [N]."""
+
+  @abc.abstractmethod
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    """Returns the text of token ids (inverse of `encode`, normalised)."""
+
+  @classmethod
+  @abc.abstractmethod
+  def fit(cls, text: str, train_text: str, vocab_size: int) -> Tokenizer:
+    """Makes the tokenizer of a corpus; see the module function `fit`."""
+
+  @abc.abstractmethod
+  def state(self) -> dict[str, Any]:
+    """What rebuilds it (JSON values): `type(self)(**state())`."""
+
+  def to_json(self) -> str:
+    """The serialised form: {'kind': ..., **state()}, keys sorted."""
+    return json.dumps({'kind': self.kind, **self.state()}, sort_keys=True)
+
+  @property
+  def identity(self) -> str:
+    """'KIND:HASH', HASH the first 16 hex digits of sha256(to_json())."""
+    digest = hashlib.sha256(self.to_json().encode('utf-8')).hexdigest()
+    return f'{self.kind}:{digest[:16]}'
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, Tokenizer) and self.to_json() == other.to_json()
+
+  def __hash__(self) -> int:
+    return hash(self.to_json())
+
+  def __repr__(self) -> str:
+    return f'{type(self).__name__}(vocab_size={self.vocab_size})'
+
+
+class VocabTokenizer(Tokenizer):
+  """A tokenizer described by a vocabulary: position in it is the token id."""
 
   def __init__(self, vocab: Sequence[str]):
     self.vocab: tuple[str, ...] = tuple(vocab)
@@ -43,20 +96,8 @@ class Tokenizer(abc.ABC):
   def vocab_size(self) -> int:
     return len(self.vocab)
 
-  @abc.abstractmethod
-  def encode(self, text: str) -> np.ndarray:
-    """Returns the int32 token ids of `text`, shape [N]."""
-
-  @abc.abstractmethod
-  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-    """Returns the text of token ids (inverse of `encode`, normalised)."""
-
-  def to_json(self) -> str:
-    return json.dumps({'level': self.level, 'vocab': list(self.vocab)})
-
-  @classmethod
-  def from_json(cls, s: str) -> Tokenizer:
-    return tokenizer_from_json(s)
+  def state(self) -> dict[str, Any]:
+    return {'vocab': list(self.vocab)}
 
   def _check_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
     ids_N = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -68,24 +109,12 @@ class Tokenizer(abc.ABC):
       )
     return ids_N
 
-  def __eq__(self, other: object) -> bool:
-    return (
-        isinstance(other, Tokenizer)
-        and self.level == other.level
-        and self.vocab == other.vocab
-    )
 
-  def __hash__(self) -> int:
-    return hash((self.level, self.vocab))
-
-  def __repr__(self) -> str:
-    return f'{type(self).__name__}(vocab_size={self.vocab_size})'
-
-
-class CharTokenizer(Tokenizer):
+class CharTokenizer(VocabTokenizer):
   """One id per character; the vocabulary is sorted by code point."""
 
-  level = 'char'
+  kind = 'char'
+  headline = 'bpc'
 
   def __init__(self, vocab: Sequence[str]):
     super().__init__(vocab)
@@ -100,6 +129,14 @@ class CharTokenizer(Tokenizer):
   def from_text(cls, text: str) -> CharTokenizer:
     """Vocabulary = sorted set of the characters of `text` (as nanoGPT)."""
     return cls(sorted(set(text)))
+
+  @classmethod
+  def fit(cls, text: str, train_text: str, vocab_size: int) -> CharTokenizer:
+    # Every character of the corpus, so that every split encodes.
+    del train_text
+    if vocab_size:
+      raise ValueError(f'A char tokenizer has no vocab_size ({vocab_size}).')
+    return cls.from_text(text)
 
   def encode(self, text: str) -> np.ndarray:
     # UTF-32 gives one uint32 code point per character without a Python loop.
@@ -120,10 +157,11 @@ class CharTokenizer(Tokenizer):
     return self._codepoints_V[ids_N].tobytes().decode('utf-32-le')
 
 
-class WordTokenizer(Tokenizer):
+class WordTokenizer(VocabTokenizer):
   """Whitespace words, '<eos>' per line end, '<unk>' for unknown words."""
 
-  level = 'word'
+  kind = 'word'
+  headline = 'perplexity'
 
   def __init__(self, vocab: Sequence[str]):
     super().__init__(vocab)
@@ -163,6 +201,12 @@ class WordTokenizer(Tokenizer):
       counts[UNK] += sum(counts.pop(w) for w in dropped)
     return cls(sorted(counts, key=lambda w: (-counts[w], w)))
 
+  @classmethod
+  def fit(cls, text: str, train_text: str, vocab_size: int) -> WordTokenizer:
+    # Counted on the training split only; other words become '<unk>'.
+    del text
+    return cls.from_words(split_words(train_text), vocab_size)
+
   def encode(self, text: str) -> np.ndarray:
     words = split_words(text)
     get, unk = self._index.get, self.unk_id
@@ -198,12 +242,36 @@ def split_words(text: str) -> list[str]:
   return text.replace('\n', f' {EOS} ').split()
 
 
+TOKENIZERS: dict[str, type[Tokenizer]] = {
+    'char': CharTokenizer,
+    'word': WordTokenizer,
+}
+KINDS = tuple(TOKENIZERS)
+
+
+def _kind(kind: str) -> type[Tokenizer]:
+  if kind not in TOKENIZERS:
+    raise ValueError(f'Unknown tokenizer kind {kind!r}; valid: {KINDS}')
+  return TOKENIZERS[kind]
+
+
+def fit(kind: str, *, text: str, train_text: str,
+        vocab_size: int = 0) -> Tokenizer:
+  """Makes the tokenizer of `kind` for a corpus.
+
+  Args:
+    kind: a name in `TOKENIZERS`.
+    text: the whole corpus (a character vocabulary covers all of it).
+    train_text: its training split (a word vocabulary is counted on it).
+    vocab_size: 0 = every symbol seen; N > 0 = at most N ids (word level).
+
+  Returns:
+    The tokenizer; its ids are what the corpus is stored as.
+  """
+  return _kind(kind).fit(text, train_text, vocab_size)
+
+
 def tokenizer_from_json(s: str) -> Tokenizer:
-  """Rebuilds a tokenizer from `Tokenizer.to_json()`."""
-  d = json.loads(s)
-  classes = {'char': CharTokenizer, 'word': WordTokenizer}
-  if d.get('level') not in classes:
-    raise ValueError(
-        f"Unknown tokenizer level {d.get('level')!r}; valid: {LEVELS}"
-    )
-  return classes[d['level']](d['vocab'])
+  """Rebuilds any kind of tokenizer from its `to_json()`."""
+  state = json.loads(s)
+  return _kind(state.pop('kind', None))(**state)
