@@ -75,9 +75,7 @@ def run(config, steps: int, warmup: int, config_name: str = '',
   parts = components.build(config)
   state, shardings = components.create_state(parts, jax.random.key(config.seed),
                                               config.data.batch_size)
-  step_fn = train.make_train_step(parts, shardings, config.optim.loss,
-                                  config.skip_nonfinite_steps,
-                                  config.optim.grad_accum_steps)
+  step_fn = train.make_train_step(parts, shardings, config)
   it = train.train_iterator(parts, config)
   batches = [sharding.global_batch(next(it), parts.mesh) for _ in range(8)]
   key = jax.random.key(1)
@@ -102,7 +100,7 @@ def run(config, steps: int, warmup: int, config_name: str = '',
   del compiled
 
   tokens = config.data.batch_size * config.data.seq_len
-  per_token = flops.flops_per_token(state.params, config.model, config.data.seq_len)
+  per_token = parts.model.flops_per_token(state.params)
   summary = flops.describe(times)
   device = jax.devices()[0]
   peak_total, peak_source = flops.total_peak()

@@ -19,6 +19,7 @@ import numpy as np
 
 from research import checkpoint
 from research import components as components_lib
+from research import losses
 from research import metrics
 from research import models
 from research import sampling
@@ -29,11 +30,8 @@ from research.data import pipeline
 def eval_step(params, carry, batch, *, model: models.Model):
   """Returns (sum of token losses, number of scored tokens, number of them
   whose argmax logit is the target, next carry)."""
-  carry = models.reset_carry(carry, batch['reset'])
-  logits_BxTxV, carry = model.apply(params, carry, batch['inputs'],
-                                    train=False, rng=None)
-  loss_sum, weight_sum = metrics.cross_entropy_sums(
-      logits_BxTxV, batch['targets'], batch['weights'])
+  loss_sum, weight_sum, logits_BxTxV, carry = losses.forward(
+      model, params, dict(batch, carry=carry), train=False, rng=None)
   hits = metrics.top1_hits(logits_BxTxV, batch['targets'], batch['weights'])
   return loss_sum, weight_sum, hits, carry
 
@@ -107,13 +105,13 @@ class Evaluator:
     return self.score(params, tokens)[0]
 
   def splits(self, params, names) -> dict[str, dict[str, float]]:
-    """Figures (loss, perplexity or bpc, accuracy) for each named split."""
+    """Figures (loss, perplexity, bpc, bpb, accuracy) of each named split."""
     corpus = self._parts.corpus
     figures = {}
     for name in names:
       if name in corpus.splits:
         loss, accuracy = self.score(params, corpus.splits[name])
-        figures[name] = metrics.split_figures(loss, corpus.level, accuracy)
+        figures[name] = metrics.split_figures(loss, corpus.sizes[name], accuracy)
     return figures
 
 
@@ -160,6 +158,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
   results = evaluator.splits(state.params, ('valid', 'test'))
   for split, figures in results.items():
     metrics.console('eval at step %d | %s | loss %.4f | %s', step, split,
-                 figures['loss'], metrics.headline(figures))
+                 figures['loss'], metrics.headline(figures, parts.corpus.headline))
   manager.close()
   return results

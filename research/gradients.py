@@ -1,17 +1,23 @@
-"""Gradient accumulation: one optimizer step's gradient from K micro-batches.
+"""How the train step makes a gradient from a loss function: chosen here.
+
+`make(grad_accum_steps)` returns `gradient_fn(loss_fn, params, batch, rng)
+-> (grads, aux)` for a `losses.Objective.loss_fn`; `aux` is the loss
+function's aux for the whole batch (`loss_sum` and `weight_sum` summed,
+`carry` with every row). Two ways today:
+
+- `plain`: one `jax.value_and_grad` over the whole batch.
+- `accumulated(K)`: the sum of the gradients of K micro-batches of M = B / K
+  rows, in one `jax.lax.scan` whose carry is their float32 sum, so memory
+  holds one micro-batch's activations, not K. Micro-batch j holds rows j,
+  j + K, j + 2K, ... (interleaved, not contiguous blocks): batch rows are
+  sharded contiguously over the data-parallel devices, so every device then
+  holds an equal share of every micro-batch and the loop moves no data
+  between devices. Each micro-batch divides by the whole batch's
+  `denominator`, so the sum is the whole batch's gradient.
+
+Per-example clipped and noised gradients (DP-SGD) will be a third.
 
 Shape letters: B batch rows, K micro-batches, M = B / K rows per micro-batch.
-
-Micro-batch j holds rows j, j + K, j + 2K, ... (interleaved, not contiguous
-blocks). Batch rows are sharded contiguously over the data-parallel devices,
-so every device then holds an equal share of every micro-batch: splitting
-moves no rows between devices, and no device idles in a micro-batch.
-
-The micro-batches run in one `jax.lax.scan` whose carry is the float32 sum of
-their gradients, so memory holds one micro-batch's activations, not K.
-Summing gradients gives the whole batch's gradient only when every
-micro-batch's objective divides by the whole batch's denominator; the loss
-function given here must do so.
 """
 
 from typing import Any, Callable
@@ -20,6 +26,15 @@ import jax
 import jax.numpy as jnp
 
 from research import sharding
+
+# batch keys that are not per row (scalars shared by every micro-batch).
+_SHARED_KEYS = ('denominator',)
+
+
+def plain(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array):
+  """The gradient of `loss_fn` over the whole batch, and its aux."""
+  (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+  return grads, aux
 
 
 def split(tree: Any, num_micro_batches: int) -> Any:
@@ -38,43 +53,42 @@ def merge(tree: Any) -> Any:
       tree)
 
 
-def gradients(loss_fn: Callable, params: Any, carry: Any, batch: dict,
-              key: jax.Array, num_micro_batches: int):
-  """Sums the gradients of `loss_fn` over K interleaved micro-batches.
+def accumulated(num_micro_batches: int) -> Callable:
+  """The gradient summed over K interleaved micro-batches (module docstring).
 
-  Args:
-    loss_fn: `loss_fn(params, carry, batch, key) -> (objective, (loss_sum,
-      new_carry))` on M rows, its objective divided by the whole batch's
-      denominator so that the K gradients add up to the whole batch's.
-    params: the parameters to differentiate.
-    carry: recurrent state with B rows on every leaf (`{}` for none); each
-      micro-batch runs from its own rows' carry.
-    batch: arrays with B leading rows.
-    key: the step's key; micro-batch j gets `fold_in(key, j)`, so dropout
-      masks differ between micro-batches (and from a whole-batch step's).
-    num_micro_batches: K, which must divide B.
-
-  Returns:
-    (gradients summed in float32 and cast to the parameters' dtypes, the sum
-    of the micro-batches' loss sums, the new carry with B rows in row order).
+  Micro-batch j gets the key `fold_in(rng, j)`, so dropout masks differ
+  between micro-batches (and from a whole-batch step's: with dropout the
+  result is an equally distributed draw, not the same one).
   """
-  rows = jax.tree.leaves(batch)[0].shape[0]
-  if num_micro_batches < 1 or rows % num_micro_batches:
-    raise ValueError(f'optim.grad_accum_steps={num_micro_batches} must be a '
-                     f'positive divisor of the {rows} rows of the batch.')
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  def gradient_fn(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array):
+    rows = batch['inputs'].shape[0]
+    if num_micro_batches < 1 or rows % num_micro_batches:
+      raise ValueError(f'optim.grad_accum_steps={num_micro_batches} must be a '
+                       f'positive divisor of the {rows} rows of the batch.')
+    shared = {k: batch[k] for k in _SHARED_KEYS if k in batch}
+    per_row = {k: v for k, v in batch.items() if k not in shared}
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def micro_step(grads_sum, xs):
-    micro_batch, micro_carry, index = xs
-    (_, (loss_sum, new_carry)), grads = grad_fn(
-        params, micro_carry, micro_batch, jax.random.fold_in(key, index))
-    grads_sum = jax.tree.map(lambda s, g: s + g.astype(jnp.float32),
-                             grads_sum, grads)
-    return grads_sum, (loss_sum, new_carry)
+    def micro_step(grads_sum, xs):
+      micro_batch, index = xs
+      (_, aux), grads = grad_fn(params, {**micro_batch, **shared},
+                                jax.random.fold_in(rng, index))
+      grads_sum = jax.tree.map(lambda s, g: s + g.astype(jnp.float32),
+                               grads_sum, grads)
+      return grads_sum, aux
 
-  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  xs = (split(batch, num_micro_batches), split(carry, num_micro_batches),
-        jnp.arange(num_micro_batches))
-  grads, (loss_sums_K, new_carry) = jax.lax.scan(micro_step, zeros, xs)
-  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-  return grads, jnp.sum(loss_sums_K), merge(new_carry)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    grads, aux_K = jax.lax.scan(
+        micro_step, zeros,
+        (split(per_row, num_micro_batches), jnp.arange(num_micro_batches)))
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    aux = {'loss_sum': jnp.sum(aux_K['loss_sum']),
+           'weight_sum': jnp.sum(aux_K['weight_sum']),
+           'carry': merge(aux_K['carry'])}
+    return grads, aux
+  return gradient_fn
+
+
+def make(grad_accum_steps: int) -> Callable:
+  """The gradient function for `optim.grad_accum_steps` (1: `plain`)."""
+  return plain if grad_accum_steps == 1 else accumulated(grad_accum_steps)

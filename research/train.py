@@ -11,6 +11,7 @@ import errno
 import functools
 import os
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +19,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from research import accumulate
 from research import checkpoint
 from research import components as components_lib
 from research import evaluate
 from research import faults
 from research import flops
+from research import gradients
+from research import losses
 from research import metrics
 from research import models
 from research import provenance
@@ -32,81 +34,69 @@ from research.components import TrainState
 from research.data import pipeline
 
 
-def scaled_loss(params, carry, batch: dict, key: jax.Array, *,
-                model: models.Model, denominator: jax.Array | int):
-  """Returns (loss sum / `denominator`, (loss sum, new carry)) on `batch`.
-
-  `denominator` belongs to the whole step's batch (its rows or its total
-  weight), also when `batch` is one of its micro-batches, so that the
-  micro-batches' gradients add up to the whole batch's.
-  """
-  logits_BxTxV, new_carry = model.apply(params, carry, batch['inputs'],
-                                        train=True, rng=key)
-  loss_sum, _ = metrics.cross_entropy_sums(
-      logits_BxTxV, batch['targets'], batch['weights'])
-  return loss_sum / denominator, (loss_sum, new_carry)
-
-
 def train_step(state: TrainState, batch: dict, key: jax.Array, *,
-               model: models.Model, optimizer: optax.GradientTransformation,
-               schedule: optax.Schedule, objective: str,
-               skip_nonfinite: bool = False, grad_accum_steps: int = 1):
+               objective: losses.Objective, gradient_fn: Callable,
+               optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, skip_nonfinite: bool = False):
   """One optimizer step. Returns (new state, scalar metrics).
 
-  `objective` 'token_mean' minimises the mean loss per token; 'sequence_sum'
-  the loss summed over time and averaged over rows (Zaremba et al.'s scale,
-  for which SGD at rate 1 is right). Metrics always report nats per token,
-  and `nonfinite` (1.0 when the loss or the gradient norm is inf or NaN).
-  With `skip_nonfinite`, such a step leaves parameters, optimizer state and
-  carry as they were (the step counter and the data still advance).
-
-  With `grad_accum_steps` K > 1 the gradient is summed over K micro-batches
-  of B/K rows (research/accumulate.py), each divided by the whole batch's
-  denominator, then applied once: the same step as the whole batch's up to
-  float summation order. Each micro-batch folds its index into the dropout
-  key, so with dropout its masks are a different, equally distributed draw
-  from the whole-batch step's; only without dropout are the two equal.
+  The gradient of `objective.loss_fn` comes from `gradient_fn` (plain or
+  accumulated: research/gradients.py), from the state's carry. Metrics
+  report nats per token whatever the objective, and `nonfinite` (1.0 when
+  the loss or the gradient norm is inf or NaN). With `skip_nonfinite`, such
+  a step leaves parameters, optimizer state and carry as they were (the step
+  counter and the data still advance).
   """
   key = jax.random.fold_in(key, state.step)
-  carry = models.reset_carry(state.carry, batch['reset'])
-  num_rows = batch['inputs'].shape[0]
-  weight_sum = jnp.sum(batch['weights'])
-  loss_fn = functools.partial(
-      scaled_loss, model=model,
-      denominator=num_rows if objective == 'sequence_sum' else weight_sum)
-  if grad_accum_steps == 1:
-    (_, (loss_sum, new_carry)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params, carry, batch, key)
-  else:
-    grads, loss_sum, new_carry = accumulate.gradients(
-        loss_fn, state.params, carry, batch, key, grad_accum_steps)
-  loss = loss_sum / weight_sum
+  batch = dict(batch, carry=state.carry,
+               denominator=objective.denominator(batch))
+  grads, aux = gradient_fn(objective.loss_fn, state.params, batch, key)
+  loss = aux['loss_sum'] / aux['weight_sum']
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # Truncated backpropagation through time: the carry is data, not a graph.
-  new_state = TrainState(step=state.step + 1, params=params,
-                         opt_state=opt_state,
-                         carry=jax.lax.stop_gradient(new_carry))
+  new_state = state._replace(step=state.step + 1, params=params,
+                             opt_state=opt_state,
+                             carry=jax.lax.stop_gradient(aux['carry']))
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   if skip_nonfinite:
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                        new_state[1:], state[1:])
-    new_state = TrainState(new_state.step, *kept)
+    def keep(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = new_state._replace(
+        params=keep(new_state.params, state.params),
+        opt_state=keep(new_state.opt_state, state.opt_state),
+        carry=keep(new_state.carry, state.carry))
   return new_state, {'loss': loss, 'grad_norm': grad_norm,
                      'learning_rate': schedule(state.step),
                      'nonfinite': 1.0 - finite.astype(jnp.float32)}
 
 
+def step_function(*, model: models.Model,
+                  optimizer: optax.GradientTransformation,
+                  schedule: optax.Schedule, objective: str = 'token_mean',
+                  grad_accum_steps: int = 1, skip_nonfinite: bool = False):
+  """`train_step` with everything static bound: the one place that picks the
+  objective (`losses.OBJECTIVES`) and how gradients are made from it."""
+  return functools.partial(
+      train_step, objective=losses.make_objective(model, objective),
+      gradient_fn=gradients.make(grad_accum_steps), optimizer=optimizer,
+      schedule=schedule, skip_nonfinite=skip_nonfinite)
+
+
 def make_train_step(parts: components_lib.Components,
-                    state_shardings: TrainState, objective: str,
-                    skip_nonfinite: bool = False, grad_accum_steps: int = 1):
-  """Jits `train_step` once with explicit shardings and a donated state."""
+                    state_shardings: TrainState,
+                    config: ml_collections.ConfigDict):
+  """Jits the run's step once with explicit shardings and a donated state.
+
+  Training and the benchmark both call this; everything the step needs
+  comes from `parts` and `config`.
+  """
   mesh = parts.mesh
-  step = functools.partial(train_step, model=parts.model,
-                           optimizer=parts.optimizer, schedule=parts.schedule,
-                           objective=objective, skip_nonfinite=skip_nonfinite,
-                           grad_accum_steps=grad_accum_steps)
+  step = step_function(model=parts.model, optimizer=parts.optimizer,
+                       schedule=parts.schedule, objective=config.optim.loss,
+                       grad_accum_steps=config.optim.grad_accum_steps,
+                       skip_nonfinite=config.skip_nonfinite_steps)
   jitted = jax.jit(step,
                    in_shardings=(state_shardings, sharding.batch_sharding(mesh),
                                  sharding.replicated(mesh)),
@@ -129,7 +119,8 @@ def restore_or_init(parts, manager, config, rng, data_iterator):
   """Returns (state, shardings) from the newest readable checkpoint, else
   fresh (see checkpoint.restore_latest_good for damaged checkpoints)."""
   structs, shardings = components_lib.abstract_state(parts, config.data.batch_size)
-  state = checkpoint.restore_latest_good(manager, structs, data_iterator, config)
+  state = checkpoint.restore_latest_good(manager, structs, data_iterator, config,
+                                         parts.corpus.tokenizer.identity)
   if state is None:
     state, _ = components_lib.create_state(parts, rng, config.data.batch_size)
     return state, shardings
@@ -144,7 +135,7 @@ def _evaluate_and_sample(evaluator, parts, params, step, splits, config,
   for split, figures in results.items():
     writer.write(step, split, {**figures, 'epoch': step / parts.steps_per_epoch})
     metrics.console('eval at step %d | %s | loss %.4f | %s', step, split,
-                 figures['loss'], metrics.headline(figures))
+                 figures['loss'], metrics.headline(figures, parts.corpus.headline))
   if config.sample.num_tokens > 0:
     text = evaluate.generate(parts, params, jax.random.fold_in(sample_rng, step),
                              config.sample, config.data.seq_len)
@@ -212,9 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                            data_iterator)
   start = int(jax.device_get(state.step))
   writer.truncate_after(start)
-  step_fn = make_train_step(parts, state_shardings, config.optim.loss,
-                            config.skip_nonfinite_steps,
-                            config.optim.grad_accum_steps)
+  step_fn = make_train_step(parts, state_shardings, config)
   evaluator = evaluate.Evaluator(parts, batch_size=config.data.eval_batch_size,
                                  seq_len=config.data.seq_len)
   total = parts.num_train_steps
@@ -264,7 +253,7 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
                     peak / 1e9, peak_source)
   throughput = metrics.Throughput(
       config.data.batch_size * config.data.seq_len, total,
-      flops.flops_per_token(state.params, config.model, config.data.seq_len),
+      parts.model.flops_per_token(state.params),
       peak)
   throughput.reset(start)
   # Step metrics still on the device, and fetched (and checked) ones not yet
@@ -278,7 +267,7 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
       if step % config.log_every_steps == 0 or step == total:
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
         on_device = []
-        _log_train(writer, step, total, fetched, throughput, parts.corpus.level,
+        _log_train(writer, step, total, fetched, throughput, parts.corpus,
                    parts.steps_per_epoch)
         fetched = []
       if step % parts.eval_every == 0 and step != total:
@@ -288,7 +277,8 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
       if step % parts.checkpoint_every == 0 or step == total or stop.received:
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
         on_device = []
-        _save(manager, step, state, data_iterator, config)
+        _save(manager, step, state, data_iterator, config,
+              parts.corpus.tokenizer.identity)
       if stop.received and step != total:
         _wait(manager, step)
         writer.flush()
@@ -327,11 +317,11 @@ def _disk_full(error: BaseException) -> bool:
   return False
 
 
-def _save(manager, step, state, data_iterator, config) -> None:
+def _save(manager, step, state, data_iterator, config, tokenizer) -> None:
   try:
     checkpoint.check_for_errors(manager)  # A failed earlier async save.
     if checkpoint.latest_step(manager) != step:
-      checkpoint.save(manager, step, state, data_iterator, config)
+      checkpoint.save(manager, step, state, data_iterator, config, tokenizer)
   except Exception as e:  # pylint: disable=broad-except
     _raise_save_error(e, manager, step)
 
@@ -354,16 +344,16 @@ def _raise_save_error(error, manager, step):
       'keep_checkpoints lower) and run the same command to continue.') from error
 
 
-def _log_train(writer, step, total, host, throughput, level, per_epoch):
+def _log_train(writer, step, total, host, throughput, corpus, per_epoch):
   """Writes the means of the host step metrics since the last log line."""
   # Means over the steps that counted (all of them unless steps were skipped).
   good = [m for m in host if not m['nonfinite']] or host
   loss = float(np.mean([m['loss'] for m in good]))
-  figures = metrics.split_figures(loss, level)
+  figures = metrics.split_figures(loss, corpus.sizes['train'])
   figures['grad_norm'] = float(np.mean([m['grad_norm'] for m in good]))
   figures['skipped_steps'] = float(sum(m['nonfinite'] for m in host))
   figures['learning_rate'] = float(host[-1]['learning_rate'])
   figures.update(throughput.update(step))
   figures['epoch'] = step / per_epoch
   writer.write(step, 'train', figures)
-  writer.log_train(step, total, figures)
+  writer.log_train(step, total, figures, corpus.headline)

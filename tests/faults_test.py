@@ -267,8 +267,8 @@ class InProcessFaultTest(absltest.TestCase):
              'targets': rng.integers(1, v, (b, t), dtype=np.int32),
              'weights': np.ones((b, t), np.float32),
              'reset': np.ones((b,), bool)}
-    step = functools.partial(train.train_step, model=model, optimizer=optimizer,
-                             schedule=schedule, objective='token_mean')
+    step = train.step_function(model=model, optimizer=optimizer,
+                               schedule=schedule, objective='token_mean')
     manager = checkpoint.make_manager(self.create_tempdir().full_path,
                                       max_to_keep=1)
     fetch_checked = train._fetch_checked  # pylint: disable=protected-access

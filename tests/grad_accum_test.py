@@ -12,7 +12,8 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from research import accumulate
+from research import gradients
+from research import losses
 from research import components
 from research import models
 from research import optim
@@ -78,27 +79,28 @@ class AccumulateTest(parameterized.TestCase):
 
   def test_micro_batches_take_interleaved_rows(self):
     x_BxD = np.arange(_B * 5).reshape(_B, 5)
-    parts = accumulate.split({'x': x_BxD, 'r': np.arange(_B)}, 4)
+    parts = gradients.split({'x': x_BxD, 'r': np.arange(_B)}, 4)
     self.assertEqual(parts['x'].shape, (4, _B // 4, 5))
     for j in range(4):
       np.testing.assert_array_equal(parts['r'][j], np.arange(j, _B, 4))
       np.testing.assert_array_equal(parts['x'][j], x_BxD[j::4])
-    np.testing.assert_array_equal(accumulate.merge(parts)['x'], x_BxD)
+    np.testing.assert_array_equal(gradients.merge(parts)['x'], x_BxD)
 
   def test_micro_batch_j_gets_the_key_folded_with_j(self):
     # The loss "model" writes its key's uniform draw into its carry rows, so
     # the merged carry shows which key each row's micro-batch got.
-    def loss_fn(params, carry, batch, key):
-      del carry
-      draw_M = jax.random.uniform(key, batch['x'].shape)
-      return jnp.sum(params * draw_M), (jnp.sum(draw_M), {'draw': draw_M})
+    def loss_fn(params, batch, key):
+      draw_M = jax.random.uniform(key, batch['inputs'].shape)
+      return jnp.sum(params * draw_M), {
+          'loss_sum': jnp.sum(draw_M), 'weight_sum': jnp.float32(1.0),
+          'carry': {'draw': draw_M}}
     key = jax.random.key(7)
-    _, _, carry = accumulate.gradients(loss_fn, jnp.float32(1.0),
-                                       {'draw': jnp.zeros(_B)},
-                                       {'x': jnp.zeros(_B)}, key, 3)
+    _, aux = gradients.accumulated(3)(
+        loss_fn, jnp.float32(1.0),
+        {'inputs': jnp.zeros(_B), 'carry': {'draw': jnp.zeros(_B)}}, key)
     for j in range(3):
       np.testing.assert_array_equal(
-          carry['draw'][j::3],
+          aux['carry']['draw'][j::3],
           jax.random.uniform(jax.random.fold_in(key, j), (_B // 3,)))
 
   @parameterized.parameters(('lstm', 2, 'token_mean'), ('lstm', 4, 'sequence_sum'),
@@ -107,13 +109,13 @@ class AccumulateTest(parameterized.TestCase):
   def test_k_micro_batches_make_the_whole_batch_step(self, family, k, objective):
     model, optimizer, schedule, state, seq_len = _setup(
         self.create_tempdir().full_path, family, objective)
-    step = functools.partial(train.train_step, model=model, optimizer=optimizer,
-                             schedule=schedule, objective=objective)
+    step = functools.partial(train.step_function, model=model,
+                             optimizer=optimizer, schedule=schedule,
+                             objective=objective)
     batches = [_batch(10, seq_len), _batch(11, seq_len)]
     # Two steps: the second starts from the first one's carry and optimizer state.
-    whole, whole_m = _run(jax.jit(step), state, batches)
-    accum, accum_m = _run(jax.jit(functools.partial(step, grad_accum_steps=k)),
-                          state, batches)
+    whole, whole_m = _run(jax.jit(step()), state, batches)
+    accum, accum_m = _run(jax.jit(step(grad_accum_steps=k)), state, batches)
     for name in ('params', 'opt_state', 'carry'):
       with self.subTest(name):
         _assert_close(getattr(accum, name), getattr(whole, name))
@@ -133,24 +135,22 @@ class AccumulateTest(parameterized.TestCase):
     model, _, _, state, seq_len = _setup(self.create_tempdir().full_path,
                                          'lstm', 'token_mean')
     batch = _batch(10, seq_len)
-    carry = models.reset_carry(state.carry, batch['reset'])
+    objective = losses.make_objective(model, 'token_mean')
+    batch = dict(batch, carry=state.carry, denominator=objective.denominator(batch))
     key = jax.random.key(3)
-    whole = float(batch['weights'].sum())
-    loss = functools.partial(train.scaled_loss, model=model, denominator=whole)
-    (_, (loss_sum, _)), want = jax.value_and_grad(loss, has_aux=True)(
-        state.params, carry, batch, key)
-    got, got_loss_sum, _ = accumulate.gradients(loss, state.params, carry,
-                                                batch, key, 2)
+    want, want_aux = gradients.plain(objective.loss_fn, state.params, batch, key)
+    got, got_aux = gradients.accumulated(2)(objective.loss_fn, state.params,
+                                            batch, key)
     _assert_close(got, want)
-    np.testing.assert_allclose(got_loss_sum, loss_sum, **_TOL)
+    np.testing.assert_allclose(got_aux['loss_sum'], want_aux['loss_sum'], **_TOL)
 
     # What that test would catch: each micro-batch's own token mean (summed,
     # or averaged over the micro-batches) is not the whole batch's gradient,
     # because the micro-batches hold different numbers of tokens.
     self.assertNotEqual(batch['weights'][0::2].sum(), batch['weights'][1::2].sum())
-    own = lambda p, c, b, k: train.scaled_loss(
-        p, c, b, k, model=model, denominator=jnp.sum(b['weights']))
-    wrong, _, _ = accumulate.gradients(own, state.params, carry, batch, key, 2)
+    def own(p, b, k):  # Each micro-batch divides by its own token count.
+      return objective.loss_fn(p, dict(b, denominator=jnp.sum(b['weights'])), k)
+    wrong, _ = gradients.accumulated(2)(own, state.params, batch, key)
     for scale in (1.0, 0.5):
       gap = max(jax.tree.leaves(jax.tree.map(
           lambda a, b, s=scale: float(np.abs(s * a - b).max()), wrong, want)))
@@ -159,9 +159,9 @@ class AccumulateTest(parameterized.TestCase):
   def test_k_that_does_not_divide_the_batch_is_refused(self):
     model, optimizer, schedule, state, seq_len = _setup(
         self.create_tempdir().full_path, 'transformer', 'token_mean')
-    step = functools.partial(train.train_step, model=model, optimizer=optimizer,
-                             schedule=schedule, objective='token_mean',
-                             grad_accum_steps=5)
+    step = train.step_function(model=model, optimizer=optimizer,
+                               schedule=schedule, objective='token_mean',
+                               grad_accum_steps=5)
     with self.assertRaisesRegex(ValueError, r'grad_accum_steps=5 .* 12 rows'):
       step(state, _batch(10, seq_len), jax.random.key(3))
 
@@ -178,8 +178,8 @@ class ResumeTest(absltest.TestCase):
     config.optim.grad_accum_steps = 2
     config.sample.num_tokens = 0
     straight = os.path.join(tmp, 'straight')
-    with mock.patch.object(accumulate, 'gradients',
-                           wraps=accumulate.gradients) as spy:
+    with mock.patch.object(gradients, 'accumulated',
+                           wraps=gradients.accumulated) as spy:
       train.train_and_evaluate(config, straight)
     self.assertEqual(spy.call_args.args[-1], 2)  # The config reached the step.
 
