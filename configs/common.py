@@ -95,7 +95,9 @@ def transformer_model() -> ml_collections.ConfigDict:
   m.d_model = 384  # Residual stream width.
   m.d_ff = 1536  # MLP hidden width.
   m.dropout_rate = 0.2  # Dropout on embeddings, attention weights and residual branches.
-  m.positional = 'learned'  # 'learned' or 'sinusoidal' position embeddings.
+  m.positional = 'learned'  # 'learned' or 'sinusoidal' position embeddings (research.models.transformer.POSITIONAL).
+  m.norm = 'layernorm'  # Norm at each block's two inputs and before the head, one of transformer.NORMS ('layernorm': GPT-2's LayerNorm, epsilon 1e-5).
+  m.mlp = 'gelu'  # Each block's MLP, one of transformer.MLPS ('gelu': D -> d_ff -> D with exact GELU).
   m.tie_embeddings = True  # Output layer reuses the token embedding matrix.
   m.use_bias = False  # Biases in dense layers and LayerNorms (nanoGPT: False).
   # Speed options (accelerators mostly); the defaults are the exact recipe.

@@ -104,7 +104,8 @@ def init_state(rng: jax.Array, *, model: models.Model,
 def state_shardings(abstract: TrainState, components: Components) -> TrainState:
   """Shardings of every leaf: parameters by rule, optimizer state likewise."""
   mesh = components.mesh
-  params = sharding.param_shardings(abstract.params, mesh)
+  params = sharding.param_shardings(abstract.params, mesh,
+                                    components.model.partition_rules)
   # Optimizer moments mirror the parameters; counters are replicated.
   opt_state = optax.tree_map_params(
       components.optimizer, lambda _, s: s, abstract.opt_state, params,

@@ -1,7 +1,9 @@
 """Refuses config values that cannot mean anything, before any work is done.
 
-Every key of `configs/common.py` has a rule in `RULES`, and every key of a
-model family one in `MODEL_RULES` (tests/config_checks_test.py fails when a
+Every key of `configs/common.py` outside `config.model` has a rule in
+`RULES`; a model family's keys are the fields of its config object, each
+with its rule (research/models/), and the family checks them and how they
+combine when that object is built (tests/config_checks_test.py fails when a
 config has a key without a rule). `check` applies them, then the rules that
 relate keys (a minimum learning rate above the peak, micro-batches that do not
 divide the batch, a data level the dataset does not have) and the data paths
@@ -10,68 +12,29 @@ anything opens it). A failure is a ValueError whose one-line message names the
 key, the value, what it must be and the flag that fixes it.
 """
 
-import math
 import os
-from typing import Any, Callable, NamedTuple
 
 import ml_collections
 
 from research import data
+from research import losses
 from research import models
 from research import optim
+from research import rules
 from research.data import builders
-from research.models import transformer
-
-
-class Rule(NamedTuple):
-  ok: Callable[[Any], bool]
-  must_be: str  # Completes "config.KEY=VALUE must be ...".
-
-
-def _number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def positive() -> Rule:
-  return Rule(lambda v: _number(v) and v > 0, 'positive')
-
-
-def at_least(low) -> Rule:
-  return Rule(lambda v: _number(v) and v >= low, f'at least {low}')
-
-
-def in_range(low, high, *, closed_high=False) -> Rule:
-  bracket = ']' if closed_high else ')'
-  return Rule(lambda v: _number(v) and low <= v and (v <= high if closed_high else v < high),
-              f'in [{low}, {high}{bracket}')
-
-
-def one_of(*names) -> Rule:
-  return Rule(lambda v: v in names, f'one of {list(names)}')
-
-
-def boolean() -> Rule:
-  return Rule(lambda v: isinstance(v, bool), 'True or False')
-
-
-def anything(description: str) -> Rule:
-  """A key every value of whose type means something (checked elsewhere if
-  it is a path or a name)."""
-  return Rule(lambda v: True, description)
-
-
-def _registry(names, kind: str) -> Rule:
-  return Rule(lambda v: v in names, f'one of the known {kind}s: {sorted(names)}')
+from research.data import tokenizers
+from research.rules import (Rule, anything, at_least, boolean, in_range, number,
+                            one_of, positive, registered)
 
 
 _STEPS_OR_EPOCH = anything('an integer (<= 0: once per epoch)')
 
 RULES = {
     'seed': in_range(0, 2**32),
-    'data.name': _registry(data.DATASETS, 'dataset'),
+    'data.name': registered(data.DATASETS, 'dataset'),
     'data.path': anything('a path (checked below)'),
     'data.tfds_dir': anything('a directory (checked below)'),
-    'data.level': one_of('char', 'word'),
+    'data.level': one_of(*tokenizers.KINDS),
     'data.split': anything('train,valid[,test] fractions (checked below)'),
     'data.vocab_size': Rule(lambda v: v == 0 or v >= 3, '0 (all words) or at least 3'),
     'data.seq_len': at_least(1),
@@ -85,11 +48,11 @@ RULES = {
     'keep_checkpoints': at_least(1),
     'skip_nonfinite_steps': boolean(),
     'eval_on_test': boolean(),
-    'optim.name': _registry(optim.OPTIMIZERS, 'optimizer'),
+    'optim.name': registered(optim.OPTIMIZERS, 'optimizer'),
     'optim.learning_rate': positive(),
-    'optim.grad_clip_norm': Rule(_number, 'a finite number (<= 0: no clipping)'),
+    'optim.grad_clip_norm': Rule(number, 'a finite number (<= 0: no clipping)'),
     'optim.grad_accum_steps': at_least(1),
-    'optim.loss': _registry(optim.LOSSES, 'objective'),
+    'optim.loss': registered(losses.OBJECTIVES, 'objective'),
     'optim.warmup_steps': at_least(0),
     'optim.decay_steps': at_least(0),
     'optim.min_learning_rate': at_least(0),
@@ -97,7 +60,7 @@ RULES = {
     'optim.b2': in_range(0, 1),
     'optim.weight_decay': at_least(0),
     'optim.decay_after_epochs': at_least(0),
-    'optim.decay_factor': Rule(lambda v: _number(v) and 0 < v <= 1, 'in (0, 1]'),
+    'optim.decay_factor': Rule(lambda v: number(v) and 0 < v <= 1, 'in (0, 1]'),
     'mesh.data': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
     'mesh.fsdp': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
     'mesh.tensor': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
@@ -111,33 +74,7 @@ RULES = {
     'sample.prompt': anything('text'),
     'sample.temperature': at_least(0),
     'sample.top_k': at_least(0),
-    'sample.top_p': Rule(lambda v: _number(v) and 0 < v <= 1, 'in (0, 1]'),
-}
-
-_DROPOUT = in_range(0, 1)
-MODEL_RULES = {
-    'lstm': {
-        'model.name': _registry(models.MODELS, 'model'),
-        'model.num_layers': at_least(1),
-        'model.hidden_size': at_least(1),
-        'model.dropout_rate': _DROPOUT,
-        'model.init_scale': positive(),
-    },
-    'transformer': {
-        'model.name': _registry(models.MODELS, 'model'),
-        'model.num_layers': at_least(1),
-        'model.num_heads': at_least(1),
-        'model.d_model': at_least(1),
-        'model.d_ff': at_least(1),
-        'model.dropout_rate': _DROPOUT,
-        'model.positional': one_of(*transformer.POSITIONAL_KINDS),
-        'model.tie_embeddings': boolean(),
-        'model.use_bias': boolean(),
-        'model.compute_dtype': one_of(*transformer.COMPUTE_DTYPES),
-        'model.attention': one_of(*transformer.ATTENTION_KINDS),
-        'model.remat': boolean(),
-        'model.scan_layers': boolean(),
-    },
+    'sample.top_p': Rule(lambda v: number(v) and 0 < v <= 1, 'in (0, 1]'),
 }
 
 # The token level each packaged dataset has; text_file takes data.level.
@@ -152,8 +89,8 @@ def _get(config: ml_collections.ConfigDict, key: str):
 
 
 def rules_for(config: ml_collections.ConfigDict) -> dict[str, Rule]:
-  """The rules of every key `config` should have (common plus its family)."""
-  return {**RULES, **MODEL_RULES.get(config.model.name, {})}
+  """The rules of every key `config` should have (common plus its family's)."""
+  return {**RULES, **models.config_rules(config.model.name)}
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -162,20 +99,13 @@ def check(config: ml_collections.ConfigDict) -> None:
   The mesh against the device count is checked later (sharding.mesh_shape),
   when the devices are known.
   """
-  if config.model.name not in MODEL_RULES:
-    _refuse('model.name', config.model.name,
-            f'one of the known models: {sorted(MODEL_RULES)}')
-  for key, rule in rules_for(config).items():
-    value = _get(config, key)
-    if not rule.ok(value):
-      _refuse(key, value, rule.must_be)
+  # The family's config object checks its keys and how they combine (heads
+  # dividing the width, ...); building it runs nothing.
+  models.get_config(config.model)
+  for key, rule in RULES.items():
+    rules.check(key, _get(config, key), rule)
   _check_relations(config)
   _check_paths(config.data)
-
-
-def _refuse(key: str, value: Any, must_be: str) -> None:
-  raise ValueError(f'config.{key}={value!r} must be {must_be}; set '
-                   f'--config.{key}=... (configs/common.py says what it means).')
 
 
 def _check_relations(config: ml_collections.ConfigDict) -> None:
@@ -207,9 +137,6 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
         f'config.data.vocab_size={c.data.vocab_size} only applies to '
         "data.name='text_file' at data.level='word' (ptb has its 10,000 "
         'words, characters take every character); set it to 0.')
-  # The family checks how its own keys combine (e.g. heads dividing the
-  # width); building a model only wires functions together, nothing runs.
-  models.get_model(c.model, vocab_size=2, seq_len=c.data.seq_len)
 
 
 def _check_paths(data: ml_collections.ConfigDict) -> None:

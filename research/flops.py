@@ -1,17 +1,10 @@
-"""Training FLOPs per token and device peaks, for tokens/s -> MFU.
+"""Device peaks and step-time summaries, for tokens/s -> MFU.
 
-FLOPs per trained token (forward + backward = 3 x forward):
-  - Every weight matrix used in a matmul costs 2 FLOPs per parameter per
-    token forward, so 6 N per token trained, N = the matmul parameters: all
-    kernels (qkv, attention out, MLP, LSTM input and recurrent kernels, the
-    output layer), the tied embedding once as the output layer; not the
-    input lookups, positions, biases or norms.
-  - Transformer attention adds 12 L T d per token (the QK^T and AV matmuls,
-    forward and backward; PaLM, Chowdhery et al. 2022, Appendix B), T the
-    context length, d the model width. The causal mask halves the useful
-    work, but the dense kernels compute all of it, so it is counted.
-  - The LSTM's count is exactly its matmuls: per layer 2 x 4H x (D + H) per
-    token forward, plus 2 H V for the softmax; that is the 6 N rule above.
+The FLOPs per trained token are the model family's (`Model.flops_per_token`
+in research/models/): 6 N for the N parameters of the weight matrices used in
+matmuls (2 FLOPs per parameter per token forward, twice that backward;
+`models.matmul_params`), plus what the family computes beyond its weights
+(the Transformer's attention).
 
 Peaks: accelerators by device kind from vendor datasheets (dense bf16
 matmul, no sparsity); on CPU a float32 matmul peak measured on the spot.
@@ -23,8 +16,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from research import models
 
 # device_kind prefix -> (dense bf16 FLOP/s, source).
 ACCELERATOR_PEAKS = (
@@ -39,36 +30,6 @@ ACCELERATOR_PEAKS = (
     ('TPU v5e', 197e12, 'Google Cloud TPU v5e documentation: 197 TFLOPS bf16'),
     ('TPU v5p', 459e12, 'Google Cloud TPU v5p documentation: 459 TFLOPS bf16'),
 )
-
-
-def _path_name(path) -> str:
-  return '/'.join(str(getattr(k, 'key', k)) for k in path)
-
-
-def matmul_params(params) -> int:
-  """N: parameters of every weight matrix used in a matmul (see above)."""
-  total = 0
-  # scan_layers stacks the blocks' matrices on a leading layer axis.
-  matrices = {_path_name(path): leaf for path, leaf
-              in jax.tree_util.tree_flatten_with_path(params)[0]
-              if leaf.ndim - models.layer_axes(path) == 2}
-  tied = 'head/kernel' not in matrices and any(
-      n.startswith(('block_', models.STACKED_BLOCKS + '/')) for n in matrices)
-  for name, leaf in matrices.items():
-    if name.endswith('embed/embedding'):
-      total += leaf.size if tied else 0  # Lookup only, unless it is the head.
-    elif name != 'pos_embed':
-      total += leaf.size
-  return int(total)
-
-
-def flops_per_token(params, model_config, seq_len: int) -> float:
-  """Training FLOPs per token (forward and backward)."""
-  n = matmul_params(params)
-  flops = 6.0 * n
-  if model_config.name == 'transformer':
-    flops += 12.0 * model_config.num_layers * seq_len * model_config.d_model
-  return flops
 
 
 @functools.cache

@@ -2,23 +2,23 @@
 
 The mesh has three axes, `data`, `fsdp` and `tensor`. Batches are split over
 (`data`, `fsdp`): every device of those two axes sees different rows.
-Parameters follow `PARAM_RULES`, regular expressions on the parameter's path
-mapped to a PartitionSpec (first match wins); the optimizer state mirrors
-them. One CPU is the 1x1x1 mesh of the same code.
+Parameters follow the partition rules of their model family
+(`Model.partition_rules`, in research/models/): regular expressions on the
+parameter's path mapped to a spec (first match wins); the optimizer state
+mirrors them. One CPU is the 1x1x1 mesh of the same code.
 
 - FSDP: every large matrix has one dimension split over `fsdp`; XLA gathers
   it where it is used and reduce-scatters its gradient.
-- Tensor parallelism (Megatron style): the Transformer's qkv and MLP-in
-  kernels are split by output column (whole heads, hidden units) and the
-  attention-out and MLP-out kernels by input row, so a block needs one
-  reduction per matmul pair; the LSTM's gate matrices are split by unit (the
-  gate axis is unit-major, see models/lstm.py) and the softmax by input row.
-  Vocabulary dimensions are never split: they rarely divide.
+- Tensor parallelism (Megatron style): pairs of matmuls split the first by
+  output column and the second by input row, so each pair needs one
+  reduction (the families' docstrings say which weights).
 - Activations are pinned with `constrain` at the places the layout changes
   (models call it; it is a no-op outside a mesh context).
 
-A rule that does not divide its dimension fails at start-up, naming the
-parameter, its shape and the mesh.
+Rules are strict: a parameter that no rule matches is an error naming it,
+never silently replicated (replication is a rule, spec `()`), and a rule that
+does not divide its dimension fails at start-up, naming the parameter, its
+shape and the mesh.
 """
 
 import functools
@@ -32,41 +32,11 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
-BATCH = BATCH_AXES  # For specs: P(BATCH, None) splits dimension 0 over both.
+BATCH = BATCH_AXES  # For specs: (BATCH, None) splits dimension 0 over both.
 
-# Transformer block weights, by their path inside a block.
-_BLOCK_RULES: tuple[tuple[str, P], ...] = (
-    (r'attn/qkv/kernel', P('fsdp', 'tensor')),   # Dx(N*3*K), head-major
-    (r'attn/qkv/bias', P('tensor')),
-    (r'attn/out/kernel', P('tensor', 'fsdp')),   # (N*K)xD
-    (r'mlp/fc/kernel', P('fsdp', 'tensor')),     # DxF
-    (r'mlp/fc/bias', P('tensor')),
-    (r'mlp/proj/kernel', P('tensor', 'fsdp')),   # FxD
-)
-
-# (path regex, spec), first match wins. Shapes as in the models' docstrings.
-PARAM_RULES: tuple[tuple[str, P], ...] = (
-    # Both families: token embedding VxD, split by feature (vocabularies such
-    # as shakespeare's 65 characters divide nothing).
-    (r'embed/embedding', P(None, 'fsdp')),
-    # Transformer.
-    (r'pos_embed', P(None, 'fsdp')),                       # PxD
-    *((rf'block_\d+/{name}', spec) for name, spec in _BLOCK_RULES),
-    # scan_layers=True: the same weights stacked on a leading layer axis.
-    *((rf'blocks/{name}', P(None, *spec)) for name, spec in _BLOCK_RULES),
-    (r'head/kernel', P('fsdp', None)),                     # DxV
-    # LSTM: gate axis 4H is unit-major, so a contiguous split keeps each
-    # unit's four gates on one device.
-    (r'lstm_\d+/input_kernel', P('fsdp', 'tensor')),       # Dx4H
-    (r'lstm_\d+/recurrent_kernel', P('fsdp', 'tensor')),   # Hx4H
-    (r'lstm_\d+/bias', P('tensor')),                       # 4H
-    # Softmax HxV split by row (unit), like the h it multiplies, so tensor
-    # parallelism needs one reduction of the logits and no gather of h; rows
-    # because vocabularies rarely divide (a character set of 65).
-    (r'softmax/kernel', P(('tensor', 'fsdp'), None)),
-    # Norm scales, small biases: replicated.
-    (r'.*', P()),
-)
+# (path regex, spec): a spec has one entry per leading dimension, a mesh axis
+# name, a tuple of them or None; () replicates.
+Rules = Sequence[tuple[str, tuple]]
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict,
@@ -122,7 +92,9 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
                      'choose a multiple or change config.mesh.')
 
 
-def _path_str(path) -> str:
+def param_path(path) -> str:
+  """'block_0/attn/qkv/kernel': the name partition rules match, of a jax
+  tree path."""
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
 
@@ -141,20 +113,23 @@ def _check_divides(name: str, shape: tuple[int, ...], spec: P, mesh: Mesh) -> No
           'model size) so the axis sizes divide it.')
 
 
-def param_shardings(params: Any, mesh: Mesh,
-                    rules: Sequence[tuple[str, P]] = PARAM_RULES) -> Any:
+def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
   """Maps every parameter to the NamedSharding of the first matching rule.
 
-  `params` may hold arrays or shape structs; a rule that does not divide its
-  parameter's shape raises ValueError.
+  `params` may hold arrays or shape structs; `rules` are the model's
+  (`Model.partition_rules`). A parameter no rule matches, or whose rule does
+  not divide its shape, raises ValueError naming it.
   """
   def spec_for(path, leaf):
-    name = _path_str(path)
+    name = param_path(path)
     for pattern, spec in rules:
       if re.fullmatch(pattern, name):
-        _check_divides(name, tuple(leaf.shape), spec, mesh)
-        return NamedSharding(mesh, spec)
-    raise ValueError(f'No partition rule matches parameter {name!r}.')
+        _check_divides(name, tuple(leaf.shape), P(*spec), mesh)
+        return NamedSharding(mesh, P(*spec))
+    raise ValueError(
+        f'No partition rule matches parameter {name!r} of shape '
+        f'{tuple(leaf.shape)}; add a rule for it to the partition rules of '
+        'its model family (a spec of () replicates it).')
   return jax.tree_util.tree_map_with_path(spec_for, params)
 
 

@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import ml_collections
 from absl.testing import absltest
 
 from research import bench
@@ -17,25 +18,25 @@ class FlopsTest(absltest.TestCase):
   def test_lstm_counts_its_matmuls(self):
     config = test_util.tiny_config(self.create_tempdir().full_path, model='lstm')
     V, H, L = 17, config.model.hidden_size, config.model.num_layers  # pylint: disable=invalid-name
-    params = models.get_model(config.model, V, 11).init(jax.random.key(0))
+    model = models.get_model(config.model, V, 11)
+    params = model.init(jax.random.key(0))
     per_layer = 4 * H * (H + H)  # input and recurrent kernels, D = H
-    self.assertEqual(flops.matmul_params(params), L * per_layer + H * V)
-    self.assertEqual(flops.flops_per_token(params, config.model, 11),
-                     6 * (L * per_layer + H * V))
+    self.assertEqual(models.matmul_params(params, ('embed/embedding',)),
+                     L * per_layer + H * V)
+    self.assertEqual(model.flops_per_token(params), 6 * (L * per_layer + H * V))
 
   def test_transformer_adds_the_attention_term(self):
     config = test_util.tiny_config(self.create_tempdir().full_path,
                                    model='transformer')
     m = config.model
     V, T, D, F, L = 17, 11, m.d_model, m.d_ff, m.num_layers  # pylint: disable=invalid-name
-    params = models.get_model(m, V, T).init(jax.random.key(0))
     block = D * 3 * D + D * D + D * F + F * D
     n = L * block + D * V  # The output layer (tied or not) counts once.
-    self.assertEqual(flops.matmul_params(params), n)
-    self.assertEqual(flops.flops_per_token(params, m, T), 6 * n + 12 * L * T * D)
-    m.scan_layers = True  # Stacked block weights count the same.
-    scanned = models.get_model(m, V, T).init(jax.random.key(0))
-    self.assertEqual(flops.matmul_params(scanned), n)
+    for overrides in ({}, {'scan_layers': True}, {'tie_embeddings': False}):
+      with self.subTest(**overrides):
+        model = models.get_model(ml_collections.ConfigDict(dict(m, **overrides)), V, T)
+        params = model.init(jax.random.key(0))
+        self.assertEqual(model.flops_per_token(params), 6 * n + 12 * L * T * D)
 
   def test_peaks(self):
     self.assertGreater(flops.measure_cpu_matmul_peak(size=256, repeats=2, min_seconds=0.0), 1e8)

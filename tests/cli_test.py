@@ -49,7 +49,7 @@ class CliTest(absltest.TestCase):
         ([default, wd, '--config.model.hiden_size=3'],
          r'Closest valid keys: model\.hidden_size'),
         (['--config=configs/no_such_file.py', wd],
-         r"does not exist\. Config files: .*configs/default\.py"),
+         r'does not exist\. Config files: .*configs/default\.py'),
         (['--config=configs', wd], r"'configs' is not a file"),
         ([f'--config={broken}', wd],
          r'failed to load \(line 1\): SyntaxError'),

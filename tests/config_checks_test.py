@@ -1,11 +1,14 @@
 """Config values that cannot mean anything are refused, naming the key."""
 
+import dataclasses
 import os
+import re
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import ml_collections
 
+from research import checkpoint
 from research import cli
 from research import config_checks
 from research import data
@@ -27,13 +30,20 @@ def _configs():
 class ConfigChecksTest(parameterized.TestCase):
 
   def test_every_key_of_every_config_has_a_rule_and_passes_it(self):
-    self.assertSetEqual(set(config_checks.MODEL_RULES), set(models.MODELS))
+    families = set()
     for spec, config in _configs():
       keys = set(cli.leaf_keys(config))
       rules = set(config_checks.rules_for(config))
       self.assertSetEqual(keys - rules, set(), f'{spec}: keys without a rule')
       self.assertSetEqual(rules - keys, set(), f'{spec}: rules without a key')
+      # The family's config object holds exactly the config's model keys.
+      family = models.MODELS[config.model.name]
+      fields = {f'model.{f.name}' for f in dataclasses.fields(family.config)}
+      self.assertSetEqual(fields | {'model.name'},
+                          {k for k in keys if k.startswith('model.')}, spec)
       config_checks.check(config)
+      families.add(config.model.name)
+    self.assertSetEqual(families, set(models.MODELS))  # Every family checked.
 
   @parameterized.parameters(
       ('optim.learning_rate', 0.0, 'must be positive'),
@@ -65,7 +75,11 @@ class ConfigChecksTest(parameterized.TestCase):
       ('model.num_layers', 0, 'must be at least 1'),
       ('model.num_heads', 5, 'is not divisible by config.model.num_heads=5'),
       ('model.positional', 'rotary', 'sinusoidal'),
+      ('model.norm', 'rmsnorm', r"known norms: \['layernorm'\]"),
+      ('model.mlp', 'swiglu', r"known MLPs: \['gelu'\]"),
+      ('model.d_ff', 0, 'must be at least 1'),
       ('model.attention', 'dot_product', 'has no dropout on the attention'),
+      ('model.attention', 'flash', r"one of \['xla', 'dot_product'\]"),
       ('model.compute_dtype', 'float16', 'bfloat16'),
   )
   def test_meaningless_values_are_refused_naming_the_key(self, key, value, message):
@@ -81,7 +95,8 @@ class ConfigChecksTest(parameterized.TestCase):
       node[leaf] = value
     with self.assertRaisesRegex(ValueError, message) as raised:
       config_checks.check(config)
-    self.assertIn(f'config.{key.split(".")[0]}', str(raised.exception))
+    # The key with its value, not only in the --config flag that fixes it.
+    self.assertRegex(str(raised.exception), rf'(?<!-)config\.{re.escape(key)}=')
     self.assertNotIn('\n', str(raised.exception))
 
   def test_lstm_rules(self):
@@ -126,13 +141,26 @@ class ConfigChecksTest(parameterized.TestCase):
         f'--config.data.path={corpus}', f'--config.data.tfds_dir={tmp}/tfds')
     config_checks.check(config)
     corpus_data = data.load_corpus(config.data)
-    self.assertEqual(corpus_data.level, 'char')
+    self.assertEqual(corpus_data.tokenizer.kind, 'char')
     self.assertEqual(set(corpus_data.splits), {'train', 'valid'})  # nanoGPT's 90/10
     # The word-level configs state their level too.
     for name in ('default.py', 'ptb_lstm.py'):
       word = test_util.parse_config_flags(
           '--config=' + os.path.join(_ROOT, 'configs', name))
       self.assertEqual(word.data.level, 'word')
+
+
+class ResumeCheckTest(absltest.TestCase):
+
+  def test_a_key_added_after_a_checkpoint_is_not_a_difference(self):
+    saved = {'model': {'name': 'transformer', 'd_model': 8}, 'data': {'name': 'ptb'}}
+    current = {'model': {'name': 'transformer', 'd_model': 8, 'norm': 'layernorm'},
+               'data': {'name': 'ptb'}}
+    self.assertEqual(checkpoint.config_differences(saved, current), [])
+    current['model']['d_model'] = 16
+    del current['data']['name']
+    self.assertEqual(checkpoint.config_differences(saved, current),
+                     ["data.name: 'ptb' -> '(absent)'", 'model.d_model: 8 -> 16'])
 
 
 if __name__ == '__main__':

@@ -25,30 +25,30 @@ INIT_SCALE = 0.1
 
 def transformer_config(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
-      name="transformer", num_layers=NUM_LAYERS, num_heads=NUM_HEADS,
-      d_model=D, d_ff=D_FF, dropout_rate=0.0, positional="learned",
-      tie_embeddings=False, use_bias=True, compute_dtype="float32",
-      attention="xla", remat=False, scan_layers=False))
+      name='transformer', num_layers=NUM_LAYERS, num_heads=NUM_HEADS,
+      d_model=D, d_ff=D_FF, dropout_rate=0.0, positional='learned',
+      tie_embeddings=False, use_bias=True, compute_dtype='float32',
+      attention='xla', remat=False, scan_layers=False, norm='layernorm', mlp='gelu'))
   config.update(overrides)
   return config
 
 
 def lstm_config(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
-      name="lstm", num_layers=NUM_LAYERS, hidden_size=H, dropout_rate=0.0,
+      name='lstm', num_layers=NUM_LAYERS, hidden_size=H, dropout_rate=0.0,
       init_scale=INIT_SCALE))
   config.update(overrides)
   return config
 
 
-CONFIGS = {"transformer": transformer_config, "lstm": lstm_config}
+CONFIGS = {'transformer': transformer_config, 'lstm': lstm_config}
 
 
 def rng_key(seed: int) -> jax.Array:
   # The models accept any key type; on CPU the "rbg" generator compiles ~4x
   # faster than the default threefry, which otherwise dominates this file's
   # runtime. Set per key, not globally, so other test files are unaffected.
-  return jax.random.key(seed, impl="rbg")
+  return jax.random.key(seed, impl='rbg')
 
 
 def random_tokens(seed: int, shape: tuple[int, ...]) -> jax.Array:
@@ -78,22 +78,22 @@ def jitted_apply(name: str, train: bool, **overrides):
 class RegistryTest(absltest.TestCase):
 
   def test_registry_names(self):
-    self.assertEqual(sorted(models.MODELS), ["lstm", "transformer"])
+    self.assertEqual(sorted(models.MODELS), ['lstm', 'transformer'])
 
   def test_unknown_model_name_lists_known_ones(self):
     with self.assertRaisesRegex(
         ValueError, r"'gru'.*\['lstm', 'transformer'\]"):
-      models.get_model(lstm_config(name="gru"), V, T)
+      models.get_model(lstm_config(name='gru'), V, T)
 
   def test_unknown_positional_lists_known_ones(self):
     with self.assertRaisesRegex(
         ValueError, r"'rotary'.*\['learned', 'sinusoidal'\]"):
-      models.get_model(transformer_config(positional="rotary"), V, T)
+      models.get_model(transformer_config(positional='rotary'), V, T)
 
 
 class ShapesTest(parameterized.TestCase):
 
-  @parameterized.product(name=["transformer", "lstm"],
+  @parameterized.product(name=['transformer', 'lstm'],
                          batch_size_and_length=[(B, T), (1, 5)])
   def test_output_and_carry_shapes(self, name, batch_size_and_length):
     batch_size, length = batch_size_and_length
@@ -108,7 +108,7 @@ class ShapesTest(parameterized.TestCase):
     chex.assert_shape(logits, (batch_size, length, V))
     self.assertEqual(logits.dtype, jnp.float32)
     chex.assert_trees_all_equal_shapes_and_dtypes(new_carry, carry)
-    if name == "transformer":
+    if name == 'transformer':
       self.assertEqual(carry, {})
       self.assertFalse(model.stateful)
     else:
@@ -119,7 +119,7 @@ class ShapesTest(parameterized.TestCase):
         chex.assert_shape([c, h], (batch_size, H))
         chex.assert_type([c, h], jnp.float32)
 
-  @parameterized.parameters("transformer", "lstm")
+  @parameterized.parameters('transformer', 'lstm')
   def test_abstract_init_matches_init(self, name):
     # The trainer creates sharded parameters from jax.eval_shape(init), which
     # fails if init computes anything on the host from the key.
@@ -130,22 +130,22 @@ class ShapesTest(parameterized.TestCase):
 
 class TransformerTest(parameterized.TestCase):
 
-  @parameterized.parameters("learned", "sinusoidal")
+  @parameterized.parameters('learned', 'sinusoidal')
   def test_causality_through_gradients(self, positional):
-    params = get_params("transformer", positional=positional)
-    apply = jitted_apply("transformer", False, positional=positional)
+    params = get_params('transformer', positional=positional)
+    apply = jitted_apply('transformer', False, positional=positional)
     # Distinct tokens: row tokens[s] of the (untied) embedding table feeds
     # only position s, so its gradient is the gradient w.r.t. input s.
     tokens_T = jnp.asarray(np.random.default_rng(1).permutation(V)[:T])
     targets_T = random_tokens(2, (T,))
 
     def losses_T(embedding_VxD):
-      p = dict(params, embed={"embedding": embedding_VxD})
+      p = dict(params, embed={'embedding': embedding_VxD})
       logits_1xTxV, _ = apply(p, {}, tokens_T[None], rng=None)
       logp_TxV = jax.nn.log_softmax(logits_1xTxV[0])
       return -logp_TxV[jnp.arange(T), targets_T]
 
-    jac_TxVxD = jax.jit(jax.jacrev(losses_T))(params["embed"]["embedding"])
+    jac_TxVxD = jax.jit(jax.jacrev(losses_T))(params['embed']['embedding'])
     # grad_norm[t, s]: how much the loss at t depends on the input at s.
     grad_norm_TxT = np.asarray(
         jnp.linalg.norm(jac_TxVxD[:, tokens_T], axis=-1))
@@ -154,10 +154,10 @@ class TransformerTest(parameterized.TestCase):
     self.assertTrue(np.all(grad_norm_TxT[~future] > 0.0), grad_norm_TxT)
 
   def test_tied_embeddings_share_the_output_head(self):
-    tied_params = get_params("transformer", tie_embeddings=True)
-    untied_params = get_params("transformer")
-    self.assertNotIn("head", tied_params)
-    chex.assert_shape(untied_params["head"]["kernel"], (D, V))
+    tied_params = get_params('transformer', tie_embeddings=True)
+    untied_params = get_params('transformer')
+    self.assertNotIn('head', tied_params)
+    chex.assert_shape(untied_params['head']['kernel'], (D, V))
 
     # A token that never occurs in the input reaches the loss only through
     # the output head, so its embedding row has a gradient only when tied.
@@ -165,11 +165,11 @@ class TransformerTest(parameterized.TestCase):
     unused_token = V - 1
 
     def unused_row_grad(params, **overrides):
-      apply = jitted_apply("transformer", False, **overrides)
+      apply = jitted_apply('transformer', False, **overrides)
       def loss(p):
         logits, _ = apply(p, {}, tokens_1xT, rng=None)
         return jax.nn.logsumexp(logits, axis=-1).sum()
-      return jax.jit(jax.grad(loss))(params)["embed"]["embedding"][
+      return jax.jit(jax.grad(loss))(params)['embed']['embedding'][
           unused_token]
 
     self.assertGreater(float(jnp.abs(
@@ -177,9 +177,9 @@ class TransformerTest(parameterized.TestCase):
     np.testing.assert_array_equal(unused_row_grad(untied_params), 0.0)
 
   def test_position_params_only_when_learned(self):
-    chex.assert_shape(get_params("transformer")["pos_embed"], (T, D))
-    self.assertNotIn("pos_embed",
-                     get_params("transformer", positional="sinusoidal"))
+    chex.assert_shape(get_params('transformer')['pos_embed'], (T, D))
+    self.assertNotIn('pos_embed',
+                     get_params('transformer', positional='sinusoidal'))
 
   def test_sinusoidal_table_values(self):
     table_TxD = transformer.sinusoidal_positions(T, D)
@@ -189,23 +189,23 @@ class TransformerTest(parameterized.TestCase):
     np.testing.assert_allclose(table_TxD[t, 2 * i + 1], math.cos(angle), 1e-6)
 
   def test_input_longer_than_context_raises(self):
-    with self.assertRaisesRegex(ValueError, "context length"):
+    with self.assertRaisesRegex(ValueError, 'context length'):
       jax.eval_shape(
-          functools.partial(get_model("transformer").apply, train=False),
-          get_params("transformer"), {}, random_tokens(1, (B, T + 1)),
+          functools.partial(get_model('transformer').apply, train=False),
+          get_params('transformer'), {}, random_tokens(1, (B, T + 1)),
           rng=None)
 
   def test_init_follows_gpt2(self):
-    params = get_params("transformer")
+    params = get_params('transformer')
     residual_std = 0.02 / math.sqrt(2 * NUM_LAYERS)
     expected_std = {
-        ("embed", "embedding"): 0.02,
-        ("pos_embed",): 0.02,
-        ("head", "kernel"): 0.02,
-        ("block_0", "attn", "qkv", "kernel"): 0.02,
-        ("block_0", "mlp", "fc", "kernel"): 0.02,
-        ("block_0", "attn", "out", "kernel"): residual_std,
-        ("block_1", "mlp", "proj", "kernel"): residual_std,
+        ('embed', 'embedding'): 0.02,
+        ('pos_embed',): 0.02,
+        ('head', 'kernel'): 0.02,
+        ('block_0', 'attn', 'qkv', 'kernel'): 0.02,
+        ('block_0', 'mlp', 'fc', 'kernel'): 0.02,
+        ('block_0', 'attn', 'out', 'kernel'): residual_std,
+        ('block_1', 'mlp', 'proj', 'kernel'): residual_std,
     }
     for path, std in expected_std.items():
       leaf = params
@@ -216,9 +216,9 @@ class TransformerTest(parameterized.TestCase):
       np.testing.assert_allclose(np.std(leaf), std, rtol=0.25, err_msg=path)
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
       name = jax.tree_util.keystr(path)
-      if "bias" in name:
+      if 'bias' in name:
         np.testing.assert_array_equal(leaf, 0.0, err_msg=name)
-      if "scale" in name:
+      if 'scale' in name:
         np.testing.assert_array_equal(leaf, 1.0, err_msg=name)
 
 
@@ -229,16 +229,16 @@ def reference_lstm(params, carry, tokens_BxT):
   state = [tuple(np.asarray(a) for a in layer) for layer in carry]
   logits = []
   for t in range(tokens_BxT.shape[1]):
-    x = params["embed"]["embedding"][np.asarray(tokens_BxT[:, t])]
+    x = params['embed']['embedding'][np.asarray(tokens_BxT[:, t])]
     for layer, (c, h) in enumerate(state):
-      p = params[f"lstm_{layer}"]
-      gates = x @ p["input_kernel"] + h @ p["recurrent_kernel"] + p["bias"]
+      p = params[f'lstm_{layer}']
+      gates = x @ p['input_kernel'] + h @ p['recurrent_kernel'] + p['bias']
       gates = gates.reshape(gates.shape[0], -1, 4)
       i, f, g, o = (gates[..., j] for j in range(4))
       c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
       x = h = sigmoid(o) * np.tanh(c)
       state[layer] = (c, h)
-    logits.append(x @ params["softmax"]["kernel"] + params["softmax"]["bias"])
+    logits.append(x @ params['softmax']['kernel'] + params['softmax']['bias'])
   return np.stack(logits, axis=1), state
 
 
@@ -246,12 +246,12 @@ class LSTMTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.model = get_model("lstm")
-    self.params = get_params("lstm")
+    self.model = get_model('lstm')
+    self.params = get_params('lstm')
     self.tokens_BxT = random_tokens(1, (B, T))
 
   def run_model(self, carry, tokens_BxT):
-    return jitted_apply("lstm", False)(self.params, carry, tokens_BxT,
+    return jitted_apply('lstm', False)(self.params, carry, tokens_BxT,
                                        rng=None)
 
   def test_matches_reference_with_gate_order_ifgo(self):
@@ -297,14 +297,14 @@ class LSTMTest(absltest.TestCase):
       self.assertGreater(leaf.max(), INIT_SCALE / 2, name)
 
   def test_fused_gate_param_shapes(self):
-    chex.assert_shape(self.params["lstm_0"]["input_kernel"], (H, 4 * H))
-    chex.assert_shape(self.params["lstm_1"]["recurrent_kernel"], (H, 4 * H))
-    chex.assert_shape(self.params["lstm_1"]["bias"], (4 * H,))
-    chex.assert_shape(self.params["softmax"]["kernel"], (H, V))
-    chex.assert_shape(self.params["softmax"]["bias"], (V,))
+    chex.assert_shape(self.params['lstm_0']['input_kernel'], (H, 4 * H))
+    chex.assert_shape(self.params['lstm_1']['recurrent_kernel'], (H, 4 * H))
+    chex.assert_shape(self.params['lstm_1']['bias'], (4 * H,))
+    chex.assert_shape(self.params['softmax']['kernel'], (H, V))
+    chex.assert_shape(self.params['softmax']['bias'], (V,))
 
   def test_wrong_carry_batch_raises(self):
-    with self.assertRaisesRegex(ValueError, "Carry"):
+    with self.assertRaisesRegex(ValueError, 'Carry'):
       jax.eval_shape(functools.partial(self.model.apply, train=False),
                      self.params, self.model.init_carry(B + 1),
                      self.tokens_BxT, rng=None)
@@ -316,7 +316,7 @@ class SixteenBitDropoutTest(parameterized.TestCase):
   def test_keeps_the_rate_and_the_expectation(self, rate):
     x = jnp.full((40, 25, 101), 3.0)  # An odd last axis: half a word unused.
     out = np.asarray(layers.Dropout(rate).apply(
-        {}, x, deterministic=False, rngs={"dropout": jax.random.key(7)}))
+        {}, x, deterministic=False, rngs={'dropout': jax.random.key(7)}))
     kept = out != 0
     scale = 65536 / round((1 - rate) * 65536)
     np.testing.assert_allclose(out[kept], 3.0 * scale, rtol=1e-6)
@@ -346,19 +346,19 @@ class DropoutTest(parameterized.TestCase):
         random_tokens(1, (B, T)), rng=rng)
     return np.asarray(logits)
 
-  @parameterized.parameters("transformer", "lstm")
+  @parameterized.parameters('transformer', 'lstm')
   def test_train_mode_drops(self, name):
     eval_logits = self.logits(name, False, None)
     train_logits = self.logits(name, True, rng_key(1))
     self.assertFalse(np.allclose(train_logits, eval_logits))
 
-  @parameterized.parameters("transformer", "lstm")
+  @parameterized.parameters('transformer', 'lstm')
   def test_eval_mode_ignores_rng(self, name):
     np.testing.assert_array_equal(
         self.logits(name, False, rng_key(1)),
         self.logits(name, False, rng_key(2)))
 
-  @parameterized.parameters("transformer", "lstm")
+  @parameterized.parameters('transformer', 'lstm')
   def test_train_mode_is_a_function_of_rng(self, name):
     first = self.logits(name, True, rng_key(1))
     np.testing.assert_array_equal(
@@ -366,9 +366,9 @@ class DropoutTest(parameterized.TestCase):
     self.assertFalse(np.allclose(
         first, self.logits(name, True, rng_key(2))))
 
-  @parameterized.parameters("transformer", "lstm")
+  @parameterized.parameters('transformer', 'lstm')
   def test_train_mode_without_rng_raises(self, name):
-    with self.assertRaisesRegex(ValueError, "rng"):
+    with self.assertRaisesRegex(ValueError, 'rng'):
       self.logits(name, True, None)
 
 
@@ -378,7 +378,7 @@ class JitTest(parameterized.TestCase):
     super().setUp()
     chex.clear_trace_counter()
 
-  @parameterized.parameters("transformer", "lstm")
+  @parameterized.parameters('transformer', 'lstm')
   def test_apply_traces_once_for_same_shapes(self, name):
     model = get_model(name, dropout_rate=0.3)
 
@@ -395,5 +395,5 @@ class JitTest(parameterized.TestCase):
     chex.assert_shape(logits, (B, T, V))
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   absltest.main()

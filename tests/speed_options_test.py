@@ -16,6 +16,24 @@ from research.models import transformer
 from tests import models_test
 
 
+def stack_blocks(params: dict, num_layers: int) -> dict:
+  """The scan_layers=True tree of an unrolled tree (`block_{i}` -> `blocks`)."""
+  blocks = [params[f'block_{i}'] for i in range(num_layers)]
+  rest = {k: v for k, v in params.items() if not k.startswith('block_')}
+  stacked = jax.tree.map(lambda *x: jnp.stack(x), *blocks)
+  return {**rest, models.STACKED_BLOCKS: stacked}
+
+
+def unstack_blocks(params: dict) -> dict:
+  """The unrolled tree of a scan_layers=True tree (`blocks` -> `block_{i}`)."""
+  stacked = params[models.STACKED_BLOCKS]
+  rest = {k: v for k, v in params.items() if k != models.STACKED_BLOCKS}
+  num_layers = jax.tree.leaves(stacked)[0].shape[0]
+  for i in range(num_layers):
+    rest[f'block_{i}'] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return rest
+
+
 def _loss_and_grads(params=None, *, train=False, **overrides):
   """Loss and gradients at `params` (default: the model's init at key 0)."""
   config = models_test.transformer_config(**overrides)
@@ -68,7 +86,7 @@ class SpeedOptionsTest(absltest.TestCase):
     unrolled = models.get_model(models_test.transformer_config(),
                                 models_test.V, models_test.T).init(
                                     jax.random.key(0))
-    stacked = transformer.stack_blocks(unrolled, models_test.NUM_LAYERS)
+    stacked = stack_blocks(unrolled, models_test.NUM_LAYERS)
     scanned = models.get_model(
         models_test.transformer_config(scan_layers=True), models_test.V,
         models_test.T).init(jax.random.key(0))
@@ -79,7 +97,7 @@ class SpeedOptionsTest(absltest.TestCase):
                      (models_test.NUM_LAYERS, models_test.D,
                       3 * models_test.D))
     loss, grads = _loss_and_grads(stacked, scan_layers=True)
-    self._assert_close(loss, transformer.unstack_blocks(grads), 1e-6, 1e-7)
+    self._assert_close(loss, unstack_blocks(grads), 1e-6, 1e-7)
 
   def test_scan_layers_with_remat_and_dropout(self):
     # Each layer draws its own dropout mask; remat recomputes the same ones.

@@ -1,8 +1,12 @@
 """Model registry: every family as a `Model` of pure functions.
 
-A family module (`transformer.py`, `lstm.py`) exposes
-`build(model_config, vocab_size, seq_len) -> Model`. Callers never touch
-`flax.linen` modules; they hold plain-dict parameters and an explicit carry.
+A family module (`transformer.py`, `lstm.py`) holds everything about its
+models: a frozen `Config` built from `config.model` (each field with the rule
+its value must keep, checked when it is built), the options it chooses from
+(small registries of named functions), `build(config, vocab_size, seq_len) ->
+Model`, its partition rules and its FLOPs per token. Code outside `models/`
+asks the `Model`, never a parameter name. Callers never touch `flax.linen`
+modules; they hold plain-dict parameters and an explicit carry.
 
 Usage:
   model = get_model(config.model, vocab_size, seq_len)
@@ -12,11 +16,15 @@ Usage:
                                     train=True, rng=dropout_key)
 """
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from research import rules
+from research import sharding
 
 
 class Model(NamedTuple):
@@ -24,20 +32,32 @@ class Model(NamedTuple):
 
   Attributes:
     init: `init(rng) -> params`, a plain nested dict of float32 arrays.
-    apply: `apply(params, carry, inputs_BxT, *, train, rng) -> (logits_BxTxV,
-      new_carry)`. `inputs_BxT` is int32. `train` is a Python bool (bind it
-      with `functools.partial` before `jax.jit`). `rng` is the dropout key,
-      read only when `train=True` and the dropout rate is > 0; then it is
-      required (None raises ValueError). Any key type works.
+    apply: `apply(params, carry, inputs_BxT, *, train, rng,
+      positions_BxT=None) -> (logits_BxTxV, new_carry)`. `inputs_BxT` is
+      int32. `train` is a Python bool (bind it with `functools.partial`
+      before `jax.jit`). `rng` is the dropout key, read only when
+      `train=True` and the dropout rate is > 0; then it is required (None
+      raises ValueError). Any key type works. `positions_BxT` (int32) are the
+      positions of the inputs in their sequence, 0..T-1 in every row when
+      None; a recurrent family knows them from its carry and ignores them.
     init_carry: `init_carry(batch_size) -> carry`, the state before the first
       segment (LSTM: per-layer (c, h) zeros; Transformer: `{}`).
     stateful: True if the carry holds state across segments (LSTM), so the
       trainer must feed segments in order and thread the carry through.
+    partition_rules: `(path regex, spec)` pairs, first match wins (see
+      `sharding.param_shardings`); a spec is a tuple with one entry per
+      dimension: a mesh axis name, a tuple of them, or None. A parameter no
+      rule matches cannot be sharded, so the default `()` fits only models
+      that are never sharded (test doubles).
+    flops_per_token: `flops_per_token(params) -> float`, training FLOPs
+      (forward and backward) per token; `params` may be shape structs.
   """
   init: Callable[..., Any]
   apply: Callable[..., Any]
   init_carry: Callable[[int], Any]
   stateful: bool
+  partition_rules: tuple[tuple[str, tuple], ...] = ()
+  flops_per_token: Callable[[Any], float] | None = None
 
 
 # With scan_layers=True the Transformer keeps its L blocks under this key,
@@ -51,6 +71,16 @@ def layer_axes(path) -> int:
   return int(bool(path) and getattr(path[0], 'key', None) == STACKED_BLOCKS)
 
 
+def matmul_params(params: Any, lookups: tuple[str, ...] = ()) -> int:
+  """N of the 6 N FLOPs-per-token rule: the size of every weight matrix
+  (rank 2 once a stacked layer axis is set aside) except `lookups`, the paths
+  of tables that are only indexed (token and position embeddings)."""
+  return int(sum(
+      leaf.size for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+      if leaf.ndim - layer_axes(path) == 2
+      and sharding.param_path(path) not in lookups))
+
+
 # The family modules import `Model` from this package, so they are imported
 # only after it is defined. Importing a submodule directly still works because
 # Python always runs this `__init__` first.
@@ -59,7 +89,49 @@ from research.models import lstm
 from research.models import transformer
 # pylint: enable=wrong-import-position
 
-MODELS = {'transformer': transformer.build, 'lstm': lstm.build}
+
+class Family(NamedTuple):
+  """A model family: its config object and how to build it."""
+  # A frozen dataclass whose fields are the family's `config.model` keys
+  # (all but `name`), each with its rule (research/rules.py); it checks them
+  # when it is built, and the relations between them.
+  config: type
+  build: Callable[[Any, int, int], Model]  # (config, vocab_size, seq_len)
+
+
+MODELS = {'transformer': Family(transformer.Config, transformer.build),
+          'lstm': Family(lstm.Config, lstm.build)}
+_NAME_RULE = rules.registered(MODELS, 'model')
+
+
+def config_rules(name: str) -> dict[str, rules.Rule]:
+  """{'model.KEY': rule} of every `config.model` key of family `name`."""
+  return {'model.name': _NAME_RULE,
+          **rules.field_rules(MODELS[name].config, 'model')}
+
+
+def get_config(model_config: ml_collections.ConfigDict) -> Any:
+  """The family's config object of `config.model`, its values checked.
+
+  Raises:
+    ValueError: naming the first key whose value cannot mean anything, an
+      unknown model name (listing the known ones) or a key the family does
+      not have (or lacks).
+  """
+  rules.check('model.name', model_config.name, _NAME_RULE)
+  family = MODELS[model_config.name]
+  fields = [f.name for f in dataclasses.fields(family.config)]
+  keys = set(model_config.keys()) - {'name'}
+  unknown, missing = sorted(keys - set(fields)), sorted(set(fields) - keys)
+  if unknown:
+    raise ValueError(
+        f'config.model.{unknown[0]} is not a key of the {model_config.name!r} '
+        f'model family (its keys: {fields}); remove it or add it to the family.')
+  if missing:
+    raise ValueError(
+        f'config.model.{missing[0]} is missing: the {model_config.name!r} model '
+        'family reads it; configs/common.py has its default.')
+  return family.config(**{key: model_config[key] for key in fields})
 
 
 def get_model(model_config: ml_collections.ConfigDict, vocab_size: int,
@@ -67,7 +139,7 @@ def get_model(model_config: ml_collections.ConfigDict, vocab_size: int,
   """Builds the family named by `model_config.name`.
 
   Args:
-    model_config: the family's fields (see each family's `build`).
+    model_config: the family's keys (see its `Config`).
     vocab_size: number of token ids, V.
     seq_len: training segment length; the Transformer's context length.
 
@@ -75,13 +147,10 @@ def get_model(model_config: ml_collections.ConfigDict, vocab_size: int,
     The model as pure functions.
 
   Raises:
-    ValueError: for an unknown model name, listing the known ones.
+    ValueError: as `get_config`.
   """
-  name = model_config.name
-  if name not in MODELS:
-    raise ValueError(
-        f'Unknown model name {name!r}; known models: {sorted(MODELS)}')
-  return MODELS[name](model_config, vocab_size, seq_len)
+  config = get_config(model_config)
+  return MODELS[model_config.name].build(config, vocab_size, seq_len)
 
 
 def dropout_rngs(train: bool, dropout_rate: float,

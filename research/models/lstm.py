@@ -25,22 +25,37 @@ Parameter tree (`Model.init` output), all uniform in [-init_scale, init_scale]:
   softmax/bias                     V
 The 4H gate axis is unit-major: column 4u + j holds gate j of unit u, gates in
 the order i (input), f (forget), g (cell candidate), o (output). A contiguous
-split of that axis (tensor parallelism, research/sharding.py) then keeps each
+split of that axis (tensor parallelism, `PARTITION_RULES`) then keeps each
 unit's four gates on one device. There is no forget-gate bias offset.
 """
+
+import dataclasses
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from research import models
-from research.models import layers
+from research import rules
 from research import sharding
+from research.models import layers
 from research.sharding import BATCH
 
 LayerCarry = tuple[jax.Array, jax.Array]  # (c_BxH, h_BxH)
 Carry = tuple[LayerCarry, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The LSTM's `config.model` keys (configs/common.py says what each
+  means), checked when built; passed whole to the modules."""
+  num_layers: int = rules.field(rules.at_least(1))
+  hidden_size: int = rules.field(rules.at_least(1))
+  dropout_rate: float = rules.field(rules.in_range(0, 1))
+  init_scale: float = rules.field(rules.positive())
+
+  def __post_init__(self):
+    rules.check_fields(self, 'model')
 
 
 def uniform_init(scale: float) -> nn.initializers.Initializer:
@@ -52,15 +67,14 @@ def uniform_init(scale: float) -> nn.initializers.Initializer:
 
 class LSTMLayer(nn.Module):
   """One LSTM layer over a whole time-major sequence."""
-  hidden_size: int
-  init_scale: float
+  config: Config
 
   @nn.compact
   def __call__(self, x_TxBxD: jax.Array,
                carry: LayerCarry) -> tuple[jax.Array, LayerCarry]:
     T, B, D = x_TxBxD.shape  # pylint: disable=invalid-name
-    H = self.hidden_size  # pylint: disable=invalid-name
-    init = uniform_init(self.init_scale)
+    H = self.config.hidden_size  # pylint: disable=invalid-name
+    init = uniform_init(self.config.init_scale)
     w_in_Dx4H = self.param('input_kernel', init, (D, 4 * H))
     w_rec_Hx4H = self.param('recurrent_kernel', init, (H, 4 * H))
     b_4H = self.param('bias', init, (4 * H,))
@@ -98,13 +112,13 @@ class SoftmaxLayer(nn.Module):
   nn.Dense does it (kernel HxV, bias V); the sums differ from Dense's only by
   float32 rounding order.
   """
+  config: Config
   vocab_size: int
-  init_scale: float
 
   @nn.compact
   def __call__(self, h_NxH: jax.Array) -> jax.Array:
     N, H = h_NxH.shape  # pylint: disable=invalid-name
-    init = uniform_init(self.init_scale)
+    init = uniform_init(self.config.init_scale)
     w_HxV = self.param('kernel', init, (H, self.vocab_size))
     b_V = self.param('bias', init, (self.vocab_size,))
     ones_Nx1 = jnp.ones((N, 1), h_NxH.dtype)
@@ -114,32 +128,30 @@ class SoftmaxLayer(nn.Module):
 
 class LSTMLanguageModel(nn.Module):
   """(carry, token ids BxT) -> (next-token logits BxTxV, new carry)."""
+  config: Config
   vocab_size: int
-  num_layers: int
-  hidden_size: int
-  dropout_rate: float
-  init_scale: float
 
   @nn.compact
   def __call__(self, carry: Carry, inputs_BxT: jax.Array,
                train: bool) -> tuple[jax.Array, Carry]:
+    c = self.config
     B, T = inputs_BxT.shape  # pylint: disable=invalid-name
-    H, V = self.hidden_size, self.vocab_size  # pylint: disable=invalid-name
-    if len(carry) != self.num_layers or carry[0][0].shape != (B, H):
+    H, V = c.hidden_size, self.vocab_size  # pylint: disable=invalid-name
+    if len(carry) != c.num_layers or carry[0][0].shape != (B, H):
       raise ValueError(
-          f'Carry must hold {self.num_layers} (c, h) pairs of shape {(B, H)}; '
+          f'Carry must hold {c.num_layers} (c, h) pairs of shape {(B, H)}; '
           f'got {jax.tree.map(jnp.shape, carry)}.')
-    init = uniform_init(self.init_scale)
-    dropout_layer = layers.Dropout(self.dropout_rate)
+    init = uniform_init(c.init_scale)
+    dropout_layer = layers.Dropout(c.dropout_rate)
     dropout = lambda x: dropout_layer(x, deterministic=not train)
 
     # Time-major throughout, so the scan slices its leading axis; transposing
     # the int ids here is cheaper than transposing activations per layer.
     x_TxBxD = nn.Embed(V, H, embedding_init=init, name='embed')(inputs_BxT.T)
     new_carry = []
-    for layer in range(self.num_layers):
+    for layer in range(c.num_layers):
       x_TxBxD = dropout(x_TxBxD)
-      lstm_layer = LSTMLayer(H, self.init_scale, name=f'lstm_{layer}')
+      lstm_layer = LSTMLayer(c, name=f'lstm_{layer}')
       # tuple(): a checkpoint restored without a target may hold lists, and
       # scan needs its carry in and out to have the same structure.
       x_TxBxD, layer_carry = lstm_layer(x_TxBxD, tuple(carry[layer]))
@@ -149,34 +161,35 @@ class LSTMLanguageModel(nn.Module):
     # Transpose the H-wide hidden states rather than the V-wide logits.
     h_BTxH = h_TxBxH.transpose(1, 0, 2).reshape(B * T, H)
     h_BTxH = sharding.constrain(h_BTxH, BATCH, None)
-    logits_BTxV = SoftmaxLayer(V, self.init_scale, name='softmax')(h_BTxH)
+    logits_BTxV = SoftmaxLayer(c, V, name='softmax')(h_BTxH)
     return logits_BTxV.reshape(B, T, V), tuple(new_carry)
 
 
-def build(model_config: ml_collections.ConfigDict, vocab_size: int,
-          seq_len: int) -> models.Model:
-  """Builds the LSTM family as pure functions.
+# (path regex, spec), first match wins (research/sharding.py): FSDP splits
+# one dimension of every large matrix; tensor parallelism splits the gate
+# columns by unit and the softmax by input row (unit), like the h it
+# multiplies, so it needs one reduction of the logits and no gather of h.
+# Vocabulary dimensions are never split: they rarely divide (65 characters).
+PARTITION_RULES = (
+    ('embed/embedding', (None, 'fsdp')),                   # VxH
+    (r'lstm_\d+/input_kernel', ('fsdp', 'tensor')),        # Dx4H
+    (r'lstm_\d+/recurrent_kernel', ('fsdp', 'tensor')),    # Hx4H
+    (r'lstm_\d+/bias', ('tensor',)),                       # 4H
+    ('softmax/kernel', (('tensor', 'fsdp'), None)),        # HxV
+    ('softmax/bias', ()),                                  # V
+)
 
-  Args:
-    model_config: fields name, num_layers, hidden_size, dropout_rate,
-      init_scale.
-    vocab_size: V.
-    seq_len: unused; the LSTM runs any T (kept for the registry's signature).
 
-  Returns:
-    The model; its carry is described in the module docstring.
-  """
+def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
+  """The LSTM of `config` over V = `vocab_size` token ids; `seq_len` is
+  unused (it runs any T), kept for the registry's signature. Its carry is
+  described in the module docstring."""
   del seq_len
-  module = LSTMLanguageModel(
-      vocab_size=vocab_size,
-      num_layers=model_config.num_layers,
-      hidden_size=model_config.hidden_size,
-      dropout_rate=model_config.dropout_rate,
-      init_scale=model_config.init_scale)
+  module = LSTMLanguageModel(config, vocab_size=vocab_size)
 
   def init_carry(batch_size: int) -> Carry:
-    zeros_BxH = jnp.zeros((batch_size, module.hidden_size), jnp.float32)
-    return tuple((zeros_BxH, zeros_BxH) for _ in range(module.num_layers))
+    zeros_BxH = jnp.zeros((batch_size, config.hidden_size), jnp.float32)
+    return tuple((zeros_BxH, zeros_BxH) for _ in range(config.num_layers))
 
   def init(rng: jax.Array) -> dict:
     variables = module.init({'params': rng}, init_carry(1),
@@ -184,10 +197,18 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
     return variables['params']
 
   def apply(params: dict, carry: Carry, inputs_BxT: jax.Array, *, train: bool,
-            rng: jax.Array | None) -> tuple[jax.Array, Carry]:
-    rngs = models.dropout_rngs(train, module.dropout_rate, rng)
+            rng: jax.Array | None, positions_BxT: jax.Array | None = None,
+            ) -> tuple[jax.Array, Carry]:
+    del positions_BxT  # The carry holds where each row is.
+    rngs = models.dropout_rngs(train, config.dropout_rate, rng)
     return module.apply({'params': params}, carry, inputs_BxT, train=train,
                         rngs=rngs)
 
+  def flops_per_token(params) -> float:
+    """6 N, N = L x 4H x (D + H) + H V: exactly the gate and softmax
+    matmuls (the embedding is only indexed)."""
+    return 6.0 * models.matmul_params(params, ('embed/embedding',))
+
   return models.Model(init=init, apply=apply, init_carry=init_carry,
-                      stateful=True)
+                      stateful=True, partition_rules=PARTITION_RULES,
+                      flops_per_token=flops_per_token)

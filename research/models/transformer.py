@@ -1,21 +1,24 @@
 """Decoder-only Transformer language model (GPT-2 / nanoGPT style).
 
-Pre-LayerNorm blocks of causal multi-head self-attention and a GELU MLP, a
-final LayerNorm and an output head that is either the transposed token
-embedding (tied) or a separate bias-free Dense, as in GPT-2.
+Pre-norm blocks of causal multi-head self-attention and an MLP, a final norm
+and an output head that is either the transposed token embedding (tied) or a
+separate bias-free Dense, as in GPT-2. The options are named functions in
+small registries, chosen by `Config`: `NORMS` (LayerNorm), `POSITIONAL`
+(learned or sinusoidal tables) and `MLPS` (GELU). A new option is one field
+of `Config` (where it is a new key) plus one registered function.
 
 Shape letters (a joined pair such as BT is one flattened axis of size B*T):
   B: batch size
   T: query positions of this call (T <= P)
   S: key positions (the same positions as T, named apart for the einsums)
-  P: context length, `seq_len` (rows of the learned position table)
+  P: context length, `seq_len` (rows of the position table)
   D: model width, `d_model`
   F: MLP hidden width, `d_ff`
   N: number of attention heads
   K: width of one head, D // N
   V: vocabulary size
 
-Parameter tree (`Model.init` output):
+Parameter tree (`Model.init` output; the norms' as for norm='layernorm'):
   embed/embedding           VxD
   pos_embed                 PxD   (only for positional='learned')
   block_{i}/ln_1, ln_2      scale D, bias D (bias only if use_bias)
@@ -30,26 +33,29 @@ Parameter tree (`Model.init` output):
 
 With scan_layers=True the L blocks are one `lax.scan` over stacked weights:
 `blocks/...` replaces `block_{i}/...`, every leaf with a leading axis of L
-(`blocks/attn/qkv/kernel` is LxDx3D). `stack_blocks`/`unstack_blocks`
-convert between the two trees. The function computed is the same; XLA
+(`blocks/attn/qkv/kernel` is LxDx3D). The function computed is the same; XLA
 compiles one block instead of L, so compile time stops growing with depth.
+
+Sharding (`PARTITION_RULES`): tensor parallelism splits qkv and mlp/fc by
+output column (whole heads, hidden units), attn/out and mlp/proj by input
+row; vocabulary and position dimensions are never split (they rarely divide).
 """
 
-import functools
+import dataclasses
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from research import models
-from research.models import layers
+from research import rules
 from research import sharding
+from research.models import layers
 from research.sharding import BATCH
 
-POSITIONAL_KINDS = ('learned', 'sinusoidal')
 ATTENTION_KINDS = ('xla', 'dot_product')
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # GPT-2 and nanoGPT use 1e-5; Flax's default is 1e-6.
@@ -80,6 +86,105 @@ def gelu(x: jax.Array) -> jax.Array:
   return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
+def _residual_init(config: 'Config') -> nn.initializers.Initializer:
+  """GPT-2: projections into the residual stream start at std 0.02 / sqrt(2 L),
+  so its variance does not grow with depth (two such writes per block)."""
+  return nn.initializers.normal(_INIT_STDDEV / math.sqrt(2 * config.num_layers))
+
+
+# Norms: norm(config, name) -> a module mapping x_BxTxD to x_BxTxD, at the
+# three sites ln_1, ln_2 (each block) and ln_f (the output).
+def layernorm(config: 'Config', name: str) -> nn.Module:
+  return nn.LayerNorm(epsilon=_LAYER_NORM_EPSILON, use_bias=config.use_bias,
+                      name=name)
+
+
+NORMS: dict[str, Callable[..., nn.Module]] = {'layernorm': layernorm}
+
+
+def sinusoidal_positions(num_positions: int, d_model: int) -> np.ndarray:
+  """Fixed sin/cos position table of Vaswani et al. (2017), shape TxD.
+
+  Even columns 2i hold sin(t / 10000^(2i/D)), odd columns the matching cos.
+  """
+  t_Tx1 = np.arange(num_positions, dtype=np.float64)[:, None]
+  inv_freq = np.exp(np.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+  table_TxD = np.zeros((num_positions, d_model), dtype=np.float32)
+  table_TxD[:, 0::2] = np.sin(t_Tx1 * inv_freq)
+  table_TxD[:, 1::2] = np.cos(t_Tx1 * inv_freq[:d_model // 2])
+  return table_TxD
+
+
+# Positional encodings: positional(module, config, seq_len) -> the PxD table
+# whose row t is added at position t (parameters made with `module.param`).
+def learned_positions(module: nn.Module, config: 'Config', seq_len: int):
+  return module.param('pos_embed', nn.initializers.normal(_INIT_STDDEV),
+                      (seq_len, config.d_model))
+
+
+POSITIONAL: dict[str, Callable] = {
+    'learned': learned_positions,
+    'sinusoidal': lambda _, config, seq_len: sinusoidal_positions(
+        seq_len, config.d_model),
+}
+
+
+class GeluMlp(nn.Module):
+  """GELU MLP, D -> F -> D, with dropout on its output."""
+  config: 'Config'
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
+    c = self.config
+    B, T, D = x_BxTxD.shape  # pylint: disable=invalid-name
+    h_BTxF = nn.Dense(
+        c.d_ff, use_bias=c.use_bias,
+        kernel_init=nn.initializers.normal(_INIT_STDDEV),
+        name='fc')(x_BxTxD.reshape(B * T, D))
+    h_BTxF = sharding.constrain(gelu(h_BTxF), BATCH, 'tensor')
+    out_BTxD = nn.Dense(
+        D, use_bias=c.use_bias, kernel_init=_residual_init(c),
+        name='proj')(h_BTxF)
+    out_BTxD = layers.Dropout(c.dropout_rate)(out_BTxD, deterministic=not train)
+    return out_BTxD.reshape(B, T, D)
+
+
+# MLPs: mlp(config, name=...) -> a module mapping (x_BxTxD, train) to x_BxTxD.
+MLPS: dict[str, Callable[..., nn.Module]] = {'gelu': GeluMlp}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The Transformer's `config.model` keys (configs/common.py says what each
+  means), checked when built; passed whole to the modules."""
+  num_layers: int = rules.field(rules.at_least(1))
+  num_heads: int = rules.field(rules.at_least(1))
+  d_model: int = rules.field(rules.at_least(1))
+  d_ff: int = rules.field(rules.at_least(1))
+  dropout_rate: float = rules.field(rules.in_range(0, 1))
+  positional: str = rules.field(rules.registered(POSITIONAL, 'positional encoding'))
+  norm: str = rules.field(rules.registered(NORMS, 'norm'))
+  mlp: str = rules.field(rules.registered(MLPS, 'MLP'))
+  tie_embeddings: bool = rules.field(rules.boolean())
+  use_bias: bool = rules.field(rules.boolean())
+  compute_dtype: str = rules.field(rules.one_of(*COMPUTE_DTYPES))
+  attention: str = rules.field(rules.one_of(*ATTENTION_KINDS))
+  remat: bool = rules.field(rules.boolean())
+  scan_layers: bool = rules.field(rules.boolean())
+
+  def __post_init__(self):
+    rules.check_fields(self, 'model')
+    if self.attention == 'dot_product' and self.dropout_rate:
+      raise ValueError(
+          "config.model.attention='dot_product' has no dropout on the attention"
+          f' weights but model.dropout_rate={self.dropout_rate}; set '
+          '--config.model.dropout_rate=0 or --config.model.attention=xla.')
+    if self.d_model % self.num_heads:
+      raise ValueError(
+          f'config.model.d_model={self.d_model} is not divisible by '
+          f'config.model.num_heads={self.num_heads}; heads split the width.')
+
+
 def _causal_attention(q, k, v, dropout, heads_major: bool):
   """Softmax attention of each position over itself and earlier ones.
 
@@ -108,26 +213,23 @@ def _causal_attention(q, k, v, dropout, heads_major: bool):
 
 class CausalSelfAttention(nn.Module):
   """Multi-head self-attention where position t sees positions <= t."""
-  num_heads: int
-  dropout_rate: float
-  use_bias: bool
-  out_kernel_init: nn.initializers.Initializer
-  attention: str = 'xla'
+  config: Config
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
+    c = self.config
     B, T, D = x_BxTxD.shape  # pylint: disable=invalid-name
-    N = self.num_heads  # pylint: disable=invalid-name
+    N = c.num_heads  # pylint: disable=invalid-name
     K = D // N  # pylint: disable=invalid-name
     # Dense layers act on the flattened (B*T, D) array: the backward pass of a
     # plain matmul is measurably faster on CPU than a batched dot_general.
     qkv_BTx3D = nn.Dense(
-        3 * D, use_bias=self.use_bias,
+        3 * D, use_bias=c.use_bias,
         kernel_init=nn.initializers.normal(_INIT_STDDEV),
         name='qkv')(x_BxTxD.reshape(B * T, D))
     qkv_BxTxNx3xK = sharding.constrain(
         qkv_BTx3D.reshape(B, T, N, 3, K), BATCH, None, 'tensor', None, None)
-    if self.attention == 'dot_product':
+    if c.attention == 'dot_product':
       # One fused op: cuDNN flash attention on GPU where it applies, XLA
       # elsewhere. Same math; no dropout on the attention weights.
       q_BxTxNxK, k_BxSxNxK, v_BxSxNxK = (
@@ -135,7 +237,7 @@ class CausalSelfAttention(nn.Module):
       out_BxTxNxK = jax.nn.dot_product_attention(
           q_BxTxNxK, k_BxSxNxK, v_BxSxNxK, is_causal=True)
     else:
-      dropout = layers.Dropout(self.dropout_rate)
+      dropout = layers.Dropout(c.dropout_rate)
       heads_major = T >= _HEADS_MAJOR_MIN_CONTEXT
       # One transpose of the fused projection gives heads-major q, k, v.
       q, k, v = (qkv_BxTxNx3xK.transpose(3, 0, 2, 1, 4) if heads_major else
@@ -145,137 +247,79 @@ class CausalSelfAttention(nn.Module):
                               heads_major)
       out_BxTxNxK = out.transpose(0, 2, 1, 3) if heads_major else out
     out_BTxD = nn.Dense(
-        D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
+        D, use_bias=c.use_bias, kernel_init=_residual_init(c),
         name='out')(sharding.constrain(out_BxTxNxK.reshape(B * T, D),
                                        BATCH, 'tensor'))
-    out_BTxD = layers.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
-    return out_BTxD.reshape(B, T, D)
-
-
-class Mlp(nn.Module):
-  """GELU MLP, D -> F -> D, with dropout on its output."""
-  d_ff: int
-  dropout_rate: float
-  use_bias: bool
-  out_kernel_init: nn.initializers.Initializer
-
-  @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
-    B, T, D = x_BxTxD.shape  # pylint: disable=invalid-name
-    h_BTxF = nn.Dense(
-        self.d_ff, use_bias=self.use_bias,
-        kernel_init=nn.initializers.normal(_INIT_STDDEV),
-        name='fc')(x_BxTxD.reshape(B * T, D))
-    h_BTxF = sharding.constrain(gelu(h_BTxF), BATCH, 'tensor')
-    out_BTxD = nn.Dense(
-        D, use_bias=self.use_bias, kernel_init=self.out_kernel_init,
-        name='proj')(h_BTxF)
-    out_BTxD = layers.Dropout(self.dropout_rate)(out_BTxD, deterministic=not train)
+    out_BTxD = layers.Dropout(c.dropout_rate)(out_BTxD, deterministic=not train)
     return out_BTxD.reshape(B, T, D)
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x)).
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)).
 
   As a step of `nn.scan` (scan_step=True) it maps (x, None) -> (x, None).
   """
-  num_heads: int
-  d_ff: int
-  dropout_rate: float
-  use_bias: bool
-  out_kernel_init: nn.initializers.Initializer
-  attention: str = 'xla'
+  config: Config
   scan_step: bool = False
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, train: bool):
-    layer_norm = functools.partial(
-        nn.LayerNorm, epsilon=_LAYER_NORM_EPSILON, use_bias=self.use_bias)
-    x_BxTxD = x_BxTxD + CausalSelfAttention(
-        self.num_heads, self.dropout_rate, self.use_bias,
-        self.out_kernel_init, self.attention, name='attn')(
-            layer_norm(name='ln_1')(x_BxTxD), train)
-    x_BxTxD = x_BxTxD + Mlp(
-        self.d_ff, self.dropout_rate, self.use_bias, self.out_kernel_init,
-        name='mlp')(layer_norm(name='ln_2')(x_BxTxD), train)
+    c = self.config
+    norm = NORMS[c.norm]
+    x_BxTxD = x_BxTxD + CausalSelfAttention(c, name='attn')(
+        norm(c, 'ln_1')(x_BxTxD), train)
+    x_BxTxD = x_BxTxD + MLPS[c.mlp](c, name='mlp')(
+        norm(c, 'ln_2')(x_BxTxD), train)
     # The residual stream is split by batch only, whole features per device.
     x_BxTxD = sharding.constrain(x_BxTxD, BATCH, None, None)
     return (x_BxTxD, None) if self.scan_step else x_BxTxD
 
 
-def sinusoidal_positions(num_positions: int, d_model: int) -> np.ndarray:
-  """Fixed sin/cos position table of Vaswani et al. (2017), shape TxD.
-
-  Even columns 2i hold sin(t / 10000^(2i/D)), odd columns the matching cos.
-  """
-  t_Tx1 = np.arange(num_positions, dtype=np.float64)[:, None]
-  inv_freq = np.exp(np.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
-  table_TxD = np.zeros((num_positions, d_model), dtype=np.float32)
-  table_TxD[:, 0::2] = np.sin(t_Tx1 * inv_freq)
-  table_TxD[:, 1::2] = np.cos(t_Tx1 * inv_freq[:d_model // 2])
-  return table_TxD
-
-
 class Transformer(nn.Module):
-  """Token ids BxT -> next-token logits BxTxV."""
+  """Token ids BxT (at positions BxT, default 0..T-1) -> logits BxTxV."""
+  config: Config
   vocab_size: int
   seq_len: int
-  num_layers: int
-  num_heads: int
-  d_model: int
-  d_ff: int
-  dropout_rate: float
-  positional: str
-  tie_embeddings: bool
-  use_bias: bool
-  attention: str = 'xla'
-  remat: bool = False
-  scan_layers: bool = False
 
   @nn.compact
-  def __call__(self, inputs_BxT: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, inputs_BxT: jax.Array, train: bool,
+               positions_BxT: jax.Array | None = None) -> jax.Array:
+    c = self.config
     B, T = inputs_BxT.shape  # pylint: disable=invalid-name
-    D, V = self.d_model, self.vocab_size  # pylint: disable=invalid-name
+    D, V = c.d_model, self.vocab_size  # pylint: disable=invalid-name
     if T > self.seq_len:
       raise ValueError(
           f'Input length {T} exceeds the context length {self.seq_len}.')
     embed = nn.Embed(V, D, embedding_init=nn.initializers.normal(_INIT_STDDEV),
                      name='embed')
     x_BxTxD = embed(inputs_BxT)
-    if self.positional == 'learned':
-      pos_PxD = self.param('pos_embed', nn.initializers.normal(_INIT_STDDEV),
-                           (self.seq_len, D))
-      x_BxTxD = x_BxTxD + pos_PxD[:T]
+    table_PxD = POSITIONAL[c.positional](self, c, self.seq_len)
+    if positions_BxT is None:  # Rows 0..T-1, a static slice.
+      x_BxTxD = x_BxTxD + table_PxD[:T].astype(x_BxTxD.dtype)
     else:
-      x_BxTxD = x_BxTxD + sinusoidal_positions(T, D).astype(x_BxTxD.dtype)
-    x_BxTxD = layers.Dropout(self.dropout_rate)(x_BxTxD, deterministic=not train)
+      # A position outside the table reads NaN rather than a clamped row.
+      pos_BxTxD = jnp.asarray(table_PxD).at[positions_BxT].get(
+          mode='fill', fill_value=jnp.nan)
+      x_BxTxD = x_BxTxD + pos_BxTxD.astype(x_BxTxD.dtype)
+    x_BxTxD = layers.Dropout(c.dropout_rate)(x_BxTxD, deterministic=not train)
 
-    # GPT-2: scale the init of the projections that write into the residual
-    # stream by 1/sqrt(2 * num_layers), so its variance does not grow with
-    # depth (two such writes per block).
-    out_kernel_init = nn.initializers.normal(
-        _INIT_STDDEV / math.sqrt(2 * self.num_layers))
     # Rematerialised blocks keep only their inputs for the backward pass.
-    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
-    block_args = (self.num_heads, self.d_ff, self.dropout_rate, self.use_bias,
-                  out_kernel_init, self.attention)
-    if self.scan_layers:
+    block = nn.remat(Block, static_argnums=(2,)) if c.remat else Block
+    if c.scan_layers:
       # `train` is broadcast (static inside the body); every layer gets its
       # own slice of the stacked parameters and its own dropout key.
       stack = nn.scan(block, variable_axes={'params': 0},
                       split_rngs={'params': True, 'dropout': True},
-                      in_axes=nn.broadcast, length=self.num_layers)
-      x_BxTxD, _ = stack(*block_args, scan_step=True,
-                            name=models.STACKED_BLOCKS)(
+                      in_axes=nn.broadcast, length=c.num_layers)
+      x_BxTxD, _ = stack(c, scan_step=True, name=models.STACKED_BLOCKS)(
           x_BxTxD, train)
     else:
-      for i in range(self.num_layers):
-        x_BxTxD = block(*block_args, name=f'block_{i}')(x_BxTxD, train)
-    x_BxTxD = nn.LayerNorm(epsilon=_LAYER_NORM_EPSILON, use_bias=self.use_bias,
-                           name='ln_f')(x_BxTxD)
+      for i in range(c.num_layers):
+        x_BxTxD = block(c, name=f'block_{i}')(x_BxTxD, train)
+    x_BxTxD = NORMS[c.norm](c, 'ln_f')(x_BxTxD)
 
     x_BTxD = x_BxTxD.reshape(B * T, D)
-    if self.tie_embeddings:
+    if c.tie_embeddings:
       logits_BTxV = embed.attend(x_BTxD)
     else:
       logits_BTxV = nn.Dense(
@@ -284,58 +328,38 @@ class Transformer(nn.Module):
     return logits_BTxV.reshape(B, T, V).astype(jnp.float32)
 
 
-def build(model_config: ml_collections.ConfigDict, vocab_size: int,
-          seq_len: int) -> models.Model:
-  """Builds the Transformer family as pure functions.
+# Specs inside a block, by the parameter's path there.
+_BLOCK_RULES = (
+    ('attn/qkv/kernel', ('fsdp', 'tensor')),   # Dx(N*3*K), head-major
+    ('attn/out/kernel', ('tensor', 'fsdp')),   # (N*K)xD
+    ('mlp/fc/kernel', ('fsdp', 'tensor')),     # DxF
+    ('(attn/qkv|mlp/fc)/bias', ('tensor',)),
+    ('mlp/proj/kernel', ('tensor', 'fsdp')),   # FxD
+    # Vectors of D: the outputs of reduced matmul pairs, and the norms'.
+    ('(attn/out|mlp/proj)/bias', ()),
+    ('ln_[12]/(scale|bias)', ()),
+)
 
-  Args:
-    model_config: fields name, num_layers, num_heads, d_model, d_ff,
-      dropout_rate, positional ('learned' | 'sinusoidal'), tie_embeddings,
-      use_bias (bias in every Dense and LayerNorm except the output head);
-      speed options compute_dtype ('float32' | 'bfloat16'), attention
-      ('xla' | 'dot_product'), remat and scan_layers (bools).
-    vocab_size: V.
-    seq_len: the context length P; `apply` accepts any T <= P.
+# (path regex, spec), first match wins (research/sharding.py); no catch-all:
+# a parameter of a new option needs its rule here.
+PARTITION_RULES = (
+    ('embed/embedding', (None, 'fsdp')),                   # VxD
+    ('pos_embed', (None, 'fsdp')),                         # PxD
+    *((rf'block_\d+/{name}', spec) for name, spec in _BLOCK_RULES),
+    # scan_layers=True: the same weights stacked on a leading layer axis.
+    *((rf'{models.STACKED_BLOCKS}/{name}', (None, *spec))
+      for name, spec in _BLOCK_RULES),
+    ('ln_f/(scale|bias)', ()),
+    ('head/kernel', ('fsdp', None)),                       # DxV
+)
 
-  Returns:
-    The model; its carry is always the empty dict `{}`.
-  """
-  if model_config.positional not in POSITIONAL_KINDS:
-    raise ValueError(
-        f'Unknown positional {model_config.positional!r}; known: '
-        f'{list(POSITIONAL_KINDS)}')
-  if model_config.attention not in ATTENTION_KINDS:
-    raise ValueError(
-        f'Unknown attention {model_config.attention!r} (config key '
-        f'model.attention); known: {list(ATTENTION_KINDS)}')
-  if model_config.attention == 'dot_product' and model_config.dropout_rate:
-    raise ValueError(
-        "config.model.attention='dot_product' has no dropout on the attention"
-        f" weights but model.dropout_rate={model_config.dropout_rate}; set "
-        "--config.model.dropout_rate=0 or --config.model.attention=xla.")
-  if model_config.compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(
-        f'Unknown compute_dtype {model_config.compute_dtype!r} (config key '
-        f'model.compute_dtype); known: {list(COMPUTE_DTYPES)}')
-  compute_dtype = COMPUTE_DTYPES[model_config.compute_dtype]
-  if model_config.d_model % model_config.num_heads:
-    raise ValueError(
-        f'config.model.d_model={model_config.d_model} is not divisible by '
-        f'config.model.num_heads={model_config.num_heads}; heads split the width.')
-  module = Transformer(
-      vocab_size=vocab_size,
-      seq_len=seq_len,
-      num_layers=model_config.num_layers,
-      num_heads=model_config.num_heads,
-      d_model=model_config.d_model,
-      d_ff=model_config.d_ff,
-      dropout_rate=model_config.dropout_rate,
-      positional=model_config.positional,
-      tie_embeddings=model_config.tie_embeddings,
-      use_bias=model_config.use_bias,
-      attention=model_config.attention,
-      remat=model_config.remat,
-      scan_layers=model_config.scan_layers)
+
+def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
+  """The Transformer of `config` over V = `vocab_size` token ids with
+  context length P = `seq_len` (`apply` takes any T <= P); its carry is
+  always the empty dict `{}`."""
+  module = Transformer(config, vocab_size=vocab_size, seq_len=seq_len)
+  compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
 
   def init(rng: jax.Array) -> dict:
     # Parameter shapes do not depend on T, so one position is enough.
@@ -344,38 +368,32 @@ def build(model_config: ml_collections.ConfigDict, vocab_size: int,
     return variables['params']
 
   def apply(params: dict, carry: dict, inputs_BxT: jax.Array, *, train: bool,
-            rng: jax.Array | None) -> tuple[jax.Array, dict]:
-    rngs = models.dropout_rngs(train, module.dropout_rate, rng)
+            rng: jax.Array | None, positions_BxT: jax.Array | None = None,
+            ) -> tuple[jax.Array, dict]:
+    rngs = models.dropout_rngs(train, config.dropout_rate, rng)
     if compute_dtype != jnp.float32:
       # Mixed precision: the float32 parameters (and so the optimizer state)
       # are cast on the way in, so gradients come back in float32; the
       # attention softmax and the logits are float32 (see above).
       params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
     logits_BxTxV = module.apply({'params': params}, inputs_BxT, train=train,
-                                rngs=rngs)
+                                positions_BxT=positions_BxT, rngs=rngs)
     return logits_BxTxV, carry
 
   def init_carry(batch_size: int) -> dict:
     del batch_size  # Attention sees only the current segment: no state.
     return {}
 
+  def flops_per_token(params) -> float:
+    """6 N (the embedding counts once, as the output layer, when tied) plus
+    12 L P D for QK^T and AV forward and backward (PaLM, Chowdhery et al.
+    2022, App. B), all of it though the causal mask wastes half."""
+    lookups = ('pos_embed',) + (() if config.tie_embeddings
+                                else ('embed/embedding',))
+    flops = 6.0 * models.matmul_params(params, lookups)
+    flops += 12.0 * config.num_layers * seq_len * config.d_model
+    return flops
+
   return models.Model(init=init, apply=apply, init_carry=init_carry,
-                      stateful=False)
-
-
-def stack_blocks(params: dict, num_layers: int) -> dict:
-  """The scan_layers=True tree of an unrolled tree (`block_{i}` -> `blocks`)."""
-  blocks = [params[f'block_{i}'] for i in range(num_layers)]
-  rest = {k: v for k, v in params.items() if not k.startswith('block_')}
-  stacked = jax.tree.map(lambda *x: jnp.stack(x), *blocks)
-  return {**rest, models.STACKED_BLOCKS: stacked}
-
-
-def unstack_blocks(params: dict) -> dict:
-  """The unrolled tree of a scan_layers=True tree (`blocks` -> `block_{i}`)."""
-  stacked = params[models.STACKED_BLOCKS]
-  rest = {k: v for k, v in params.items() if k != models.STACKED_BLOCKS}
-  num_layers = jax.tree.leaves(stacked)[0].shape[0]
-  for i in range(num_layers):
-    rest[f'block_{i}'] = jax.tree.map(lambda x, i=i: x[i], stacked)
-  return rest
+                      stateful=False, partition_rules=PARTITION_RULES,
+                      flops_per_token=flops_per_token)
