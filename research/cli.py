@@ -194,7 +194,7 @@ def _type_message(error: flags.Error, name: str, spec: str | None) -> str | None
   if config is None:
     return None
   try:
-    default = eval(f'config.{key}', {}, {'config': config})  # pylint: disable=eval-used
+    default = config_checks.get(config, key)
   except Exception:  # pylint: disable=broad-except
     return None
   if isinstance(default, ml_collections.ConfigDict):

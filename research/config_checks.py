@@ -81,7 +81,8 @@ RULES = {
 DATASET_LEVELS = {'ptb': 'word', 'tiny_shakespeare': 'char'}
 
 
-def _get(config: ml_collections.ConfigDict, key: str):
+def get(config: ml_collections.ConfigDict, key: str):
+  """The value at dotted `key`; KeyError when there is none."""
   value = config
   for part in key.split('.'):
     value = value[part]
@@ -103,7 +104,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   # dividing the width, ...); building it runs nothing.
   models.get_config(config.model)
   for key, rule in RULES.items():
-    rules.check(key, _get(config, key), rule)
+    rules.check(key, get(config, key), rule)
   _check_relations(config)
   _check_paths(config.data)
 
