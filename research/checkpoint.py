@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 
 from research import faults
 from research import metrics
+from research import rules
 
 _ITEMS = ('state', 'data', 'config', 'identity')
 
@@ -107,16 +108,6 @@ IDENTITY_KEYS = ('model', 'data.name', 'data.level', 'data.split',
                  'data.vocab_size')
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
   """'key: saved -> current' for every identity key that differs.
 
@@ -124,7 +115,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   checkpoint was written (e.g. model.norm); its default is what that run
   used, so it is not compared.
   """
-  saved, current = _flatten(saved), _flatten(current)
+  saved, current = rules.flatten(saved), rules.flatten(current)
   keys = sorted(k for k in saved
                 if any(k == p or k.startswith(p + '.') for p in IDENTITY_KEYS))
   return [f'{k}: {saved.get(k, "(absent)")!r} -> {current.get(k, "(absent)")!r}'
@@ -136,6 +127,23 @@ def identity_differences(saved: dict, current: dict) -> list[str]:
   the checkpoint did not record is unknown, so it is not compared."""
   return [f'{k}: {saved[k]!r} -> {current[k]!r}'
           for k in sorted(current) if k in saved and saved[k] != current[k]]
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int,
+                     config: ml_collections.ConfigDict, tokenizer: str, *,
+                     remedy: str) -> None:
+  """Raises ConfigMismatchError listing every identity key (and the
+  tokenizer identity) where `config` differs from the checkpoint at `step`'s;
+  `remedy` ends the message with what the user can do."""
+  differences = (
+      config_differences(restore_config(manager, step), config.to_dict())
+      + identity_differences(restore_identity(manager, step),
+                             {'tokenizer': tokenizer}))
+  if differences:
+    raise faults.ConfigMismatchError(
+        f'The config differs from the one the checkpoint at step {step} in '
+        f'{manager.directory} was trained with:\n  ' + '\n  '.join(differences)
+        + f'\n{remedy}')
 
 
 def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
@@ -171,21 +179,17 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
   failures = []
   for step in steps:
     try:
-      saved = restore_config(manager, step)
-      saved_identity = restore_identity(manager, step)
+      check_compatible(
+          manager, step, config, tokenizer,
+          remedy='Use the original values (a tokenizer comes from the data), '
+          'another --workdir, or --fresh to move the old run aside and start '
+          'over.')
+      readable = True
+    except faults.ConfigMismatchError:
+      raise
     except Exception as e:  # pylint: disable=broad-except
-      saved, error = None, e
-    if saved is not None:
-      differences = (config_differences(saved, config.to_dict())
-                     + identity_differences(saved_identity,
-                                            {'tokenizer': tokenizer}))
-      if differences:
-        raise faults.ConfigMismatchError(
-            f'The config differs from the one the checkpoint at step {step} in '
-            f'{manager.directory} was trained with:\n  ' + '\n  '.join(differences)
-            + '\nUse the original values (a tokenizer comes from the data), '
-            'another --workdir, or --fresh to move the old run aside and start '
-            'over.')
+      readable, error = False, e  # Its config or identity does not read back.
+    if readable:
       try:
         return restore(manager, step, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-except

@@ -21,6 +21,7 @@ import ml_collections
 
 from research import config_checks
 from research import faults
+from research import rules
 
 _CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
@@ -135,17 +136,6 @@ def _override_keys(argv: list[str], name: str) -> list[str]:
   return keys
 
 
-def leaf_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
-  """Every dotted key of `config` whose value is not a ConfigDict."""
-  keys = []
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      keys += leaf_keys(value, f'{prefix}{key}.')
-    else:
-      keys.append(prefix + key)
-  return keys
-
-
 def closest_keys(key: str, valid: list[str], n: int = 3) -> list[str]:
   """The `n` valid keys most like `key`, by the whole path or the last part."""
   def score(candidate):
@@ -173,7 +163,7 @@ def _unknown_key_message(argv, name, spec) -> str | None:
   config = _load(spec) if spec else None
   if config is None:
     return None
-  valid = leaf_keys(config)
+  valid = list(rules.flatten(config))
   nodes = {k.rsplit('.', i)[0] for k in valid for i in range(1, k.count('.') + 1)}
   for key in _override_keys(argv, name):
     if key not in valid and key not in nodes:

@@ -27,7 +27,9 @@ class TrainState(NamedTuple):
   step: jax.Array  # int32 scalar: optimizer steps taken so far.
   params: Any
   opt_state: Any
-  carry: Any  # Recurrent state per training row (LSTM); {} for the Transformer.
+  # The family's training carry (`model.init_carry`): the LSTM's state per
+  # row, `{}` for the Transformer. Its shape is the family's business.
+  carry: Any
 
 
 class Components(NamedTuple):
@@ -36,7 +38,7 @@ class Components(NamedTuple):
   optimizer: optax.GradientTransformation
   schedule: optax.Schedule
   mesh: Mesh
-  data_kind: str  # 'stream' (stateful models) or 'windows'.
+  data_kind: str  # 'stream' (rows read in order, carry kept) or 'windows'.
   steps_per_epoch: int
   num_train_steps: int
   eval_every: int  # Steps between evaluations (resolved from the config).
@@ -74,7 +76,9 @@ def build(config: ml_collections.ConfigDict,
   corpus = data.load_corpus(config.data)
   model = models.get_model(config.model, vocab_size=corpus.tokenizer.vocab_size,
                            seq_len=config.data.seq_len)
-  kind = 'stream' if model.stateful else 'windows'
+  # A recurrent model trains on streams: each row's segments in order, its
+  # carry kept from batch to batch (truncated BPTT). Others read windows.
+  kind = 'stream' if model.recurrent else 'windows'
   per_epoch = pipeline.steps_per_epoch(
       len(corpus.splits['train']), kind=kind,
       batch_size=config.data.batch_size, seq_len=config.data.seq_len)

@@ -77,10 +77,6 @@ RULES = {
     'sample.top_p': Rule(lambda v: number(v) and 0 < v <= 1, 'in (0, 1]'),
 }
 
-# The token level each packaged dataset has; text_file takes data.level.
-DATASET_LEVELS = {'ptb': 'word', 'tiny_shakespeare': 'char'}
-
-
 def get(config: ml_collections.ConfigDict, key: str):
   """The value at dotted `key`; KeyError when there is none."""
   value = config
@@ -127,7 +123,7 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
         'batch_size / grad_accum_steps rows: choose a divisor.')
   if c.data.name == 'text_file':
     builders.parse_split(c.data.split)  # Its errors name the key and the fix.
-  level = DATASET_LEVELS.get(c.data.name)
+  level = data.fixed_level(c.data.name)
   if level and c.data.level != level:
     raise ValueError(
         f"config.data.level={c.data.level!r} but data.name={c.data.name!r} is "

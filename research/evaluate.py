@@ -4,7 +4,7 @@ Shape letters: B rows scored in parallel, T segment length.
 
 Protocol. Every one of the N-1 next-token predictions of a split is scored
 exactly once (`pipeline.eval_batches`): the split is cut into B contiguous rows
-(the last one padded and masked) and walked in segments of T. A stateful model
+(the last one padded and masked) and walked in segments of T. A recurrent model
 (the LSTM) carries its state from segment to segment through the whole row;
 the Transformer scores each segment as an independent non-overlapping window,
 so a token sees only the earlier tokens of its own window.
@@ -36,20 +36,20 @@ def eval_step(params, carry, batch, *, model: models.Model):
   return loss_sum, weight_sum, hits, carry
 
 
-# Tokens per evaluation call that a stateful model gets at least.
+# Tokens per evaluation call that a recurrent model gets at least.
 _MIN_STATEFUL_SEGMENT_TOKENS = 512
 
 
 def segment_length(model: models.Model, batch_size: int, seq_len: int) -> int:
-  """T for evaluation: `seq_len`, or longer for a stateful model.
+  """T for evaluation: `seq_len`, or longer for a recurrent model.
 
   The Transformer's protocol is its window, so T is the context length. A
-  stateful model carries its state from segment to segment, so T does not
+  recurrent model carries its state from segment to segment, so T does not
   change what it computes, only how many calls it takes: with the paper's
   one-row PTB protocol, 20-token segments made 3,688 calls for the valid
   split (14.8 s on a 2-core CPU) and 512-token ones make 145 (6.9 s).
   """
-  if not model.stateful:
+  if not model.recurrent:
     return seq_len
   return max(seq_len, -(-_MIN_STATEFUL_SEGMENT_TOKENS // batch_size))
 
@@ -151,6 +151,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
   if step is None:
     raise FileNotFoundError(
         f'No checkpoint in {workdir}/checkpoints; train first with --mode=train.')
+  checkpoint.check_compatible(
+      manager, step, config, parts.corpus.tokenizer.identity,
+      remedy='--mode=eval scores a model with the config it was trained with: '
+      'use the original values (or the workdir that matches this config).')
   structs, _ = components_lib.abstract_state(parts, config.data.batch_size)
   state = checkpoint.restore(manager, step, structs)
   evaluator = Evaluator(parts, batch_size=config.data.eval_batch_size,

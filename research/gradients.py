@@ -2,8 +2,9 @@
 
 `make(grad_accum_steps)` returns `gradient_fn(loss_fn, params, batch, rng)
 -> (grads, aux)` for a `losses.Objective.loss_fn`; `aux` is the loss
-function's aux for the whole batch (`loss_sum` and `weight_sum` summed,
-`carry` with every row). Two ways today:
+function's aux for the whole batch: each leaf is a scalar that sums over the
+batch's rows (`loss_sum`, `weight_sum`) or has the rows as its leading axis
+(`carry`). Two ways today:
 
 - `plain`: one `jax.value_and_grad` over the whole batch.
 - `accumulated(K)`: the sum of the gradients of K micro-batches of M = B / K
@@ -82,9 +83,11 @@ def accumulated(num_micro_batches: int) -> Callable:
         micro_step, zeros,
         (split(per_row, num_micro_batches), jnp.arange(num_micro_batches)))
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-    aux = {'loss_sum': jnp.sum(aux_K['loss_sum']),
-           'weight_sum': jnp.sum(aux_K['weight_sum']),
-           'carry': merge(aux_K['carry'])}
+    # A scalar of each micro-batch (now K of them) is a sum over its rows;
+    # anything else has a row axis (now K, M), put back in batch order.
+    aux = jax.tree.map(
+        lambda x_K: jnp.sum(x_K, axis=0) if x_K.ndim == 1 else merge(x_K),
+        aux_K)
     return grads, aux
   return gradient_fn
 

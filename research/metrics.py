@@ -130,10 +130,15 @@ def console(message: str, *args) -> None:
   print(message % args if args else message, flush=True)
 
 
-def _format_eta(seconds: float) -> str:
-  m, s = divmod(int(seconds), 60)
+def hours_minutes_seconds(seconds: float) -> tuple[int, int, int]:
+  """Whole hours, minutes and seconds of `seconds` (rounded to a second)."""
+  m, s = divmod(int(round(seconds)), 60)
   h, m = divmod(m, 60)
-  return f'{h}:{m:02d}:{s:02d}'
+  return h, m, s
+
+
+def _format_eta(seconds: float) -> str:
+  return '{}:{:02d}:{:02d}'.format(*hours_minutes_seconds(seconds))
 
 
 class MetricWriter:

@@ -86,3 +86,15 @@ def check_fields(config: Any, prefix: str) -> None:
   """Checks every field of a dataclass written with `field`, in order."""
   for f in dataclasses.fields(config):
     check(f'{prefix}.{f.name}', getattr(config, f.name), f.metadata['rule'])
+
+
+def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  """{'a.b.c': value} of every leaf of a nested config (a ConfigDict or the
+  plain dict of one saved in a checkpoint); the dotted keys rules name."""
+  out = {}
+  for key, value in tree.items():
+    if hasattr(value, 'items'):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out

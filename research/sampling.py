@@ -2,10 +2,11 @@
 
 Shape letters: B batch (1 here), T context length, V vocabulary, P prompt length.
 
-A stateful model (the LSTM) reads the prompt once and then feeds one token at a
-time, carrying its state. A stateless one (the Transformer) re-reads a window
-of the last T tokens at every step; there is no key/value cache, which is fine
-for the short samples printed during training.
+A model reads the prompt once with `decode` and then feeds one token at a
+time through its cache (the LSTM's carry; the Transformer's keys and values),
+all in one compiled loop. A Transformer sample longer than its context
+instead re-reads a window of the last T tokens at every step, sliding it by
+one token once full.
 """
 
 import functools
@@ -34,22 +35,26 @@ def filter_logits(logits_V: jax.Array, *, temperature: float, top_k: int,
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_tokens', 'top_k', 'top_p'))
-def _sample_stateful(params, prompt_1xP, rng, *, model: models.Model,
-                     num_tokens: int, temperature, top_k: int, top_p):
-  logits_1xPxV, carry = model.apply(params, model.init_carry(1), prompt_1xP,
-                                    train=False, rng=None)
+def _sample_cached(params, prompt_1xP, rng, *, model: models.Model,
+                   num_tokens: int, temperature, top_k: int, top_p):
+  P = prompt_1xP.shape[1]  # pylint: disable=invalid-name
+  logits_1xPxV, cache = model.decode(params, model.init_cache(1), prompt_1xP,
+                                     jnp.arange(P)[None])
 
-  def step(c, key):
-    carry, logits_V = c
+  def step(c, key_and_position):
+    cache, logits_V = c
+    key, position = key_and_position
     logits_V = filter_logits(logits_V, temperature=temperature, top_k=top_k,
                              top_p=top_p)
-    token = jax.random.categorical(key, logits_V)
-    logits_1x1xV, carry = model.apply(params, carry, token.reshape(1, 1),
-                                      train=False, rng=None)
-    return (carry, logits_1x1xV[0, 0]), token
+    token = jax.random.categorical(key, logits_V).astype(prompt_1xP.dtype)
+    logits_1x1xV, cache = model.decode(params, cache, token.reshape(1, 1),
+                                       position.reshape(1, 1))
+    return (cache, logits_1x1xV[0, 0]), token
 
   keys = jax.random.split(rng, num_tokens)
-  _, tokens_N = jax.lax.scan(step, (carry, logits_1xPxV[0, -1]), keys)
+  positions = P + jnp.arange(num_tokens, dtype=jnp.int32)
+  _, tokens_N = jax.lax.scan(step, (cache, logits_1xPxV[0, -1]),
+                             (keys, positions))
   return tokens_N
 
 
@@ -84,8 +89,8 @@ def sample(model: models.Model, params, prompt_ids: np.ndarray, rng: jax.Array,
     raise ValueError('sampling needs a prompt of at least one token.')
   kwargs = dict(model=model, num_tokens=num_tokens, temperature=temperature,
                 top_k=top_k, top_p=top_p)
-  if model.stateful:
-    return np.asarray(_sample_stateful(params, prompt_ids[None], rng, **kwargs))
+  if model.context is None or prompt_ids.size + num_tokens <= model.context:
+    return np.asarray(_sample_cached(params, prompt_ids[None], rng, **kwargs))
   prompt_ids = prompt_ids[-context:]
   window = np.zeros((1, context), np.int32)
   window[0, :prompt_ids.size] = prompt_ids

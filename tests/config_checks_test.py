@@ -9,10 +9,10 @@ from absl.testing import parameterized
 import ml_collections
 
 from research import checkpoint
-from research import cli
 from research import config_checks
 from research import data
 from research import models
+from research import rules
 from tests import test_util
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,10 +32,10 @@ class ConfigChecksTest(parameterized.TestCase):
   def test_every_key_of_every_config_has_a_rule_and_passes_it(self):
     families = set()
     for spec, config in _configs():
-      keys = set(cli.leaf_keys(config))
-      rules = set(config_checks.rules_for(config))
-      self.assertSetEqual(keys - rules, set(), f'{spec}: keys without a rule')
-      self.assertSetEqual(rules - keys, set(), f'{spec}: rules without a key')
+      keys = set(rules.flatten(config))
+      known = set(config_checks.rules_for(config))
+      self.assertSetEqual(keys - known, set(), f'{spec}: keys without a rule')
+      self.assertSetEqual(known - keys, set(), f'{spec}: rules without a key')
       # The family's config object holds exactly the config's model keys.
       family = models.MODELS[config.model.name]
       fields = {f'model.{f.name}' for f in dataclasses.fields(family.config)}
@@ -123,7 +123,7 @@ class ConfigChecksTest(parameterized.TestCase):
     for (name, path), message in cases.items():
       with self.subTest(name=name, path=path), config.unlocked():
         config.data.name, config.data.path = name, path
-        config.data.level = config_checks.DATASET_LEVELS.get(name, 'char')
+        config.data.level = data.fixed_level(name) or 'char'
         with self.assertRaisesRegex(ValueError, message):
           config_checks.check(config)
     with config.unlocked():

@@ -15,7 +15,7 @@ from research import sharding
 from tests import test_util
 
 
-def _lookup_model(stateful: bool = False) -> models.Model:
+def _lookup_model(recurrent: bool = False) -> models.Model:
   """A model whose logits at a position are row `input` of params['table']
   (a bigram model), or params['logits'] itself when it has that key."""
   def apply(params, carry, inputs_BxT, *, train, rng):
@@ -24,7 +24,7 @@ def _lookup_model(stateful: bool = False) -> models.Model:
       return params['logits'], carry
     return params['table'][inputs_BxT], carry
   return models.Model(init=None, apply=apply, init_carry=lambda b: {},
-                      stateful=stateful)
+                      recurrent=recurrent)
 
 
 class AccuracyTest(absltest.TestCase):

@@ -256,7 +256,7 @@ class InProcessFaultTest(absltest.TestCase):
     table = rng.normal(size=(v, v)).astype(np.float32)
     model = models.Model(
         init=lambda _: {'table': jnp.asarray(table), 'root': jnp.zeros(())},
-        apply=apply, init_carry=lambda _: {}, stateful=False)
+        apply=apply, init_carry=lambda _: {}, recurrent=False)
     schedule = lambda _: 0.01
     optimizer = optim.make_optimizer(common.base_config().optim, schedule)
     state = components.init_state(jax.random.key(0), model=model,

@@ -15,6 +15,7 @@ from research import models
 from research import sharding
 from research import train
 from research.models import transformer
+from research.models import transformer_options
 from tests import models_test
 from tests import test_util
 
@@ -144,7 +145,7 @@ class PositionsTest(parameterized.TestCase):
   def test_sinusoidal_positions_are_rows_of_its_table(self):
     learned = models_test.get_params('transformer')
     as_learned = dict(learned, pos_embed=jnp.asarray(
-        transformer.sinusoidal_positions(T, D)))
+        transformer_options.sinusoidal_positions(T, D)))
     sinusoidal = {k: v for k, v in learned.items() if k != 'pos_embed'}
     tokens = models_test.random_tokens(2, (B, 5))
     positions = jnp.asarray(np.array([[2], [0], [1]]) + np.arange(5))

@@ -13,7 +13,7 @@ import numpy as np
 
 from research import models
 from research.models import layers
-from research.models import transformer
+from research.models import transformer_options
 
 # Distinct primes so that a swapped axis shows up as a shape error.
 V, T, B = 13, 7, 3
@@ -110,9 +110,9 @@ class ShapesTest(parameterized.TestCase):
     chex.assert_trees_all_equal_shapes_and_dtypes(new_carry, carry)
     if name == 'transformer':
       self.assertEqual(carry, {})
-      self.assertFalse(model.stateful)
+      self.assertFalse(model.recurrent)
     else:
-      self.assertTrue(model.stateful)
+      self.assertTrue(model.recurrent)
       self.assertIsInstance(carry, tuple)
       self.assertLen(carry, NUM_LAYERS)
       for c, h in carry:
@@ -182,7 +182,7 @@ class TransformerTest(parameterized.TestCase):
                      get_params('transformer', positional='sinusoidal'))
 
   def test_sinusoidal_table_values(self):
-    table_TxD = transformer.sinusoidal_positions(T, D)
+    table_TxD = transformer_options.sinusoidal_positions(T, D)
     t, i = 5, 3  # Column pair (2i, 2i + 1).
     angle = t / 10000 ** (2 * i / D)
     np.testing.assert_allclose(table_TxD[t, 2 * i], math.sin(angle), 1e-6)

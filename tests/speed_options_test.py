@@ -12,7 +12,7 @@ from absl.testing import absltest
 
 from research import metrics
 from research import models
-from research.models import transformer
+from research.models import attention
 from tests import models_test
 
 
@@ -69,11 +69,11 @@ class SpeedOptionsTest(absltest.TestCase):
 
   def test_heads_major_attention_computes_the_same_model(self):
     # Long contexts run the einsums on heads-major operands (a speed choice,
-    # transformer._HEADS_MAJOR_MIN_CONTEXT); force it at this short one.
+    # attention.HEADS_MAJOR_MIN_CONTEXT); force it at this short one.
     for train in (False, True):  # With dropout on the attention weights too.
       kwargs = dict(train=train, dropout_rate=0.1)
       expected = _loss_and_grads(**kwargs)
-      with mock.patch.object(transformer, '_HEADS_MAJOR_MIN_CONTEXT', 1):
+      with mock.patch.object(attention, 'HEADS_MAJOR_MIN_CONTEXT', 1):
         loss, grads = _loss_and_grads(**kwargs)
       np.testing.assert_allclose(loss, expected[0], rtol=1e-6)
       for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected[1])):

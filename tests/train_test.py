@@ -14,6 +14,7 @@ from absl.testing import parameterized
 from configs import common
 from research import components
 from research import evaluate
+from research import faults
 from research import models
 from research import optim
 from research import sharding
@@ -144,6 +145,11 @@ class TrainTest(parameterized.TestCase):
     again = evaluate.evaluate_checkpoint(config, workdir)
     for name in ('loss', 'accuracy'):
       self.assertEqual(again['valid'][name], results['valid'][name])
+    # ... and refuses a config whose model is not the one trained there.
+    config.model.dropout_rate = 0.3
+    with self.assertRaisesRegex(faults.ConfigMismatchError,
+                                r'model.dropout_rate: 0\.1 -> 0\.3\n--mode=eval'):
+      evaluate.evaluate_checkpoint(config, workdir)
 
   def test_word_level_run_reports_perplexity_as_exp_of_the_loss(self):
     tmp = self.create_tempdir().full_path

@@ -88,6 +88,16 @@ _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], object]] = {
     'tiny_shakespeare': _tiny_shakespeare,
 }
 DATASETS = tuple(_BUILDERS)
+# The packaged corpora fix their tokenizer; text_file takes data.level.
+_FIXED_TOKENIZERS = {'ptb': builders.ResearchPtb.TOKENIZER,
+                     'tiny_shakespeare': builders.ResearchTinyShakespeare.TOKENIZER}
+
+
+def fixed_level(name: str) -> str | None:
+  """The tokenizer kind dataset `name` always has, or None where
+  `data.level` chooses it (text_file)."""
+  spec = _FIXED_TOKENIZERS.get(name)
+  return spec[0] if spec else None
 
 
 def _prepare_once(make_builder: Callable[[], object]):

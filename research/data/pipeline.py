@@ -184,7 +184,7 @@ def eval_batches(
   The predictions (inputs tokens[:-1], targets tokens[1:]) are cut into B
   contiguous rows of L = ceil((N-1)/B), zero-padded at the end of the stream
   (weight 0), then read in consecutive [B, T] segments (the last one padded).
-  `reset` is True only on the first segment, so a stateful model carries its
+  `reset` is True only on the first segment, so a recurrent model carries its
   state along each row. With B = 1 this is the plain stream.
 
   Args:

@@ -14,6 +14,7 @@ import shlex
 import statistics
 import time
 
+from research import metrics
 from research import provenance
 from research.experiments import runner
 from research.experiments import spec as spec_lib
@@ -91,8 +92,7 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
 
 
 def _duration(seconds: float) -> str:
-  m, s = divmod(int(round(seconds)), 60)
-  h, m = divmod(m, 60)
+  h, m, s = metrics.hours_minutes_seconds(seconds)
   return f'{h} h {m:02d} min' if h else f'{m} min {s:02d} s'
 
 

@@ -42,8 +42,18 @@ class Model(NamedTuple):
       None; a recurrent family knows them from its carry and ignores them.
     init_carry: `init_carry(batch_size) -> carry`, the state before the first
       segment (LSTM: per-layer (c, h) zeros; Transformer: `{}`).
-    stateful: True if the carry holds state across segments (LSTM), so the
-      trainer must feed segments in order and thread the carry through.
+    recurrent: True if the carry links consecutive calls (LSTM). Whether
+      training then carries it from batch to batch (feeding each row's
+      segments in order) is the trainer's choice (research/components.py).
+    init_cache: `init_cache(batch_size) -> cache`, the decoding state before
+      the first token (LSTM: the carry; Transformer: per-layer keys and values
+      of `context` positions, zeros).
+    decode: `decode(params, cache, inputs_BxT, positions_BxT) -> (logits_BxTxV,
+      cache)`, inference on the next T tokens of each row at their positions
+      (a prompt in one call, then a token per call); the logits equal
+      `apply`'s on the whole sequence at every position.
+    context: the most positions a sequence may have when decoding (the
+      Transformer's context length), or None for no limit (LSTM).
     partition_rules: `(path regex, spec)` pairs, first match wins (see
       `sharding.param_shardings`); a spec is a tuple with one entry per
       dimension: a mesh axis name, a tuple of them, or None. A parameter no
@@ -55,7 +65,10 @@ class Model(NamedTuple):
   init: Callable[..., Any]
   apply: Callable[..., Any]
   init_carry: Callable[[int], Any]
-  stateful: bool
+  recurrent: bool
+  init_cache: Callable[[int], Any] | None = None
+  decode: Callable[..., Any] | None = None
+  context: int | None = None
   partition_rules: tuple[tuple[str, tuple], ...] = ()
   flops_per_token: Callable[[Any], float] | None = None
 

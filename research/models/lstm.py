@@ -204,11 +204,18 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     return module.apply({'params': params}, carry, inputs_BxT, train=train,
                         rngs=rngs)
 
+  def decode(params: dict, cache: Carry, inputs_BxT: jax.Array,
+             positions_BxT: jax.Array) -> tuple[jax.Array, Carry]:
+    del positions_BxT  # The cache (the carry) holds where each row is.
+    return module.apply({'params': params}, cache, inputs_BxT, train=False)
+
   def flops_per_token(params) -> float:
     """6 N, N = L x 4H x (D + H) + H V: exactly the gate and softmax
     matmuls (the embedding is only indexed)."""
     return 6.0 * models.matmul_params(params, ('embed/embedding',))
 
+  # The decoding cache is the carry: the state after the tokens read so far.
   return models.Model(init=init, apply=apply, init_carry=init_carry,
-                      stateful=True, partition_rules=PARTITION_RULES,
+                      recurrent=True, init_cache=init_carry, decode=decode,
+                      context=None, partition_rules=PARTITION_RULES,
                       flops_per_token=flops_per_token)

@@ -1,0 +1,144 @@
+"""Causal multi-head self-attention of the Transformer, with a decoding cache.
+
+Shape letters as in research/models/transformer.py; here also S, the key
+positions (the same positions as T in training, the cache's slots when
+decoding).
+
+Training and evaluation read a whole segment: position t attends to the
+segment's positions <= t. Decoding (`cache` given) writes the new tokens' keys
+and values into the cache at their positions and attends over every slot at
+or before each query's position, so a prompt is read in one pass and then one
+token per call; the logits equal the full pass's at every position.
+"""
+
+from typing import TYPE_CHECKING
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research import sharding
+from research.models import layers
+from research.models import transformer_options as options
+from research.sharding import BATCH
+
+if TYPE_CHECKING:  # Annotations only: transformer.py imports this module.
+  from research.models import transformer
+
+ATTENTION_KINDS = ('xla', 'dot_product')
+# From this context length on, the XLA attention path works on heads-major
+# (B, N, T, K) operands; below it on (B, T, N, K) as the projection yields
+# them. Measured on a 2-core Intel Xeon VM (research.bench, float32):
+# heads-major took the shakespeare_char step at context 256 from 13.1 to
+# 10.7 s (batch 64), 2.57 to 2.38 s (batch 16) and 0.68 to 0.60 s (batch 4):
+# the backward products then write plain batched matmul outputs, where on
+# (B, T, N, K) operands XLA's CPU dots wrote transposed ones at a tenth of
+# the matmul rate. At the cpu recipe's context 64 the two transposes cost
+# more than they save (four paired runs: 37-43 against 41-47 ms). Same
+# math either way.
+HEADS_MAJOR_MIN_CONTEXT = 128
+
+
+def _masked_softmax(logits_BxNxTxS: jax.Array, visible_TxS: jax.Array,
+                    dtype) -> jax.Array:
+  """Softmax over S where `visible` (broadcastable), in float32 whatever the
+  compute dtype so that low-precision activations keep small weights.
+
+  The finite minimum (not -inf) keeps gradients NaN-free; exp underflows to
+  exactly 0, so hidden positions get exactly zero weight and gradient.
+  """
+  logits_BxNxTxS = jnp.where(visible_TxS, logits_BxNxTxS.astype(jnp.float32),
+                             jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits_BxNxTxS, axis=-1).astype(dtype)
+
+
+def causal_attention(q, k, v, dropout, heads_major: bool):
+  """Softmax attention of each position over itself and earlier ones.
+
+  q, k, v are BxTxNxK, or BxNxTxK where `heads_major`; the output has the
+  same layout as q.
+  """
+  if heads_major:
+    qk_spec, pv_spec = 'bntk,bnsk->bnts', 'bnts,bnsk->bntk'
+  else:
+    qk_spec, pv_spec = 'btnk,bsnk->bnts', 'bnts,bsnk->btnk'
+  T = q.shape[2 if heads_major else 1]  # pylint: disable=invalid-name
+  causal_TxS = jnp.tril(jnp.ones((T, T), dtype=bool))
+  probs_BxNxTxS = _masked_softmax(jnp.einsum(qk_spec, q, k), causal_TxS,
+                                  v.dtype)
+  return jnp.einsum(pv_spec, dropout(probs_BxNxTxS), v)
+
+
+def cached_attention(q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, positions_BxT,
+                     cache: dict) -> tuple[jax.Array, dict]:
+  """Writes k, v into `cache` (`k`, `v`: BxSxNxK) at `positions_BxT` and
+  attends from each query over the slots at or before its position.
+
+  Slots after a query's position are hidden whatever they hold, so a cache
+  starts as zeros and is filled in order. A position outside the cache is
+  dropped (decoding past the cache is refused before it gets here).
+  """
+  rows_Bx1 = jnp.arange(q_BxTxNxK.shape[0])[:, None]
+  k_BxSxNxK = cache['k'].at[rows_Bx1, positions_BxT].set(
+      k_BxTxNxK.astype(cache['k'].dtype), mode='drop')
+  v_BxSxNxK = cache['v'].at[rows_Bx1, positions_BxT].set(
+      v_BxTxNxK.astype(cache['v'].dtype), mode='drop')
+  S = k_BxSxNxK.shape[1]  # pylint: disable=invalid-name
+  visible_Bx1xTxS = (jnp.arange(S)[None, None, None, :]
+                     <= positions_BxT[:, None, :, None])
+  probs_BxNxTxS = _masked_softmax(
+      jnp.einsum('btnk,bsnk->bnts', q_BxTxNxK, k_BxSxNxK), visible_Bx1xTxS,
+      v_BxSxNxK.dtype)
+  out_BxTxNxK = jnp.einsum('bnts,bsnk->btnk', probs_BxNxTxS, v_BxSxNxK)
+  return out_BxTxNxK, {'k': k_BxSxNxK, 'v': v_BxSxNxK}
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head self-attention where position t sees positions <= t.
+
+  Returns (x_BxTxD, the updated cache, or None when not decoding).
+  """
+  config: 'transformer.Config'
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, train: bool,
+               positions_BxT: jax.Array | None = None,
+               cache: dict | None = None):
+    c = self.config
+    B, T, D = x_BxTxD.shape  # pylint: disable=invalid-name
+    N = c.num_heads  # pylint: disable=invalid-name
+    K = D // N  # pylint: disable=invalid-name
+    # Dense layers act on the flattened (B*T, D) array: the backward pass of a
+    # plain matmul is measurably faster on CPU than a batched dot_general.
+    qkv_BTx3D = nn.Dense(
+        3 * D, use_bias=c.use_bias,
+        kernel_init=nn.initializers.normal(options.INIT_STDDEV),
+        name='qkv')(x_BxTxD.reshape(B * T, D))
+    qkv_BxTxNx3xK = sharding.constrain(
+        qkv_BTx3D.reshape(B, T, N, 3, K), BATCH, None, 'tensor', None, None)
+    q_BxTxNxK, k_BxTxNxK, v_BxTxNxK = (
+        qkv_BxTxNx3xK[:, :, :, j] for j in range(3))
+    if cache is not None:
+      out_BxTxNxK, cache = cached_attention(
+          q_BxTxNxK * K**-0.5, k_BxTxNxK, v_BxTxNxK, positions_BxT, cache)
+    elif c.attention == 'dot_product':
+      # One fused op: cuDNN flash attention on GPU where it applies, XLA
+      # elsewhere. Same math; no dropout on the attention weights.
+      out_BxTxNxK = jax.nn.dot_product_attention(
+          q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, is_causal=True)
+    else:
+      dropout = layers.Dropout(c.dropout_rate)
+      heads_major = T >= HEADS_MAJOR_MIN_CONTEXT
+      # One transpose of the fused projection gives heads-major q, k, v.
+      q, k, v = (qkv_BxTxNx3xK.transpose(3, 0, 2, 1, 4) if heads_major else
+                 (q_BxTxNxK, k_BxTxNxK, v_BxTxNxK))
+      out = causal_attention(q * K**-0.5, k, v,
+                             lambda p: dropout(p, deterministic=not train),
+                             heads_major)
+      out_BxTxNxK = out.transpose(0, 2, 1, 3) if heads_major else out
+    out_BTxD = nn.Dense(
+        D, use_bias=c.use_bias, kernel_init=options.residual_init(c),
+        name='out')(sharding.constrain(out_BxTxNxK.reshape(B * T, D),
+                                       BATCH, 'tensor'))
+    out_BTxD = layers.Dropout(c.dropout_rate)(out_BTxD, deterministic=not train)
+    return out_BTxD.reshape(B, T, D), cache
