@@ -19,6 +19,7 @@ from research import faults
 from research import host
 from research import metrics
 from research import train
+from research import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, optionally with :variant.',
@@ -69,7 +70,7 @@ def _run(config, workdir, allocator):
   if _MODE.value == 'eval':
     return evaluate.evaluate_checkpoint(config, workdir)
   if _FRESH.value and jax.process_index() == 0:
-    moved = train.move_aside(workdir)
+    moved = workdir_lib.move_aside(workdir)
     if moved:
       metrics.console('--fresh: moved the previous run to %s.', moved)
   return train.train_and_evaluate(config, workdir)

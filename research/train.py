@@ -7,10 +7,8 @@ wires data, checkpoints, evaluation and logging around it and resumes from the
 workdir's latest checkpoint automatically.
 """
 
-import errno
 import functools
 import os
-import time
 from typing import Callable
 
 import jax
@@ -30,6 +28,7 @@ from research import metrics
 from research import models
 from research import provenance
 from research import sharding
+from research import workdir as workdir_lib
 from research.components import TrainState
 from research.data import pipeline
 
@@ -145,40 +144,6 @@ def _evaluate_and_sample(evaluator, parts, params, step, splits, config,
   return results
 
 
-def _check_writable(workdir: str) -> None:
-  """Fails before any work when the workdir cannot be created or written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise faults.RunError(
-        f'Cannot write to the workdir {workdir!r} ({e.strerror or e}). Choose '
-        'a writable --workdir or fix its permissions.') from e
-
-
-def move_aside(workdir: str) -> str | None:
-  """Moves a previous run's files to WORKDIR/previous/TIME/ (for --fresh);
-  returns that folder, or None when there was nothing to move."""
-  names = [n for n in ('checkpoints', 'unreadable_checkpoints', 'metrics.jsonl',
-                       'tensorboard', 'runs.jsonl', 'config.json')
-           if os.path.exists(os.path.join(workdir, n))]
-  if not names:
-    return None
-  target = os.path.join(workdir, 'previous', time.strftime('%Y%m%d-%H%M%S'))
-  os.makedirs(target, exist_ok=True)
-  for name in names:
-    os.replace(os.path.join(workdir, name), os.path.join(target, name))
-  return target
-
-
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json(indent=2))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: list[jax.Device] | None = None,
                        ) -> dict[str, dict[str, float]]:
@@ -187,11 +152,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `devices` (default: all) is the mesh's device list; a checkpoint written on
   any other mesh restores onto it.
   """
-  _check_writable(workdir)
+  workdir_lib.check_writable(workdir)
   parts = components_lib.build(config, devices)
   is_lead = jax.process_index() == 0
   if is_lead:
-    _write_config(workdir, config)
+    workdir_lib.write_config(workdir, config)
     provenance.record_start(workdir)
   writer = metrics.MetricWriter(workdir, enabled=is_lead)
   manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
@@ -214,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     state = _train_loop(config, parts, state, start, step_fn, data_iterator,
                         evaluator, writer, manager, dropout_rng, sample_rng)
-    _wait(manager, total)
+    workdir_lib.wait(manager, total)
     splits = ('valid', 'test') if config.eval_on_test else ('valid',)
     writer.truncate_after(total, also_at_step=splits)  # A re-run re-scores.
     results = _evaluate_and_sample(evaluator, parts, state.params, total,
@@ -277,10 +242,10 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
       if step % parts.checkpoint_every == 0 or step == total or stop.received:
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
         on_device = []
-        _save(manager, step, state, data_iterator, config,
+        workdir_lib.save(manager, step, state, data_iterator, config,
               parts.corpus.tokenizer.identity)
       if stop.received and step != total:
-        _wait(manager, step)
+        workdir_lib.wait(manager, step)
         writer.flush()
         raise faults.Preempted(
             f'{stop.name} received: stopped after step {step} of {total} and '
@@ -306,42 +271,6 @@ def _fetch_checked(on_device, manager, skip: bool) -> list[dict]:
           'from that checkpoint), or set config.skip_nonfinite_steps=True to '
           'skip such steps.')
   return [m for _, m in host]
-
-
-def _disk_full(error: BaseException) -> bool:
-  while error is not None:
-    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or \
-        'No space left on device' in str(error):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
-def _save(manager, step, state, data_iterator, config, tokenizer) -> None:
-  try:
-    checkpoint.check_for_errors(manager)  # A failed earlier async save.
-    if checkpoint.latest_step(manager) != step:
-      checkpoint.save(manager, step, state, data_iterator, config, tokenizer)
-  except Exception as e:  # pylint: disable=broad-except
-    _raise_save_error(e, manager, step)
-
-
-def _wait(manager, step) -> None:
-  try:
-    checkpoint.wait(manager)
-  except Exception as e:  # pylint: disable=broad-except
-    _raise_save_error(e, manager, step)
-
-
-def _raise_save_error(error, manager, step):
-  if not _disk_full(error):
-    raise error
-  good = [s for s in manager.all_steps() if s < step]
-  raise faults.RunError(
-      f'No space left on device while writing a checkpoint to '
-      f'{manager.directory} (at or before step {step}). The checkpoints '
-      f'already there ({good or "none"}) are intact. Free some space (or set '
-      'keep_checkpoints lower) and run the same command to continue.') from error
 
 
 def _log_train(writer, step, total, host, throughput, corpus, per_epoch):

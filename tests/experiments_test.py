@@ -16,6 +16,7 @@ from research import provenance
 from research.experiments import report
 from research.experiments import runner
 from research.experiments import spec as spec_lib
+from research.experiments import stats
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,19 +68,19 @@ class StatisticsTest(absltest.TestCase):
 
   def test_interval_on_known_numbers(self):
     # mean 3, sample sd sqrt(2.5), t_{0.975}(4) = 2.7764.
-    mean, half = report.confidence_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    mean, half = stats.confidence_interval([1.0, 2.0, 3.0, 4.0, 5.0])
     self.assertAlmostEqual(mean, 3.0)
     self.assertAlmostEqual(half, 2.7764 * (2.5 ** 0.5) / (5 ** 0.5), places=6)
-    mean, half = report.confidence_interval([10.0, 12.0])
+    mean, half = stats.confidence_interval([10.0, 12.0])
     self.assertAlmostEqual(half, 12.7062 * (2 ** 0.5) / (2 ** 0.5), places=4)
-    self.assertEqual(report.confidence_interval([7.0]), (7.0, None))
+    self.assertEqual(stats.confidence_interval([7.0]), (7.0, None))
 
   def test_t_quantiles(self):
-    self.assertAlmostEqual(report.t_quantile_975(30), 2.0423, places=4)
-    self.assertAlmostEqual(report.t_quantile_975(31), 2.0395, places=3)
-    self.assertAlmostEqual(report.t_quantile_975(120), 1.9799, places=3)
+    self.assertAlmostEqual(stats.t_quantile_975(30), 2.0423, places=4)
+    self.assertAlmostEqual(stats.t_quantile_975(31), 2.0395, places=3)
+    self.assertAlmostEqual(stats.t_quantile_975(120), 1.9799, places=3)
     with self.assertRaises(ValueError):
-      report.t_quantile_975(0)
+      stats.t_quantile_975(0)
 
 
 class SpecTest(absltest.TestCase):
@@ -214,7 +215,7 @@ class RunnerTest(absltest.TestCase):
     self.assertTrue(all(float(r['wall_seconds']) > 0 and r['hardware'].startswith('CPU')
                         for r in ours))
     a_valid = [float(r['value']) for r in ours if r['row'] == 'a' and r['split'] == 'valid']
-    mean, half = report.confidence_interval(a_valid)
+    mean, half = stats.confidence_interval(a_valid)
     with open(os.path.join(out, 'RESULTS.md')) as f:
       markdown = f.read()
     # bpc to three decimals; the published value as the paper gives it.

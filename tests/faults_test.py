@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ from research import models
 from research import optim
 from research import sharding
 from research import train
+from research import workdir as workdir_lib
 from tests import test_util
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,7 +207,7 @@ class InProcessFaultTest(absltest.TestCase):
     with self.assertRaisesRegex(faults.ConfigMismatchError,
                                 r'model.hidden_size: 16 -> 8[\s\S]*--fresh'):
       train.train_and_evaluate(changed, work)
-    moved = train.move_aside(work)
+    moved = workdir_lib.move_aside(work)
     self.assertTrue(os.path.isdir(os.path.join(moved, 'checkpoints')))
     train.train_and_evaluate(changed, work)
 
@@ -316,70 +316,6 @@ class InProcessFaultTest(absltest.TestCase):
       train.train_and_evaluate(test_util.tiny_config(tmp, model='transformer'),
                                os.path.join(tmp, name))
     self.assertEqual(_metrics(os.path.join(tmp, 'a')), _metrics(os.path.join(tmp, 'b')))
-
-
-def _main(args, tmp):
-  out = subprocess.run([sys.executable, '-m', 'research.main'] + args, cwd=_ROOT,
-                       capture_output=True, text=True, timeout=300)
-  return out.returncode, [l for l in out.stderr.splitlines() if l.startswith('error:')]
-
-
-class BadInputTest(absltest.TestCase):
-
-  def _config_file(self, tmp, body):
-    path = os.path.join(tmp, 'bad_config.py')
-    with open(path, 'w') as f:
-      f.write(textwrap.dedent(f"""\
-          from tests import test_util
-          def get_config():
-            c = test_util.tiny_config({tmp!r})
-          """) + textwrap.indent(textwrap.dedent(body) + '\n', '  ') + '  return c\n')
-    return path
-
-  def test_each_bad_input_gives_one_error_line_and_status_2(self):
-    tmp = self.create_tempdir().full_path
-    empty = os.path.join(tmp, 'empty.txt')
-    open(empty, 'w').close()
-    latin1 = os.path.join(tmp, 'latin1.txt')
-    with open(latin1, 'wb') as f:
-      f.write('café au lait\n'.encode('latin-1') * 50)
-    blocker = os.path.join(tmp, 'a_file')
-    open(blocker, 'w').close()
-    cases = {
-        'empty file': (f'c.data.path = {empty!r}', 'is empty'),
-        'not UTF-8': (f'c.data.path = {latin1!r}', 'UTF-8'),
-        'split too small': ('c.data.batch_size = 2000', 'too small'),
-        'unknown dataset': ("c.data.name = 'nope'", "config.data.name='nope' must be one of the known datasets"),
-        'unknown model': ("c.model.name = 'nope'", "config.model.name='nope' must be one of the known models"),
-    }
-    for name, (body, message) in cases.items():
-      with self.subTest(name):
-        status, errors = _main([f'--config={self._config_file(tmp, body)}',
-                                f'--workdir={os.path.join(tmp, "w_" + name[:5])}'], tmp)
-        self.assertEqual(status, faults.EXIT_BAD_INPUT)
-        self.assertLen(errors, 1)
-        self.assertIn(message, errors[0])
-    with self.subTest('unknown variant'):
-      status, errors = _main(['--config=configs/ptb_lstm.py:huge',
-                              f'--workdir={tmp}/v'], tmp)
-      self.assertNotEqual(status, 0)
-    with self.subTest('workdir cannot be written'):
-      status, errors = _main([f'--config={self._config_file(tmp, "")}',
-                              f'--workdir={blocker}/run'], tmp)
-      self.assertEqual(status, faults.EXIT_BAD_INPUT)
-      self.assertIn('Cannot write to the workdir', errors[0])
-
-  def test_a_single_giant_line_is_valid_input(self):
-    tmp = self.create_tempdir().full_path
-    path = os.path.join(tmp, 'one_line.txt')
-    with open(path, 'w') as f:
-      f.write(' '.join(['the cat sat on the mat'] * 20000))  # 460k chars, no newline.
-    for level in ('char', 'word'):
-      config = test_util.tiny_config(tmp)
-      config.data.path, config.data.level = path, level
-      config.num_train_steps = 2
-      results = train.train_and_evaluate(config, os.path.join(tmp, level))
-      self.assertTrue(np.isfinite(results['valid']['loss']))
 
 
 if __name__ == '__main__':

@@ -8,7 +8,6 @@ and failed cells with their reason.
 
 import csv
 import dataclasses
-import math
 import os
 import shlex
 import statistics
@@ -16,38 +15,10 @@ import time
 
 from research import metrics
 from research import provenance
+from research.experiments import plots
 from research.experiments import runner
 from research.experiments import spec as spec_lib
-
-# Two-sided 95% quantiles of Student's t, t_{0.975}(df), df = 1..30.
-_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060,
-         2.2622, 2.2281, 2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199,
-         2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639,
-         2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
-
-
-def t_quantile_975(df: int) -> float:
-  """t_{0.975}(df): a table to 30, then the Cornish-Fisher expansion
-  around the normal quantile (error below 1e-4 from df 30 on)."""
-  if df < 1:
-    raise ValueError(f'degrees of freedom must be >= 1, got {df}')
-  if df <= len(_T975):
-    return _T975[df - 1]
-  z = 1.959964
-  return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-          + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
-
-
-def confidence_interval(values: list[float]) -> tuple[float, float | None]:
-  """(mean, half-width of the 95% t interval); half-width None for n = 1."""
-  if not values:
-    raise ValueError('no values')
-  mean = statistics.fmean(values)
-  if len(values) < 2:
-    return mean, None
-  sem = statistics.stdev(values) / math.sqrt(len(values))
-  return mean, t_quantile_975(len(values) - 1) * sem
-
+from research.experiments import stats
 
 @dataclasses.dataclass
 class CellResult:
@@ -96,15 +67,6 @@ def _duration(seconds: float) -> str:
   return f'{h} h {m:02d} min' if h else f'{m} min {s:02d} s'
 
 
-def _row_summary(experiment, row, results, split):
-  done = [r for r in results if r.cell.row == row and r.status == 'finished']
-  values = [r.final[split] for r in done if split in r.final]
-  if not values:
-    return None
-  mean, half = confidence_interval(values)
-  return mean, half, len(values), done
-
-
 # Decimals of a row's mean (a cell's value gets one more): perplexities
 # differ in the first decimal, losses and bits per character in the third.
 _DECIMALS = {'perplexity': 1, 'loss': 3, 'bpc': 3}
@@ -133,7 +95,7 @@ def results_markdown(experiment: spec_lib.Experiment,
     for split in experiment.splits:
       published = row.published.get(split)
       pub = f'{published:g}' if published is not None else '—'
-      summary = _row_summary(experiment, row, results, split)
+      summary = stats.row_summary(row, results, split)
       if summary is None:
         cells = [r for r in results if r.cell.row == row]
         states = sorted({r.status for r in cells})
@@ -197,62 +159,6 @@ def write_csv(path: str, experiment: spec_lib.Experiment,
                         r.hardware])
 
 
-def write_plots(directory: str, experiment: spec_lib.Experiment,
-                results: list[CellResult]) -> list[str]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for i, row in enumerate(experiment.rows):
-    for j, r in enumerate(x for x in results if x.cell.row == row and x.history):
-      epochs, values = zip(*r.history)
-      ax.plot(epochs, values, marker='.', color=colors[i % len(colors)],
-              label=row.name if j == 0 else None)
-    if 'valid' in row.published:
-      ax.axhline(row.published['valid'], color=colors[i % len(colors)],
-                 linestyle=':', linewidth=1)
-  ax.set_xlabel('epoch')
-  ax.set_ylabel(f'validation {experiment.metric}')
-  ax.set_yscale('log')
-  ax.set_title(f'{experiment.name}: validation {experiment.metric} per epoch '
-               '(dotted: published)', fontsize=9)
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend()
-  curve = os.path.join(directory, 'valid_per_epoch.png')
-  fig.tight_layout()
-  fig.savefig(curve, dpi=110)
-  plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  width = 0.8 / max(len(experiment.splits), 1)
-  for k, split in enumerate(experiment.splits):
-    for i, row in enumerate(experiment.rows):
-      x = i + (k - (len(experiment.splits) - 1) / 2) * width
-      summary = _row_summary(experiment, row, results, split)
-      if summary is not None:
-        mean, half, _, _ = summary
-        ax.errorbar(x, mean, yerr=half or 0.0, fmt='o', color=colors[k],
-                    capsize=4, label=f'ours ({split})' if i == 0 else None)
-      if split in row.published:
-        ax.plot(x, row.published[split], marker='x', linestyle='none',
-                color=colors[k], markersize=9,
-                label=f'published ({split})' if i == 0 else None)
-  ax.set_xticks(range(len(experiment.rows)),
-                [row.name for row in experiment.rows])
-  ax.set_ylabel(experiment.metric)
-  ax.set_title(f'{experiment.name}: final {experiment.metric}, mean and 95% '
-               'interval over seeds', fontsize=9)
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=8)
-  final = os.path.join(directory, 'final.png')
-  fig.tight_layout()
-  fig.savefig(final, dpi=110)
-  plt.close(fig)
-  return [curve, final]
-
-
 def recorded_cells(table: str) -> set[str]:
   """Cells (ROW-sSEED) with a value in an existing results.csv."""
   if not os.path.exists(table):
@@ -311,4 +217,4 @@ def write(directory: str, root: str, experiment: spec_lib.Experiment,
   with open(markdown, 'w') as f:
     f.write(results_markdown(experiment, results))
   write_csv(table, experiment, results)
-  return [markdown, table] + write_plots(directory, experiment, results)
+  return [markdown, table] + plots.write_plots(directory, experiment, results)

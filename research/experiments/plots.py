@@ -1,0 +1,64 @@
+"""The PNG plots of an experiment's table (research/experiments/report.py)."""
+
+import os
+
+from research.experiments import spec as spec_lib
+from research.experiments import stats
+
+
+def write_plots(directory: str, experiment: spec_lib.Experiment,
+                results: list) -> list[str]:
+  """Writes valid_per_epoch.png and final.png from `results`
+  (report.CellResult); returns their paths."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for i, row in enumerate(experiment.rows):
+    for j, r in enumerate(x for x in results if x.cell.row == row and x.history):
+      epochs, values = zip(*r.history)
+      ax.plot(epochs, values, marker='.', color=colors[i % len(colors)],
+              label=row.name if j == 0 else None)
+    if 'valid' in row.published:
+      ax.axhline(row.published['valid'], color=colors[i % len(colors)],
+                 linestyle=':', linewidth=1)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel(f'validation {experiment.metric}')
+  ax.set_yscale('log')
+  ax.set_title(f'{experiment.name}: validation {experiment.metric} per epoch '
+               '(dotted: published)', fontsize=9)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend()
+  curve = os.path.join(directory, 'valid_per_epoch.png')
+  fig.tight_layout()
+  fig.savefig(curve, dpi=110)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  width = 0.8 / max(len(experiment.splits), 1)
+  for k, split in enumerate(experiment.splits):
+    for i, row in enumerate(experiment.rows):
+      x = i + (k - (len(experiment.splits) - 1) / 2) * width
+      summary = stats.row_summary(row, results, split)
+      if summary is not None:
+        mean, half, _, _ = summary
+        ax.errorbar(x, mean, yerr=half or 0.0, fmt='o', color=colors[k],
+                    capsize=4, label=f'ours ({split})' if i == 0 else None)
+      if split in row.published:
+        ax.plot(x, row.published[split], marker='x', linestyle='none',
+                color=colors[k], markersize=9,
+                label=f'published ({split})' if i == 0 else None)
+  ax.set_xticks(range(len(experiment.rows)),
+                [row.name for row in experiment.rows])
+  ax.set_ylabel(experiment.metric)
+  ax.set_title(f'{experiment.name}: final {experiment.metric}, mean and 95% '
+               'interval over seeds', fontsize=9)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
+  final = os.path.join(directory, 'final.png')
+  fig.tight_layout()
+  fig.savefig(final, dpi=110)
+  plt.close(fig)
+  return [curve, final]
