@@ -23,7 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.vocab_size = 0  # text_file word level only: max vocabulary incl. <unk> (0 = all words).
   c.data.seq_len = 35  # Tokens per training row: unroll length (LSTM) or context (Transformer).
   c.data.batch_size = 20  # Global training batch, in rows of seq_len tokens.
-  c.data.eval_batch_size = 20  # Rows scored in parallel at evaluation (the LSTM carries state along each).
+  c.data.eval_batch_size = (
+    20  # Rows scored in parallel at evaluation (the LSTM carries state along each).
+  )
 
   c.num_epochs = 0  # Training epochs; used when num_train_steps <= 0 (0 = step-based config).
   c.num_train_steps = 1000  # Optimizer steps; <= 0 means num_epochs * steps per epoch.
@@ -42,11 +44,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.loss = 'token_mean'  # Objective: 'token_mean' or 'sequence_sum' (sum over time, mean over batch; Zaremba).
   # adamw only.
   c.optim.warmup_steps = 100  # Linear warmup from 0 to learning_rate, in steps.
-  c.optim.decay_steps = 0  # Step at which the cosine reaches min_learning_rate (0 = num_train_steps).
+  c.optim.decay_steps = (
+    0  # Step at which the cosine reaches min_learning_rate (0 = num_train_steps).
+  )
   c.optim.min_learning_rate = 1e-4  # Learning rate at the end of the cosine.
   c.optim.b1 = 0.9  # Adam beta1.
   c.optim.b2 = 0.99  # Adam beta2.
-  c.optim.weight_decay = 0.1  # Decoupled weight decay, applied to matrices only (not biases, norms).
+  c.optim.weight_decay = (
+    0.1  # Decoupled weight decay, applied to matrices only (not biases, norms).
+  )
   # sgd only.
   c.optim.decay_after_epochs = 4  # Epochs at the constant rate before the per-epoch decay starts.
   c.optim.decay_factor = 0.5  # Multiplier applied to the rate once per epoch after that.
@@ -62,7 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   # a multi-process launcher is detected (Slurm srun, Open MPI, TPU pod);
   # 'always' / 'never' force it.
   c.distributed.initialize = 'auto'
-  c.distributed.coordinator_address = ''  # host:port of process 0 ('' = $JAX_COORDINATOR_ADDRESS or auto-detect).
+  c.distributed.coordinator_address = (
+    ''  # host:port of process 0 ('' = $JAX_COORDINATOR_ADDRESS or auto-detect).
+  )
   c.distributed.num_processes = 0  # 0 = $JAX_NUM_PROCESSES or auto-detect.
   c.distributed.process_id = -1  # -1 = $JAX_PROCESS_ID or auto-detect.
 
@@ -97,7 +105,9 @@ def transformer_model() -> ml_collections.ConfigDict:
   m.dropout_rate = 0.2  # Dropout on embeddings, attention weights and residual branches.
   m.positional = 'learned'  # 'learned' or 'sinusoidal' position embeddings (research.models.transformer.POSITIONAL).
   m.norm = 'layernorm'  # Norm at each block's two inputs and before the head, one of transformer.NORMS ('layernorm': GPT-2's LayerNorm, epsilon 1e-5).
-  m.mlp = 'gelu'  # Each block's MLP, one of transformer.MLPS ('gelu': D -> d_ff -> D with exact GELU).
+  m.mlp = (
+    'gelu'  # Each block's MLP, one of transformer.MLPS ('gelu': D -> d_ff -> D with exact GELU).
+  )
   m.tie_embeddings = True  # Output layer reuses the token embedding matrix.
   m.use_bias = False  # Biases in dense layers and LayerNorms (nanoGPT: False).
   # Speed options (accelerators mostly); the defaults are the exact recipe.
@@ -112,6 +122,5 @@ def select_variant(variants: dict, arg: str | None, default: str) -> ml_collecti
   """Returns `variants[arg or default]()`, or raises naming the valid variants."""
   name = arg or default
   if name not in variants:
-    raise ValueError(
-        f'Unknown config variant {name!r}; valid variants: {sorted(variants)}.')
+    raise ValueError(f'Unknown config variant {name!r}; valid variants: {sorted(variants)}.')
   return variants[name]()

@@ -18,8 +18,7 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg:
-    raise ValueError(f'Unknown config variant {arg!r}; configs/default.py has '
-                     'no variants.')
+    raise ValueError(f'Unknown config variant {arg!r}; configs/default.py has no variants.')
   c = common.base_config()
   c.data.name = 'ptb'
   c.data.level = 'word'  # Stated: a text_file run from this config stays word level.

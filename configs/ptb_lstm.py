@@ -27,8 +27,16 @@ import ml_collections
 from configs import common
 
 
-def _base(hidden: int, seq_len: int, init: float, dropout: float,
-          decay_after: int, decay: float, epochs: int, clip: float):
+def _base(
+  hidden: int,
+  seq_len: int,
+  init: float,
+  dropout: float,
+  decay_after: int,
+  decay: float,
+  epochs: int,
+  clip: float,
+):
   c = common.base_config()
   c.data.name = 'ptb'
   c.data.level = 'word'  # Stated: a text_file run from this config stays word level.
@@ -66,5 +74,4 @@ def large() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return common.select_variant(
-      {'small': small, 'medium': medium, 'large': large}, arg, 'small')
+  return common.select_variant({'small': small, 'medium': medium, 'large': large}, arg, 'small')

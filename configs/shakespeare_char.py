@@ -104,5 +104,4 @@ def gpt2_small() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return common.select_variant(
-      {'full': full, 'cpu': cpu, 'gpt2_small': gpt2_small}, arg, 'full')
+  return common.select_variant({'full': full, 'cpu': cpu, 'gpt2_small': gpt2_small}, arg, 'full')

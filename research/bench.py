@@ -61,20 +61,19 @@ def data_tokens_per_s(parts, config, batches: int = 200) -> float:
   start = time.perf_counter()
   for _ in range(batches):
     next(it)
-  return batches * config.data.batch_size * config.data.seq_len / (
-      time.perf_counter() - start)
+  return batches * config.data.batch_size * config.data.seq_len / (time.perf_counter() - start)
 
 
-def run(config, steps: int, warmup: int, config_name: str = '',
-        allocator: str = 'not set') -> dict:
+def run(config, steps: int, warmup: int, config_name: str = '', allocator: str = 'not set') -> dict:
   """Benchmarks the train step of `config`; returns the figures.
 
   `allocator` is what research.host.tune_allocator() reported; host page
   faults per step are counted because they showed where CPU time went.
   """
   parts = components.build(config)
-  state, shardings = components.create_state(parts, jax.random.key(config.seed),
-                                              config.data.batch_size)
+  state, shardings = components.create_state(
+    parts, jax.random.key(config.seed), config.data.batch_size
+  )
   step_fn = train.make_train_step(parts, shardings, config)
   it = train.train_iterator(parts, config)
   batches = [sharding.global_batch(next(it), parts.mesh) for _ in range(8)]
@@ -107,56 +106,59 @@ def run(config, steps: int, warmup: int, config_name: str = '',
   flops_per_s = per_token * tokens / summary['step_time_median_s']
   memory, memory_kind = _peak_memory_bytes(device)
   return {
-      'config': config_name,
-      'device': provenance.hardware(),
-      'device_kind': device.device_kind,
-      'commit': provenance.revision(),
-      'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-      'batch': f'{config.data.batch_size}x{config.data.seq_len}',
-      'steps_timed': steps,
-      'compile_s': compile_s,
-      **summary,
-      'tokens_per_s': tokens / summary['step_time_median_s'],
-      'flops_per_token': per_token,
-      'flops_per_s': flops_per_s,
-      'peak_flops_per_s': peak_total,
-      'peak_source': peak_source,
-      'mfu': flops_per_s / peak_total if peak_total else None,
-      'peak_memory_bytes': memory,
-      'peak_memory_kind': memory_kind,
-      'page_faults_per_step': faults / steps,
-      'host_allocator': allocator,
-      'data_tokens_per_s': data_tokens_per_s(parts, config),
+    'config': config_name,
+    'device': provenance.hardware(),
+    'device_kind': device.device_kind,
+    'commit': provenance.revision(),
+    'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+    'batch': f'{config.data.batch_size}x{config.data.seq_len}',
+    'steps_timed': steps,
+    'compile_s': compile_s,
+    **summary,
+    'tokens_per_s': tokens / summary['step_time_median_s'],
+    'flops_per_token': per_token,
+    'flops_per_s': flops_per_s,
+    'peak_flops_per_s': peak_total,
+    'peak_source': peak_source,
+    'mfu': flops_per_s / peak_total if peak_total else None,
+    'peak_memory_bytes': memory,
+    'peak_memory_kind': memory_kind,
+    'page_faults_per_step': faults / steps,
+    'host_allocator': allocator,
+    'data_tokens_per_s': data_tokens_per_s(parts, config),
   }
 
 
 def _print(figures: dict) -> None:
   ms = lambda s: f'{1e3 * s:.1f} ms'
   mfu = f'{100 * figures["mfu"]:.1f}%' if figures['mfu'] else 'n/a'
-  peak = (f'{figures["peak_flops_per_s"] / 1e9:.1f} GFLOP/s'
-          if figures['peak_flops_per_s'] else 'unknown')
-  print(f'{figures["config"]} on {figures["device"]} (commit {figures["commit"][:12]})\n'
-        f'  compile            {figures["compile_s"]:.2f} s\n'
-        f'  step time          median {ms(figures["step_time_median_s"])}, '
-        f'p10 {ms(figures["step_time_p10_s"])}, p90 {ms(figures["step_time_p90_s"])} '
-        f'({figures["steps_timed"]} steps, batch {figures["batch"]})\n'
-        f'  tokens/s           {figures["tokens_per_s"]:,.0f}\n'
-        f'  achieved           {figures["flops_per_s"] / 1e9:.1f} GFLOP/s '
-        f'({figures["flops_per_token"] / 1e6:.2f} MFLOP per token)\n'
-        f'  peak               {peak} ({figures["peak_source"]})\n'
-        f'  MFU                {mfu}\n'
-        f'  peak memory        {figures["peak_memory_bytes"] / 2**20:,.0f} MiB '
-        f'({figures["peak_memory_kind"]})\n'
-        f'  page faults        {figures["page_faults_per_step"]:,.0f} per step '
-        f'(host allocator {figures["host_allocator"]})\n'
-        f'  data pipeline      {figures["data_tokens_per_s"]:,.0f} tokens/s', flush=True)
+  peak = (
+    f'{figures["peak_flops_per_s"] / 1e9:.1f} GFLOP/s' if figures['peak_flops_per_s'] else 'unknown'
+  )
+  print(
+    f'{figures["config"]} on {figures["device"]} (commit {figures["commit"][:12]})\n'
+    f'  compile            {figures["compile_s"]:.2f} s\n'
+    f'  step time          median {ms(figures["step_time_median_s"])}, '
+    f'p10 {ms(figures["step_time_p10_s"])}, p90 {ms(figures["step_time_p90_s"])} '
+    f'({figures["steps_timed"]} steps, batch {figures["batch"]})\n'
+    f'  tokens/s           {figures["tokens_per_s"]:,.0f}\n'
+    f'  achieved           {figures["flops_per_s"] / 1e9:.1f} GFLOP/s '
+    f'({figures["flops_per_token"] / 1e6:.2f} MFLOP per token)\n'
+    f'  peak               {peak} ({figures["peak_source"]})\n'
+    f'  MFU                {mfu}\n'
+    f'  peak memory        {figures["peak_memory_bytes"] / 2**20:,.0f} MiB '
+    f'({figures["peak_memory_kind"]})\n'
+    f'  page faults        {figures["page_faults_per_step"]:,.0f} per step '
+    f'(host allocator {figures["host_allocator"]})\n'
+    f'  data pipeline      {figures["data_tokens_per_s"]:,.0f} tokens/s',
+    flush=True,
+  )
 
 
 def _faults(record: dict) -> str:
   if 'page_faults_per_step' not in record:
     return 'n/a'
-  return (f'{record["page_faults_per_step"]:,.0f} '
-          f'({record["host_allocator"]})')
+  return f'{record["page_faults_per_step"]:,.0f} ({record["host_allocator"]})'
 
 
 GENERATED_START = '<!-- generated by research.bench: start -->'
@@ -170,26 +172,30 @@ def _table_lines(records_path: str, table_path: str) -> list[str]:
   for r in records:
     latest[(r['config'], r['device'])] = r
   lines = [
-      '<!-- Made by `python -m research.bench --config=... '
-      f'--record={records_path} --table={table_path}` from the latest record '
-      'per (config, device); do not edit between the markers by hand, the next '
-      'run rewrites it. Text outside the markers is kept. -->', '',
-      'The real jitted train step after warm-up. MFU: achieved FLOP/s (6 N per '
-      'token plus the attention term, research/flops.py) over the peak: on '
-      'CPU a float32 matmul measured in the same process, on accelerators the '
-      'dense bf16 datasheet figure.', '',
-      '| config | batch | device | step median (p10-p90) | tokens/s | GFLOP/s | peak GFLOP/s | MFU | compile | page faults/step | data tokens/s | commit | date |',
-      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    '<!-- Made by `python -m research.bench --config=... '
+    f'--record={records_path} --table={table_path}` from the latest record '
+    'per (config, device); do not edit between the markers by hand, the next '
+    'run rewrites it. Text outside the markers is kept. -->',
+    '',
+    'The real jitted train step after warm-up. MFU: achieved FLOP/s (6 N per '
+    'token plus the attention term, research/flops.py) over the peak: on '
+    'CPU a float32 matmul measured in the same process, on accelerators the '
+    'dense bf16 datasheet figure.',
+    '',
+    '| config | batch | device | step median (p10-p90) | tokens/s | GFLOP/s | peak GFLOP/s | MFU | compile | page faults/step | data tokens/s | commit | date |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  ]
   for r in latest.values():
     mfu = f'{100 * r["mfu"]:.1f}%' if r['mfu'] else 'n/a'
     peak = f'{r["peak_flops_per_s"] / 1e9:.0f}' if r['peak_flops_per_s'] else 'n/a'
     lines.append(
-        f'| `{r["config"]}` | {r["batch"]} | {r["device"]} | '
-        f'{1e3 * r["step_time_median_s"]:.1f} ms ({1e3 * r["step_time_p10_s"]:.1f}-'
-        f'{1e3 * r["step_time_p90_s"]:.1f}) | {r["tokens_per_s"]:,.0f} | '
-        f'{r["flops_per_s"] / 1e9:.1f} | {peak} | {mfu} | {r["compile_s"]:.1f} s | '
-        f'{_faults(r)} | '
-        f'{r["data_tokens_per_s"]:,.0f} | {r["commit"][:12]} | {r["date"]} |')
+      f'| `{r["config"]}` | {r["batch"]} | {r["device"]} | '
+      f'{1e3 * r["step_time_median_s"]:.1f} ms ({1e3 * r["step_time_p10_s"]:.1f}-'
+      f'{1e3 * r["step_time_p90_s"]:.1f}) | {r["tokens_per_s"]:,.0f} | '
+      f'{r["flops_per_s"] / 1e9:.1f} | {peak} | {mfu} | {r["compile_s"]:.1f} s | '
+      f'{_faults(r)} | '
+      f'{r["data_tokens_per_s"]:,.0f} | {r["commit"][:12]} | {r["date"]} |'
+    )
   return lines
 
 
@@ -206,8 +212,7 @@ def write_table(records_path: str, table_path: str) -> None:
     ValueError: the file holds one marker without the other, a marker twice,
       or the end marker before the start marker (nothing is written).
   """
-  block = '\n'.join([GENERATED_START, *_table_lines(records_path, table_path),
-                     GENERATED_END])
+  block = '\n'.join([GENERATED_START, *_table_lines(records_path, table_path), GENERATED_END])
   old = None
   if os.path.exists(table_path):
     with open(table_path, encoding='utf-8', newline='') as f:
@@ -219,10 +224,11 @@ def write_table(records_path: str, table_path: str) -> None:
     start, end = old.find(GENERATED_START), old.find(GENERATED_END)
     if (starts, ends) != (1, 1) or end < start:
       raise ValueError(
-          f'{table_path} must hold the line {GENERATED_START} once and, after '
-          f'it, {GENERATED_END} once (found {starts} and {ends}); restore the '
-          'markers around the generated table, or delete the file to start anew.')
-    text = old[:start] + block + old[end + len(GENERATED_END):]
+        f'{table_path} must hold the line {GENERATED_START} once and, after '
+        f'it, {GENERATED_END} once (found {starts} and {ends}); restore the '
+        'markers around the generated table, or delete the file to start anew.'
+      )
+    text = old[:start] + block + old[end + len(GENERATED_END) :]
   tmp = f'{table_path}.tmp'
   with open(tmp, 'w', encoding='utf-8', newline='') as f:
     f.write(text)
@@ -235,8 +241,12 @@ def main(argv):
   tfds.disable_progress_bar()
   allocator = host.tune_allocator()
   name = next((a.split('=', 1)[1] for a in os.sys.argv if a.startswith('--config=')), '')
-  overrides = [a for a in os.sys.argv if a.startswith('--config.')
-               and not a.startswith(('--config.data.path', '--config.data.tfds_dir'))]
+  overrides = [
+    a
+    for a in os.sys.argv
+    if a.startswith('--config.')
+    and not a.startswith(('--config.data.path', '--config.data.tfds_dir'))
+  ]
   if overrides:
     name += ' ' + ' '.join(overrides)
   try:

@@ -27,38 +27,49 @@ from research import rules
 _ITEMS = ('state', 'data', 'config', 'identity')
 
 
-def make_manager(directory: str, *, max_to_keep: int,
-                 async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(
+  directory: str, *, max_to_keep: int, async_save: bool = True
+) -> ocp.CheckpointManager:
   """Opens (creating if needed) the checkpoint directory of a run."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True,
-      enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=_ITEMS)
+    max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+  )
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any,
-         data_iterator: Any, config: ml_collections.ConfigDict,
-         tokenizer: str) -> None:
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state: Any,
+  data_iterator: Any,
+  config: ml_collections.ConfigDict,
+  tokenizer: str,
+) -> None:
   """Starts saving the train state, data position, config and the
   `tokenizer` identity ('kind:hash') at `step`.
 
   The grain position is written synchronously, so advancing the iterator
   afterwards does not change what this checkpoint holds.
   """
-  manager.save(step, args=ocp.args.Composite(
+  manager.save(
+    step,
+    args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(data_iterator),
       config=ocp.args.JsonSave(config.to_dict()),
-      identity=ocp.args.JsonSave({'tokenizer': tokenizer})), force=True)
+      identity=ocp.args.JsonSave({'tokenizer': tokenizer}),
+    ),
+    force=True,
+  )
 
 
 def latest_step(manager: ocp.CheckpointManager) -> int | None:
   return manager.latest_step()
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-            data_iterator: Any | None = None) -> Any:
+def restore(
+  manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iterator: Any | None = None
+) -> Any:
   """Restores the state at `step` onto the shardings of `abstract_state`.
 
   `abstract_state` is a pytree of jax.ShapeDtypeStruct with shardings: the
@@ -74,8 +85,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
 
 def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
   """Returns the config a checkpoint was saved with, as a plain dict."""
-  restored = manager.restore(
-      step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
   return restored['config']
 
 
@@ -83,8 +93,7 @@ def restore_identity(manager: ocp.CheckpointManager, step: int) -> dict:
   """The identity a checkpoint recorded ({'tokenizer': ...}); {} for one
   saved before identities were recorded."""
   try:
-    restored = manager.restore(
-        step, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))
+    restored = manager.restore(step, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))
   except KeyError:  # Orbax: the item is not in the checkpoint.
     return {}
   return restored['identity']
@@ -104,8 +113,7 @@ def wait(manager: ocp.CheckpointManager) -> None:
 # a checkpoint trained with other values cannot continue under this config.
 # (Everything else, e.g. the mesh, the learning rate or the logging cadence,
 # may change between a save and a resume.)
-IDENTITY_KEYS = ('model', 'data.name', 'data.level', 'data.split',
-                 'data.vocab_size')
+IDENTITY_KEYS = ('model', 'data.name', 'data.level', 'data.split', 'data.vocab_size')
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -116,42 +124,50 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   used, so it is not compared.
   """
   saved, current = rules.flatten(saved), rules.flatten(current)
-  keys = sorted(k for k in saved
-                if any(k == p or k.startswith(p + '.') for p in IDENTITY_KEYS))
-  return [f'{k}: {saved.get(k, "(absent)")!r} -> {current.get(k, "(absent)")!r}'
-          for k in keys if saved.get(k) != current.get(k)]
+  keys = sorted(k for k in saved if any(k == p or k.startswith(p + '.') for p in IDENTITY_KEYS))
+  return [
+    f'{k}: {saved.get(k, "(absent)")!r} -> {current.get(k, "(absent)")!r}'
+    for k in keys
+    if saved.get(k) != current.get(k)
+  ]
 
 
 def identity_differences(saved: dict, current: dict) -> list[str]:
   """'name: saved -> current' for every recorded identity that differs; one
   the checkpoint did not record is unknown, so it is not compared."""
-  return [f'{k}: {saved[k]!r} -> {current[k]!r}'
-          for k in sorted(current) if k in saved and saved[k] != current[k]]
+  return [
+    f'{k}: {saved[k]!r} -> {current[k]!r}'
+    for k in sorted(current)
+    if k in saved and saved[k] != current[k]
+  ]
 
 
-def check_compatible(manager: ocp.CheckpointManager, step: int,
-                     config: ml_collections.ConfigDict, tokenizer: str, *,
-                     remedy: str) -> None:
+def check_compatible(
+  manager: ocp.CheckpointManager,
+  step: int,
+  config: ml_collections.ConfigDict,
+  tokenizer: str,
+  *,
+  remedy: str,
+) -> None:
   """Raises ConfigMismatchError listing every identity key (and the
   tokenizer identity) where `config` differs from the checkpoint at `step`'s;
   `remedy` ends the message with what the user can do."""
-  differences = (
-      config_differences(restore_config(manager, step), config.to_dict())
-      + identity_differences(restore_identity(manager, step),
-                             {'tokenizer': tokenizer}))
+  differences = config_differences(
+    restore_config(manager, step), config.to_dict()
+  ) + identity_differences(restore_identity(manager, step), {'tokenizer': tokenizer})
   if differences:
     raise faults.ConfigMismatchError(
-        f'The config differs from the one the checkpoint at step {step} in '
-        f'{manager.directory} was trained with:\n  ' + '\n  '.join(differences)
-        + f'\n{remedy}')
+      f'The config differs from the one the checkpoint at step {step} in '
+      f'{manager.directory} was trained with:\n  ' + '\n  '.join(differences) + f'\n{remedy}'
+    )
 
 
 def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
   """Moves an unreadable checkpoint out of the manager's sight (never
   deletes it) and returns where it went."""
   source = os.path.join(str(manager.directory), str(step))
-  target_dir = os.path.join(os.path.dirname(str(manager.directory)),
-                            'unreadable_checkpoints')
+  target_dir = os.path.join(os.path.dirname(str(manager.directory)), 'unreadable_checkpoints')
   target = os.path.join(target_dir, f'{step}-{int(time.time())}')
   if jax.process_index() == 0:
     os.makedirs(target_dir, exist_ok=True)
@@ -162,9 +178,13 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
-def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
-                        data_iterator: Any, config: ml_collections.ConfigDict,
-                        tokenizer: str) -> Any | None:
+def restore_latest_good(
+  manager: ocp.CheckpointManager,
+  abstract_state: Any,
+  data_iterator: Any,
+  config: ml_collections.ConfigDict,
+  tokenizer: str,
+) -> Any | None:
   """Restores the newest checkpoint that reads back whole; None if none exist.
 
   A checkpoint that fails to load (truncated or missing file, unreadable
@@ -180,10 +200,14 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
   for step in steps:
     try:
       check_compatible(
-          manager, step, config, tokenizer,
-          remedy='Use the original values (a tokenizer comes from the data), '
-          'another --workdir, or --fresh to move the old run aside and start '
-          'over.')
+        manager,
+        step,
+        config,
+        tokenizer,
+        remedy='Use the original values (a tokenizer comes from the data), '
+        'another --workdir, or --fresh to move the old run aside and start '
+        'over.',
+      )
       readable = True
     except faults.ConfigMismatchError:
       raise
@@ -197,12 +221,15 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
     moved = _quarantine(manager, step)
     reason = f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}'
     failures.append(f'step {step} ({reason})')
-    metrics.console('warning: checkpoint at step %d is unreadable (%s); '
-                    'moved to %s.', step, reason, moved)
+    metrics.console(
+      'warning: checkpoint at step %d is unreadable (%s); moved to %s.', step, reason, moved
+    )
   if failures:
     raise faults.CheckpointError(
-        f'No checkpoint in {manager.directory} could be read: '
-        + '; '.join(failures) + '. They were moved to unreadable_checkpoints/ '
-        'beside it. Restore them from a backup, or run with --fresh to start '
-        'over (nothing is deleted).')
+      f'No checkpoint in {manager.directory} could be read: '
+      + '; '.join(failures)
+      + '. They were moved to unreadable_checkpoints/ '
+      'beside it. Restore them from a backup, or run with --fresh to start '
+      'over (nothing is deleted).'
+    )
   return None

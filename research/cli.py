@@ -23,8 +23,7 @@ from research import config_checks
 from research import faults
 from research import rules
 
-_CONFIGS_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
 def fail(message: str) -> None:
@@ -34,8 +33,9 @@ def fail(message: str) -> None:
   sys.exit(faults.EXIT_BAD_INPUT)
 
 
-def flags_parser(config_flag: str | None = 'config', *,
-                 positional: bool = False) -> Callable[[list[str]], list[str]]:
+def flags_parser(
+  config_flag: str | None = 'config', *, positional: bool = False
+) -> Callable[[list[str]], list[str]]:
   """An `app.run` flags parser: any failure is one `error:` line, exit 2.
 
   Args:
@@ -48,6 +48,7 @@ def flags_parser(config_flag: str | None = 'config', *,
   Returns:
     A function of argv returning the arguments left after the flags.
   """
+
   def parse(argv: list[str]) -> list[str]:
     config = None
     try:
@@ -62,14 +63,17 @@ def flags_parser(config_flag: str | None = 'config', *,
     except Exception as e:  # pylint: disable=broad-except
       fail(describe(e, argv, config_flag))
     if len(rest) > 1 and not positional:
-      fail(f'unexpected arguments {rest[1:]}: every option is a flag, '
-           '--name=value (values with spaces in quotes).')
+      fail(
+        f'unexpected arguments {rest[1:]}: every option is a flag, '
+        '--name=value (values with spaces in quotes).'
+      )
     if config is not None:
       try:
         config_checks.check(config)
       except ValueError as e:
         fail(str(e))
     return rest
+
   return parse
 
 
@@ -85,9 +89,11 @@ def _config_spec(argv: list[str], name: str) -> str | None:
 
 
 def _known_config_files() -> str:
-  names = sorted(os.path.relpath(p) for p in glob.glob(
-      os.path.join(_CONFIGS_DIR, '*.py'))
-                 if os.path.basename(p) not in ('__init__.py', 'common.py'))
+  names = sorted(
+    os.path.relpath(p)
+    for p in glob.glob(os.path.join(_CONFIGS_DIR, '*.py'))
+    if os.path.basename(p) not in ('__init__.py', 'common.py')
+  )
   return ', '.join(names)
 
 
@@ -108,9 +114,11 @@ def _check_config_file(spec: str | None, name: str) -> None:
   elif not path.endswith('.py'):
     problem = 'is not a Python config file (.py)'
   if problem:
-    raise ValueError(f'--{name}={spec}: {path!r} {problem}. Config files: '
-                     f'{_known_config_files()} (a variant follows a colon, '
-                     'e.g. configs/ptb_lstm.py:small).')
+    raise ValueError(
+      f'--{name}={spec}: {path!r} {problem}. Config files: '
+      f'{_known_config_files()} (a variant follows a colon, '
+      'e.g. configs/ptb_lstm.py:small).'
+    )
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -130,19 +138,20 @@ def _override_keys(argv: list[str], name: str) -> list[str]:
   keys = []
   for arg in argv[1:]:
     if arg.startswith(prefix):
-      keys.append(arg[len(prefix):].split('=', 1)[0])
+      keys.append(arg[len(prefix) :].split('=', 1)[0])
     elif arg.startswith(f'--no{name}.'):  # --noconfig.key for booleans
-      keys.append(arg[len(f'--no{name}.'):])
+      keys.append(arg[len(f'--no{name}.') :])
   return keys
 
 
 def closest_keys(key: str, valid: list[str], n: int = 3) -> list[str]:
   """The `n` valid keys most like `key`, by the whole path or the last part."""
+
   def score(candidate):
     whole = difflib.SequenceMatcher(None, key, candidate).ratio()
-    leaf = difflib.SequenceMatcher(None, key.split('.')[-1],
-                                   candidate.split('.')[-1]).ratio()
+    leaf = difflib.SequenceMatcher(None, key.split('.')[-1], candidate.split('.')[-1]).ratio()
     return max(whole, leaf)
+
   return sorted(valid, key=lambda c: (-score(c), c))[:n]
 
 
@@ -167,8 +176,10 @@ def _unknown_key_message(argv, name, spec) -> str | None:
   nodes = {k.rsplit('.', i)[0] for k in valid for i in range(1, k.count('.') + 1)}
   for key in _override_keys(argv, name):
     if key not in valid and key not in nodes:
-      return (f'--{name}.{key}: {spec} has no key {key!r}. Closest valid keys: '
-              f'{", ".join(closest_keys(key, valid))}.')
+      return (
+        f'--{name}.{key}: {spec} has no key {key!r}. Closest valid keys: '
+        f'{", ".join(closest_keys(key, valid))}.'
+      )
   return None
 
 
@@ -178,7 +189,7 @@ def _type_message(error: flags.Error, name: str, spec: str | None) -> str | None
   head = f'flag --{name}.'
   if not text.startswith(head) or '=' not in text:
     return None
-  key, rest = text[len(head):].split('=', 1)
+  key, rest = text[len(head) :].split('=', 1)
   value, _, reason = rest.partition(': ')
   config = _load(spec) if spec else None
   if config is None:
@@ -188,13 +199,18 @@ def _type_message(error: flags.Error, name: str, spec: str | None) -> str | None
   except Exception:  # pylint: disable=broad-except
     return None
   if isinstance(default, ml_collections.ConfigDict):
-    return (f'--{name}.{key}={value}: config.{key} is a group of keys; set '
-            f'them one by one, e.g. --{name}.{key}.{next(iter(default.keys()))}'
-            '=...')
-  kind = {'int': 'an integer', 'float': 'a number', 'bool': 'True or False',
-          'str': 'a string'}.get(type(default).__name__, type(default).__name__)
-  return (f'--{name}.{key}={value}: {reason}. config.{key} takes {kind} '
-          f'(default {default!r}), e.g. --{name}.{key}={default!r}.')
+    return (
+      f'--{name}.{key}={value}: config.{key} is a group of keys; set '
+      f'them one by one, e.g. --{name}.{key}.{next(iter(default.keys()))}'
+      '=...'
+    )
+  kind = {'int': 'an integer', 'float': 'a number', 'bool': 'True or False', 'str': 'a string'}.get(
+    type(default).__name__, type(default).__name__
+  )
+  return (
+    f'--{name}.{key}={value}: {reason}. config.{key} takes {kind} '
+    f'(default {default!r}), e.g. --{name}.{key}={default!r}.'
+  )
 
 
 def describe(error: Exception, argv: list[str], name: str | None) -> str:
@@ -216,15 +232,19 @@ def describe(error: Exception, argv: list[str], name: str | None) -> str:
   if isinstance(error, flags.IllegalFlagValueError):
     if 'must have a value other than None' in text:
       flag = text.split(':', 1)[0].removeprefix('flag ').split('=')[0]
-      example = {f'--{name}': f'--{name}=configs/default.py (config files: '
-                              f'{_known_config_files()})',
-                 '--workdir': '--workdir=workdirs/NAME (checkpoints, logs and '
-                              'metrics go there; an existing one resumes)'}
+      example = {
+        f'--{name}': f'--{name}=configs/default.py (config files: {_known_config_files()})',
+        '--workdir': '--workdir=workdirs/NAME (checkpoints, logs and '
+        'metrics go there; an existing one resumes)',
+      }
       return f'{flag} is required, e.g. {example.get(flag, flag + "=...")}.'
     if text.startswith(f'flag --{name}.'):
       return _type_message(error, name, spec) or text
-  if spec and not isinstance(root, flags.Error) and (
-      text.startswith(f'flag --{name}=') or not isinstance(error, flags.Error)):
+  if (
+    spec
+    and not isinstance(root, flags.Error)
+    and (text.startswith(f'flag --{name}=') or not isinstance(error, flags.Error))
+  ):
     return _config_file_message(root, name, spec)
   return f'{text.rstrip(".")}. --helpshort lists the flags.'
 
@@ -243,6 +263,8 @@ def _config_file_message(root: BaseException, name: str, spec: str) -> str:
   if isinstance(root, ValueError) and 'variant' in detail:
     return f'--{name}={spec}: {detail}'
   where = f' (line {root.lineno})' if isinstance(root, SyntaxError) else ''
-  return (f'--{name}={spec}: the config file failed to load{where}: '
-          f'{type(root).__name__}: {detail}. Fix the file or choose another '
-          f'(config files: {_known_config_files()}).')
+  return (
+    f'--{name}={spec}: the config file failed to load{where}: '
+    f'{type(root).__name__}: {detail}. Fix the file or choose another '
+    f'(config files: {_known_config_files()}).'
+  )

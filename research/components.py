@@ -24,6 +24,7 @@ from research.data import pipeline
 
 class TrainState(NamedTuple):
   """Everything a training step reads and writes; a plain pytree."""
+
   step: jax.Array  # int32 scalar: optimizer steps taken so far.
   params: Any
   opt_state: Any
@@ -45,8 +46,7 @@ class Components(NamedTuple):
   checkpoint_every: int  # Steps between checkpoints (resolved).
 
 
-def validate(config: ml_collections.ConfigDict,
-             num_devices: int | None = None) -> None:
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ValueError naming the key of any value that cannot be used:
   `config_checks.check`, then the mesh against `num_devices` (default: all)."""
   config_checks.check(config)
@@ -59,8 +59,7 @@ def _every(value: int, steps_per_epoch: int) -> int:
   return value if value > 0 else steps_per_epoch
 
 
-def build(config: ml_collections.ConfigDict,
-          devices: list[jax.Device] | None = None) -> Components:
+def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None) -> Components:
   """Validates `config` and assembles the parts of a run on `devices` (all)."""
   devices = jax.devices() if devices is None else devices
   validate(config, len(devices))
@@ -69,76 +68,99 @@ def build(config: ml_collections.ConfigDict,
   micro_rows = config.data.batch_size // config.optim.grad_accum_steps
   if micro_rows % sharding.data_parallel_size(mesh):
     raise ValueError(
-        f'A micro-batch of config.data.batch_size / optim.grad_accum_steps = '
-        f'{micro_rows} rows does not split over the '
-        f'{sharding.data_parallel_size(mesh)} data-parallel devices of mesh '
-        f'{dict(mesh.shape)}; lower optim.grad_accum_steps or raise the batch.')
+      f'A micro-batch of config.data.batch_size / optim.grad_accum_steps = '
+      f'{micro_rows} rows does not split over the '
+      f'{sharding.data_parallel_size(mesh)} data-parallel devices of mesh '
+      f'{dict(mesh.shape)}; lower optim.grad_accum_steps or raise the batch.'
+    )
   corpus = data.load_corpus(config.data)
-  model = models.get_model(config.model, vocab_size=corpus.tokenizer.vocab_size,
-                           seq_len=config.data.seq_len)
+  model = models.get_model(
+    config.model, vocab_size=corpus.tokenizer.vocab_size, seq_len=config.data.seq_len
+  )
   # A recurrent model trains on streams: each row's segments in order, its
   # carry kept from batch to batch (truncated BPTT). Others read windows.
   kind = 'stream' if model.recurrent else 'windows'
   per_epoch = pipeline.steps_per_epoch(
-      len(corpus.splits['train']), kind=kind,
-      batch_size=config.data.batch_size, seq_len=config.data.seq_len)
-  num_steps = (config.num_train_steps if config.num_train_steps > 0
-               else config.num_epochs * per_epoch)
-  schedule = optim.make_schedule(config.optim, num_train_steps=num_steps,
-                                 steps_per_epoch=per_epoch)
+    len(corpus.splits['train']),
+    kind=kind,
+    batch_size=config.data.batch_size,
+    seq_len=config.data.seq_len,
+  )
+  num_steps = (
+    config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * per_epoch
+  )
+  schedule = optim.make_schedule(config.optim, num_train_steps=num_steps, steps_per_epoch=per_epoch)
   return Components(
-      corpus=corpus, model=model,
-      optimizer=optim.make_optimizer(config.optim, schedule),
-      schedule=schedule, mesh=mesh, data_kind=kind, steps_per_epoch=per_epoch,
-      num_train_steps=num_steps,
-      eval_every=_every(config.eval_every_steps, per_epoch),
-      checkpoint_every=_every(config.checkpoint_every_steps, per_epoch))
+    corpus=corpus,
+    model=model,
+    optimizer=optim.make_optimizer(config.optim, schedule),
+    schedule=schedule,
+    mesh=mesh,
+    data_kind=kind,
+    steps_per_epoch=per_epoch,
+    num_train_steps=num_steps,
+    eval_every=_every(config.eval_every_steps, per_epoch),
+    checkpoint_every=_every(config.checkpoint_every_steps, per_epoch),
+  )
 
 
-def init_state(rng: jax.Array, *, model: models.Model,
-               optimizer: optax.GradientTransformation,
-               batch_size: int) -> TrainState:
+def init_state(
+  rng: jax.Array, *, model: models.Model, optimizer: optax.GradientTransformation, batch_size: int
+) -> TrainState:
   """The state at step 0 (pure; jitted by `create_state`)."""
   params = model.init(rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params),
-                    carry=model.init_carry(batch_size))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+    carry=model.init_carry(batch_size),
+  )
 
 
 def state_shardings(abstract: TrainState, components: Components) -> TrainState:
   """Shardings of every leaf: parameters by rule, optimizer state likewise."""
   mesh = components.mesh
-  params = sharding.param_shardings(abstract.params, mesh,
-                                    components.model.partition_rules)
+  params = sharding.param_shardings(abstract.params, mesh, components.model.partition_rules)
   # Optimizer moments mirror the parameters; counters are replicated.
   opt_state = optax.tree_map_params(
-      components.optimizer, lambda _, s: s, abstract.opt_state, params,
-      transform_non_params=lambda _: sharding.replicated(mesh))
-  return TrainState(step=sharding.replicated(mesh), params=params,
-                    opt_state=opt_state,
-                    carry=sharding.carry_shardings(abstract.carry, mesh))
+    components.optimizer,
+    lambda _, s: s,
+    abstract.opt_state,
+    params,
+    transform_non_params=lambda _: sharding.replicated(mesh),
+  )
+  return TrainState(
+    step=sharding.replicated(mesh),
+    params=params,
+    opt_state=opt_state,
+    carry=sharding.carry_shardings(abstract.carry, mesh),
+  )
 
 
-def abstract_state(components: Components, batch_size: int,
-                   ) -> tuple[TrainState, TrainState]:
+def abstract_state(components: Components, batch_size: int) -> tuple[TrainState, TrainState]:
   """Returns (shape/dtype/sharding structs of the state, its shardings)."""
   abstract = jax.eval_shape(
-      lambda k: init_state(k, model=components.model,
-                           optimizer=components.optimizer,
-                           batch_size=batch_size), jax.random.key(0))
+    lambda k: init_state(
+      k, model=components.model, optimizer=components.optimizer, batch_size=batch_size
+    ),
+    jax.random.key(0),
+  )
   shardings = state_shardings(abstract, components)
   structs = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, shardings)
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
   return structs, shardings
 
 
-def create_state(components: Components, rng: jax.Array,
-                 batch_size: int) -> tuple[TrainState, TrainState]:
+def create_state(
+  components: Components, rng: jax.Array, batch_size: int
+) -> tuple[TrainState, TrainState]:
   """Returns (the initial state, born sharded, and its shardings)."""
   _, shardings = abstract_state(components, batch_size)
-  init = jax.jit(lambda k: init_state(k, model=components.model,
-                                      optimizer=components.optimizer,
-                                      batch_size=batch_size),
-                 out_shardings=shardings)
+  init = jax.jit(
+    lambda k: init_state(
+      k, model=components.model, optimizer=components.optimizer, batch_size=batch_size
+    ),
+    out_shardings=shardings,
+  )
   return init(rng), shardings

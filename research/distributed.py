@@ -15,8 +15,10 @@ import ml_collections
 
 def _launcher_detected() -> bool:
   """True inside a multi-process launch JAX can configure by itself."""
-  if int(os.environ.get('SLURM_STEP_NUM_TASKS', os.environ.get('SLURM_NTASKS', '1'))) > 1 \
-      and 'SLURM_STEP_ID' in os.environ:
+  if (
+    int(os.environ.get('SLURM_STEP_NUM_TASKS', os.environ.get('SLURM_NTASKS', '1'))) > 1
+    and 'SLURM_STEP_ID' in os.environ
+  ):
     return True
   if int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
     return True
@@ -26,19 +28,21 @@ def _launcher_detected() -> bool:
 def settings(config: ml_collections.ConfigDict) -> dict | None:
   """The arguments for jax.distributed.initialize, or None for one process."""
   if config.initialize not in ('auto', 'always', 'never'):
-    raise ValueError(f'config.distributed.initialize={config.initialize!r}: '
-                     "use 'auto', 'always' or 'never'.")
+    raise ValueError(
+      f"config.distributed.initialize={config.initialize!r}: use 'auto', 'always' or 'never'."
+    )
   if config.initialize == 'never':
     return None
   address = config.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS', '')
   num = config.num_processes or int(os.environ.get('JAX_NUM_PROCESSES', '0'))
-  pid = (config.process_id if config.process_id >= 0
-         else int(os.environ.get('JAX_PROCESS_ID', '-1')))
+  pid = config.process_id if config.process_id >= 0 else int(os.environ.get('JAX_PROCESS_ID', '-1'))
   if config.initialize == 'auto' and not (address or num > 1 or _launcher_detected()):
     return None
-  return {'coordinator_address': address or None,
-          'num_processes': num or None,
-          'process_id': pid if pid >= 0 else None}
+  return {
+    'coordinator_address': address or None,
+    'num_processes': num or None,
+    'process_id': pid if pid >= 0 else None,
+  }
 
 
 def initialize(config: ml_collections.ConfigDict) -> None:

@@ -31,7 +31,8 @@ def eval_step(params, carry, batch, *, model: models.Model):
   """Returns (sum of token losses, number of scored tokens, number of them
   whose argmax logit is the target, next carry)."""
   loss_sum, weight_sum, logits_BxTxV, carry = losses.forward(
-      model, params, dict(batch, carry=carry), train=False, rng=None)
+    model, params, dict(batch, carry=carry), train=False, rng=None
+  )
   hits = metrics.top1_hits(logits_BxTxV, batch['targets'], batch['weights'])
   return loss_sum, weight_sum, hits, carry
 
@@ -57,8 +58,7 @@ def segment_length(model: models.Model, batch_size: int, seq_len: int) -> int:
 class Evaluator:
   """Scores splits with one jitted step per run (compiled on first use)."""
 
-  def __init__(self, parts: components_lib.Components, *, batch_size: int,
-               seq_len: int):
+  def __init__(self, parts: components_lib.Components, *, batch_size: int, seq_len: int):
     self._parts = parts
     self._batch_size = batch_size
     self._seq_len = segment_length(parts.model, batch_size, seq_len)
@@ -66,29 +66,33 @@ class Evaluator:
     # Rows are split over the data-parallel devices when they divide evenly
     # (the LSTM's paper protocol uses a single row, which is replicated).
     divisible = batch_size % sharding.data_parallel_size(mesh) == 0
-    self._batch_sharding = (sharding.batch_sharding(mesh) if divisible
-                            else sharding.replicated(mesh))
+    self._batch_sharding = sharding.batch_sharding(mesh) if divisible else sharding.replicated(mesh)
     carry = parts.model.init_carry(batch_size)
     self._carry_sharding = jax.tree.map(lambda _: self._batch_sharding, carry)
     self._step = jax.jit(
-        functools.partial(eval_step, model=parts.model),
-        out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh),
-                       sharding.replicated(mesh), self._carry_sharding))
+      functools.partial(eval_step, model=parts.model),
+      out_shardings=(
+        sharding.replicated(mesh),
+        sharding.replicated(mesh),
+        sharding.replicated(mesh),
+        self._carry_sharding,
+      ),
+    )
 
   def _put(self, array: np.ndarray, target):
     # Every process holds the whole eval batch; each keeps its shards.
-    return jax.make_array_from_callback(array.shape, target,
-                                        lambda idx: array[idx])
+    return jax.make_array_from_callback(array.shape, target, lambda idx: array[idx])
 
   def score(self, params, tokens: np.ndarray) -> tuple[float, float]:
     """(Mean loss in nats per token, top-1 accuracy) over every prediction
     in `tokens`."""
     carry = jax.tree.map(
-        lambda c, s: self._put(np.asarray(c), s),
-        self._parts.model.init_carry(self._batch_size), self._carry_sharding)
+      lambda c, s: self._put(np.asarray(c), s),
+      self._parts.model.init_carry(self._batch_size),
+      self._carry_sharding,
+    )
     sums, counts, hits = [], [], []
-    for batch in pipeline.eval_batches(tokens, batch_size=self._batch_size,
-                                       seq_len=self._seq_len):
+    for batch in pipeline.eval_batches(tokens, batch_size=self._batch_size, seq_len=self._seq_len):
       batch = {k: self._put(v, self._batch_sharding) for k, v in batch.items()}
       loss_sum, weight_sum, hit_sum, carry = self._step(params, carry, batch)
       sums.append(loss_sum)
@@ -96,8 +100,8 @@ class Evaluator:
       hits.append(hit_sum)
     # Accumulate in float64 on the host: one device round trip at the end.
     loss_total, count, hit_total = (
-        np.sum(np.asarray(x, np.float64))
-        for x in jax.device_get((sums, counts, hits)))
+      np.sum(np.asarray(x, np.float64)) for x in jax.device_get((sums, counts, hits))
+    )
     return float(loss_total / count), float(hit_total / count)
 
   def loss(self, params, tokens: np.ndarray) -> float:
@@ -115,8 +119,13 @@ class Evaluator:
     return figures
 
 
-def generate(parts: components_lib.Components, params, rng: jax.Array,
-             sample_config: ml_collections.ConfigDict, context: int) -> str:
+def generate(
+  parts: components_lib.Components,
+  params,
+  rng: jax.Array,
+  sample_config: ml_collections.ConfigDict,
+  context: int,
+) -> str:
   """Decodes a sample continuing `sample_config.prompt`.
 
   An empty prompt starts a new line, or, for a corpus without line breaks,
@@ -127,41 +136,60 @@ def generate(parts: components_lib.Components, params, rng: jax.Array,
     try:
       prompt = tokenizer.encode(sample_config.prompt)
     except ValueError as e:
-      raise ValueError(f'config.sample.prompt cannot be encoded: {e} Use '
-                       'text from the corpus.') from e
+      raise ValueError(
+        f'config.sample.prompt cannot be encoded: {e} Use text from the corpus.'
+      ) from e
   else:
     try:
       prompt = tokenizer.encode('\n')
     except ValueError:
       prompt = np.asarray(parts.corpus.splits['train'][:1])
   ids = sampling.sample(
-      parts.model, params, prompt, rng, num_tokens=sample_config.num_tokens,
-      context=context, temperature=sample_config.temperature,
-      top_k=sample_config.top_k, top_p=sample_config.top_p)
+    parts.model,
+    params,
+    prompt,
+    rng,
+    num_tokens=sample_config.num_tokens,
+    context=context,
+    temperature=sample_config.temperature,
+    top_k=sample_config.top_k,
+    top_p=sample_config.top_p,
+  )
   return tokenizer.decode(ids)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict,
-                        workdir: str) -> dict[str, dict[str, float]]:
+def evaluate_checkpoint(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, dict[str, float]]:
   """`--mode=eval`: scores the latest checkpoint on the valid and test splits."""
   parts = components_lib.build(config)
-  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
-                                    max_to_keep=config.keep_checkpoints)
+  manager = checkpoint.make_manager(
+    os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
+  )
   step = checkpoint.latest_step(manager)
   if step is None:
     raise FileNotFoundError(
-        f'No checkpoint in {workdir}/checkpoints; train first with --mode=train.')
+      f'No checkpoint in {workdir}/checkpoints; train first with --mode=train.'
+    )
   checkpoint.check_compatible(
-      manager, step, config, parts.corpus.tokenizer.identity,
-      remedy='--mode=eval scores a model with the config it was trained with: '
-      'use the original values (or the workdir that matches this config).')
+    manager,
+    step,
+    config,
+    parts.corpus.tokenizer.identity,
+    remedy='--mode=eval scores a model with the config it was trained with: '
+    'use the original values (or the workdir that matches this config).',
+  )
   structs, _ = components_lib.abstract_state(parts, config.data.batch_size)
   state = checkpoint.restore(manager, step, structs)
-  evaluator = Evaluator(parts, batch_size=config.data.eval_batch_size,
-                        seq_len=config.data.seq_len)
+  evaluator = Evaluator(parts, batch_size=config.data.eval_batch_size, seq_len=config.data.seq_len)
   results = evaluator.splits(state.params, ('valid', 'test'))
   for split, figures in results.items():
-    metrics.console('eval at step %d | %s | loss %.4f | %s', step, split,
-                 figures['loss'], metrics.headline(figures, parts.corpus.headline))
+    metrics.console(
+      'eval at step %d | %s | loss %.4f | %s',
+      step,
+      split,
+      figures['loss'],
+      metrics.headline(figures, parts.corpus.headline),
+    )
   manager.close()
   return results

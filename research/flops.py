@@ -19,22 +19,25 @@ import numpy as np
 
 # device_kind prefix -> (dense bf16 FLOP/s, source).
 ACCELERATOR_PEAKS = (
-    ('NVIDIA H200', 989.4e12, 'NVIDIA H200 datasheet: 1,979 TFLOPS bf16 with sparsity, half dense'),
-    ('NVIDIA H100 PCIe', 756.5e12, 'NVIDIA H100 datasheet (PCIe): 1,513 TFLOPS bf16 with sparsity'),
-    ('NVIDIA H100', 989.4e12, 'NVIDIA H100 datasheet (SXM): 1,979 TFLOPS bf16 with sparsity, half dense'),
-    ('NVIDIA A100', 312e12, 'NVIDIA A100 datasheet: 312 TFLOPS bf16 dense'),
-    ('NVIDIA L4', 121e12, 'NVIDIA L4 datasheet: 242 TFLOPS bf16 with sparsity'),
-    ('NVIDIA A10', 125e12, 'NVIDIA A10 datasheet: 125 TFLOPS bf16 dense'),
-    ('TPU v4', 275e12, 'Google Cloud TPU v4 documentation: 275 TFLOPS bf16'),
-    ('TPU v5 lite', 197e12, 'Google Cloud TPU v5e documentation: 197 TFLOPS bf16'),
-    ('TPU v5e', 197e12, 'Google Cloud TPU v5e documentation: 197 TFLOPS bf16'),
-    ('TPU v5p', 459e12, 'Google Cloud TPU v5p documentation: 459 TFLOPS bf16'),
+  ('NVIDIA H200', 989.4e12, 'NVIDIA H200 datasheet: 1,979 TFLOPS bf16 with sparsity, half dense'),
+  ('NVIDIA H100 PCIe', 756.5e12, 'NVIDIA H100 datasheet (PCIe): 1,513 TFLOPS bf16 with sparsity'),
+  (
+    'NVIDIA H100',
+    989.4e12,
+    'NVIDIA H100 datasheet (SXM): 1,979 TFLOPS bf16 with sparsity, half dense',
+  ),
+  ('NVIDIA A100', 312e12, 'NVIDIA A100 datasheet: 312 TFLOPS bf16 dense'),
+  ('NVIDIA L4', 121e12, 'NVIDIA L4 datasheet: 242 TFLOPS bf16 with sparsity'),
+  ('NVIDIA A10', 125e12, 'NVIDIA A10 datasheet: 125 TFLOPS bf16 dense'),
+  ('TPU v4', 275e12, 'Google Cloud TPU v4 documentation: 275 TFLOPS bf16'),
+  ('TPU v5 lite', 197e12, 'Google Cloud TPU v5e documentation: 197 TFLOPS bf16'),
+  ('TPU v5e', 197e12, 'Google Cloud TPU v5e documentation: 197 TFLOPS bf16'),
+  ('TPU v5p', 459e12, 'Google Cloud TPU v5p documentation: 459 TFLOPS bf16'),
 )
 
 
 @functools.cache
-def measure_cpu_matmul_peak(size: int = 1024, repeats: int = 8,
-                            min_seconds: float = 1.0) -> float:
+def measure_cpu_matmul_peak(size: int = 1024, repeats: int = 8, min_seconds: float = 1.0) -> float:
   """Best float32 FLOP/s of a jitted size^3 matmul on this CPU.
 
   At least `repeats` timings and at least `min_seconds` of them: on a shared
@@ -55,8 +58,9 @@ def measure_cpu_matmul_peak(size: int = 1024, repeats: int = 8,
   return 2.0 * size**3 / best
 
 
-def device_peak(device: jax.Device | None = None, *, measure_cpu: bool = True,
-                ) -> tuple[float | None, str]:
+def device_peak(
+  device: jax.Device | None = None, *, measure_cpu: bool = True
+) -> tuple[float | None, str]:
   """(peak FLOP/s, where the figure comes from) for `device` (default: the
   first). For CPU the peak of all its cores, measured (None if not asked)."""
   device = device or jax.devices()[0]
@@ -82,7 +86,9 @@ def total_peak() -> tuple[float | None, str]:
 def describe(values_s: list[float]) -> dict[str, float]:
   """Median and spread of step times in seconds."""
   arr = np.asarray(values_s)
-  return {'step_time_median_s': float(np.median(arr)),
-          'step_time_p10_s': float(np.percentile(arr, 10)),
-          'step_time_p90_s': float(np.percentile(arr, 90)),
-          'step_time_min_s': float(arr.min())}
+  return {
+    'step_time_median_s': float(np.median(arr)),
+    'step_time_p10_s': float(np.percentile(arr, 10)),
+    'step_time_p90_s': float(np.percentile(arr, 90)),
+    'step_time_min_s': float(arr.min()),
+  }

@@ -40,18 +40,20 @@ def plain(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array):
 
 def split(tree: Any, num_micro_batches: int) -> Any:
   """Leaves (B, ...) -> (K, M, ...); [j] is micro-batch j: rows j, j+K, ..."""
+
   def one(x_B):
     x_MxK = x_B.reshape((-1, num_micro_batches) + x_B.shape[1:])
     x_KxM = jnp.swapaxes(x_MxK, 0, 1)
     return sharding.constrain(x_KxM, None, sharding.BATCH)
+
   return jax.tree.map(one, tree)
 
 
 def merge(tree: Any) -> Any:
   """The inverse of `split`: leaves (K, M, ...) -> (B, ...) in row order."""
   return jax.tree.map(
-      lambda x_KxM: jnp.swapaxes(x_KxM, 0, 1).reshape((-1,) + x_KxM.shape[2:]),
-      tree)
+    lambda x_KxM: jnp.swapaxes(x_KxM, 0, 1).reshape((-1,) + x_KxM.shape[2:]), tree
+  )
 
 
 def accumulated(num_micro_batches: int) -> Callable:
@@ -61,34 +63,34 @@ def accumulated(num_micro_batches: int) -> Callable:
   between micro-batches (and from a whole-batch step's: with dropout the
   result is an equally distributed draw, not the same one).
   """
+
   def gradient_fn(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array):
     rows = batch['inputs'].shape[0]
     if num_micro_batches < 1 or rows % num_micro_batches:
-      raise ValueError(f'optim.grad_accum_steps={num_micro_batches} must be a '
-                       f'positive divisor of the {rows} rows of the batch.')
+      raise ValueError(
+        f'optim.grad_accum_steps={num_micro_batches} must be a '
+        f'positive divisor of the {rows} rows of the batch.'
+      )
     shared = {k: batch[k] for k in _SHARED_KEYS if k in batch}
     per_row = {k: v for k, v in batch.items() if k not in shared}
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro_step(grads_sum, xs):
       micro_batch, index = xs
-      (_, aux), grads = grad_fn(params, {**micro_batch, **shared},
-                                jax.random.fold_in(rng, index))
-      grads_sum = jax.tree.map(lambda s, g: s + g.astype(jnp.float32),
-                               grads_sum, grads)
+      (_, aux), grads = grad_fn(params, {**micro_batch, **shared}, jax.random.fold_in(rng, index))
+      grads_sum = jax.tree.map(lambda s, g: s + g.astype(jnp.float32), grads_sum, grads)
       return grads_sum, aux
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     grads, aux_K = jax.lax.scan(
-        micro_step, zeros,
-        (split(per_row, num_micro_batches), jnp.arange(num_micro_batches)))
+      micro_step, zeros, (split(per_row, num_micro_batches), jnp.arange(num_micro_batches))
+    )
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     # A scalar of each micro-batch (now K of them) is a sum over its rows;
     # anything else has a row axis (now K, M), put back in batch order.
-    aux = jax.tree.map(
-        lambda x_K: jnp.sum(x_K, axis=0) if x_K.ndim == 1 else merge(x_K),
-        aux_K)
+    aux = jax.tree.map(lambda x_K: jnp.sum(x_K, axis=0) if x_K.ndim == 1 else merge(x_K), aux_K)
     return grads, aux
+
   return gradient_fn
 
 

@@ -51,14 +51,18 @@ _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_BYTES = 1 << 30  # Blocks up to 1 GiB come from the heap,
 _TRIM_THRESHOLD_BYTES = 1 << 30  # up to 1 GiB of free heap is kept,
-_TOP_PAD_BYTES = 64 << 20        # and the heap grows in 64 MiB steps.
+_TOP_PAD_BYTES = 64 << 20  # and the heap grows in 64 MiB steps.
 HUGE_PAGE_TUNABLES = 'glibc.malloc.hugetlb=1'
 _OPT_OUT = 'RESEARCH_KEEP_MALLOC'
 # Set by reexec_with_huge_pages() in the environment it re-executes with: the
 # GLIBC_TUNABLES there are ours, not the user's.
 _REEXECUTED = 'RESEARCH_HOST_REEXECUTED'
-_GLIBC_VARIABLES = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
-                    'MALLOC_TOP_PAD_', 'GLIBC_TUNABLES')
+_GLIBC_VARIABLES = (
+  'MALLOC_MMAP_THRESHOLD_',
+  'MALLOC_TRIM_THRESHOLD_',
+  'MALLOC_TOP_PAD_',
+  'GLIBC_TUNABLES',
+)
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -77,8 +81,10 @@ def _left_alone_because() -> str | None:
     return 'the C library is not glibc'
   if os.environ.get(_OPT_OUT, '') not in ('', '0'):
     return f'{_OPT_OUT} is set'
-  if (any(name in os.environ for name in _GLIBC_VARIABLES)
-      and os.environ.get(_REEXECUTED) != HUGE_PAGE_TUNABLES):
+  if (
+    any(name in os.environ for name in _GLIBC_VARIABLES)
+    and os.environ.get(_REEXECUTED) != HUGE_PAGE_TUNABLES
+  ):
     return 'glibc malloc variables are set in the environment'
   return None
 
@@ -91,11 +97,9 @@ def reexec_with_huge_pages() -> None:
   see the same process). Does nothing when already done, when glibc is older
   than 2.35 (no such tunable), or when left alone (see `tune_allocator`).
   """
-  if (_left_alone_because() or _REEXECUTED in os.environ
-      or glibc_version() < (2, 35)):
+  if _left_alone_because() or _REEXECUTED in os.environ or glibc_version() < (2, 35):
     return
-  env = {**os.environ, 'GLIBC_TUNABLES': HUGE_PAGE_TUNABLES,
-         _REEXECUTED: HUGE_PAGE_TUNABLES}
+  env = {**os.environ, 'GLIBC_TUNABLES': HUGE_PAGE_TUNABLES, _REEXECUTED: HUGE_PAGE_TUNABLES}
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
@@ -114,9 +118,11 @@ def tune_allocator() -> str:
   mallopt = ctypes.CDLL(None).mallopt
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   mallopt.restype = ctypes.c_int
-  accepted = (mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
-              and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
-              and mallopt(_M_TOP_PAD, _TOP_PAD_BYTES))
+  accepted = (
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+    and mallopt(_M_TOP_PAD, _TOP_PAD_BYTES)
+  )
   if not accepted:
     return 'left alone: mallopt refused the values'
   huge = os.environ.get(_REEXECUTED) == HUGE_PAGE_TUNABLES

@@ -27,8 +27,7 @@ from research import metrics
 from research import models
 
 
-def forward(model: models.Model, params: Any, batch: dict, *, train: bool,
-            rng: jax.Array | None):
+def forward(model: models.Model, params: Any, batch: dict, *, train: bool, rng: jax.Array | None):
   """The model on `batch` from `batch['carry']`, rows in `reset` started anew.
 
   Returns:
@@ -36,10 +35,10 @@ def forward(model: models.Model, params: Any, batch: dict, *, train: bool,
     logits_BxTxV, the carry after the batch).
   """
   carry = models.reset_carry(batch['carry'], batch['reset'])
-  logits_BxTxV, new_carry = model.apply(params, carry, batch['inputs'],
-                                        train=train, rng=rng)
+  logits_BxTxV, new_carry = model.apply(params, carry, batch['inputs'], train=train, rng=rng)
   loss_sum, weight_sum = metrics.cross_entropy_sums(
-      logits_BxTxV, batch['targets'], batch['weights'])
+    logits_BxTxV, batch['targets'], batch['weights']
+  )
   return loss_sum, weight_sum, logits_BxTxV, new_carry
 
 
@@ -54,29 +53,34 @@ class Objective(NamedTuple):
     denominator: `denominator(batch)`, what `value` divides the summed
       token losses by; given the whole step's batch.
   """
+
   loss_fn: Callable[..., tuple[jax.Array, dict]]
   denominator: Callable[[dict], jax.Array]
 
 
 # name -> the denominator of the summed token losses.
 OBJECTIVES: dict[str, Callable[[dict], Any]] = {
-    # The mean loss per token.
-    'token_mean': lambda batch: jnp.sum(batch['weights']),
-    # Summed over time, averaged over rows: Zaremba et al.'s scale, for which
-    # SGD at rate 1 is right.
-    'sequence_sum': lambda batch: batch['inputs'].shape[0],
+  # The mean loss per token.
+  'token_mean': lambda batch: jnp.sum(batch['weights']),
+  # Summed over time, averaged over rows: Zaremba et al.'s scale, for which
+  # SGD at rate 1 is right.
+  'sequence_sum': lambda batch: batch['inputs'].shape[0],
 }
 
 
 def make_objective(model: models.Model, name: str) -> Objective:
   """The objective `name` (a key of OBJECTIVES) for `model`."""
   if name not in OBJECTIVES:
-    raise ValueError(f'Unknown objective {name!r} (config key optim.loss); '
-                     f'valid names: {sorted(OBJECTIVES)}.')
+    raise ValueError(
+      f'Unknown objective {name!r} (config key optim.loss); valid names: {sorted(OBJECTIVES)}.'
+    )
 
   def loss_fn(params, batch: dict, rng: jax.Array):
-    loss_sum, weight_sum, _, new_carry = forward(model, params, batch,
-                                                 train=True, rng=rng)
+    loss_sum, weight_sum, _, new_carry = forward(model, params, batch, train=True, rng=rng)
     return loss_sum / batch['denominator'], {
-        'loss_sum': loss_sum, 'weight_sum': weight_sum, 'carry': new_carry}
+      'loss_sum': loss_sum,
+      'weight_sum': weight_sum,
+      'carry': new_carry,
+    }
+
   return Objective(loss_fn=loss_fn, denominator=OBJECTIVES[name])

@@ -22,18 +22,27 @@ from research import train
 from research import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, optionally with :variant.',
-    lock_config=True)
+  'config', None, 'Experiment config file, optionally with :variant.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Directory for checkpoints, logs and metrics; a run in '
-    'an existing workdir resumes from its latest checkpoint.')
+  'workdir',
+  None,
+  'Directory for checkpoints, logs and metrics; a run in '
+  'an existing workdir resumes from its latest checkpoint.',
+)
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval'],
-    'train: train (resuming) and evaluate; eval: score the latest checkpoint '
-    'on the valid and test splits.')
+  'mode',
+  'train',
+  ['train', 'eval'],
+  'train: train (resuming) and evaluate; eval: score the latest checkpoint '
+  'on the valid and test splits.',
+)
 _FRESH = flags.DEFINE_boolean(
-    'fresh', False, 'Start over in an existing workdir: its checkpoints, '
-    'metrics and logs are moved to WORKDIR/previous/TIME/ (nothing is deleted).')
+  'fresh',
+  False,
+  'Start over in an existing workdir: its checkpoints, '
+  'metrics and logs are moved to WORKDIR/previous/TIME/ (nothing is deleted).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -57,16 +66,19 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr, flush=True)
     return faults.EXIT_BAD_INPUT
   for split, figures in results.items():
-    print(f'{split}: ' + ', '.join(f'{k} {v:.4f}' for k, v in figures.items()),
-          flush=True)
+    print(f'{split}: ' + ', '.join(f'{k} {v:.4f}' for k, v in figures.items()), flush=True)
   return 0
 
 
 def _run(config, workdir, allocator):
   distributed.initialize(config.distributed)
-  metrics.console('JAX devices: %s (process %d of %d); host allocator %s',
-                  jax.devices(), jax.process_index(), jax.process_count(),
-                  allocator)
+  metrics.console(
+    'JAX devices: %s (process %d of %d); host allocator %s',
+    jax.devices(),
+    jax.process_index(),
+    jax.process_count(),
+    allocator,
+  )
   if _MODE.value == 'eval':
     return evaluate.evaluate_checkpoint(config, workdir)
   if _FRESH.value and jax.process_index() == 0:

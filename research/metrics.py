@@ -18,8 +18,9 @@ import jax.numpy as jnp
 from tensorboardX import SummaryWriter
 
 
-def cross_entropy_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
-                       weights_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+def cross_entropy_sums(
+  logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Returns (sum of weighted token losses in nats, sum of weights).
 
   Computed in float32 whatever the logits' dtype, as logsumexp minus the
@@ -33,8 +34,7 @@ def cross_entropy_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return jnp.sum(nll_BxT * weights_BxT), jnp.sum(weights_BxT)
 
 
-def top1_hits(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
-              weights_BxT: jax.Array) -> jax.Array:
+def top1_hits(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array) -> jax.Array:
   """Sum of the weights of the tokens whose largest logit is the target.
 
   Padding has weight 0, so it never counts; ties go to the lowest id.
@@ -53,8 +53,7 @@ def bits_per_unit(loss: float, tokens: int, units: int) -> float:
   return loss * tokens / (units * math.log(2))
 
 
-def split_figures(loss: float, size,
-                  accuracy: float | None = None) -> dict[str, float]:
+def split_figures(loss: float, size, accuracy: float | None = None) -> dict[str, float]:
   """Every figure of a split's mean loss, whatever its tokenizer.
 
   Args:
@@ -68,16 +67,18 @@ def split_figures(loss: float, size,
     'loss' (nats per token), 'perplexity' (e ** loss), 'bpc' and 'bpb' (bits
     per character and per UTF-8 byte), and 'accuracy' when given.
   """
-  figures = {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
-             'bpc': bits_per_unit(loss, size.tokens, size.characters),
-             'bpb': bits_per_unit(loss, size.tokens, size.bytes)}
+  figures = {
+    'loss': loss,
+    'perplexity': math.exp(min(loss, 700.0)),
+    'bpc': bits_per_unit(loss, size.tokens, size.characters),
+    'bpb': bits_per_unit(loss, size.tokens, size.bytes),
+  }
   if accuracy is not None:
     figures['accuracy'] = accuracy
   return figures
 
 
-_HEADLINES = {'perplexity': 'ppl {:.2f}', 'bpc': 'bpc {:.4f}',
-              'bpb': 'bpb {:.4f}'}
+_HEADLINES = {'perplexity': 'ppl {:.2f}', 'bpc': 'bpc {:.4f}', 'bpb': 'bpb {:.4f}'}
 
 
 def headline(figures: dict[str, float], figure: str) -> str:
@@ -93,8 +94,13 @@ def headline(figures: dict[str, float], figure: str) -> str:
 class Throughput:
   """Tokens per second and time left, measured between log events."""
 
-  def __init__(self, tokens_per_step: int, total_steps: int,
-               flops_per_token: float = 0.0, peak_flops_per_s: float | None = None):
+  def __init__(
+    self,
+    tokens_per_step: int,
+    total_steps: int,
+    flops_per_token: float = 0.0,
+    peak_flops_per_s: float | None = None,
+  ):
     self._tokens_per_step = tokens_per_step
     self._total_steps = total_steps
     self._flops_per_token = flops_per_token
@@ -113,9 +119,12 @@ class Throughput:
     step_time = seconds / max(steps, 1)
     self._last_time, self._last_step = now, step
     tokens_per_s = steps * self._tokens_per_step / seconds
-    figures = {'tokens_per_s': tokens_per_s, 'step_time_s': step_time,
-               'eta_s': (self._total_steps - step) * step_time,
-               'flops_per_s': tokens_per_s * self._flops_per_token}
+    figures = {
+      'tokens_per_s': tokens_per_s,
+      'step_time_s': step_time,
+      'eta_s': (self._total_steps - step) * step_time,
+      'flops_per_s': tokens_per_s * self._flops_per_token,
+    }
     if self._peak:
       figures['mfu'] = figures['flops_per_s'] / self._peak
     return figures
@@ -160,7 +169,9 @@ class MetricWriter:
 
     def keep(record):
       return record['step'] < step or (
-          record['step'] == step and record['split'] not in also_at_step)
+        record['step'] == step and record['split'] not in also_at_step
+      )
+
     with open(self._jsonl_path) as f:
       lines = [l for l in f if l.strip() and keep(json.loads(l))]
     tmp = self._jsonl_path + '.tmp'
@@ -183,14 +194,22 @@ class MetricWriter:
     if self._enabled:
       self._tb.add_text(tag, text, step)
 
-  def log_train(self, step: int, total: int, figures: dict[str, float],
-                headline_figure: str) -> None:
+  def log_train(
+    self, step: int, total: int, figures: dict[str, float], headline_figure: str
+  ) -> None:
     """The console line of a log interval, showing `headline_figure`."""
     mfu = f' | MFU {100 * figures["mfu"]:.1f}%' if 'mfu' in figures else ''
-    console('step %d/%d | loss %.4f | %s | lr %.3g | %.0f tok/s%s | ETA %s',
-            step, total, figures['loss'], headline(figures, headline_figure),
-            figures['learning_rate'], figures['tokens_per_s'], mfu,
-            _format_eta(figures['eta_s']))
+    console(
+      'step %d/%d | loss %.4f | %s | lr %.3g | %.0f tok/s%s | ETA %s',
+      step,
+      total,
+      figures['loss'],
+      headline(figures, headline_figure),
+      figures['learning_rate'],
+      figures['tokens_per_s'],
+      mfu,
+      _format_eta(figures['eta_s']),
+    )
 
   def flush(self) -> None:
     if self._enabled:

@@ -23,37 +23,46 @@ OPTIMIZERS = ('adamw', 'sgd')
 def validate(optim_config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for an unknown optimizer name (objectives: research/losses.py)."""
   if optim_config.name not in OPTIMIZERS:
-    raise ValueError(f'Unknown optimizer {optim_config.name!r} (config key '
-                     f'optim.name); valid names: {list(OPTIMIZERS)}.')
+    raise ValueError(
+      f'Unknown optimizer {optim_config.name!r} (config key '
+      f'optim.name); valid names: {list(OPTIMIZERS)}.'
+    )
 
 
-def epoch_decay_schedule(learning_rate: float, steps_per_epoch: int,
-                         decay_after_epochs: int,
-                         decay_factor: float) -> optax.Schedule:
+def epoch_decay_schedule(
+  learning_rate: float, steps_per_epoch: int, decay_after_epochs: int, decay_factor: float
+) -> optax.Schedule:
   """Zaremba's schedule: lr * factor ** max(0, epoch + 1 - decay_after_epochs).
 
   Epochs count from 0, so with decay_after_epochs=4 epochs 0..3 run at the
   full rate and epoch 4 at lr * factor.
   """
+
   def schedule(step):
     epoch = jnp.asarray(step) // steps_per_epoch
     exponent = jnp.maximum(0, epoch + 1 - decay_after_epochs)
     return learning_rate * jnp.power(decay_factor, exponent.astype(jnp.float32))
+
   return schedule
 
 
-def make_schedule(optim_config: ml_collections.ConfigDict, *,
-                  num_train_steps: int, steps_per_epoch: int) -> optax.Schedule:
+def make_schedule(
+  optim_config: ml_collections.ConfigDict, *, num_train_steps: int, steps_per_epoch: int
+) -> optax.Schedule:
   """Returns the learning rate as a function of the step."""
   c = optim_config
   if c.name == 'sgd':
-    return epoch_decay_schedule(c.learning_rate, steps_per_epoch,
-                                c.decay_after_epochs, c.decay_factor)
+    return epoch_decay_schedule(
+      c.learning_rate, steps_per_epoch, c.decay_after_epochs, c.decay_factor
+    )
   decay_steps = c.decay_steps if c.decay_steps > 0 else num_train_steps
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=c.learning_rate,
-      warmup_steps=c.warmup_steps, decay_steps=max(decay_steps, c.warmup_steps + 1),
-      end_value=c.min_learning_rate)
+    init_value=0.0,
+    peak_value=c.learning_rate,
+    warmup_steps=c.warmup_steps,
+    decay_steps=max(decay_steps, c.warmup_steps + 1),
+    end_value=c.min_learning_rate,
+  )
 
 
 def _matrices_only(params):
@@ -63,19 +72,20 @@ def _matrices_only(params):
   biases and LayerNorm scales are LxD, still not decayed.
   """
   return jax.tree_util.tree_map_with_path(
-      lambda path, p: p.ndim - models.layer_axes(path) >= 2, params)
+    lambda path, p: p.ndim - models.layer_axes(path) >= 2, params
+  )
 
 
-def make_optimizer(optim_config: ml_collections.ConfigDict,
-                   schedule: Callable) -> optax.GradientTransformation:
+def make_optimizer(
+  optim_config: ml_collections.ConfigDict, schedule: Callable
+) -> optax.GradientTransformation:
   """Returns the optax chain: clipping, then the update rule."""
   c = optim_config
   validate(c)
   if c.name == 'sgd':
     rule = optax.sgd(schedule)
   else:
-    rule = optax.adamw(schedule, b1=c.b1, b2=c.b2,
-                       weight_decay=c.weight_decay, mask=_matrices_only)
+    rule = optax.adamw(schedule, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=_matrices_only)
   if c.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), rule)
   return rule

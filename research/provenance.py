@@ -24,11 +24,16 @@ def revision(path: str | None = None) -> str:
   `+dirty` suffix when tracked files differ from it; 'unknown' outside git."""
   path = path or os.path.dirname(os.path.abspath(__file__))
   try:
-    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=path, check=True,
-                          capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
-                           cwd=path, check=True, capture_output=True,
-                           text=True).stdout.strip()
+    head = subprocess.run(
+      ['git', 'rev-parse', 'HEAD'], cwd=path, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ['git', 'status', '--porcelain', '--untracked-files=no'],
+      cwd=path,
+      check=True,
+      capture_output=True,
+      text=True,
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'
   return head + ('+dirty' if dirty else '')
@@ -50,16 +55,23 @@ def hardware() -> str:
   count for CPU runs (JAX calls every CPU device 'cpu')."""
   devices = jax.devices()
   if devices[0].platform == 'cpu':
-    return (f'CPU: {_cpu_model()}, {os.cpu_count()} cores, '
-            f'{len(devices)} JAX device(s)')
+    return f'CPU: {_cpu_model()}, {os.cpu_count()} cores, {len(devices)} JAX device(s)'
   return f'{len(devices)} x {devices[0].device_kind}'
 
 
 def record_start(workdir: str) -> None:
   """Appends this process's `start` line to the workdir's runs.jsonl."""
-  _append(workdir, {'event': 'start', 'time': time.time(),
-                    'revision': revision(), 'hardware': hardware(),
-                    'argv': sys.argv, 'host': platform.node()})
+  _append(
+    workdir,
+    {
+      'event': 'start',
+      'time': time.time(),
+      'revision': revision(),
+      'hardware': hardware(),
+      'argv': sys.argv,
+      'host': platform.node(),
+    },
+  )
 
 
 def record_end(workdir: str, status: str) -> None:
@@ -95,8 +107,7 @@ def wall_seconds(runs: list[dict], record_times: list[float]) -> float:
   total = 0.0
   for i, start in enumerate(starts):
     stop = starts[i + 1] if i + 1 < len(starts) else float('inf')
-    ends = [r['time'] for r in runs
-            if r['event'] == 'end' and start <= r['time'] < stop]
+    ends = [r['time'] for r in runs if r['event'] == 'end' and start <= r['time'] < stop]
     if ends:
       total += ends[0] - start
     else:

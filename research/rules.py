@@ -34,8 +34,10 @@ def at_least(low) -> Rule:
 
 def in_range(low, high, *, closed_high=False) -> Rule:
   bracket = ']' if closed_high else ')'
-  return Rule(lambda v: number(v) and low <= v and (v <= high if closed_high else v < high),
-              f'in [{low}, {high}{bracket}')
+  return Rule(
+    lambda v: number(v) and low <= v and (v <= high if closed_high else v < high),
+    f'in [{low}, {high}{bracket}',
+  )
 
 
 def one_of(*names) -> Rule:
@@ -55,14 +57,18 @@ def anything(description: str) -> Rule:
 def registered(registry: Mapping, kind: str) -> Rule:
   """A name in `registry`, looked up when checked: an option registered
   after this rule was written (a test's, a user's module) is accepted."""
-  return Rule(lambda v: isinstance(v, str) and v in registry,
-              lambda: f'one of the known {kind}s: {sorted(registry)}')
+  return Rule(
+    lambda v: isinstance(v, str) and v in registry,
+    lambda: f'one of the known {kind}s: {sorted(registry)}',
+  )
 
 
 def refuse(key: str, value: Any, rule: Rule) -> None:
   must_be = rule.must_be() if callable(rule.must_be) else rule.must_be
-  raise ValueError(f'config.{key}={value!r} must be {must_be}; set '
-                   f'--config.{key}=... (configs/common.py says what it means).')
+  raise ValueError(
+    f'config.{key}={value!r} must be {must_be}; set '
+    f'--config.{key}=... (configs/common.py says what it means).'
+  )
 
 
 def check(key: str, value: Any, rule: Rule) -> None:
@@ -78,8 +84,7 @@ def field(rule: Rule) -> Any:
 
 def field_rules(config_class: type, prefix: str) -> dict[str, Rule]:
   """{'PREFIX.FIELD': rule} of a dataclass written with `field`."""
-  return {f'{prefix}.{f.name}': f.metadata['rule']
-          for f in dataclasses.fields(config_class)}
+  return {f'{prefix}.{f.name}': f.metadata['rule'] for f in dataclasses.fields(config_class)}
 
 
 def check_fields(config: Any, prefix: str) -> None:

@@ -18,8 +18,9 @@ import numpy as np
 from research import models
 
 
-def filter_logits(logits_V: jax.Array, *, temperature: float, top_k: int,
-                  top_p: float) -> jax.Array:
+def filter_logits(
+  logits_V: jax.Array, *, temperature: float, top_k: int, top_p: float
+) -> jax.Array:
   """Scales by 1/temperature and masks tokens outside the top-k / top-p set."""
   logits_V = logits_V.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
   if top_k > 0:
@@ -35,39 +36,47 @@ def filter_logits(logits_V: jax.Array, *, temperature: float, top_k: int,
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_tokens', 'top_k', 'top_p'))
-def _sample_cached(params, prompt_1xP, rng, *, model: models.Model,
-                   num_tokens: int, temperature, top_k: int, top_p):
+def _sample_cached(
+  params, prompt_1xP, rng, *, model: models.Model, num_tokens: int, temperature, top_k: int, top_p
+):
   P = prompt_1xP.shape[1]  # pylint: disable=invalid-name
-  logits_1xPxV, cache = model.decode(params, model.init_cache(1), prompt_1xP,
-                                     jnp.arange(P)[None])
+  logits_1xPxV, cache = model.decode(params, model.init_cache(1), prompt_1xP, jnp.arange(P)[None])
 
   def step(c, key_and_position):
     cache, logits_V = c
     key, position = key_and_position
-    logits_V = filter_logits(logits_V, temperature=temperature, top_k=top_k,
-                             top_p=top_p)
+    logits_V = filter_logits(logits_V, temperature=temperature, top_k=top_k, top_p=top_p)
     token = jax.random.categorical(key, logits_V).astype(prompt_1xP.dtype)
-    logits_1x1xV, cache = model.decode(params, cache, token.reshape(1, 1),
-                                       position.reshape(1, 1))
+    logits_1x1xV, cache = model.decode(params, cache, token.reshape(1, 1), position.reshape(1, 1))
     return (cache, logits_1x1xV[0, 0]), token
 
   keys = jax.random.split(rng, num_tokens)
   positions = P + jnp.arange(num_tokens, dtype=jnp.int32)
-  _, tokens_N = jax.lax.scan(step, (cache, logits_1xPxV[0, -1]),
-                             (keys, positions))
+  _, tokens_N = jax.lax.scan(step, (cache, logits_1xPxV[0, -1]), (keys, positions))
   return tokens_N
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_tokens', 'top_k', 'top_p'))
-def _sample_stateless(params, window_1xT, length, rng, *, model: models.Model,
-                      num_tokens: int, temperature, top_k: int, top_p):
+def _sample_stateless(
+  params,
+  window_1xT,
+  length,
+  rng,
+  *,
+  model: models.Model,
+  num_tokens: int,
+  temperature,
+  top_k: int,
+  top_p,
+):
   context = window_1xT.shape[1]
 
   def step(c, key):
     window_1xT, length = c
     logits_1xTxV, _ = model.apply(params, {}, window_1xT, train=False, rng=None)
-    logits_V = filter_logits(logits_1xTxV[0, length - 1],
-                             temperature=temperature, top_k=top_k, top_p=top_p)
+    logits_V = filter_logits(
+      logits_1xTxV[0, length - 1], temperature=temperature, top_k=top_k, top_p=top_p
+    )
     token = jax.random.categorical(key, logits_V).astype(window_1xT.dtype)
     full = length == context
     # A full window slides left by one; otherwise the token fills the next slot.
@@ -80,19 +89,28 @@ def _sample_stateless(params, window_1xT, length, rng, *, model: models.Model,
   return tokens_N
 
 
-def sample(model: models.Model, params, prompt_ids: np.ndarray, rng: jax.Array,
-           *, num_tokens: int, context: int, temperature: float, top_k: int,
-           top_p: float) -> np.ndarray:
+def sample(
+  model: models.Model,
+  params,
+  prompt_ids: np.ndarray,
+  rng: jax.Array,
+  *,
+  num_tokens: int,
+  context: int,
+  temperature: float,
+  top_k: int,
+  top_p: float,
+) -> np.ndarray:
   """Returns `num_tokens` token ids continuing `prompt_ids` (at least 1 id)."""
   prompt_ids = np.asarray(prompt_ids, np.int32)
   if prompt_ids.size == 0:
     raise ValueError('sampling needs a prompt of at least one token.')
-  kwargs = dict(model=model, num_tokens=num_tokens, temperature=temperature,
-                top_k=top_k, top_p=top_p)
+  kwargs = dict(
+    model=model, num_tokens=num_tokens, temperature=temperature, top_k=top_k, top_p=top_p
+  )
   if model.context is None or prompt_ids.size + num_tokens <= model.context:
     return np.asarray(_sample_cached(params, prompt_ids[None], rng, **kwargs))
   prompt_ids = prompt_ids[-context:]
   window = np.zeros((1, context), np.int32)
-  window[0, :prompt_ids.size] = prompt_ids
-  return np.asarray(_sample_stateless(params, window, prompt_ids.size, rng,
-                                      **kwargs))
+  window[0, : prompt_ids.size] = prompt_ids
+  return np.asarray(_sample_stateless(params, window, prompt_ids.size, rng, **kwargs))

@@ -39,35 +39,40 @@ BATCH = BATCH_AXES  # For specs: (BATCH, None) splits dimension 0 over both.
 Rules = Sequence[tuple[str, tuple]]
 
 
-def mesh_shape(mesh_config: ml_collections.ConfigDict,
-               num_devices: int) -> tuple[int, int, int]:
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
   """Resolves the (data, fsdp, tensor) sizes; one of them may be -1."""
   sizes = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
   free = [i for i, s in enumerate(sizes) if s == -1]
   if len(free) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f'Mesh sizes {dict(zip(MESH_AXES, sizes))} are invalid: '
-                     'use positive sizes and at most one -1 ("the rest").')
+    raise ValueError(
+      f'Mesh sizes {dict(zip(MESH_AXES, sizes))} are invalid: '
+      'use positive sizes and at most one -1 ("the rest").'
+    )
   fixed = int(np.prod([s for s in sizes if s != -1]))
   if free:
     if num_devices % fixed:
-      raise ValueError(f'{num_devices} devices cannot be split into a mesh '
-                       f'with fixed sizes {dict(zip(MESH_AXES, sizes))}.')
+      raise ValueError(
+        f'{num_devices} devices cannot be split into a mesh '
+        f'with fixed sizes {dict(zip(MESH_AXES, sizes))}.'
+      )
     sizes[free[0]] = num_devices // fixed
   if int(np.prod(sizes)) != num_devices:
-    raise ValueError(f'Mesh {dict(zip(MESH_AXES, sizes))} needs '
-                     f'{int(np.prod(sizes))} devices but {num_devices} exist; '
-                     'set config.mesh sizes whose product is the device count.')
+    raise ValueError(
+      f'Mesh {dict(zip(MESH_AXES, sizes))} needs '
+      f'{int(np.prod(sizes))} devices but {num_devices} exist; '
+      'set config.mesh sizes whose product is the device count.'
+    )
   return tuple(sizes)
 
 
-def make_mesh(mesh_config: ml_collections.ConfigDict,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """Builds the (data, fsdp, tensor) mesh over `devices` (default: all)."""
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_config, len(devices))
   # Auto axes: shardings given at jit boundaries, propagated by the compiler.
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                       devices=devices)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -87,9 +92,11 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
   """Fails early when a batch cannot be split evenly over the mesh."""
   n = data_parallel_size(mesh)
   if batch_size % n:
-    raise ValueError(f'config.{key}={batch_size} is not divisible by the '
-                     f'{n} data-parallel devices of mesh {dict(mesh.shape)}; '
-                     'choose a multiple or change config.mesh.')
+    raise ValueError(
+      f'config.{key}={batch_size} is not divisible by the '
+      f'{n} data-parallel devices of mesh {dict(mesh.shape)}; '
+      'choose a multiple or change config.mesh.'
+    )
 
 
 def param_path(path) -> str:
@@ -100,17 +107,19 @@ def param_path(path) -> str:
 
 def _check_divides(name: str, shape: tuple[int, ...], spec: P, mesh: Mesh) -> None:
   if len(spec) > len(shape):
-    raise ValueError(f'Partition rule {spec} for parameter {name!r} has more '
-                     f'entries than its shape {shape}.')
+    raise ValueError(
+      f'Partition rule {spec} for parameter {name!r} has more entries than its shape {shape}.'
+    )
   for size, axes in zip(shape, spec):
     axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
     parts = int(np.prod([mesh.shape[a] for a in axes]))
     if size % parts:
       raise ValueError(
-          f'Parameter {name!r} of shape {shape} cannot be sharded as {spec} on '
-          f'mesh {dict(mesh.shape)}: its dimension of size {size} does not '
-          f'divide into {parts} parts over {axes}. Change config.mesh (or the '
-          'model size) so the axis sizes divide it.')
+        f'Parameter {name!r} of shape {shape} cannot be sharded as {spec} on '
+        f'mesh {dict(mesh.shape)}: its dimension of size {size} does not '
+        f'divide into {parts} parts over {axes}. Change config.mesh (or the '
+        'model size) so the axis sizes divide it.'
+      )
 
 
 def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -120,6 +129,7 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
   (`Model.partition_rules`). A parameter no rule matches, or whose rule does
   not divide its shape, raises ValueError naming it.
   """
+
   def spec_for(path, leaf):
     name = param_path(path)
     for pattern, spec in rules:
@@ -127,15 +137,18 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
         _check_divides(name, tuple(leaf.shape), P(*spec), mesh)
         return NamedSharding(mesh, P(*spec))
     raise ValueError(
-        f'No partition rule matches parameter {name!r} of shape '
-        f'{tuple(leaf.shape)}; add a rule for it to the partition rules of '
-        'its model family (a spec of () replicates it).')
+      f'No partition rule matches parameter {name!r} of shape '
+      f'{tuple(leaf.shape)}; add a rule for it to the partition rules of '
+      'its model family (a spec of () replicates it).'
+    )
+
   return jax.tree_util.tree_map_with_path(spec_for, params)
 
 
 def under_mesh(jitted, mesh: Mesh):
   """Calls (and lowers) `jitted` with `mesh` in context, so the models'
   `constrain` calls take effect when it is traced."""
+
   @functools.wraps(jitted)
   def call(*args, **kwargs):
     with jax.set_mesh(mesh):
@@ -144,6 +157,7 @@ def under_mesh(jitted, mesh: Mesh):
   def lower(*args, **kwargs):
     with jax.set_mesh(mesh):
       return jitted.lower(*args, **kwargs)
+
   call.lower = lower
   return call
 
@@ -165,5 +179,4 @@ def carry_shardings(carry: Any, mesh: Mesh) -> Any:
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict:
   """Turns this process's rows of a batch into global arrays on the mesh."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local_batch.items()}
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

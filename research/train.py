@@ -33,10 +33,17 @@ from research.components import TrainState
 from research.data import pipeline
 
 
-def train_step(state: TrainState, batch: dict, key: jax.Array, *,
-               objective: losses.Objective, gradient_fn: Callable,
-               optimizer: optax.GradientTransformation,
-               schedule: optax.Schedule, skip_nonfinite: bool = False):
+def train_step(
+  state: TrainState,
+  batch: dict,
+  key: jax.Array,
+  *,
+  objective: losses.Objective,
+  gradient_fn: Callable,
+  optimizer: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  skip_nonfinite: bool = False,
+):
   """One optimizer step. Returns (new state, scalar metrics).
 
   The gradient of `objective.loss_fn` comes from `gradient_fn` (plain or
@@ -47,106 +54,138 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
   counter and the data still advance).
   """
   key = jax.random.fold_in(key, state.step)
-  batch = dict(batch, carry=state.carry,
-               denominator=objective.denominator(batch))
+  batch = dict(batch, carry=state.carry, denominator=objective.denominator(batch))
   grads, aux = gradient_fn(objective.loss_fn, state.params, batch, key)
   loss = aux['loss_sum'] / aux['weight_sum']
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # Truncated backpropagation through time: the carry is data, not a graph.
-  new_state = state._replace(step=state.step + 1, params=params,
-                             opt_state=opt_state,
-                             carry=jax.lax.stop_gradient(aux['carry']))
+  new_state = state._replace(
+    step=state.step + 1,
+    params=params,
+    opt_state=opt_state,
+    carry=jax.lax.stop_gradient(aux['carry']),
+  )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   if skip_nonfinite:
+
     def keep(new, old):
       return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
     new_state = new_state._replace(
-        params=keep(new_state.params, state.params),
-        opt_state=keep(new_state.opt_state, state.opt_state),
-        carry=keep(new_state.carry, state.carry))
-  return new_state, {'loss': loss, 'grad_norm': grad_norm,
-                     'learning_rate': schedule(state.step),
-                     'nonfinite': 1.0 - finite.astype(jnp.float32)}
+      params=keep(new_state.params, state.params),
+      opt_state=keep(new_state.opt_state, state.opt_state),
+      carry=keep(new_state.carry, state.carry),
+    )
+  return new_state, {
+    'loss': loss,
+    'grad_norm': grad_norm,
+    'learning_rate': schedule(state.step),
+    'nonfinite': 1.0 - finite.astype(jnp.float32),
+  }
 
 
-def step_function(*, model: models.Model,
-                  optimizer: optax.GradientTransformation,
-                  schedule: optax.Schedule, objective: str = 'token_mean',
-                  grad_accum_steps: int = 1, skip_nonfinite: bool = False):
+def step_function(
+  *,
+  model: models.Model,
+  optimizer: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  objective: str = 'token_mean',
+  grad_accum_steps: int = 1,
+  skip_nonfinite: bool = False,
+):
   """`train_step` with everything static bound: the one place that picks the
   objective (`losses.OBJECTIVES`) and how gradients are made from it."""
   return functools.partial(
-      train_step, objective=losses.make_objective(model, objective),
-      gradient_fn=gradients.make(grad_accum_steps), optimizer=optimizer,
-      schedule=schedule, skip_nonfinite=skip_nonfinite)
+    train_step,
+    objective=losses.make_objective(model, objective),
+    gradient_fn=gradients.make(grad_accum_steps),
+    optimizer=optimizer,
+    schedule=schedule,
+    skip_nonfinite=skip_nonfinite,
+  )
 
 
-def make_train_step(parts: components_lib.Components,
-                    state_shardings: TrainState,
-                    config: ml_collections.ConfigDict):
+def make_train_step(
+  parts: components_lib.Components, state_shardings: TrainState, config: ml_collections.ConfigDict
+):
   """Jits the run's step once with explicit shardings and a donated state.
 
   Training and the benchmark both call this; everything the step needs
   comes from `parts` and `config`.
   """
   mesh = parts.mesh
-  step = step_function(model=parts.model, optimizer=parts.optimizer,
-                       schedule=parts.schedule, objective=config.optim.loss,
-                       grad_accum_steps=config.optim.grad_accum_steps,
-                       skip_nonfinite=config.skip_nonfinite_steps)
-  jitted = jax.jit(step,
-                   in_shardings=(state_shardings, sharding.batch_sharding(mesh),
-                                 sharding.replicated(mesh)),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)),
-                   donate_argnames=('state',))
+  step = step_function(
+    model=parts.model,
+    optimizer=parts.optimizer,
+    schedule=parts.schedule,
+    objective=config.optim.loss,
+    grad_accum_steps=config.optim.grad_accum_steps,
+    skip_nonfinite=config.skip_nonfinite_steps,
+  )
+  jitted = jax.jit(
+    step,
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+    out_shardings=(state_shardings, sharding.replicated(mesh)),
+    donate_argnames=('state',),
+  )
   return sharding.under_mesh(jitted, mesh)
 
 
-def train_iterator(parts: components_lib.Components,
-                   config: ml_collections.ConfigDict):
+def train_iterator(parts: components_lib.Components, config: ml_collections.ConfigDict):
   """This process's checkpointable iterator over the training batches."""
-  return iter(pipeline.train_dataset(
-      parts.corpus.splits['train'], kind=parts.data_kind,
-      batch_size=config.data.batch_size, seq_len=config.data.seq_len,
-      seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count()))
+  return iter(
+    pipeline.train_dataset(
+      parts.corpus.splits['train'],
+      kind=parts.data_kind,
+      batch_size=config.data.batch_size,
+      seq_len=config.data.seq_len,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+  )
 
 
 def restore_or_init(parts, manager, config, rng, data_iterator):
   """Returns (state, shardings) from the newest readable checkpoint, else
   fresh (see checkpoint.restore_latest_good for damaged checkpoints)."""
   structs, shardings = components_lib.abstract_state(parts, config.data.batch_size)
-  state = checkpoint.restore_latest_good(manager, structs, data_iterator, config,
-                                         parts.corpus.tokenizer.identity)
+  state = checkpoint.restore_latest_good(
+    manager, structs, data_iterator, config, parts.corpus.tokenizer.identity
+  )
   if state is None:
     state, _ = components_lib.create_state(parts, rng, config.data.batch_size)
     return state, shardings
-  metrics.console('Resuming from the checkpoint at step %d.',
-                  int(jax.device_get(state.step)))
+  metrics.console('Resuming from the checkpoint at step %d.', int(jax.device_get(state.step)))
   return state, shardings
 
 
-def _evaluate_and_sample(evaluator, parts, params, step, splits, config,
-                         writer, sample_rng):
+def _evaluate_and_sample(evaluator, parts, params, step, splits, config, writer, sample_rng):
   results = evaluator.splits(params, splits)
   for split, figures in results.items():
     writer.write(step, split, {**figures, 'epoch': step / parts.steps_per_epoch})
-    metrics.console('eval at step %d | %s | loss %.4f | %s', step, split,
-                 figures['loss'], metrics.headline(figures, parts.corpus.headline))
+    metrics.console(
+      'eval at step %d | %s | loss %.4f | %s',
+      step,
+      split,
+      figures['loss'],
+      metrics.headline(figures, parts.corpus.headline),
+    )
   if config.sample.num_tokens > 0:
-    text = evaluate.generate(parts, params, jax.random.fold_in(sample_rng, step),
-                             config.sample, config.data.seq_len)
+    text = evaluate.generate(
+      parts, params, jax.random.fold_in(sample_rng, step), config.sample, config.data.seq_len
+    )
     metrics.console('sample at step %d:\n%s', step, text)
     writer.write_text(step, 'sample', text)
   writer.flush()
   return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: list[jax.Device] | None = None,
-                       ) -> dict[str, dict[str, float]]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None
+) -> dict[str, dict[str, float]]:
   """Trains (resuming from `workdir`), evaluates; returns the final figures.
 
   `devices` (default: all) is the mesh's device list; a checkpoint written on
@@ -159,31 +198,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir_lib.write_config(workdir, config)
     provenance.record_start(workdir)
   writer = metrics.MetricWriter(workdir, enabled=is_lead)
-  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
-                                    max_to_keep=config.keep_checkpoints)
-  init_rng, dropout_rng, sample_rng = jax.random.split(
-      jax.random.key(config.seed), 3)
+  manager = checkpoint.make_manager(
+    os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
+  )
+  init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
   data_iterator = train_iterator(parts, config)
-  state, state_shardings = restore_or_init(parts, manager, config, init_rng,
-                                           data_iterator)
+  state, state_shardings = restore_or_init(parts, manager, config, init_rng, data_iterator)
   start = int(jax.device_get(state.step))
   writer.truncate_after(start)
   step_fn = make_train_step(parts, state_shardings, config)
-  evaluator = evaluate.Evaluator(parts, batch_size=config.data.eval_batch_size,
-                                 seq_len=config.data.seq_len)
+  evaluator = evaluate.Evaluator(
+    parts, batch_size=config.data.eval_batch_size, seq_len=config.data.seq_len
+  )
   total = parts.num_train_steps
-  metrics.console('Training %s on %s: %d steps (%d per epoch), mesh %s, from step %d.',
-               config.model.name, config.data.name, total,
-               parts.steps_per_epoch, dict(parts.mesh.shape), start)
+  metrics.console(
+    'Training %s on %s: %d steps (%d per epoch), mesh %s, from step %d.',
+    config.model.name,
+    config.data.name,
+    total,
+    parts.steps_per_epoch,
+    dict(parts.mesh.shape),
+    start,
+  )
   status = 'failed'
   try:
-    state = _train_loop(config, parts, state, start, step_fn, data_iterator,
-                        evaluator, writer, manager, dropout_rng, sample_rng)
+    state = _train_loop(
+      config,
+      parts,
+      state,
+      start,
+      step_fn,
+      data_iterator,
+      evaluator,
+      writer,
+      manager,
+      dropout_rng,
+      sample_rng,
+    )
     workdir_lib.wait(manager, total)
     splits = ('valid', 'test') if config.eval_on_test else ('valid',)
     writer.truncate_after(total, also_at_step=splits)  # A re-run re-scores.
-    results = _evaluate_and_sample(evaluator, parts, state.params, total,
-                                   splits, config, writer, sample_rng)
+    results = _evaluate_and_sample(
+      evaluator, parts, state.params, total, splits, config, writer, sample_rng
+    )
     status = 'finished'
   except faults.Preempted:
     status = 'preempted'
@@ -203,8 +260,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return results
 
 
-def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
-                writer, manager, dropout_rng, sample_rng):
+def _train_loop(
+  config,
+  parts,
+  state,
+  start,
+  step_fn,
+  data_iterator,
+  evaluator,
+  writer,
+  manager,
+  dropout_rng,
+  sample_rng,
+):
   """Runs steps start+1..total with logging, evaluation and checkpoints.
 
   Non-finite steps are caught at every log line and before every save, so a
@@ -214,12 +282,13 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
   total = parts.num_train_steps
   peak, peak_source = flops.total_peak()
   if peak:
-    metrics.console('MFU below is against a peak of %.1f GFLOP/s (%s).',
-                    peak / 1e9, peak_source)
+    metrics.console('MFU below is against a peak of %.1f GFLOP/s (%s).', peak / 1e9, peak_source)
   throughput = metrics.Throughput(
-      config.data.batch_size * config.data.seq_len, total,
-      parts.model.flops_per_token(state.params),
-      peak)
+    config.data.batch_size * config.data.seq_len,
+    total,
+    parts.model.flops_per_token(state.params),
+    peak,
+  )
   throughput.reset(start)
   # Step metrics still on the device, and fetched (and checked) ones not yet
   # logged: each is fetched once, at the next log line or save.
@@ -232,24 +301,26 @@ def _train_loop(config, parts, state, start, step_fn, data_iterator, evaluator,
       if step % config.log_every_steps == 0 or step == total:
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
         on_device = []
-        _log_train(writer, step, total, fetched, throughput, parts.corpus,
-                   parts.steps_per_epoch)
+        _log_train(writer, step, total, fetched, throughput, parts.corpus, parts.steps_per_epoch)
         fetched = []
       if step % parts.eval_every == 0 and step != total:
-        _evaluate_and_sample(evaluator, parts, state.params, step, ('valid',),
-                             config, writer, sample_rng)
+        _evaluate_and_sample(
+          evaluator, parts, state.params, step, ('valid',), config, writer, sample_rng
+        )
         throughput.reset(step)
       if step % parts.checkpoint_every == 0 or step == total or stop.received:
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
         on_device = []
-        workdir_lib.save(manager, step, state, data_iterator, config,
-              parts.corpus.tokenizer.identity)
+        workdir_lib.save(
+          manager, step, state, data_iterator, config, parts.corpus.tokenizer.identity
+        )
       if stop.received and step != total:
         workdir_lib.wait(manager, step)
         writer.flush()
         raise faults.Preempted(
-            f'{stop.name} received: stopped after step {step} of {total} and '
-            f'saved a checkpoint there. Run the same command to continue.')
+          f'{stop.name} received: stopped after step {step} of {total} and '
+          f'saved a checkpoint there. Run the same command to continue.'
+        )
   return state
 
 
@@ -262,14 +333,18 @@ def _fetch_checked(on_device, manager, skip: bool) -> list[dict]:
     if m['nonfinite'] and not skip:
       name = 'loss' if not np.isfinite(m['loss']) else 'grad_norm'
       last = checkpoint.latest_step(manager)
-      where = (f'the last good checkpoint is step {last} in {manager.directory}'
-               if last is not None else 'there is no checkpoint yet')
+      where = (
+        f'the last good checkpoint is step {last} in {manager.directory}'
+        if last is not None
+        else 'there is no checkpoint yet'
+      )
       raise faults.NonFiniteError(
-          f'Non-finite {name} ({float(m[name])}) at step {step}. The run stopped '
-          f'and did not save the state after it; {where}. Lower '
-          'optim.learning_rate or check the data, then run again (it resumes '
-          'from that checkpoint), or set config.skip_nonfinite_steps=True to '
-          'skip such steps.')
+        f'Non-finite {name} ({float(m[name])}) at step {step}. The run stopped '
+        f'and did not save the state after it; {where}. Lower '
+        'optim.learning_rate or check the data, then run again (it resumes '
+        'from that checkpoint), or set config.skip_nonfinite_steps=True to '
+        'skip such steps.'
+      )
   return [m for _, m in host]
 
 

@@ -22,16 +22,26 @@ def check_writable(workdir: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise faults.RunError(
-        f'Cannot write to the workdir {workdir!r} ({e.strerror or e}). Choose '
-        'a writable --workdir or fix its permissions.') from e
+      f'Cannot write to the workdir {workdir!r} ({e.strerror or e}). Choose '
+      'a writable --workdir or fix its permissions.'
+    ) from e
 
 
 def move_aside(workdir: str) -> str | None:
   """Moves a previous run's files to WORKDIR/previous/TIME/ (for --fresh);
   returns that folder, or None when there was nothing to move."""
-  names = [n for n in ('checkpoints', 'unreadable_checkpoints', 'metrics.jsonl',
-                       'tensorboard', 'runs.jsonl', 'config.json')
-           if os.path.exists(os.path.join(workdir, n))]
+  names = [
+    n
+    for n in (
+      'checkpoints',
+      'unreadable_checkpoints',
+      'metrics.jsonl',
+      'tensorboard',
+      'runs.jsonl',
+      'config.json',
+    )
+    if os.path.exists(os.path.join(workdir, n))
+  ]
   if not names:
     return None
   target = os.path.join(workdir, 'previous', time.strftime('%Y%m%d-%H%M%S'))
@@ -48,8 +58,9 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def _disk_full(error: BaseException) -> bool:
   while error is not None:
-    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or \
-        'No space left on device' in str(error):
+    if (
+      isinstance(error, OSError) and error.errno == errno.ENOSPC
+    ) or 'No space left on device' in str(error):
       return True
     error = error.__cause__ or error.__context__
   return False
@@ -76,7 +87,8 @@ def _raise_save_error(error, manager, step):
     raise error
   good = [s for s in manager.all_steps() if s < step]
   raise faults.RunError(
-      f'No space left on device while writing a checkpoint to '
-      f'{manager.directory} (at or before step {step}). The checkpoints '
-      f'already there ({good or "none"}) are intact. Free some space (or set '
-      'keep_checkpoints lower) and run the same command to continue.') from error
+    f'No space left on device while writing a checkpoint to '
+    f'{manager.directory} (at or before step {step}). The checkpoints '
+    f'already there ({good or "none"}) are intact. Free some space (or set '
+    'keep_checkpoints lower) and run the same command to continue.'
+  ) from error

@@ -18,21 +18,29 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _main(args, tmp):
-  out = subprocess.run([sys.executable, '-m', 'research.main'] + args, cwd=_ROOT,
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, '-m', 'research.main'] + args,
+    cwd=_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   return out.returncode, [l for l in out.stderr.splitlines() if l.startswith('error:')]
 
 
 class BadInputTest(absltest.TestCase):
-
   def _config_file(self, tmp, body):
     path = os.path.join(tmp, 'bad_config.py')
     with open(path, 'w') as f:
-      f.write(textwrap.dedent(f"""\
+      f.write(
+        textwrap.dedent(f"""\
           from tests import test_util
           def get_config():
             c = test_util.tiny_config({tmp!r})
-          """) + textwrap.indent(textwrap.dedent(body) + '\n', '  ') + '  return c\n')
+          """)
+        + textwrap.indent(textwrap.dedent(body) + '\n', '  ')
+        + '  return c\n'
+      )
     return path
 
   def test_each_bad_input_gives_one_error_line_and_status_2(self):
@@ -45,26 +53,37 @@ class BadInputTest(absltest.TestCase):
     blocker = os.path.join(tmp, 'a_file')
     open(blocker, 'w').close()
     cases = {
-        'empty file': (f'c.data.path = {empty!r}', 'is empty'),
-        'not UTF-8': (f'c.data.path = {latin1!r}', 'UTF-8'),
-        'split too small': ('c.data.batch_size = 2000', 'too small'),
-        'unknown dataset': ("c.data.name = 'nope'", "config.data.name='nope' must be one of the known datasets"),
-        'unknown model': ("c.model.name = 'nope'", "config.model.name='nope' must be one of the known models"),
+      'empty file': (f'c.data.path = {empty!r}', 'is empty'),
+      'not UTF-8': (f'c.data.path = {latin1!r}', 'UTF-8'),
+      'split too small': ('c.data.batch_size = 2000', 'too small'),
+      'unknown dataset': (
+        "c.data.name = 'nope'",
+        "config.data.name='nope' must be one of the known datasets",
+      ),
+      'unknown model': (
+        "c.model.name = 'nope'",
+        "config.model.name='nope' must be one of the known models",
+      ),
     }
     for name, (body, message) in cases.items():
       with self.subTest(name):
-        status, errors = _main([f'--config={self._config_file(tmp, body)}',
-                                f'--workdir={os.path.join(tmp, "w_" + name[:5])}'], tmp)
+        status, errors = _main(
+          [
+            f'--config={self._config_file(tmp, body)}',
+            f'--workdir={os.path.join(tmp, "w_" + name[:5])}',
+          ],
+          tmp,
+        )
         self.assertEqual(status, faults.EXIT_BAD_INPUT)
         self.assertLen(errors, 1)
         self.assertIn(message, errors[0])
     with self.subTest('unknown variant'):
-      status, errors = _main(['--config=configs/ptb_lstm.py:huge',
-                              f'--workdir={tmp}/v'], tmp)
+      status, errors = _main(['--config=configs/ptb_lstm.py:huge', f'--workdir={tmp}/v'], tmp)
       self.assertNotEqual(status, 0)
     with self.subTest('workdir cannot be written'):
-      status, errors = _main([f'--config={self._config_file(tmp, "")}',
-                              f'--workdir={blocker}/run'], tmp)
+      status, errors = _main(
+        [f'--config={self._config_file(tmp, "")}', f'--workdir={blocker}/run'], tmp
+      )
       self.assertEqual(status, faults.EXIT_BAD_INPUT)
       self.assertIn('Cannot write to the workdir', errors[0])
 

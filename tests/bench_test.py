@@ -14,20 +14,17 @@ from tests import test_util
 
 
 class FlopsTest(absltest.TestCase):
-
   def test_lstm_counts_its_matmuls(self):
     config = test_util.tiny_config(self.create_tempdir().full_path, model='lstm')
     V, H, L = 17, config.model.hidden_size, config.model.num_layers  # pylint: disable=invalid-name
     model = models.get_model(config.model, V, 11)
     params = model.init(jax.random.key(0))
     per_layer = 4 * H * (H + H)  # input and recurrent kernels, D = H
-    self.assertEqual(models.matmul_params(params, ('embed/embedding',)),
-                     L * per_layer + H * V)
+    self.assertEqual(models.matmul_params(params, ('embed/embedding',)), L * per_layer + H * V)
     self.assertEqual(model.flops_per_token(params), 6 * (L * per_layer + H * V))
 
   def test_transformer_adds_the_attention_term(self):
-    config = test_util.tiny_config(self.create_tempdir().full_path,
-                                   model='transformer')
+    config = test_util.tiny_config(self.create_tempdir().full_path, model='transformer')
     m = config.model
     V, T, D, F, L = 17, 11, m.d_model, m.d_ff, m.num_layers  # pylint: disable=invalid-name
     block = D * 3 * D + D * D + D * F + F * D
@@ -45,17 +42,23 @@ class FlopsTest(absltest.TestCase):
 
 
 class BenchTest(absltest.TestCase):
-
   def test_figures_and_table(self):
     tmp = self.create_tempdir().full_path
     config = test_util.tiny_config(tmp)
     figures = bench.run(config, steps=3, warmup=1, config_name='tiny')
-    for key in ('compile_s', 'step_time_median_s', 'tokens_per_s', 'flops_per_s',
-                'mfu', 'peak_flops_per_s', 'device', 'data_tokens_per_s'):
+    for key in (
+      'compile_s',
+      'step_time_median_s',
+      'tokens_per_s',
+      'flops_per_s',
+      'mfu',
+      'peak_flops_per_s',
+      'device',
+      'data_tokens_per_s',
+    ):
       self.assertIn(key, figures)
     self.assertGreater(figures['tokens_per_s'], 0)
-    self.assertAlmostEqual(figures['mfu'],
-                           figures['flops_per_s'] / figures['peak_flops_per_s'])
+    self.assertAlmostEqual(figures['mfu'], figures['flops_per_s'] / figures['peak_flops_per_s'])
     records = os.path.join(tmp, 'runs.jsonl')
     with open(records, 'w') as f:
       f.write(json.dumps(figures) + '\n')
@@ -67,12 +70,22 @@ class BenchTest(absltest.TestCase):
 
 def _record(config: str, step_s: float) -> dict:
   """A benchmark record with the fields write_table reads."""
-  return {'config': config, 'device': 'CPU: test, 1 JAX device(s)',
-          'batch': '7x11', 'step_time_median_s': step_s,
-          'step_time_p10_s': step_s, 'step_time_p90_s': step_s,
-          'tokens_per_s': 77 / step_s, 'flops_per_s': 1e9, 'peak_flops_per_s': 2e9,
-          'mfu': 0.5, 'compile_s': 1.0, 'data_tokens_per_s': 1e6,
-          'commit': 'abcdef0123456789', 'date': '2026-12-01 00:00 UTC'}
+  return {
+    'config': config,
+    'device': 'CPU: test, 1 JAX device(s)',
+    'batch': '7x11',
+    'step_time_median_s': step_s,
+    'step_time_p10_s': step_s,
+    'step_time_p90_s': step_s,
+    'tokens_per_s': 77 / step_s,
+    'flops_per_s': 1e9,
+    'peak_flops_per_s': 2e9,
+    'mfu': 0.5,
+    'compile_s': 1.0,
+    'data_tokens_per_s': 1e6,
+    'commit': 'abcdef0123456789',
+    'date': '2026-12-01 00:00 UTC',
+  }
 
 
 class WriteTableTest(absltest.TestCase):
@@ -100,8 +113,7 @@ class WriteTableTest(absltest.TestCase):
     tail = '\n\n## History\n\n| machine | step |\n| --- | --- |\n| A | 45 ms |'
     start = first.index(bench.GENERATED_START)
     end = first.index(bench.GENERATED_END) + len(bench.GENERATED_END)
-    second = self._write(tmp, [_record('new', 0.25)],
-                         head + first[start:end] + tail)
+    second = self._write(tmp, [_record('new', 0.25)], head + first[start:end] + tail)
     self.assertTrue(second.startswith(head + bench.GENERATED_START + '\n'))
     self.assertTrue(second.endswith(bench.GENERATED_END + tail))
     self.assertIn('| `new` | 7x11 | CPU: test, 1 JAX device(s) | 250.0 ms', second)
@@ -117,8 +129,10 @@ class WriteTableTest(absltest.TestCase):
 
   def test_broken_markers_are_refused_and_nothing_is_written(self):
     tmp = self.create_tempdir().full_path
-    for broken in (f'notes\n{bench.GENERATED_START}\nrows\n',
-                   f'{bench.GENERATED_END}\nrows\n{bench.GENERATED_START}\n'):
+    for broken in (
+      f'notes\n{bench.GENERATED_START}\nrows\n',
+      f'{bench.GENERATED_END}\nrows\n{bench.GENERATED_START}\n',
+    ):
       with self.assertRaisesRegex(ValueError, 'restore the markers'):
         self._write(tmp, [_record('tiny', 0.5)], broken)
       with open(os.path.join(tmp, 'BENCHMARKS.md'), newline='') as f:

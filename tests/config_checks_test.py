@@ -16,8 +16,11 @@ from research import rules
 from tests import test_util
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_VARIANTS = {'default.py': [None], 'ptb_lstm.py': ['small', 'medium', 'large'],
-             'shakespeare_char.py': ['full', 'cpu', 'gpt2_small']}
+_VARIANTS = {
+  'default.py': [None],
+  'ptb_lstm.py': ['small', 'medium', 'large'],
+  'shakespeare_char.py': ['full', 'cpu', 'gpt2_small'],
+}
 
 
 def _configs():
@@ -28,7 +31,6 @@ def _configs():
 
 
 class ConfigChecksTest(parameterized.TestCase):
-
   def test_every_key_of_every_config_has_a_rule_and_passes_it(self):
     families = set()
     for spec, config in _configs():
@@ -39,52 +41,54 @@ class ConfigChecksTest(parameterized.TestCase):
       # The family's config object holds exactly the config's model keys.
       family = models.MODELS[config.model.name]
       fields = {f'model.{f.name}' for f in dataclasses.fields(family.config)}
-      self.assertSetEqual(fields | {'model.name'},
-                          {k for k in keys if k.startswith('model.')}, spec)
+      self.assertSetEqual(
+        fields | {'model.name'}, {k for k in keys if k.startswith('model.')}, spec
+      )
       config_checks.check(config)
       families.add(config.model.name)
     self.assertSetEqual(families, set(models.MODELS))  # Every family checked.
 
   @parameterized.parameters(
-      ('optim.learning_rate', 0.0, 'must be positive'),
-      ('optim.learning_rate', -1e-3, 'must be positive'),
-      ('optim.learning_rate', float('nan'), 'must be positive'),
-      ('optim.b2', 1.0, r'must be in \[0, 1\)'),
-      ('optim.weight_decay', -0.1, 'must be at least 0'),
-      ('optim.warmup_steps', -1, 'must be at least 0'),
-      ('optim.grad_accum_steps', 0, 'must be at least 1'),
-      ('optim.grad_accum_steps', 5, r'does not divide config\.data\.batch_size=12'),
-      ('optim.min_learning_rate', 1.0, 'is above the peak'),
-      ('optim.name', 'lion', r"known optimizers: \['adamw', 'sgd'\]"),
-      ('data.batch_size', 0, 'must be at least 1'),
-      ('data.seq_len', -5, 'must be at least 1'),
-      ('data.level', 'byte', r"one of \['char', 'word'\]"),
-      ('data.level', 'word', "but data.name='tiny_shakespeare' is char level"),
-      ('data.vocab_size', 100, 'only applies to'),
-      ('seed', -1, r'must be in \[0, 4294967296\)'),
-      ('log_every_steps', 0, 'must be at least 1'),
-      ('keep_checkpoints', 0, 'must be at least 1'),
-      ('num_epochs', -1, 'must be at least 0'),
-      ('mesh.fsdp', 0, '-1 .the rest. or at least 1'),
-      ('distributed.initialize', 'sometimes', 'one of'),
-      ('distributed.coordinator_address', 'localhost', 'host:port'),
-      ('sample.top_p', 0.0, r'must be in \(0, 1\]'),
-      ('sample.top_k', -1, 'must be at least 0'),
-      ('sample.temperature', -0.5, 'must be at least 0'),
-      ('model.dropout_rate', 1.0, r'must be in \[0, 1\)'),
-      ('model.num_layers', 0, 'must be at least 1'),
-      ('model.num_heads', 5, 'is not divisible by config.model.num_heads=5'),
-      ('model.positional', 'rotary', 'sinusoidal'),
-      ('model.norm', 'rmsnorm', r"known norms: \['layernorm'\]"),
-      ('model.mlp', 'swiglu', r"known MLPs: \['gelu'\]"),
-      ('model.d_ff', 0, 'must be at least 1'),
-      ('model.attention', 'dot_product', 'has no dropout on the attention'),
-      ('model.attention', 'flash', r"one of \['xla', 'dot_product'\]"),
-      ('model.compute_dtype', 'float16', 'bfloat16'),
+    ('optim.learning_rate', 0.0, 'must be positive'),
+    ('optim.learning_rate', -1e-3, 'must be positive'),
+    ('optim.learning_rate', float('nan'), 'must be positive'),
+    ('optim.b2', 1.0, r'must be in \[0, 1\)'),
+    ('optim.weight_decay', -0.1, 'must be at least 0'),
+    ('optim.warmup_steps', -1, 'must be at least 0'),
+    ('optim.grad_accum_steps', 0, 'must be at least 1'),
+    ('optim.grad_accum_steps', 5, r'does not divide config\.data\.batch_size=12'),
+    ('optim.min_learning_rate', 1.0, 'is above the peak'),
+    ('optim.name', 'lion', r"known optimizers: \['adamw', 'sgd'\]"),
+    ('data.batch_size', 0, 'must be at least 1'),
+    ('data.seq_len', -5, 'must be at least 1'),
+    ('data.level', 'byte', r"one of \['char', 'word'\]"),
+    ('data.level', 'word', "but data.name='tiny_shakespeare' is char level"),
+    ('data.vocab_size', 100, 'only applies to'),
+    ('seed', -1, r'must be in \[0, 4294967296\)'),
+    ('log_every_steps', 0, 'must be at least 1'),
+    ('keep_checkpoints', 0, 'must be at least 1'),
+    ('num_epochs', -1, 'must be at least 0'),
+    ('mesh.fsdp', 0, '-1 .the rest. or at least 1'),
+    ('distributed.initialize', 'sometimes', 'one of'),
+    ('distributed.coordinator_address', 'localhost', 'host:port'),
+    ('sample.top_p', 0.0, r'must be in \(0, 1\]'),
+    ('sample.top_k', -1, 'must be at least 0'),
+    ('sample.temperature', -0.5, 'must be at least 0'),
+    ('model.dropout_rate', 1.0, r'must be in \[0, 1\)'),
+    ('model.num_layers', 0, 'must be at least 1'),
+    ('model.num_heads', 5, 'is not divisible by config.model.num_heads=5'),
+    ('model.positional', 'rotary', 'sinusoidal'),
+    ('model.norm', 'rmsnorm', r"known norms: \['layernorm'\]"),
+    ('model.mlp', 'swiglu', r"known MLPs: \['gelu'\]"),
+    ('model.d_ff', 0, 'must be at least 1'),
+    ('model.attention', 'dot_product', 'has no dropout on the attention'),
+    ('model.attention', 'flash', r"one of \['xla', 'dot_product'\]"),
+    ('model.compute_dtype', 'float16', 'bfloat16'),
   )
   def test_meaningless_values_are_refused_naming_the_key(self, key, value, message):
     config = test_util.parse_config_flags(
-        '--config=' + os.path.join(_ROOT, 'configs', 'shakespeare_char.py:cpu'))
+      '--config=' + os.path.join(_ROOT, 'configs', 'shakespeare_char.py:cpu')
+    )
     with config.unlocked():
       if key == 'model.attention':
         config.model.dropout_rate = 0.1
@@ -101,7 +105,8 @@ class ConfigChecksTest(parameterized.TestCase):
 
   def test_lstm_rules(self):
     config = test_util.parse_config_flags(
-        '--config=' + os.path.join(_ROOT, 'configs', 'default.py'))
+      '--config=' + os.path.join(_ROOT, 'configs', 'default.py')
+    )
     for key, value in (('init_scale', 0.0), ('hidden_size', 0)):
       bad = ml_collections.ConfigDict(config.to_dict())
       bad.model[key] = value
@@ -114,11 +119,11 @@ class ConfigChecksTest(parameterized.TestCase):
     config_checks.check(config)
     corpus = config.data.path
     cases = {
-        ('text_file', tmp): 'is a folder',
-        ('text_file', os.path.join(tmp, 'nope.txt')): 'does not exist',
-        ('text_file', ''): 'reads one UTF-8 text file',
-        ('tiny_shakespeare', tmp): 'is a folder',
-        ('ptb', corpus): 'is not a folder',
+      ('text_file', tmp): 'is a folder',
+      ('text_file', os.path.join(tmp, 'nope.txt')): 'does not exist',
+      ('text_file', ''): 'reads one UTF-8 text file',
+      ('tiny_shakespeare', tmp): 'is a folder',
+      ('ptb', corpus): 'is not a folder',
     }
     for (name, path), message in cases.items():
       with self.subTest(name=name, path=path), config.unlocked():
@@ -137,30 +142,35 @@ class ConfigChecksTest(parameterized.TestCase):
     corpus = test_util.write_corpus(tmp)
     spec = os.path.join(_ROOT, 'configs', 'shakespeare_char.py') + ':cpu'
     config = test_util.parse_config_flags(
-        f'--config={spec}', '--config.data.name=text_file',
-        f'--config.data.path={corpus}', f'--config.data.tfds_dir={tmp}/tfds')
+      f'--config={spec}',
+      '--config.data.name=text_file',
+      f'--config.data.path={corpus}',
+      f'--config.data.tfds_dir={tmp}/tfds',
+    )
     config_checks.check(config)
     corpus_data = data.load_corpus(config.data)
     self.assertEqual(corpus_data.tokenizer.kind, 'char')
     self.assertEqual(set(corpus_data.splits), {'train', 'valid'})  # nanoGPT's 90/10
     # The word-level configs state their level too.
     for name in ('default.py', 'ptb_lstm.py'):
-      word = test_util.parse_config_flags(
-          '--config=' + os.path.join(_ROOT, 'configs', name))
+      word = test_util.parse_config_flags('--config=' + os.path.join(_ROOT, 'configs', name))
       self.assertEqual(word.data.level, 'word')
 
 
 class ResumeCheckTest(absltest.TestCase):
-
   def test_a_key_added_after_a_checkpoint_is_not_a_difference(self):
     saved = {'model': {'name': 'transformer', 'd_model': 8}, 'data': {'name': 'ptb'}}
-    current = {'model': {'name': 'transformer', 'd_model': 8, 'norm': 'layernorm'},
-               'data': {'name': 'ptb'}}
+    current = {
+      'model': {'name': 'transformer', 'd_model': 8, 'norm': 'layernorm'},
+      'data': {'name': 'ptb'},
+    }
     self.assertEqual(checkpoint.config_differences(saved, current), [])
     current['model']['d_model'] = 16
     del current['data']['name']
-    self.assertEqual(checkpoint.config_differences(saved, current),
-                     ["data.name: 'ptb' -> '(absent)'", 'model.d_model: 8 -> 16'])
+    self.assertEqual(
+      checkpoint.config_differences(saved, current),
+      ["data.name: 'ptb' -> '(absent)'", 'model.d_model: 8 -> 16'],
+    )
 
 
 if __name__ == '__main__':

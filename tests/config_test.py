@@ -15,42 +15,65 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ConfigTest(parameterized.TestCase):
-
   def test_every_config_and_variant_loads_with_the_shared_keys(self):
-    variants = {'default.py': [None], 'ptb_lstm.py': ['small', 'medium', 'large'],
-                'shakespeare_char.py': ['full', 'cpu', 'gpt2_small']}
+    variants = {
+      'default.py': [None],
+      'ptb_lstm.py': ['small', 'medium', 'large'],
+      'shakespeare_char.py': ['full', 'cpu', 'gpt2_small'],
+    }
     self.assertSetEqual(
-        set(variants), {os.path.basename(p) for p in glob.glob(
-            os.path.join(_ROOT, 'configs', '*.py'))} - {'__init__.py', 'common.py'})
+      set(variants),
+      {os.path.basename(p) for p in glob.glob(os.path.join(_ROOT, 'configs', '*.py'))}
+      - {'__init__.py', 'common.py'},
+    )
     for name, names in variants.items():
       for variant in names:
         spec = os.path.join(_ROOT, 'configs', name) + (f':{variant}' if variant else '')
         config = test_util.parse_config_flags(f'--config={spec}')
-        for key in ('seed', 'num_train_steps', 'log_every_steps',
-                    'eval_every_steps', 'checkpoint_every_steps', 'data.name',
-                    'data.path', 'model.name', 'num_epochs'):
-          self.assertIn(key.split('.')[-1],
-                        config if '.' not in key else config[key.split('.')[0]])
+        for key in (
+          'seed',
+          'num_train_steps',
+          'log_every_steps',
+          'eval_every_steps',
+          'checkpoint_every_steps',
+          'data.name',
+          'data.path',
+          'model.name',
+          'num_epochs',
+        ):
+          self.assertIn(key.split('.')[-1], config if '.' not in key else config[key.split('.')[0]])
         components.validate(config)
 
   def test_zaremba_hyperparameters(self):
     path = os.path.join(_ROOT, 'configs', 'ptb_lstm.py')
-    want = {'small': (200, 20, 0.1, 0.0, 4, 0.5, 13, 5.0),
-            'medium': (650, 35, 0.05, 0.5, 6, 1 / 1.2, 39, 5.0),
-            'large': (1500, 35, 0.04, 0.65, 14, 1 / 1.15, 55, 10.0)}
+    want = {
+      'small': (200, 20, 0.1, 0.0, 4, 0.5, 13, 5.0),
+      'medium': (650, 35, 0.05, 0.5, 6, 1 / 1.2, 39, 5.0),
+      'large': (1500, 35, 0.04, 0.65, 14, 1 / 1.15, 55, 10.0),
+    }
     for variant, figures in want.items():
       c = test_util.parse_config_flags(f'--config={path}:{variant}')
-      got = (c.model.hidden_size, c.data.seq_len, c.model.init_scale,
-             c.model.dropout_rate, c.optim.decay_after_epochs,
-             c.optim.decay_factor, c.num_epochs, c.optim.grad_clip_norm)
+      got = (
+        c.model.hidden_size,
+        c.data.seq_len,
+        c.model.init_scale,
+        c.model.dropout_rate,
+        c.optim.decay_after_epochs,
+        c.optim.decay_factor,
+        c.num_epochs,
+        c.optim.grad_clip_norm,
+      )
       self.assertEqual(got, figures)
-      self.assertEqual((c.model.num_layers, c.data.batch_size,
-                        c.optim.learning_rate, c.optim.name), (2, 20, 1.0, 'sgd'))
+      self.assertEqual(
+        (c.model.num_layers, c.data.batch_size, c.optim.learning_rate, c.optim.name),
+        (2, 20, 1.0, 'sgd'),
+      )
 
   def test_unknown_key_names_the_key(self):
     path = os.path.join(_ROOT, 'configs', 'default.py')
-    with self.assertRaisesRegex((AttributeError, KeyError),
-                                'hiden_size.*Did you mean "hidden_size"'):
+    with self.assertRaisesRegex(
+      (AttributeError, KeyError), 'hiden_size.*Did you mean "hidden_size"'
+    ):
       test_util.parse_config_flags(f'--config={path}', '--config.model.hiden_size=3')
 
   def test_wrong_type_names_the_key(self):
@@ -64,10 +87,10 @@ class ConfigTest(parameterized.TestCase):
       test_util.parse_config_flags(f'--config={path}:huge')
 
   @parameterized.parameters(
-      ('model.name', 'gru', r"known models: \['lstm', 'transformer'\]"),
-      ('data.name', 'wikitext', r"known datasets: \['ptb', 'text_file', 'tiny_shakespeare'\]"),
-      ('optim.name', 'lion', r"known optimizers: \['adamw', 'sgd'\]"),
-      ('model.positional', 'rotary', 'sinusoidal'),
+    ('model.name', 'gru', r"known models: \['lstm', 'transformer'\]"),
+    ('data.name', 'wikitext', r"known datasets: \['ptb', 'text_file', 'tiny_shakespeare'\]"),
+    ('optim.name', 'lion', r"known optimizers: \['adamw', 'sgd'\]"),
+    ('model.positional', 'rotary', 'sinusoidal'),
   )
   def test_unknown_names_list_the_valid_ones(self, key, value, message):
     path = os.path.join(_ROOT, 'configs', 'shakespeare_char.py')

@@ -19,14 +19,14 @@ from research.data import builders
 from research.data import tokenizers
 
 _SHARED_SHAKESPEARE = os.path.join(
-    os.path.dirname(__file__), '..', '..', 'shared', 'data', 'tinyshakespeare',
-    'input.txt')
+  os.path.dirname(__file__), '..', '..', 'shared', 'data', 'tinyshakespeare', 'input.txt'
+)
 
 
 def _config(**fields) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(dict(
-      name='text_file', path='', tfds_dir='', level='char',
-      split='0.9,0.05,0.05', vocab_size=0))
+  c = ml_collections.ConfigDict(
+    dict(name='text_file', path='', tfds_dir='', level='char', split='0.9,0.05,0.05', vocab_size=0)
+  )
   c.update(fields)
   return c
 
@@ -54,7 +54,6 @@ def _ptb_folder(directory: str) -> str:
 
 
 class TokenizerTest(absltest.TestCase):
-
   def test_char_round_trip_is_exact(self):
     text = 'Hé said:\n\t«ok» — 😀 \r\n'
     tok = tokenizers.CharTokenizer.from_text(text)
@@ -87,8 +86,10 @@ class TokenizerTest(absltest.TestCase):
       tokenizers.WordTokenizer.from_words(words, vocab_size=2)
 
   def test_json_round_trip(self):
-    for tok in (tokenizers.CharTokenizer.from_text('xyz\n'),
-                tokenizers.WordTokenizer(['<unk>', '<eos>', 'hi'])):
+    for tok in (
+      tokenizers.CharTokenizer.from_text('xyz\n'),
+      tokenizers.WordTokenizer(['<unk>', '<eos>', 'hi']),
+    ):
       back = tokenizers.tokenizer_from_json(tok.to_json())
       self.assertIsInstance(back, type(tok))
       self.assertEqual(back.vocab, tok.vocab)
@@ -101,7 +102,6 @@ class TokenizerTest(absltest.TestCase):
 
 
 class PtbTest(absltest.TestCase):
-
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
@@ -135,24 +135,23 @@ class PtbTest(absltest.TestCase):
     lines = builders.ptb_texts('')['train'].splitlines()
     # PTB train has no out-of-vocabulary words, so decoding is lossless up to
     # whitespace (the files have a space at each line's start and end).
-    self.assertEqual(tok.decode(train_N),
-                     ''.join(' '.join(l.split()) + '\n' for l in lines))
+    self.assertEqual(tok.decode(train_N), ''.join(' '.join(l.split()) + '\n' for l in lines))
 
   def test_cached_load_does_not_rebuild(self):
-    folder = os.path.join(self.tfds_dir, 'research_ptb',
-                          str(builders.ResearchPtb.VERSION))
-    mtimes = {f: os.path.getmtime(os.path.join(folder, f))
-              for f in os.listdir(folder)}
+    folder = os.path.join(self.tfds_dir, 'research_ptb', str(builders.ResearchPtb.VERSION))
+    mtimes = {f: os.path.getmtime(os.path.join(folder, f)) for f in os.listdir(folder)}
     again = data.load_corpus(_config(name='ptb', tfds_dir=self.tfds_dir))
-    self.assertEqual(mtimes, {f: os.path.getmtime(os.path.join(folder, f))
-                              for f in os.listdir(folder)})
+    self.assertEqual(
+      mtimes, {f: os.path.getmtime(os.path.join(folder, f)) for f in os.listdir(folder)}
+    )
     for split, tokens_N in self.corpus.splits.items():
       np.testing.assert_array_equal(again.splits[split], tokens_N)
 
   def test_local_folder_gives_same_corpus(self):
     with tempfile.TemporaryDirectory() as tmp:
-      local = data.load_corpus(_config(
-          name='ptb', path=_ptb_folder(tmp), tfds_dir=os.path.join(tmp, 't')))
+      local = data.load_corpus(
+        _config(name='ptb', path=_ptb_folder(tmp), tfds_dir=os.path.join(tmp, 't'))
+      )
     self.assertEqual(local.tokenizer.vocab, self.corpus.tokenizer.vocab)
     for split, tokens_N in self.corpus.splits.items():
       np.testing.assert_array_equal(local.splits[split], tokens_N)
@@ -167,14 +166,12 @@ class PtbTest(absltest.TestCase):
       actual = hashlib.md5(content).hexdigest()
       # Same tfds_dir as the prepared copy: the check must still run.
       with self.assertRaisesRegex(
-          ValueError, f"PTB valid .*md5 {actual}, expected"
-          f" {builders.PTB_MD5['valid']}.*data.path=''"):
-        data.load_corpus(_config(name='ptb', path=folder,
-                                 tfds_dir=self.tfds_dir))
+        ValueError, f"PTB valid .*md5 {actual}, expected {builders.PTB_MD5['valid']}.*data.path=''"
+      ):
+        data.load_corpus(_config(name='ptb', path=folder, tfds_dir=self.tfds_dir))
 
 
 class TinyShakespeareTest(absltest.TestCase):
-
   def setUp(self):
     super().setUp()
     self.tmp = _tempdir(self)
@@ -184,63 +181,69 @@ class TinyShakespeareTest(absltest.TestCase):
 
   def test_wrong_file_fails_sha256(self):
     with self.assertRaisesRegex(
-        ValueError, f'sha256 {self.sha}, expected'
-        f' {builders.TINY_SHAKESPEARE_SHA256}'):
-      data.load_corpus(_config(name='tiny_shakespeare', path=self.path,
-                               tfds_dir=os.path.join(self.tmp, 't')))
+      ValueError, f'sha256 {self.sha}, expected {builders.TINY_SHAKESPEARE_SHA256}'
+    ):
+      data.load_corpus(
+        _config(name='tiny_shakespeare', path=self.path, tfds_dir=os.path.join(self.tmp, 't'))
+      )
 
   def test_nanogpt_split_and_vocab(self):
     with mock.patch.object(builders, 'TINY_SHAKESPEARE_SHA256', self.sha):
-      corpus = data.load_corpus(_config(
-          name='tiny_shakespeare', path=self.path,
-          tfds_dir=os.path.join(self.tmp, 't')))
+      corpus = data.load_corpus(
+        _config(name='tiny_shakespeare', path=self.path, tfds_dir=os.path.join(self.tmp, 't'))
+      )
     n = len(self.text)
     self.assertEqual(corpus.tokenizer.kind, 'char')
     self.assertEqual(list(corpus.tokenizer.vocab), sorted(set(self.text)))
     self.assertEqual(sorted(corpus.splits), ['train', 'valid'])
-    self.assertEqual(corpus.tokenizer.decode(corpus.splits['train']),
-                     self.text[:int(n * 0.9)])
-    self.assertEqual(corpus.tokenizer.decode(corpus.splits['valid']),
-                     self.text[int(n * 0.9):])
+    self.assertEqual(corpus.tokenizer.decode(corpus.splits['train']), self.text[: int(n * 0.9)])
+    self.assertEqual(corpus.tokenizer.decode(corpus.splits['valid']), self.text[int(n * 0.9) :])
     # The same cut through text_file, the general char-level path.
-    general = data.load_corpus(_config(
-        path=self.path, split='0.9,0.1', tfds_dir=os.path.join(self.tmp, 't')))
+    general = data.load_corpus(
+      _config(path=self.path, split='0.9,0.1', tfds_dir=os.path.join(self.tmp, 't'))
+    )
     self.assertEqual(general.tokenizer.vocab, corpus.tokenizer.vocab)
     for split in ('train', 'valid'):
-      np.testing.assert_array_equal(general.splits[split],
-                                    corpus.splits[split])
+      np.testing.assert_array_equal(general.splits[split], corpus.splits[split])
 
   def test_empty_path_downloads_the_url(self):
-    with mock.patch.object(builders, 'TINY_SHAKESPEARE_SHA256', self.sha), \
-         mock.patch.object(tfds.download.DownloadManager, 'download',
-                           autospec=True, return_value=self.path) as download:
-      corpus = data.load_corpus(_config(
-          name='tiny_shakespeare', tfds_dir=os.path.join(self.tmp, 't')))
+    with (
+      mock.patch.object(builders, 'TINY_SHAKESPEARE_SHA256', self.sha),
+      mock.patch.object(
+        tfds.download.DownloadManager, 'download', autospec=True, return_value=self.path
+      ) as download,
+    ):
+      corpus = data.load_corpus(
+        _config(name='tiny_shakespeare', tfds_dir=os.path.join(self.tmp, 't'))
+      )
     download.assert_called_once_with(mock.ANY, builders.TINY_SHAKESPEARE_URL)
-    self.assertEqual(corpus.tokenizer.decode(corpus.splits['valid']),
-                     self.text[int(len(self.text) * 0.9):])
+    self.assertEqual(
+      corpus.tokenizer.decode(corpus.splits['valid']), self.text[int(len(self.text) * 0.9) :]
+    )
 
   def test_failed_download_names_the_local_file_fix(self):
-    with mock.patch.object(tfds.download.DownloadManager, 'download',
-                           autospec=True,
-                           side_effect=ConnectionError('no network')):
-      with self.assertRaisesRegex(RuntimeError,
-                                  'Could not download.*config.data.path='):
-        data.load_corpus(_config(name='tiny_shakespeare',
-                                 tfds_dir=os.path.join(self.tmp, 't')))
+    with mock.patch.object(
+      tfds.download.DownloadManager,
+      'download',
+      autospec=True,
+      side_effect=ConnectionError('no network'),
+    ):
+      with self.assertRaisesRegex(RuntimeError, 'Could not download.*config.data.path='):
+        data.load_corpus(_config(name='tiny_shakespeare', tfds_dir=os.path.join(self.tmp, 't')))
 
   @absltest.skipUnless(os.path.exists(_SHARED_SHAKESPEARE), 'no local copy')
   def test_real_file(self):
-    corpus = data.load_corpus(_config(
-        name='tiny_shakespeare', path=_SHARED_SHAKESPEARE,
-        tfds_dir=os.path.join(self.tmp, 't')))
+    corpus = data.load_corpus(
+      _config(
+        name='tiny_shakespeare', path=_SHARED_SHAKESPEARE, tfds_dir=os.path.join(self.tmp, 't')
+      )
+    )
     self.assertEqual(corpus.tokenizer.vocab_size, 65)
     self.assertLen(corpus.splits['train'], 1_003_854)  # nanoGPT's numbers
     self.assertLen(corpus.splits['valid'], 111_540)
 
 
 class TextFileTest(absltest.TestCase):
-
   def setUp(self):
     super().setUp()
     self.tmp = _tempdir(self)
@@ -248,12 +251,10 @@ class TextFileTest(absltest.TestCase):
 
   def _load(self, content, **fields) -> data.Corpus:
     path = _write(self.tmp, fields.pop('filename', 'c.txt'), content)
-    return data.load_corpus(
-        _config(path=path, tfds_dir=self.tfds_dir, **fields))
+    return data.load_corpus(_config(path=path, tfds_dir=self.tfds_dir, **fields))
 
   def test_char_splits_are_contiguous_fractions(self):
-    text = ''.join(chr(ord('a') + i % 23) + '\n' * (i % 5 == 0)
-                   for i in range(997))
+    text = ''.join(chr(ord('a') + i % 23) + '\n' * (i % 5 == 0) for i in range(997))
     n = len(text)
     corpus = self._load(text, split='0.5,0.25,0.125')  # 1/8 of it unused
     tok = corpus.tokenizer
@@ -279,8 +280,7 @@ class TextFileTest(absltest.TestCase):
 
   def test_one_giant_line_splits_at_word_boundaries(self):
     text = ' '.join(f'w{i}' for i in range(1000)) + '\n'
-    pieces = builders.split_text(text, builders.parse_split('0.8,0.1,0.1'),
-                                 whole_words=True)
+    pieces = builders.split_text(text, builders.parse_split('0.8,0.1,0.1'), whole_words=True)
     self.assertEqual(''.join(pieces.values()), text)
     for name in ('train', 'valid', 'test'):
       self.assertTrue(pieces[name], name)
@@ -311,15 +311,15 @@ class TextFileTest(absltest.TestCase):
 
   def test_bad_inputs_raise_clear_errors(self):
     cases = [
-        ('', {}, 'is empty'),
-        (b'ok\xff ok', {}, r'not valid UTF-8.*byte offset 2'),
-        ('abc' * 10, {'split': '0.9;0.1'}, 'does not parse'),
-        ('abc' * 10, {'split': '0.9'}, '2 or 3'),
-        ('abc' * 10, {'split': '0.9,0.2'}, 'sums to 1.1'),
-        ('abc' * 10, {'split': '0.9,-0.1'}, 'positive'),
-        ('abcde', {'split': '0.9,0.05,0.05'}, "split 'valid' is empty"),
-        ('abc' * 10, {'level': 'byte'}, 'level'),
-        ('a b\n' * 10, {'level': 'word', 'vocab_size': 2}, 'vocab_size'),
+      ('', {}, 'is empty'),
+      (b'ok\xff ok', {}, r'not valid UTF-8.*byte offset 2'),
+      ('abc' * 10, {'split': '0.9;0.1'}, 'does not parse'),
+      ('abc' * 10, {'split': '0.9'}, '2 or 3'),
+      ('abc' * 10, {'split': '0.9,0.2'}, 'sums to 1.1'),
+      ('abc' * 10, {'split': '0.9,-0.1'}, 'positive'),
+      ('abcde', {'split': '0.9,0.05,0.05'}, "split 'valid' is empty"),
+      ('abc' * 10, {'level': 'byte'}, 'level'),
+      ('a b\n' * 10, {'level': 'word', 'vocab_size': 2}, 'vocab_size'),
     ]
     for content, fields, message in cases:
       with self.subTest(message), self.assertRaisesRegex(ValueError, message):

@@ -11,11 +11,11 @@ from tests import models_test
 V, T, B = models_test.V, models_test.T, models_test.B
 
 CASES = (
-    ('lstm', {}),
-    ('transformer', dict(positional='learned')),
-    ('transformer', dict(positional='sinusoidal', tie_embeddings=True)),
-    ('transformer', dict(scan_layers=True)),
-    ('transformer', dict(scan_layers=True, remat=True, attention='dot_product')),
+  ('lstm', {}),
+  ('transformer', dict(positional='learned')),
+  ('transformer', dict(positional='sinusoidal', tie_embeddings=True)),
+  ('transformer', dict(scan_layers=True)),
+  ('transformer', dict(scan_layers=True, remat=True, attention='dot_product')),
 )
 
 
@@ -26,30 +26,25 @@ def _decode_in_chunks(name, overrides, tokens_BxT, chunks):
   decode = jax.jit(model.decode)
   cache, start, logits = model.init_cache(tokens_BxT.shape[0]), 0, []
   for size in chunks:
-    positions_BxT = jnp.broadcast_to(jnp.arange(start, start + size),
-                                     (tokens_BxT.shape[0], size))
-    logits_BxTxV, cache = decode(params, cache,
-                                 tokens_BxT[:, start:start + size], positions_BxT)
+    positions_BxT = jnp.broadcast_to(jnp.arange(start, start + size), (tokens_BxT.shape[0], size))
+    logits_BxTxV, cache = decode(params, cache, tokens_BxT[:, start : start + size], positions_BxT)
     logits.append(logits_BxTxV)
     start += size
   return jnp.concatenate(logits, axis=1)
 
 
 class DecodeTest(parameterized.TestCase):
-
   @parameterized.parameters(*CASES)
   def test_cached_decoding_matches_the_full_pass(self, name, overrides):
     model = models_test.get_model(name, **overrides)
     params = models_test.get_params(name, **overrides)
     tokens_BxT = models_test.random_tokens(4, (B, T))
-    full_BxTxV, _ = model.apply(params, model.init_carry(B), tokens_BxT,
-                                train=False, rng=None)
+    full_BxTxV, _ = model.apply(params, model.init_carry(B), tokens_BxT, train=False, rng=None)
     # A prompt in one call and then a token per call, or all one at a time.
     for chunks in ((3, 1, 1, 1, 1), (1,) * T, (T,)):
       with self.subTest(chunks=chunks):
         cached_BxTxV = _decode_in_chunks(name, overrides, tokens_BxT, chunks)
-        np.testing.assert_allclose(cached_BxTxV, full_BxTxV, atol=1e-5,
-                                   rtol=1e-5)
+        np.testing.assert_allclose(cached_BxTxV, full_BxTxV, atol=1e-5, rtol=1e-5)
 
   def test_rows_may_stand_at_different_positions(self):
     # After a prompt of 4, row 0 reads its token 4 while row 1 re-reads its
@@ -59,14 +54,15 @@ class DecodeTest(parameterized.TestCase):
     params = models_test.get_params('transformer')
     tokens_2xT = models_test.random_tokens(5, (2, T))
     full_2xTxV, _ = model.apply(params, {}, tokens_2xT, train=False, rng=None)
-    _, cache = model.decode(params, model.init_cache(2), tokens_2xT[:, :4],
-                            jnp.broadcast_to(jnp.arange(4), (2, 4)))
+    _, cache = model.decode(
+      params, model.init_cache(2), tokens_2xT[:, :4], jnp.broadcast_to(jnp.arange(4), (2, 4))
+    )
     logits_2x1xV, _ = model.decode(
-        params, cache, jnp.stack([tokens_2xT[0, 4:5], tokens_2xT[1, 2:3]]),
-        jnp.array([[4], [2]]))
-    np.testing.assert_allclose(logits_2x1xV[:, 0],
-                               jnp.stack([full_2xTxV[0, 4], full_2xTxV[1, 2]]),
-                               atol=1e-5, rtol=1e-5)
+      params, cache, jnp.stack([tokens_2xT[0, 4:5], tokens_2xT[1, 2:3]]), jnp.array([[4], [2]])
+    )
+    np.testing.assert_allclose(
+      logits_2x1xV[:, 0], jnp.stack([full_2xTxV[0, 4], full_2xTxV[1, 2]]), atol=1e-5, rtol=1e-5
+    )
 
   def test_the_cache_holds_the_context(self):
     model = models_test.get_model('transformer')

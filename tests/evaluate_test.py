@@ -18,32 +18,38 @@ from tests import test_util
 def _lookup_model(recurrent: bool = False) -> models.Model:
   """A model whose logits at a position are row `input` of params['table']
   (a bigram model), or params['logits'] itself when it has that key."""
+
   def apply(params, carry, inputs_BxT, *, train, rng):
     del train, rng
     if 'logits' in params:
       return params['logits'], carry
     return params['table'][inputs_BxT], carry
-  return models.Model(init=None, apply=apply, init_carry=lambda b: {},
-                      recurrent=recurrent)
+
+  return models.Model(init=None, apply=apply, init_carry=lambda b: {}, recurrent=recurrent)
 
 
 class AccuracyTest(absltest.TestCase):
-
   def test_eval_step_counts_argmax_hits_of_scored_tokens_only(self):
     rng = np.random.default_rng(0)
     logits_BxTxV = rng.normal(size=(3, 5, 7)).astype(np.float32)
     argmax_BxT = logits_BxTxV.argmax(-1)
     # Half the targets are the argmax; the other half are not.
-    targets_BxT = np.where(rng.random((3, 5)) < 0.5, argmax_BxT,
-                           (argmax_BxT + 1) % 7).astype(np.int32)
+    targets_BxT = np.where(rng.random((3, 5)) < 0.5, argmax_BxT, (argmax_BxT + 1) % 7).astype(
+      np.int32
+    )
     # Padding sits on hits, so counting it would change the answer.
     weights_BxT = np.ones((3, 5), np.float32)
     weights_BxT[2, 2:] = 0.0
     targets_BxT[2, 2:] = argmax_BxT[2, 2:]
-    batch = {'inputs': np.zeros((3, 5), np.int32), 'targets': targets_BxT,
-             'weights': weights_BxT, 'reset': np.zeros(3, bool)}
+    batch = {
+      'inputs': np.zeros((3, 5), np.int32),
+      'targets': targets_BxT,
+      'weights': weights_BxT,
+      'reset': np.zeros(3, bool),
+    }
     _, weight_sum, hits, _ = evaluate.eval_step(
-        {'logits': jnp.asarray(logits_BxTxV)}, {}, batch, model=_lookup_model())
+      {'logits': jnp.asarray(logits_BxTxV)}, {}, batch, model=_lookup_model()
+    )
     want = np.sum((argmax_BxT == targets_BxT) * weights_BxT)
     self.assertEqual(float(hits), want)
     self.assertEqual(float(weight_sum), 12.0)
@@ -58,14 +64,16 @@ class AccuracyTest(absltest.TestCase):
     # Bigram log-counts of the training split (plus noise against ties).
     counts_VxV = np.zeros((v, v))
     np.add.at(counts_VxV, (train_ids[:-1], train_ids[1:]), 1.0)
-    table_VxV = (np.log1p(counts_VxV) + 1e-3 *
-                 np.random.default_rng(0).random((v, v))).astype(np.float32)
+    table_VxV = (np.log1p(counts_VxV) + 1e-3 * np.random.default_rng(0).random((v, v))).astype(
+      np.float32
+    )
     # Independently of the Evaluator's batching and padding: each of the
     # N-1 next-token predictions of the split scored once.
     logits_NxV = table_VxV[valid_ids[:-1]].astype(np.float64)
     want_accuracy = np.mean(logits_NxV.argmax(-1) == valid_ids[1:])
-    want_loss = np.mean(np.log(np.exp(logits_NxV).sum(-1)) -
-                        logits_NxV[np.arange(len(valid_ids) - 1), valid_ids[1:]])
+    want_loss = np.mean(
+      np.log(np.exp(logits_NxV).sum(-1)) - logits_NxV[np.arange(len(valid_ids) - 1), valid_ids[1:]]
+    )
     self.assertTrue(0.2 < want_accuracy < 0.9, want_accuracy)
 
     # 3 rows of 11: the split does not fill the last batch, so it is padded.
@@ -85,10 +93,17 @@ class AccuracyTest(absltest.TestCase):
     model = models.get_model(config, vocab_size=v, seq_len=t)
     params = model.init(jax.random.key(0))
     parts = components.Components(
-        corpus=None, model=model, optimizer=None, schedule=None,
-        mesh=sharding.make_mesh(common.base_config().mesh, jax.devices()[:1]),
-        data_kind='windows', steps_per_epoch=1, num_train_steps=1,
-        eval_every=1, checkpoint_every=1)
+      corpus=None,
+      model=model,
+      optimizer=None,
+      schedule=None,
+      mesh=sharding.make_mesh(common.base_config().mesh, jax.devices()[:1]),
+      data_kind='windows',
+      steps_per_epoch=1,
+      num_train_steps=1,
+      eval_every=1,
+      checkpoint_every=1,
+    )
     tokens = np.random.default_rng(0).integers(0, v, n).astype(np.int32)
     evaluator = evaluate.Evaluator(parts, batch_size=b, seq_len=t)
     loss, _ = evaluator.score(params, tokens)
@@ -101,12 +116,12 @@ class AccuracyTest(absltest.TestCase):
     for start in range(0, n - 1, row_len):
       end = min(start + row_len, n - 1)
       for w in range(start, end, t):
-        inputs = tokens[w:min(w + t, end)]
+        inputs = tokens[w : min(w + t, end)]
         logits, _ = model.apply(params, {}, inputs[None], train=False, rng=None)
         logits = np.asarray(logits[0], np.float64)
         peak = logits.max(-1)
         lse = peak + np.log(np.exp(logits - peak[:, None]).sum(-1))
-        targets = tokens[w + 1:w + 1 + len(inputs)]
+        targets = tokens[w + 1 : w + 1 + len(inputs)]
         total += np.sum(lse - logits[np.arange(len(inputs)), targets])
         count += len(inputs)
     self.assertEqual(count, n - 1)
@@ -115,13 +130,12 @@ class AccuracyTest(absltest.TestCase):
   def test_figures_and_console_line_carry_the_accuracy(self):
     words = data.SplitSize(tokens=5, characters=23, bytes=23)
     figures = metrics.split_figures(2.3456, words, accuracy=0.41234)
-    self.assertEqual(set(figures),
-                     {'loss', 'perplexity', 'bpc', 'bpb', 'accuracy'})
-    self.assertEqual(metrics.headline(figures, 'perplexity'),
-                     'ppl 10.44 | acc 41.2%')
+    self.assertEqual(set(figures), {'loss', 'perplexity', 'bpc', 'bpb', 'accuracy'})
+    self.assertEqual(metrics.headline(figures, 'perplexity'), 'ppl 10.44 | acc 41.2%')
     chars = data.SplitSize(tokens=5, characters=5, bytes=5)
-    self.assertEqual(metrics.headline(metrics.split_figures(1.0, chars), 'bpc'),
-                     'bpc 1.4427')  # Train lines have no accuracy.
+    self.assertEqual(
+      metrics.headline(metrics.split_figures(1.0, chars), 'bpc'), 'bpc 1.4427'
+    )  # Train lines have no accuracy.
 
 
 if __name__ == '__main__':

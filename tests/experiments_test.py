@@ -23,29 +23,42 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _tiny_spec(config_path: str) -> spec_lib.Experiment:
   return spec_lib.Experiment(
-      name='tiny', title='Tiny', seeds=(0, 1), metric='bpc',
-      splits=('valid', 'test'),
-      rows=(
-          spec_lib.Row('a', config_path, published={'valid': 3.0, 'test': 2.9},
-                       source='A paper, Table 1'),
-          # Long enough to be killed between two checkpoints.
-          spec_lib.Row('b', config_path, overrides={
-              'model.hidden_size': 8, 'num_train_steps': 600,
-              'checkpoint_every_steps': 50, 'eval_every_steps': 200,
-              'log_every_steps': 100}),
-          spec_lib.Row('broken', config_path, overrides={'data.name': 'nope'},
-                       seeds=(0,)),
-      ))
+    name='tiny',
+    title='Tiny',
+    seeds=(0, 1),
+    metric='bpc',
+    splits=('valid', 'test'),
+    rows=(
+      spec_lib.Row(
+        'a', config_path, published={'valid': 3.0, 'test': 2.9}, source='A paper, Table 1'
+      ),
+      # Long enough to be killed between two checkpoints.
+      spec_lib.Row(
+        'b',
+        config_path,
+        overrides={
+          'model.hidden_size': 8,
+          'num_train_steps': 600,
+          'checkpoint_every_steps': 50,
+          'eval_every_steps': 200,
+          'log_every_steps': 100,
+        },
+      ),
+      spec_lib.Row('broken', config_path, overrides={'data.name': 'nope'}, seeds=(0,)),
+    ),
+  )
 
 
 def _write_config_file(directory: str) -> str:
   path = os.path.join(directory, 'tiny_config.py')
   with open(path, 'w') as f:
-    f.write(textwrap.dedent(f"""\
+    f.write(
+      textwrap.dedent(f"""\
         from tests import test_util
         def get_config():
           return test_util.tiny_config({directory!r})
-        """))
+        """)
+    )
   return path
 
 
@@ -55,8 +68,9 @@ def _wait_for_checkpoint(path: str, process, timeout: float = 240) -> None:
   while time.time() < deadline:
     # Orbax marks a step committed with commit_success.txt once all is written.
     if os.path.isdir(ckpt) and any(
-        n.isdigit() and os.path.exists(os.path.join(ckpt, n, 'commit_success.txt'))
-        for n in os.listdir(ckpt)):
+      n.isdigit() and os.path.exists(os.path.join(ckpt, n, 'commit_success.txt'))
+      for n in os.listdir(ckpt)
+    ):
       return
     if process.poll() is not None:
       raise AssertionError('the cell ended before its first checkpoint')
@@ -65,14 +79,13 @@ def _wait_for_checkpoint(path: str, process, timeout: float = 240) -> None:
 
 
 class StatisticsTest(absltest.TestCase):
-
   def test_interval_on_known_numbers(self):
     # mean 3, sample sd sqrt(2.5), t_{0.975}(4) = 2.7764.
     mean, half = stats.confidence_interval([1.0, 2.0, 3.0, 4.0, 5.0])
     self.assertAlmostEqual(mean, 3.0)
-    self.assertAlmostEqual(half, 2.7764 * (2.5 ** 0.5) / (5 ** 0.5), places=6)
+    self.assertAlmostEqual(half, 2.7764 * (2.5**0.5) / (5**0.5), places=6)
     mean, half = stats.confidence_interval([10.0, 12.0])
-    self.assertAlmostEqual(half, 12.7062 * (2 ** 0.5) / (2 ** 0.5), places=4)
+    self.assertAlmostEqual(half, 12.7062 * (2**0.5) / (2**0.5), places=4)
     self.assertEqual(stats.confidence_interval([7.0]), (7.0, None))
 
   def test_t_quantiles(self):
@@ -84,7 +97,6 @@ class StatisticsTest(absltest.TestCase):
 
 
 class SpecTest(absltest.TestCase):
-
   def setUp(self):
     super().setUp()
     self.config = _write_config_file(self.create_tempdir().full_path)
@@ -94,8 +106,9 @@ class SpecTest(absltest.TestCase):
     names = [c.name for c in spec_lib.cells(self.spec)]
     self.assertEqual(names, ['a-s0', 'a-s1', 'b-s0', 'b-s1', 'broken-s0'])
     cells = spec_lib.cells(self.spec)
-    self.assertEqual([c.name for c in runner.select(cells, 'b,*-s0')],
-                     ['a-s0', 'b-s0', 'b-s1', 'broken-s0'])
+    self.assertEqual(
+      [c.name for c in runner.select(cells, 'b,*-s0')], ['a-s0', 'b-s0', 'b-s1', 'broken-s0']
+    )
     with self.assertRaisesRegex(ValueError, 'match no cell'):
       runner.select(cells, 'c')
 
@@ -109,14 +122,22 @@ class SpecTest(absltest.TestCase):
 
   def test_identity_leaves_out_what_belongs_to_a_machine(self):
     cell = spec_lib.cells(self.spec)[3]
-    here = runner.command('root', self.spec, cell, python='python',
-                          locations={'data.path': '/data/x.txt', 'data.tfds_dir': ''})
+    here = runner.command(
+      'root',
+      self.spec,
+      cell,
+      python='python',
+      locations={'data.path': '/data/x.txt', 'data.tfds_dir': ''},
+    )
     self.assertIn('--config.data.path=/data/x.txt', here)
     self.assertFalse(any(a.startswith('--config.data.tfds_dir') for a in here))
-    elsewhere = runner.command('/scratch/runs', self.spec, cell,
-                               python='/opt/venv/bin/python',
-                               locations={'data.path': '/mnt/x.txt',
-                                          'data.tfds_dir': '/mnt/tfds'})
+    elsewhere = runner.command(
+      '/scratch/runs',
+      self.spec,
+      cell,
+      python='/opt/venv/bin/python',
+      locations={'data.path': '/mnt/x.txt', 'data.tfds_dir': '/mnt/tfds'},
+    )
     self.assertEqual(runner.identity(here), runner.identity(elsewhere))
     other_seed = runner.command('root', self.spec, spec_lib.cells(self.spec)[2])
     self.assertNotEqual(runner.identity(here), runner.identity(other_seed))
@@ -133,11 +154,13 @@ class SpecTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'unique'):
       spec_lib.check(spec_lib.Experiment('x', 'x', rows=(row, row)))
     with self.assertRaisesRegex(ValueError, 'does not exist'):
-      spec_lib.check(spec_lib.Experiment(
-          'x', 'x', rows=(spec_lib.Row('a', 'configs/nope.py'),)))
+      spec_lib.check(spec_lib.Experiment('x', 'x', rows=(spec_lib.Row('a', 'configs/nope.py'),)))
     with self.assertRaisesRegex(ValueError, 'source'):
-      spec_lib.check(spec_lib.Experiment(
-          'x', 'x', rows=(spec_lib.Row('a', self.config, published={'test': 1.0}),)))
+      spec_lib.check(
+        spec_lib.Experiment(
+          'x', 'x', rows=(spec_lib.Row('a', self.config, published={'test': 1.0}),)
+        )
+      )
 
   def test_slurm_script_has_one_task_per_cell(self):
     cells = spec_lib.cells(self.spec)
@@ -148,7 +171,6 @@ class SpecTest(absltest.TestCase):
 
 
 class RunnerTest(absltest.TestCase):
-
   def test_run_skip_resume_fail_and_report(self):
     os.chdir(_REPO)  # Cells run `python -m research.main` from the repo root.
     tmp = self.create_tempdir().full_path
@@ -160,8 +182,11 @@ class RunnerTest(absltest.TestCase):
     # Interrupt b-s0 by hand: SIGKILL after its first checkpoint.
     cell_b0 = cells[2]
     os.makedirs(path('b-s0'))
-    process = subprocess.Popen(runner.command(root, spec, cell_b0, sys.executable),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+      runner.command(root, spec, cell_b0, sys.executable),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+    )
     _wait_for_checkpoint(path('b-s0'), process)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -169,10 +194,19 @@ class RunnerTest(absltest.TestCase):
 
     messages = []
     outcome = runner.run(root, spec, cells, parallel=2, echo=messages.append)
-    self.assertEqual({n: s.status for n, s in outcome.items()},
-                     {'a-s0': 'finished', 'a-s1': 'finished', 'b-s0': 'finished',
-                      'b-s1': 'finished', 'broken-s0': 'failed'})
-    self.assertIn("config.data.name='nope' must be one of the known datasets", outcome['broken-s0'].reason)
+    self.assertEqual(
+      {n: s.status for n, s in outcome.items()},
+      {
+        'a-s0': 'finished',
+        'a-s1': 'finished',
+        'b-s0': 'finished',
+        'b-s1': 'finished',
+        'broken-s0': 'failed',
+      },
+    )
+    self.assertIn(
+      "config.data.name='nope' must be one of the known datasets", outcome['broken-s0'].reason
+    )
     with open(os.path.join(path('b-s0'), runner.LOG_FILE)) as f:
       log = f.read()
     self.assertIn('Resuming from the checkpoint at step', log, log[-3000:])
@@ -189,14 +223,16 @@ class RunnerTest(absltest.TestCase):
     messages.clear()
     runner.run(root, spec, cells[:4], parallel=2, echo=messages.append)
     self.assertEqual(messages, [f'{c.name}: finished, skipped' for c in cells[:4]])
-    self.assertEqual([r['event'] for r in provenance.read_runs(path('a-s0'))],
-                     ['start', 'end'])
+    self.assertEqual([r['event'] for r in provenance.read_runs(path('a-s0'))], ['start', 'end'])
 
     # A spec that changed under a cell is refused, not mixed in.
     changed = spec_lib.Experiment(
-        name='tiny', title='Tiny', seeds=(0,), metric='bpc',
-        rows=(spec_lib.Row('a', spec.rows[0].config,
-                           overrides={'model.hidden_size': 4}),))
+      name='tiny',
+      title='Tiny',
+      seeds=(0,),
+      metric='bpc',
+      rows=(spec_lib.Row('a', spec.rows[0].config, overrides={'model.hidden_size': 4}),),
+    )
     with self.assertRaisesRegex(ValueError, 'was run as'):
       runner.run(root, changed, spec_lib.cells(changed))
 
@@ -206,14 +242,18 @@ class RunnerTest(absltest.TestCase):
       self.assertGreater(os.path.getsize(f), 0, f)
     with open(os.path.join(out, 'results.csv')) as f:
       rows = list(csv.DictReader(f))
-    self.assertEqual(list(rows[0]), ['row', 'seed', 'split', 'metric', 'value',
-                                     'wall_seconds', 'hardware'])
-    self.assertEqual([(r['row'], r['seed'], r['split']) for r in rows[:2]],
-                     [('a', 'published', 'valid'), ('a', 'published', 'test')])
+    self.assertEqual(
+      list(rows[0]), ['row', 'seed', 'split', 'metric', 'value', 'wall_seconds', 'hardware']
+    )
+    self.assertEqual(
+      [(r['row'], r['seed'], r['split']) for r in rows[:2]],
+      [('a', 'published', 'valid'), ('a', 'published', 'test')],
+    )
     ours = [r for r in rows if r['seed'] != 'published']
     self.assertLen(ours, 8)  # 4 finished cells x 2 splits.
-    self.assertTrue(all(float(r['wall_seconds']) > 0 and r['hardware'].startswith('CPU')
-                        for r in ours))
+    self.assertTrue(
+      all(float(r['wall_seconds']) > 0 and r['hardware'].startswith('CPU') for r in ours)
+    )
     a_valid = [float(r['value']) for r in ours if r['row'] == 'a' and r['split'] == 'valid']
     mean, half = stats.confidence_interval(a_valid)
     with open(os.path.join(out, 'RESULTS.md')) as f:
@@ -232,14 +272,11 @@ class RunnerTest(absltest.TestCase):
       self.assertEqual(f.read(), markdown)
     self.assertLen(report.recorded_cells(os.path.join(out, 'results.csv')), 4)
     # Cells about to run count as kept.
-    self.assertEqual(report.finished_cells(root, spec),
-                     {'a-s0', 'a-s1', 'b-s0', 'b-s1'})
+    self.assertEqual(report.finished_cells(root, spec), {'a-s0', 'a-s1', 'b-s0', 'b-s1'})
     self.assertEmpty(report.finished_cells(elsewhere, spec))
     with self.assertRaisesRegex(ValueError, 'results of b-s1, which'):
-      report.check_nothing_dropped(out, elsewhere, spec,
-                                   {'a-s0', 'a-s1', 'b-s0'})
-    report.check_nothing_dropped(out, elsewhere, spec,
-                                 {'a-s0', 'a-s1', 'b-s0', 'b-s1'})
+      report.check_nothing_dropped(out, elsewhere, spec, {'a-s0', 'a-s1', 'b-s0'})
+    report.check_nothing_dropped(out, elsewhere, spec, {'a-s0', 'a-s1', 'b-s0', 'b-s1'})
     recorded_csv = os.path.join(out, 'results.csv')
     with open(recorded_csv) as f:
       recorded = f.read()
@@ -248,20 +285,35 @@ class RunnerTest(absltest.TestCase):
 
     # --dry-run prints each cell's command, and a printed command runs as is.
     listing = subprocess.run(
-        [sys.executable, '-m', 'research.experiments', 'run', os.path.dirname(out),
-         '--dry-run'], capture_output=True, text=True)
+      [sys.executable, '-m', 'research.experiments', 'run', os.path.dirname(out), '--dry-run'],
+      capture_output=True,
+      text=True,
+    )
     self.assertNotEqual(listing.returncode, 0)  # No spec.py there.
     self.assertIn('No experiment spec', listing.stderr)
     spec_dir = os.path.join(tmp, 'spec_dir')
     os.makedirs(spec_dir)
     with open(os.path.join(spec_dir, 'spec.py'), 'w') as f:
-      f.write('import sys\nsys.path.insert(0, %r)\n' % os.path.dirname(__file__)
-              + 'from experiments_test import _tiny_spec\n'
-              + f'SPEC = _tiny_spec({spec.rows[0].config!r})\n')
+      f.write(
+        'import sys\nsys.path.insert(0, %r)\n' % os.path.dirname(__file__)
+        + 'from experiments_test import _tiny_spec\n'
+        + f'SPEC = _tiny_spec({spec.rows[0].config!r})\n'
+      )
     listing = subprocess.run(
-        [sys.executable, '-m', 'research.experiments', 'run', spec_dir,
-         '--dry-run', f'--root={root}', '--cells=a-s1'],
-        capture_output=True, text=True, check=True).stdout.splitlines()
+      [
+        sys.executable,
+        '-m',
+        'research.experiments',
+        'run',
+        spec_dir,
+        '--dry-run',
+        f'--root={root}',
+        '--cells=a-s1',
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.splitlines()
     self.assertEqual(listing[0], 'a-s1 [finished]')
     printed = shlex.split(listing[1])
     self.assertEqual(printed[3:], runner.command(root, spec, cells[1])[3:])
@@ -271,8 +323,18 @@ class RunnerTest(absltest.TestCase):
     with open(os.path.join(spec_dir, 'results.csv'), 'w') as f:
       f.write(recorded)
     refused = subprocess.run(
-        [sys.executable, '-m', 'research.experiments', 'run', spec_dir,
-         f'--root={elsewhere}', '--cells=a-s0'], capture_output=True, text=True)
+      [
+        sys.executable,
+        '-m',
+        'research.experiments',
+        'run',
+        spec_dir,
+        f'--root={elsewhere}',
+        '--cells=a-s0',
+      ],
+      capture_output=True,
+      text=True,
+    )
     self.assertEqual(refused.returncode, 2, refused.stderr[-2000:])
     self.assertIn('results of a-s1, b-s0, b-s1, which', refused.stderr)
     self.assertFalse(os.path.exists(elsewhere))

@@ -53,6 +53,7 @@ def drive(directory: str, workdir: str, fault: str = '') -> None:
   from unittest import mock  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
   from research import evaluate, main  # pylint: disable=g-import-not-at-top
+
   kind, _, at = fault.partition(':')
   at = int(at or 0)
   real_batch, real_save = sharding.global_batch, checkpoint.save
@@ -81,30 +82,34 @@ def drive(directory: str, workdir: str, fault: str = '') -> None:
     with open(os.path.join(workdir, 'start'), 'w') as f:
       f.write(str(int(jax.device_get(state.step))))
     return state, shardings
+
   real_restore = train.restore_or_init
   config_file = os.path.join(directory, 'long_config.py')
   with open(config_file, 'w') as f:
-    f.write(f'from tests import faults_test\n'
-            f'def get_config():\n  return faults_test.long_config({directory!r})\n')
-  with mock.patch.object(sharding, 'global_batch', batch), \
-       mock.patch.object(checkpoint, 'save', save), \
-       mock.patch.object(evaluate.Evaluator, 'splits', splits), \
-       mock.patch.object(train, 'restore_or_init', record_start):
+    f.write(
+      f'from tests import faults_test\n'
+      f'def get_config():\n  return faults_test.long_config({directory!r})\n'
+    )
+  with (
+    mock.patch.object(sharding, 'global_batch', batch),
+    mock.patch.object(checkpoint, 'save', save),
+    mock.patch.object(evaluate.Evaluator, 'splits', splits),
+    mock.patch.object(train, 'restore_or_init', record_start),
+  ):
     sys.argv = ['research.main', f'--config={config_file}', f'--workdir={workdir}']
     app.run(main.main)
 
 
 def _drive(directory, workdir, fault=''):
-  code = (f'from tests import faults_test as f; '
-          f'f.drive({directory!r}, {workdir!r}, {fault!r})')
-  return subprocess.run([sys.executable, '-c', code], cwd=_ROOT,
-                        capture_output=True, text=True, timeout=300)
+  code = f'from tests import faults_test as f; f.drive({directory!r}, {workdir!r}, {fault!r})'
+  return subprocess.run(
+    [sys.executable, '-c', code], cwd=_ROOT, capture_output=True, text=True, timeout=300
+  )
 
 
 def _metrics(workdir, evals_only=False):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [{k: v for k, v in json.loads(l).items() if k not in _TIMING}
-               for l in f]
+    records = [{k: v for k, v in json.loads(l).items() if k not in _TIMING} for l in f]
   # A resumed run's first train line averages fewer steps (those since the
   # resume), so only its evaluations can equal an uninterrupted run's.
   return [r for r in records if r['split'] != 'train'] if evals_only else records
@@ -116,7 +121,6 @@ def _assert_same_state(a, b):
 
 
 class KillAndResumeTest(absltest.TestCase):
-
   def test_kills_and_stop_signals_resume_bit_identically(self):
     tmp = self.create_tempdir().full_path
     straight = os.path.join(tmp, 'straight')
@@ -125,30 +129,31 @@ class KillAndResumeTest(absltest.TestCase):
 
     chained = os.path.join(tmp, 'chained')
     faults_in_order = [  # (fault, expected exit status)
-        ('kill:7', -signal.SIGKILL),          # before the first checkpoint
-        ('term:16', faults.EXIT_PREEMPTED),   # stop signal: saves step 16
-        ('kill:27', -signal.SIGKILL),         # between two checkpoints
-        ('killsave:30', -signal.SIGKILL),     # while step 30 is being written
-        ('term:41', faults.EXIT_PREEMPTED),
-        ('killeval:0', -signal.SIGKILL),      # in the final evaluation
-        ('', 0),
+      ('kill:7', -signal.SIGKILL),  # before the first checkpoint
+      ('term:16', faults.EXIT_PREEMPTED),  # stop signal: saves step 16
+      ('kill:27', -signal.SIGKILL),  # between two checkpoints
+      ('killsave:30', -signal.SIGKILL),  # while step 30 is being written
+      ('term:41', faults.EXIT_PREEMPTED),
+      ('killeval:0', -signal.SIGKILL),  # in the final evaluation
+      ('', 0),
     ]
     for fault, status in faults_in_order:
       out = _drive(tmp, chained, fault)
       self.assertEqual(out.returncode, status, f'{fault}: {out.stderr[-3000:]}')
       if status == faults.EXIT_PREEMPTED:
         self.assertIn('preempted: SIGTERM received: stopped after step', out.stderr)
-        self.assertIn(int(fault.split(':')[1]),
-                      checkpoint.make_manager(os.path.join(chained, 'checkpoints'),
-                                              max_to_keep=50).all_steps())
+        self.assertIn(
+          int(fault.split(':')[1]),
+          checkpoint.make_manager(os.path.join(chained, 'checkpoints'), max_to_keep=50).all_steps(),
+        )
     config = long_config(tmp)
-    _assert_same_state(test_util.final_state(config, straight), test_util.final_state(config, chained))
-    self.assertEqual(_metrics(straight, evals_only=True),
-                     _metrics(chained, evals_only=True))
+    _assert_same_state(
+      test_util.final_state(config, straight), test_util.final_state(config, chained)
+    )
+    self.assertEqual(_metrics(straight, evals_only=True), _metrics(chained, evals_only=True))
 
 
 class DamagedCheckpointTest(absltest.TestCase):
-
   def _run_to(self, tmp, workdir, stop_at):
     """Stops the run with SIGTERM: every checkpoint up to `stop_at` is
     committed."""
@@ -163,8 +168,9 @@ class DamagedCheckpointTest(absltest.TestCase):
     self._run_to(tmp, work, 35)  # Checkpoints 10, 20, 30, 35.
     ckpts = os.path.join(work, 'checkpoints')
     # 35: a truncated array file; 30: its data item deleted.
-    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ckpts, '35', 'state'))
-             for f in fs]
+    files = [
+      os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ckpts, '35', 'state')) for f in fs
+    ]
     biggest = max(files, key=os.path.getsize)
     with open(biggest, 'r+b') as f:
       f.truncate(os.path.getsize(biggest) // 2)
@@ -197,15 +203,15 @@ class DamagedCheckpointTest(absltest.TestCase):
 
 
 class InProcessFaultTest(absltest.TestCase):
-
   def test_config_that_changed_is_refused_unless_fresh(self):
     tmp = self.create_tempdir().full_path
     work = os.path.join(tmp, 'w')
     train.train_and_evaluate(test_util.tiny_config(tmp), work)
     changed = test_util.tiny_config(tmp)
     changed.model.hidden_size = 8
-    with self.assertRaisesRegex(faults.ConfigMismatchError,
-                                r'model.hidden_size: 16 -> 8[\s\S]*--fresh'):
+    with self.assertRaisesRegex(
+      faults.ConfigMismatchError, r'model.hidden_size: 16 -> 8[\s\S]*--fresh'
+    ):
       train.train_and_evaluate(changed, work)
     moved = workdir_lib.move_aside(work)
     self.assertTrue(os.path.isdir(os.path.join(moved, 'checkpoints')))
@@ -220,14 +226,20 @@ class InProcessFaultTest(absltest.TestCase):
       if len(calls) == step:
         local = dict(local, weights=np.full_like(local['weights'], np.nan))
       return real(local, mesh)
+
     return absltest.mock.patch.object(sharding, 'global_batch', batch)
 
   def test_nonfinite_step_stops_without_saving_it(self):
     tmp = self.create_tempdir().full_path
     work = os.path.join(tmp, 'w')
-    with self._nan_at(6), self.assertRaisesRegex(
-        faults.NonFiniteError, r'Non-finite loss \(nan\) at step 6\. .*last good '
-        r'checkpoint is step 4'):
+    with (
+      self._nan_at(6),
+      self.assertRaisesRegex(
+        faults.NonFiniteError,
+        r'Non-finite loss \(nan\) at step 6\. .*last good '
+        r'checkpoint is step 4',
+      ),
+    ):
       train.train_and_evaluate(test_util.tiny_config(tmp), work)
     manager = checkpoint.make_manager(os.path.join(work, 'checkpoints'), max_to_keep=10)
     self.assertEqual(manager.all_steps(), [4])
@@ -252,44 +264,55 @@ class InProcessFaultTest(absltest.TestCase):
       del train, rng
       logits_BxTxV = params['table'][inputs_BxT]
       return logits_BxTxV.at[..., 0].add(jnp.sqrt(params['root'])), carry
+
     rng = np.random.default_rng(0)
     table = rng.normal(size=(v, v)).astype(np.float32)
     model = models.Model(
-        init=lambda _: {'table': jnp.asarray(table), 'root': jnp.zeros(())},
-        apply=apply, init_carry=lambda _: {}, recurrent=False)
+      init=lambda _: {'table': jnp.asarray(table), 'root': jnp.zeros(())},
+      apply=apply,
+      init_carry=lambda _: {},
+      recurrent=False,
+    )
     schedule = lambda _: 0.01
     optimizer = optim.make_optimizer(common.base_config().optim, schedule)
-    state = components.init_state(jax.random.key(0), model=model,
-                                  optimizer=optimizer, batch_size=b)
+    state = components.init_state(jax.random.key(0), model=model, optimizer=optimizer, batch_size=b)
     # No target is token 0, so d loss / d sqrt(root) > 0 and the gradient of
     # root is +inf (not NaN).
-    batch = {'inputs': rng.integers(0, v, (b, t), dtype=np.int32),
-             'targets': rng.integers(1, v, (b, t), dtype=np.int32),
-             'weights': np.ones((b, t), np.float32),
-             'reset': np.ones((b,), bool)}
-    step = train.step_function(model=model, optimizer=optimizer,
-                               schedule=schedule, objective='token_mean')
-    manager = checkpoint.make_manager(self.create_tempdir().full_path,
-                                      max_to_keep=1)
+    batch = {
+      'inputs': rng.integers(0, v, (b, t), dtype=np.int32),
+      'targets': rng.integers(1, v, (b, t), dtype=np.int32),
+      'weights': np.ones((b, t), np.float32),
+      'reset': np.ones((b,), bool),
+    }
+    step = train.step_function(
+      model=model, optimizer=optimizer, schedule=schedule, objective='token_mean'
+    )
+    manager = checkpoint.make_manager(self.create_tempdir().full_path, max_to_keep=1)
     fetch_checked = train._fetch_checked  # pylint: disable=protected-access
     for skip in (False, True):
       new, metrics = jax.jit(functools.partial(step, skip_nonfinite=skip))(
-          state, batch, jax.random.key(0))
+        state, batch, jax.random.key(0)
+      )
       metrics = jax.device_get(metrics)
       self.assertTrue(np.isfinite(metrics['loss']))
       self.assertEqual(metrics['grad_norm'], np.inf)
       self.assertEqual(metrics['nonfinite'], 1.0, 'the step reported finite')
       self.assertEqual(int(new.step), 1)
       if skip:
-        jax.tree.map(np.testing.assert_array_equal,
-                     (new.params, new.opt_state), (state.params, state.opt_state))
+        jax.tree.map(
+          np.testing.assert_array_equal,
+          (new.params, new.opt_state),
+          (state.params, state.opt_state),
+        )
         self.assertEqual(fetch_checked([(1, metrics)], manager, True), [metrics])
       else:
         # Not skipped, the step makes the parameters NaN.
         self.assertTrue(np.isnan(float(new.params['root'])))
         with self.assertRaisesRegex(
-            faults.NonFiniteError, r'Non-finite grad_norm \(inf\) at step 1\. '
-            r'.*there is no checkpoint yet'):
+          faults.NonFiniteError,
+          r'Non-finite grad_norm \(inf\) at step 1\. '
+          r'.*there is no checkpoint yet',
+        ):
           fetch_checked([(1, metrics)], manager, False)
     manager.close()
 
@@ -302,9 +325,15 @@ class InProcessFaultTest(absltest.TestCase):
       if step == 8:
         raise OSError(28, 'No space left on device')
       return real(manager, step, *args)
-    with absltest.mock.patch.object(checkpoint, 'save', save), \
-         self.assertRaisesRegex(faults.RunError, r'No space left on device .*'
-                                r'\(\[4\]\) are intact'):
+
+    with (
+      absltest.mock.patch.object(checkpoint, 'save', save),
+      self.assertRaisesRegex(
+        faults.RunError,
+        r'No space left on device .*'
+        r'\(\[4\]\) are intact',
+      ),
+    ):
       train.train_and_evaluate(test_util.tiny_config(tmp), work)
     manager = checkpoint.make_manager(os.path.join(work, 'checkpoints'), max_to_keep=10)
     self.assertEqual(manager.all_steps(), [4])
@@ -313,8 +342,9 @@ class InProcessFaultTest(absltest.TestCase):
   def test_same_config_and_seed_give_identical_metrics(self):
     tmp = self.create_tempdir().full_path
     for name in ('a', 'b'):
-      train.train_and_evaluate(test_util.tiny_config(tmp, model='transformer'),
-                               os.path.join(tmp, name))
+      train.train_and_evaluate(
+        test_util.tiny_config(tmp, model='transformer'), os.path.join(tmp, name)
+      )
     self.assertEqual(_metrics(os.path.join(tmp, 'a')), _metrics(os.path.join(tmp, 'b')))
 
 

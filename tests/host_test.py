@@ -30,18 +30,25 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 
 
 # Variables that would make a child process start already tuned or opted out.
-_ALLOCATOR_VARIABLES = ('RESEARCH_KEEP_MALLOC', 'GLIBC_TUNABLES',
-                        'RESEARCH_HOST_REEXECUTED')
+_ALLOCATOR_VARIABLES = ('RESEARCH_KEEP_MALLOC', 'GLIBC_TUNABLES', 'RESEARCH_HOST_REEXECUTED')
 
 
 def _python(code: str, *args: str, **env: str) -> str:
   """Stdout of `python -c code args` from the repository root, with this
   environment minus _ALLOCATOR_VARIABLES, plus `env`."""
-  env = {**{k: v for k, v in os.environ.items()
-            if k not in _ALLOCATOR_VARIABLES}, 'JAX_PLATFORMS': 'cpu', **env}
-  return subprocess.run([sys.executable, '-c', code, *args], env=env,
-                        capture_output=True, text=True, check=True,
-                        cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+  env = {
+    **{k: v for k, v in os.environ.items() if k not in _ALLOCATOR_VARIABLES},
+    'JAX_PLATFORMS': 'cpu',
+    **env,
+  }
+  return subprocess.run(
+    [sys.executable, '-c', code, *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+  ).stdout
 
 
 def _faults_per_call(**env) -> float:
@@ -76,7 +83,6 @@ def _transparent_huge_pages() -> bool:
 
 
 class HostTest(absltest.TestCase):
-
   @absltest.skipUnless(_glibc_at_least(2, 35), 'glibc.malloc.hugetlb needs 2.35')
   def test_reexecutes_once_with_huge_pages_and_the_same_arguments(self):
     tunables, allocator, argv = _run_reexec()
@@ -93,8 +99,10 @@ class HostTest(absltest.TestCase):
     self.assertEqual(tunables, mine)
     self.assertStartsWith(allocator, 'left alone')
 
-  @absltest.skipUnless(_glibc_at_least(2, 35) and _transparent_huge_pages(),
-                       'needs glibc >= 2.35 and transparent huge pages')
+  @absltest.skipUnless(
+    _glibc_at_least(2, 35) and _transparent_huge_pages(),
+    'needs glibc >= 2.35 and transparent huge pages',
+  )
   def test_tuned_allocator_stops_per_call_page_faults(self):
     untuned = _faults_per_call(RESEARCH_KEEP_MALLOC='1')
     tuned = _faults_per_call()
@@ -105,16 +113,21 @@ class HostTest(absltest.TestCase):
     self.assertLess(tuned, untuned / 10)
 
   def test_opt_outs_leave_the_allocator_alone(self):
-    for name, value in (('RESEARCH_KEEP_MALLOC', '1'),
-                        ('MALLOC_MMAP_THRESHOLD_', '131072'),
-                        ('GLIBC_TUNABLES', 'glibc.malloc.trim_threshold=0')):
+    for name, value in (
+      ('RESEARCH_KEEP_MALLOC', '1'),
+      ('MALLOC_MMAP_THRESHOLD_', '131072'),
+      ('GLIBC_TUNABLES', 'glibc.malloc.trim_threshold=0'),
+    ):
       with absltest.mock.patch.dict(os.environ, {name: value}):
         self.assertStartsWith(host.tune_allocator(), 'left alone')
 
   @absltest.skipUnless(_glibc_at_least(2, 0), 'glibc only')
   def test_tunes_by_default_on_linux(self):
-    env = {k: v for k, v in os.environ.items()
-           if k not in _ALLOCATOR_VARIABLES and not k.startswith('MALLOC_')}
+    env = {
+      k: v
+      for k, v in os.environ.items()
+      if k not in _ALLOCATOR_VARIABLES and not k.startswith('MALLOC_')
+    }
     with absltest.mock.patch.dict(os.environ, env, clear=True):
       self.assertEqual(host.tune_allocator(), 'tuned')
 

@@ -23,7 +23,6 @@ def _reference_sums(logits_BxTxV, targets_BxT, weights_BxT):
 
 
 class CrossEntropyTest(absltest.TestCase):
-
   def _case(self):
     rng = np.random.default_rng(0)
     logits_BxTxV = (4.0 * rng.normal(size=(_B, _T, _V))).astype(np.float32)
@@ -42,7 +41,8 @@ class CrossEntropyTest(absltest.TestCase):
   def test_sums_equal_a_log_softmax_reference_and_skip_padding(self):
     logits, targets, weights = self._case()
     loss_sum, weight_sum = metrics.cross_entropy_sums(
-        jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
+      jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights)
+    )
     want_loss, want_weight = _reference_sums(logits, targets, weights)
     self.assertEqual(float(weight_sum), 11.5)
     self.assertEqual(float(weight_sum), want_weight)
@@ -53,15 +53,13 @@ class CrossEntropyTest(absltest.TestCase):
   def test_low_precision_logits_are_summed_in_float32(self):
     logits, targets, weights = self._case()
     low = jnp.asarray(logits, jnp.bfloat16)
-    loss_sum, _ = metrics.cross_entropy_sums(low, jnp.asarray(targets),
-                                             jnp.asarray(weights))
+    loss_sum, _ = metrics.cross_entropy_sums(low, jnp.asarray(targets), jnp.asarray(weights))
     self.assertEqual(loss_sum.dtype, jnp.float32)
     want, _ = _reference_sums(np.asarray(low, np.float32), targets, weights)
     np.testing.assert_allclose(float(loss_sum), want, rtol=1e-6)
 
 
 class SplitFiguresTest(absltest.TestCase):
-
   def test_word_level_perplexity_is_e_to_the_loss_in_nats(self):
     # PTB's valid split: 73,760 words (with <eos>) in 399,782 ASCII characters.
     ptb_valid = data.SplitSize(tokens=73_760, characters=399_782, bytes=399_782)
@@ -70,8 +68,7 @@ class SplitFiguresTest(absltest.TestCase):
       self.assertEqual(set(figures), {'loss', 'perplexity', 'bpc', 'bpb'})
       self.assertAlmostEqual(figures['perplexity'], math.exp(loss), places=9)
     # PTB-scale: a loss of 4.6 nats per word is a perplexity of about 99.5.
-    self.assertAlmostEqual(metrics.split_figures(4.6, ptb_valid)['perplexity'],
-                           99.484, places=3)
+    self.assertAlmostEqual(metrics.split_figures(4.6, ptb_valid)['perplexity'], 99.484, places=3)
 
   def test_char_level_bits_per_character_are_the_loss_in_bits(self):
     figures = metrics.split_figures(0.9, data.SplitSize(11, 11, 11))
@@ -82,10 +79,8 @@ class SplitFiguresTest(absltest.TestCase):
   def test_bits_per_character_are_total_nats_over_characters(self):
     # 13 tokens encode 29 characters in 31 UTF-8 bytes (two are 2-byte).
     figures = metrics.split_figures(2.0, data.SplitSize(13, 29, 31))
-    self.assertAlmostEqual(figures['bpc'], 2.0 * 13 / (29 * math.log(2)),
-                           places=12)
-    self.assertAlmostEqual(figures['bpb'], 2.0 * 13 / (31 * math.log(2)),
-                           places=12)
+    self.assertAlmostEqual(figures['bpc'], 2.0 * 13 / (29 * math.log(2)), places=12)
+    self.assertAlmostEqual(figures['bpb'], 2.0 * 13 / (31 * math.log(2)), places=12)
     self.assertEqual(figures['perplexity'], math.exp(2.0))
 
 

@@ -24,18 +24,18 @@ V, T, B, D = models_test.V, models_test.T, models_test.B, models_test.D
 
 def _one_device_mesh():
   return sharding.make_mesh(
-      ml_collections.ConfigDict({'data': 1, 'fsdp': 1, 'tensor': 1}),
-      jax.devices()[:1])
+    ml_collections.ConfigDict({'data': 1, 'fsdp': 1, 'tensor': 1}), jax.devices()[:1]
+  )
 
 
 class OptionTest(absltest.TestCase):
-
   def test_a_norm_is_one_registered_function(self):
     sites = []
 
     def toy_norm(config, name):
       sites.append(name)
       return nn.RMSNorm(epsilon=1e-6, name=name)
+
     transformer.NORMS['toy'] = toy_norm
     self.addCleanup(transformer.NORMS.pop, 'toy')
 
@@ -56,24 +56,27 @@ class OptionTest(absltest.TestCase):
     self.assertFalse(np.allclose(state.params['ln_f']['scale'], 1.0))
 
   def test_an_unknown_option_is_refused_naming_the_key(self):
-    for key, value in (('positional', 'rotary'), ('norm', 'toy'),
-                       ('mlp', 'swiglu')):
+    for key, value in (('positional', 'rotary'), ('norm', 'toy'), ('mlp', 'swiglu')):
       with self.subTest(key=key):
         with self.assertRaisesRegex(
-            ValueError, rf"^config\.model\.{key}='{value}' must be one of the "
-            r'known [^\n]*: \[.+\]; set --config'):
+          ValueError,
+          rf"^config\.model\.{key}='{value}' must be one of the "
+          r'known [^\n]*: \[.+\]; set --config',
+        ):
           models.get_config(models_test.transformer_config(**{key: value}))
 
   def test_the_config_object_has_exactly_the_families_keys(self):
     extra = models_test.transformer_config()
     extra.rope_base = 10000.0
-    with self.assertRaisesRegex(ValueError, r'config\.model\.rope_base is not '
-                                "a key of the 'transformer' model family"):
+    with self.assertRaisesRegex(
+      ValueError,
+      r'config\.model\.rope_base is not '
+      "a key of the 'transformer' model family",
+    ):
       models.get_config(extra)
     missing = models_test.lstm_config()
     del missing['init_scale']
-    with self.assertRaisesRegex(ValueError,
-                                r'config\.model\.init_scale is missing'):
+    with self.assertRaisesRegex(ValueError, r'config\.model\.init_scale is missing'):
       models.get_config(missing)
     config = models.get_config(models_test.transformer_config())
     self.assertIsInstance(config, transformer.Config)
@@ -82,7 +85,6 @@ class OptionTest(absltest.TestCase):
 
 
 class StrictShardingTest(absltest.TestCase):
-
   def _abstract_params(self, model_config):
     model = models.get_model(model_config, V, T)
     return model, jax.eval_shape(model.init, jax.random.key(0))
@@ -91,28 +93,28 @@ class StrictShardingTest(absltest.TestCase):
     mesh = _one_device_mesh()
     lstm = common.lstm_model()
     for model_config in (
-        common.transformer_model(),
-        models_test.transformer_config(),  # Biases, an untied head.
-        models_test.transformer_config(scan_layers=True),
-        models_test.transformer_config(positional='sinusoidal'),
-        lstm):
+      common.transformer_model(),
+      models_test.transformer_config(),  # Biases, an untied head.
+      models_test.transformer_config(scan_layers=True),
+      models_test.transformer_config(positional='sinusoidal'),
+      lstm,
+    ):
       model, params = self._abstract_params(model_config)
       sharding.param_shardings(params, mesh, model.partition_rules)
 
   def test_a_parameter_no_rule_matches_stops_sharding_naming_it(self):
     model, params = self._abstract_params(models_test.transformer_config())
     # A new weight (a gated MLP's, say) without a rule of its own.
-    params['block_1']['mlp']['gate'] = {
-        'kernel': jax.ShapeDtypeStruct((D, 17), jnp.float32)}
+    params['block_1']['mlp']['gate'] = {'kernel': jax.ShapeDtypeStruct((D, 17), jnp.float32)}
     with self.assertRaisesRegex(
-        ValueError, r"No partition rule matches parameter "
-        r"'block_1/mlp/gate/kernel' of shape \(12, 17\)"):
-      sharding.param_shardings(params, _one_device_mesh(),
-                               model.partition_rules)
+      ValueError,
+      r'No partition rule matches parameter '
+      r"'block_1/mlp/gate/kernel' of shape \(12, 17\)",
+    ):
+      sharding.param_shardings(params, _one_device_mesh(), model.partition_rules)
 
 
 class PositionsTest(parameterized.TestCase):
-
   def _apply(self, positional, params, tokens, positions=None):
     apply = models_test.jitted_apply('transformer', False, positional=positional)
     logits, _ = apply(params, {}, tokens, rng=None, positions_BxT=positions)
@@ -125,8 +127,11 @@ class PositionsTest(parameterized.TestCase):
     positions = jnp.broadcast_to(jnp.arange(T), (B, T))
     # Equal but for float rounding: XLA fuses a gather and a slice apart.
     np.testing.assert_allclose(
-        self._apply(positional, params, tokens, positions),
-        self._apply(positional, params, tokens), rtol=1e-6, atol=1e-7)
+      self._apply(positional, params, tokens, positions),
+      self._apply(positional, params, tokens),
+      rtol=1e-6,
+      atol=1e-7,
+    )
 
   def test_positions_pick_rows_of_the_learned_table(self):
     params = models_test.get_params('transformer')
@@ -139,19 +144,21 @@ class PositionsTest(parameterized.TestCase):
       # Rows start.. of the table moved to rows 0..: the default positions.
       shifted = dict(params, pos_embed=jnp.roll(params['pos_embed'], -start, 0))
       np.testing.assert_allclose(
-          got[b], self._apply('learned', shifted, tokens[b:b + 1])[0],
-          rtol=1e-6, atol=1e-6)
+        got[b], self._apply('learned', shifted, tokens[b : b + 1])[0], rtol=1e-6, atol=1e-6
+      )
 
   def test_sinusoidal_positions_are_rows_of_its_table(self):
     learned = models_test.get_params('transformer')
-    as_learned = dict(learned, pos_embed=jnp.asarray(
-        transformer_options.sinusoidal_positions(T, D)))
+    as_learned = dict(
+      learned, pos_embed=jnp.asarray(transformer_options.sinusoidal_positions(T, D))
+    )
     sinusoidal = {k: v for k, v in learned.items() if k != 'pos_embed'}
     tokens = models_test.random_tokens(2, (B, 5))
     positions = jnp.asarray(np.array([[2], [0], [1]]) + np.arange(5))
     np.testing.assert_array_equal(
-        self._apply('sinusoidal', sinusoidal, tokens, positions),
-        self._apply('learned', as_learned, tokens, positions))
+      self._apply('sinusoidal', sinusoidal, tokens, positions),
+      self._apply('learned', as_learned, tokens, positions),
+    )
 
   def test_a_position_past_the_context_reads_nan(self):
     params = models_test.get_params('transformer')

@@ -24,19 +24,33 @@ INIT_SCALE = 0.1
 
 
 def transformer_config(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(dict(
-      name='transformer', num_layers=NUM_LAYERS, num_heads=NUM_HEADS,
-      d_model=D, d_ff=D_FF, dropout_rate=0.0, positional='learned',
-      tie_embeddings=False, use_bias=True, compute_dtype='float32',
-      attention='xla', remat=False, scan_layers=False, norm='layernorm', mlp='gelu'))
+  config = ml_collections.ConfigDict(
+    dict(
+      name='transformer',
+      num_layers=NUM_LAYERS,
+      num_heads=NUM_HEADS,
+      d_model=D,
+      d_ff=D_FF,
+      dropout_rate=0.0,
+      positional='learned',
+      tie_embeddings=False,
+      use_bias=True,
+      compute_dtype='float32',
+      attention='xla',
+      remat=False,
+      scan_layers=False,
+      norm='layernorm',
+      mlp='gelu',
+    )
+  )
   config.update(overrides)
   return config
 
 
 def lstm_config(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(dict(
-      name='lstm', num_layers=NUM_LAYERS, hidden_size=H, dropout_rate=0.0,
-      init_scale=INIT_SCALE))
+  config = ml_collections.ConfigDict(
+    dict(name='lstm', num_layers=NUM_LAYERS, hidden_size=H, dropout_rate=0.0, init_scale=INIT_SCALE)
+  )
   config.update(overrides)
   return config
 
@@ -52,8 +66,7 @@ def rng_key(seed: int) -> jax.Array:
 
 
 def random_tokens(seed: int, shape: tuple[int, ...]) -> jax.Array:
-  return jnp.asarray(
-      np.random.default_rng(seed).integers(0, V, shape), jnp.int32)
+  return jnp.asarray(np.random.default_rng(seed).integers(0, V, shape), jnp.int32)
 
 
 # Tracing and compiling dominate this file's runtime on CPU, so models, their
@@ -71,30 +84,24 @@ def get_params(name: str, **overrides) -> dict:
 
 @functools.cache
 def jitted_apply(name: str, train: bool, **overrides):
-  return jax.jit(functools.partial(get_model(name, **overrides).apply,
-                                   train=train))
+  return jax.jit(functools.partial(get_model(name, **overrides).apply, train=train))
 
 
 class RegistryTest(absltest.TestCase):
-
   def test_registry_names(self):
     self.assertEqual(sorted(models.MODELS), ['lstm', 'transformer'])
 
   def test_unknown_model_name_lists_known_ones(self):
-    with self.assertRaisesRegex(
-        ValueError, r"'gru'.*\['lstm', 'transformer'\]"):
+    with self.assertRaisesRegex(ValueError, r"'gru'.*\['lstm', 'transformer'\]"):
       models.get_model(lstm_config(name='gru'), V, T)
 
   def test_unknown_positional_lists_known_ones(self):
-    with self.assertRaisesRegex(
-        ValueError, r"'rotary'.*\['learned', 'sinusoidal'\]"):
+    with self.assertRaisesRegex(ValueError, r"'rotary'.*\['learned', 'sinusoidal'\]"):
       models.get_model(transformer_config(positional='rotary'), V, T)
 
 
 class ShapesTest(parameterized.TestCase):
-
-  @parameterized.product(name=['transformer', 'lstm'],
-                         batch_size_and_length=[(B, T), (1, 5)])
+  @parameterized.product(name=['transformer', 'lstm'], batch_size_and_length=[(B, T), (1, 5)])
   def test_output_and_carry_shapes(self, name, batch_size_and_length):
     batch_size, length = batch_size_and_length
     model = get_model(name)
@@ -104,7 +111,8 @@ class ShapesTest(parameterized.TestCase):
       self.assertEqual(leaf.dtype, jnp.float32)
     carry = model.init_carry(batch_size)
     logits, new_carry = jitted_apply(name, False)(
-        params, carry, random_tokens(1, (batch_size, length)), rng=None)
+      params, carry, random_tokens(1, (batch_size, length)), rng=None
+    )
     chex.assert_shape(logits, (batch_size, length, V))
     self.assertEqual(logits.dtype, jnp.float32)
     chex.assert_trees_all_equal_shapes_and_dtypes(new_carry, carry)
@@ -124,12 +132,11 @@ class ShapesTest(parameterized.TestCase):
     # The trainer creates sharded parameters from jax.eval_shape(init), which
     # fails if init computes anything on the host from the key.
     chex.assert_trees_all_equal_shapes_and_dtypes(
-        jax.eval_shape(get_model(name).init, rng_key(0)),
-        get_params(name))
+      jax.eval_shape(get_model(name).init, rng_key(0)), get_params(name)
+    )
 
 
 class TransformerTest(parameterized.TestCase):
-
   @parameterized.parameters('learned', 'sinusoidal')
   def test_causality_through_gradients(self, positional):
     params = get_params('transformer', positional=positional)
@@ -147,8 +154,7 @@ class TransformerTest(parameterized.TestCase):
 
     jac_TxVxD = jax.jit(jax.jacrev(losses_T))(params['embed']['embedding'])
     # grad_norm[t, s]: how much the loss at t depends on the input at s.
-    grad_norm_TxT = np.asarray(
-        jnp.linalg.norm(jac_TxVxD[:, tokens_T], axis=-1))
+    grad_norm_TxT = np.asarray(jnp.linalg.norm(jac_TxVxD[:, tokens_T], axis=-1))
     future = np.triu(np.ones((T, T), bool), k=1)
     np.testing.assert_array_equal(grad_norm_TxT[future], 0.0)
     self.assertTrue(np.all(grad_norm_TxT[~future] > 0.0), grad_norm_TxT)
@@ -166,20 +172,19 @@ class TransformerTest(parameterized.TestCase):
 
     def unused_row_grad(params, **overrides):
       apply = jitted_apply('transformer', False, **overrides)
+
       def loss(p):
         logits, _ = apply(p, {}, tokens_1xT, rng=None)
         return jax.nn.logsumexp(logits, axis=-1).sum()
-      return jax.jit(jax.grad(loss))(params)['embed']['embedding'][
-          unused_token]
 
-    self.assertGreater(float(jnp.abs(
-        unused_row_grad(tied_params, tie_embeddings=True)).max()), 0.0)
+      return jax.jit(jax.grad(loss))(params)['embed']['embedding'][unused_token]
+
+    self.assertGreater(float(jnp.abs(unused_row_grad(tied_params, tie_embeddings=True)).max()), 0.0)
     np.testing.assert_array_equal(unused_row_grad(untied_params), 0.0)
 
   def test_position_params_only_when_learned(self):
     chex.assert_shape(get_params('transformer')['pos_embed'], (T, D))
-    self.assertNotIn('pos_embed',
-                     get_params('transformer', positional='sinusoidal'))
+    self.assertNotIn('pos_embed', get_params('transformer', positional='sinusoidal'))
 
   def test_sinusoidal_table_values(self):
     table_TxD = transformer_options.sinusoidal_positions(T, D)
@@ -191,21 +196,24 @@ class TransformerTest(parameterized.TestCase):
   def test_input_longer_than_context_raises(self):
     with self.assertRaisesRegex(ValueError, 'context length'):
       jax.eval_shape(
-          functools.partial(get_model('transformer').apply, train=False),
-          get_params('transformer'), {}, random_tokens(1, (B, T + 1)),
-          rng=None)
+        functools.partial(get_model('transformer').apply, train=False),
+        get_params('transformer'),
+        {},
+        random_tokens(1, (B, T + 1)),
+        rng=None,
+      )
 
   def test_init_follows_gpt2(self):
     params = get_params('transformer')
     residual_std = 0.02 / math.sqrt(2 * NUM_LAYERS)
     expected_std = {
-        ('embed', 'embedding'): 0.02,
-        ('pos_embed',): 0.02,
-        ('head', 'kernel'): 0.02,
-        ('block_0', 'attn', 'qkv', 'kernel'): 0.02,
-        ('block_0', 'mlp', 'fc', 'kernel'): 0.02,
-        ('block_0', 'attn', 'out', 'kernel'): residual_std,
-        ('block_1', 'mlp', 'proj', 'kernel'): residual_std,
+      ('embed', 'embedding'): 0.02,
+      ('pos_embed',): 0.02,
+      ('head', 'kernel'): 0.02,
+      ('block_0', 'attn', 'qkv', 'kernel'): 0.02,
+      ('block_0', 'mlp', 'fc', 'kernel'): 0.02,
+      ('block_0', 'attn', 'out', 'kernel'): residual_std,
+      ('block_1', 'mlp', 'proj', 'kernel'): residual_std,
     }
     for path, std in expected_std.items():
       leaf = params
@@ -243,7 +251,6 @@ def reference_lstm(params, carry, tokens_BxT):
 
 
 class LSTMTest(absltest.TestCase):
-
   def setUp(self):
     super().setUp()
     self.model = get_model('lstm')
@@ -251,8 +258,7 @@ class LSTMTest(absltest.TestCase):
     self.tokens_BxT = random_tokens(1, (B, T))
 
   def run_model(self, carry, tokens_BxT):
-    return jitted_apply('lstm', False)(self.params, carry, tokens_BxT,
-                                       rng=None)
+    return jitted_apply('lstm', False)(self.params, carry, tokens_BxT, rng=None)
 
   def test_matches_reference_with_gate_order_ifgo(self):
     # A nonzero start state, so the recurrent path is exercised from t=0.
@@ -265,26 +271,22 @@ class LSTMTest(absltest.TestCase):
       np.testing.assert_allclose(h, ref_h, atol=1e-5)
 
   def test_step_by_step_equals_scan(self):
-    full_logits, full_carry = self.run_model(
-        self.model.init_carry(B), self.tokens_BxT)
+    full_logits, full_carry = self.run_model(self.model.init_carry(B), self.tokens_BxT)
     carry = self.model.init_carry(B)
     step_logits = []
     for t in range(T):
-      logits_Bx1xV, carry = self.run_model(carry, self.tokens_BxT[:, t:t + 1])
+      logits_Bx1xV, carry = self.run_model(carry, self.tokens_BxT[:, t : t + 1])
       step_logits.append(logits_Bx1xV)
-    np.testing.assert_allclose(
-        jnp.concatenate(step_logits, axis=1), full_logits, atol=1e-5)
+    np.testing.assert_allclose(jnp.concatenate(step_logits, axis=1), full_logits, atol=1e-5)
     chex.assert_trees_all_close(carry, full_carry, atol=1e-5)
 
   def test_carry_across_two_segments_equals_one(self):
-    full_logits, full_carry = self.run_model(
-        self.model.init_carry(B), self.tokens_BxT)
-    first_logits, carry = self.run_model(
-        self.model.init_carry(B), self.tokens_BxT[:, :3])
+    full_logits, full_carry = self.run_model(self.model.init_carry(B), self.tokens_BxT)
+    first_logits, carry = self.run_model(self.model.init_carry(B), self.tokens_BxT[:, :3])
     second_logits, carry = self.run_model(carry, self.tokens_BxT[:, 3:])
     np.testing.assert_allclose(
-        jnp.concatenate([first_logits, second_logits], axis=1), full_logits,
-        atol=1e-5)
+      jnp.concatenate([first_logits, second_logits], axis=1), full_logits, atol=1e-5
+    )
     chex.assert_trees_all_close(carry, full_carry, atol=1e-5)
 
   def test_init_uniform_within_scale(self):
@@ -305,18 +307,22 @@ class LSTMTest(absltest.TestCase):
 
   def test_wrong_carry_batch_raises(self):
     with self.assertRaisesRegex(ValueError, 'Carry'):
-      jax.eval_shape(functools.partial(self.model.apply, train=False),
-                     self.params, self.model.init_carry(B + 1),
-                     self.tokens_BxT, rng=None)
+      jax.eval_shape(
+        functools.partial(self.model.apply, train=False),
+        self.params,
+        self.model.init_carry(B + 1),
+        self.tokens_BxT,
+        rng=None,
+      )
 
 
 class SixteenBitDropoutTest(parameterized.TestCase):
-
   @parameterized.parameters(0.2, 0.65)
   def test_keeps_the_rate_and_the_expectation(self, rate):
     x = jnp.full((40, 25, 101), 3.0)  # An odd last axis: half a word unused.
-    out = np.asarray(layers.Dropout(rate).apply(
-        {}, x, deterministic=False, rngs={'dropout': jax.random.key(7)}))
+    out = np.asarray(
+      layers.Dropout(rate).apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(7)})
+    )
     kept = out != 0
     scale = 65536 / round((1 - rate) * 65536)
     np.testing.assert_allclose(out[kept], 3.0 * scale, rtol=1e-6)
@@ -326,15 +332,12 @@ class SixteenBitDropoutTest(parameterized.TestCase):
     self.assertAlmostEqual(out.mean() / 3.0, 1.0, delta=5 * sd / (1 - rate))
     # Both halves of each random word are used alike: no column pattern.
     by_column = kept.mean(axis=(0, 1))
-    self.assertLess(np.abs(by_column - (1 - rate)).max(),
-                    6 * np.sqrt(rate * (1 - rate) / 1000))
+    self.assertLess(np.abs(by_column - (1 - rate)).max(), 6 * np.sqrt(rate * (1 - rate) / 1000))
 
   def test_deterministic_or_rate_zero_is_identity(self):
     x = jnp.arange(12.0).reshape(3, 4)
-    np.testing.assert_array_equal(
-        layers.Dropout(0.5).apply({}, x, deterministic=True), x)
-    np.testing.assert_array_equal(
-        layers.Dropout(0.0).apply({}, x, deterministic=False), x)
+    np.testing.assert_array_equal(layers.Dropout(0.5).apply({}, x, deterministic=True), x)
+    np.testing.assert_array_equal(layers.Dropout(0.0).apply({}, x, deterministic=False), x)
 
 
 class DropoutTest(parameterized.TestCase):
@@ -342,8 +345,8 @@ class DropoutTest(parameterized.TestCase):
 
   def logits(self, name, train, rng):
     logits, _ = jitted_apply(name, train, dropout_rate=0.3)(
-        get_params(name), get_model(name).init_carry(B),
-        random_tokens(1, (B, T)), rng=rng)
+      get_params(name), get_model(name).init_carry(B), random_tokens(1, (B, T)), rng=rng
+    )
     return np.asarray(logits)
 
   @parameterized.parameters('transformer', 'lstm')
@@ -355,16 +358,14 @@ class DropoutTest(parameterized.TestCase):
   @parameterized.parameters('transformer', 'lstm')
   def test_eval_mode_ignores_rng(self, name):
     np.testing.assert_array_equal(
-        self.logits(name, False, rng_key(1)),
-        self.logits(name, False, rng_key(2)))
+      self.logits(name, False, rng_key(1)), self.logits(name, False, rng_key(2))
+    )
 
   @parameterized.parameters('transformer', 'lstm')
   def test_train_mode_is_a_function_of_rng(self, name):
     first = self.logits(name, True, rng_key(1))
-    np.testing.assert_array_equal(
-        first, self.logits(name, True, rng_key(1)))
-    self.assertFalse(np.allclose(
-        first, self.logits(name, True, rng_key(2))))
+    np.testing.assert_array_equal(first, self.logits(name, True, rng_key(1)))
+    self.assertFalse(np.allclose(first, self.logits(name, True, rng_key(2))))
 
   @parameterized.parameters('transformer', 'lstm')
   def test_train_mode_without_rng_raises(self, name):
@@ -373,7 +374,6 @@ class DropoutTest(parameterized.TestCase):
 
 
 class JitTest(parameterized.TestCase):
-
   def setUp(self):
     super().setUp()
     chex.clear_trace_counter()
@@ -389,9 +389,7 @@ class JitTest(parameterized.TestCase):
 
     carry = model.init_carry(B)
     for step in range(3):
-      logits, carry = forward(get_params(name), carry,
-                              random_tokens(step, (B, T)),
-                              rng_key(step))
+      logits, carry = forward(get_params(name), carry, random_tokens(step, (B, T)), rng_key(step))
     chex.assert_shape(logits, (B, T, V))
 
 

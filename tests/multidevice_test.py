@@ -19,12 +19,12 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name: (data, fsdp, tensor); devices used = product.
 MESHES = {
-    'one': (1, 1, 1),
-    'data': (8, 1, 1),
-    'fsdp': (1, 8, 1),
-    'tensor': (1, 1, 2),
-    'data_tensor': (4, 1, 2),
-    'fsdp_tensor': (1, 4, 2),
+  'one': (1, 1, 1),
+  'data': (8, 1, 1),
+  'fsdp': (1, 8, 1),
+  'tensor': (1, 1, 2),
+  'data_tensor': (4, 1, 2),
+  'fsdp_tensor': (1, 4, 2),
 }
 
 
@@ -34,9 +34,14 @@ def _set_mesh(config, sizes):
 
 def _max_diff(a, b) -> float:
   import jax  # pylint: disable=g-import-not-at-top
-  return max(jax.tree.leaves(jax.tree.map(
-      lambda x, y: float(np.abs(np.asarray(x, float) - np.asarray(y, float)).max()),
-      a, b)))
+
+  return max(
+    jax.tree.leaves(
+      jax.tree.map(
+        lambda x, y: float(np.abs(np.asarray(x, float) - np.asarray(y, float)).max()), a, b
+      )
+    )
+  )
 
 
 def _specs_match_rules(state, parts) -> bool:
@@ -44,13 +49,17 @@ def _specs_match_rules(state, parts) -> bool:
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from research import sharding  # pylint: disable=g-import-not-at-top
-  want = sharding.param_shardings(state.params, parts.mesh,
-                                  parts.model.partition_rules)
+
+  want = sharding.param_shardings(state.params, parts.mesh, parts.model.partition_rules)
   same = lambda a, w: a.sharding.is_equivalent_to(w, a.ndim)
   ok = all(jax.tree.leaves(jax.tree.map(same, state.params, want)))
   moments = optax.tree_map_params(
-      parts.optimizer, lambda a, w: same(a, w), state.opt_state, want,
-      transform_non_params=lambda _: True)
+    parts.optimizer,
+    lambda a, w: same(a, w),
+    state.opt_state,
+    want,
+    transform_non_params=lambda _: True,
+  )
   return ok and all(jax.tree.leaves(moments))
 
 
@@ -68,30 +77,42 @@ def mesh_worker(model: str, directory: str, scan_layers: bool = False) -> dict:
   runs = {}
   for name, sizes in MESHES.items():
     _set_mesh(config, sizes)
-    parts = components.build(config, devices=jax.devices()[:int(np.prod(sizes))])
-    state, shardings = components.create_state(
-        parts, jax.random.key(0), config.data.batch_size)
+    parts = components.build(config, devices=jax.devices()[: int(np.prod(sizes))])
+    state, shardings = components.create_state(parts, jax.random.key(0), config.data.batch_size)
     rules_before = _specs_match_rules(state, parts)
     step = train.make_train_step(parts, shardings, config)
-    batches = iter(pipeline.train_dataset(
-        parts.corpus.splits['train'], kind=parts.data_kind,
-        batch_size=config.data.batch_size, seq_len=config.data.seq_len, seed=0))
+    batches = iter(
+      pipeline.train_dataset(
+        parts.corpus.splits['train'],
+        kind=parts.data_kind,
+        batch_size=config.data.batch_size,
+        seq_len=config.data.seq_len,
+        seed=0,
+      )
+    )
     losses = []
     for _ in range(3):
-      state, m = step(state, sharding.global_batch(next(batches), parts.mesh),
-                      jax.random.key(1))
+      state, m = step(state, sharding.global_batch(next(batches), parts.mesh), jax.random.key(1))
       losses.append(float(m['loss']))
-    sharded = sum(not l.sharding.is_fully_replicated
-                  for l in jax.tree.leaves(state.params))
-    runs[name] = {'losses': losses, 'state': jax.device_get(state),
-                  'rules_before': rules_before,
-                  'rules_after': _specs_match_rules(state, parts),
-                  'sharded_params': int(sharded)}
+    sharded = sum(not l.sharding.is_fully_replicated for l in jax.tree.leaves(state.params))
+    runs[name] = {
+      'losses': losses,
+      'state': jax.device_get(state),
+      'rules_before': rules_before,
+      'rules_after': _specs_match_rules(state, parts),
+      'sharded_params': int(sharded),
+    }
   one = runs['one']['state']
-  return {name: {'losses': r['losses'], 'max_state_diff': _max_diff(one, r['state']),
-                 'rules_before': r['rules_before'], 'rules_after': r['rules_after'],
-                 'sharded_params': r['sharded_params']}
-          for name, r in runs.items()}
+  return {
+    name: {
+      'losses': r['losses'],
+      'max_state_diff': _max_diff(one, r['state']),
+      'rules_before': r['rules_before'],
+      'rules_after': r['rules_after'],
+      'sharded_params': r['sharded_params'],
+    }
+    for name, r in runs.items()
+  }
 
 
 def restore_worker(directory: str) -> dict:
@@ -118,8 +139,7 @@ def restore_worker(directory: str) -> dict:
   moved = os.path.join(directory, 'moved')
   real = sharding.global_batch
   resumed_at = []
-  for sizes, devices, stop_after in (((8, 1, 1), 8, 6), ((1, 4, 2), 8, 5),
-                                     ((1, 1, 1), 1, None)):
+  for sizes, devices, stop_after in (((8, 1, 1), 8, 6), ((1, 4, 2), 8, 5), ((1, 1, 1), 1, None)):
     _set_mesh(config, sizes)
     calls = []
 
@@ -128,8 +148,8 @@ def restore_worker(directory: str) -> dict:
       if stop_after is not None and len(calls) > stop_after:
         raise KeyboardInterrupt('stopped by the test')
       return real(local, mesh)
-    manager = checkpoint.make_manager(os.path.join(moved, 'checkpoints'),
-                                      max_to_keep=10)
+
+    manager = checkpoint.make_manager(os.path.join(moved, 'checkpoints'), max_to_keep=10)
     resumed_at.append(checkpoint.latest_step(manager))
     manager.close()
     with mock.patch.object(sharding, 'global_batch', batches):
@@ -137,8 +157,10 @@ def restore_worker(directory: str) -> dict:
         train.train_and_evaluate(config, moved, devices=jax.devices()[:devices])
       except KeyboardInterrupt:
         pass
-  return {'resumed_at': resumed_at,
-          'max_state_diff': _max_diff(final_state(straight), final_state(moved))}
+  return {
+    'resumed_at': resumed_at,
+    'max_state_diff': _max_diff(final_state(straight), final_state(moved)),
+  }
 
 
 def shard_shapes_worker() -> dict:
@@ -149,26 +171,29 @@ def shard_shapes_worker() -> dict:
   from configs import common  # pylint: disable=g-import-not-at-top
   from research import models, sharding  # pylint: disable=g-import-not-at-top
 
-  mesh = sharding.make_mesh(
-      ml_collections.ConfigDict({'data': 1, 'fsdp': 4, 'tensor': 2}))
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 1, 'fsdp': 4, 'tensor': 2}))
   transformer = common.transformer_model()
-  transformer.update(num_layers=2, num_heads=2, d_model=20, d_ff=36,
-                     tie_embeddings=False, use_bias=True)
+  transformer.update(
+    num_layers=2, num_heads=2, d_model=20, d_ff=36, tie_embeddings=False, use_bias=True
+  )
   lstm = common.lstm_model()
   lstm.hidden_size = 24
-  configs = {'transformer': transformer, 'lstm': lstm,
-             'scanned': ml_collections.ConfigDict(
-                 dict(transformer, scan_layers=True))}
+  configs = {
+    'transformer': transformer,
+    'lstm': lstm,
+    'scanned': ml_collections.ConfigDict(dict(transformer, scan_layers=True)),
+  }
   result = {}
   for name, config in configs.items():
     model = models.get_model(config, vocab_size=13, seq_len=11)
     abstract = jax.eval_shape(model.init, jax.random.key(0))
-    params = jax.jit(model.init, out_shardings=sharding.param_shardings(
-        abstract, mesh, model.partition_rules))(jax.random.key(0))
+    params = jax.jit(
+      model.init, out_shardings=sharding.param_shardings(abstract, mesh, model.partition_rules)
+    )(jax.random.key(0))
     result[name] = {
-        '/'.join(k.key for k in path): sorted(
-            {tuple(s.data.shape) for s in leaf.addressable_shards})
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+      '/'.join(k.key for k in path): sorted({tuple(s.data.shape) for s in leaf.addressable_shards})
+      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
   return result
 
 
@@ -176,21 +201,25 @@ def _run(call: str) -> dict:
   # Without the tests' persistent compilation cache: executables of the
   # scanned Transformer's sharded step loaded from it deadlocked in an XLA CPU
   # all-reduce rendezvous on 8 fake devices (compiled afresh they run).
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu', JAX_ENABLE_COMPILATION_CACHE='false')
-  code = ('import json; from tests import multidevice_test as m; '
-          f'print("RESULT", json.dumps(m.{call}))')
-  out = subprocess.run([sys.executable, '-c', code], cwd=_ROOT, env=env,
-                       capture_output=True, text=True, timeout=400)
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    JAX_PLATFORMS='cpu',
+    JAX_ENABLE_COMPILATION_CACHE='false',
+  )
+  code = (
+    f'import json; from tests import multidevice_test as m; print("RESULT", json.dumps(m.{call}))'
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code], cwd=_ROOT, env=env, capture_output=True, text=True, timeout=400
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   line = [l for l in out.stdout.splitlines() if l.startswith('RESULT')][-1]
-  return json.loads(line[len('RESULT '):])
+  return json.loads(line[len('RESULT ') :])
 
 
 class MultiDeviceTest(parameterized.TestCase):
-
-  @parameterized.parameters(('lstm', False), ('transformer', False),
-                            ('transformer', True))
+  @parameterized.parameters(('lstm', False), ('transformer', False), ('transformer', True))
   def test_every_mesh_trains_like_one_device(self, model, scan_layers):
     with tempfile.TemporaryDirectory() as tmp:
       result = _run(f'mesh_worker({model!r}, {tmp!r}, {scan_layers})')
@@ -215,8 +244,11 @@ class MultiDeviceTest(parameterized.TestCase):
     with tempfile.TemporaryDirectory() as tmp:
       result = _run(f'bad_mesh_worker({tmp!r})')
     # The first parameter checked whose rule splits a 6- or 24-wide dimension.
-    self.assertRegex(result['error'], r"Parameter '(lstm_\d/\w+|softmax/kernel)' "
-                     r"of shape \(\d+(, \d+)?,?\) cannot be sharded as P\(")
+    self.assertRegex(
+      result['error'],
+      r"Parameter '(lstm_\d/\w+|softmax/kernel)' "
+      r'of shape \(\d+(, \d+)?,?\) cannot be sharded as P\(',
+    )
     self.assertIn("mesh {'data': 1, 'fsdp': 1, 'tensor': 8}", result['error'])
     self.assertIn('does not divide into 8 parts', result['error'])
     self.assertIn("'tensor': 8", result['error'])
@@ -226,6 +258,7 @@ def bad_mesh_worker(directory: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from research import components  # pylint: disable=g-import-not-at-top
   from tests import test_util  # pylint: disable=g-import-not-at-top
+
   config = test_util.tiny_config(directory, model='lstm')
   config.model.hidden_size = 6  # The 4H = 24 gate columns do not split 8 ways.
   _set_mesh(config, (1, 1, 8))
@@ -244,29 +277,45 @@ def _expected_shard_shapes() -> dict:
   gates by column and the softmax by row (over tensor and fsdp), 2 ways.
   Vocabulary (13) and position (11) dimensions are never split."""
   block = {  # D = 20, 3D = 60, F = 36.
-      'ln_1/scale': (20,), 'ln_1/bias': (20,),
-      'ln_2/scale': (20,), 'ln_2/bias': (20,),
-      'attn/qkv/kernel': (5, 30), 'attn/qkv/bias': (30,),
-      'attn/out/kernel': (10, 5), 'attn/out/bias': (20,),
-      'mlp/fc/kernel': (5, 18), 'mlp/fc/bias': (18,),
-      'mlp/proj/kernel': (18, 5), 'mlp/proj/bias': (20,),
+    'ln_1/scale': (20,),
+    'ln_1/bias': (20,),
+    'ln_2/scale': (20,),
+    'ln_2/bias': (20,),
+    'attn/qkv/kernel': (5, 30),
+    'attn/qkv/bias': (30,),
+    'attn/out/kernel': (10, 5),
+    'attn/out/bias': (20,),
+    'mlp/fc/kernel': (5, 18),
+    'mlp/fc/bias': (18,),
+    'mlp/proj/kernel': (18, 5),
+    'mlp/proj/bias': (20,),
   }
-  outer = {'embed/embedding': (13, 5), 'pos_embed': (11, 5),
-           'ln_f/scale': (20,), 'ln_f/bias': (20,), 'head/kernel': (5, 13)}
-  transformer = dict(outer, **{f'block_{i}/{k}': s for i in range(2)
-                               for k, s in block.items()})
+  outer = {
+    'embed/embedding': (13, 5),
+    'pos_embed': (11, 5),
+    'ln_f/scale': (20,),
+    'ln_f/bias': (20,),
+    'head/kernel': (5, 13),
+  }
+  transformer = dict(outer, **{f'block_{i}/{k}': s for i in range(2) for k, s in block.items()})
   scanned = dict(outer, **{f'blocks/{k}': (2,) + s for k, s in block.items()})
-  lstm = {'embed/embedding': (13, 6), 'softmax/kernel': (3, 13),  # H = 24.
-          'softmax/bias': (13,)}
+  lstm = {
+    'embed/embedding': (13, 6),
+    'softmax/kernel': (3, 13),  # H = 24.
+    'softmax/bias': (13,),
+  }
   for i in range(2):
-    lstm.update({f'lstm_{i}/input_kernel': (6, 48),
-                 f'lstm_{i}/recurrent_kernel': (6, 48),
-                 f'lstm_{i}/bias': (48,)})
+    lstm.update(
+      {
+        f'lstm_{i}/input_kernel': (6, 48),
+        f'lstm_{i}/recurrent_kernel': (6, 48),
+        f'lstm_{i}/bias': (48,),
+      }
+    )
   return {'transformer': transformer, 'scanned': scanned, 'lstm': lstm}
 
 
 class ShardShapesTest(absltest.TestCase):
-
   def test_key_parameters_split_the_intended_axes(self):
     got = _run('shard_shapes_worker()')
     for family, want in _expected_shard_shapes().items():

@@ -33,7 +33,6 @@ def _losses(workdir):
 
 
 class SettingsTest(absltest.TestCase):
-
   def _settings(self, env, **overrides):
     config = test_util.tiny_config(self.create_tempdir().full_path).distributed
     for k, v in overrides.items():
@@ -43,53 +42,69 @@ class SettingsTest(absltest.TestCase):
 
   def test_one_process_unless_asked(self):
     self.assertIsNone(self._settings({}))
-    self.assertIsNone(self._settings({'JAX_COORDINATOR_ADDRESS': 'h:1'},
-                                     initialize='never'))
+    self.assertIsNone(self._settings({'JAX_COORDINATOR_ADDRESS': 'h:1'}, initialize='never'))
 
   def test_environment_and_config(self):
     self.assertEqual(
-        self._settings({'JAX_COORDINATOR_ADDRESS': 'h:1', 'JAX_NUM_PROCESSES': '2',
-                        'JAX_PROCESS_ID': '1'}),
-        {'coordinator_address': 'h:1', 'num_processes': 2, 'process_id': 1})
+      self._settings(
+        {'JAX_COORDINATOR_ADDRESS': 'h:1', 'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '1'}
+      ),
+      {'coordinator_address': 'h:1', 'num_processes': 2, 'process_id': 1},
+    )
     self.assertEqual(
-        self._settings({}, coordinator_address='h:2', num_processes=4, process_id=0),
-        {'coordinator_address': 'h:2', 'num_processes': 4, 'process_id': 0})
+      self._settings({}, coordinator_address='h:2', num_processes=4, process_id=0),
+      {'coordinator_address': 'h:2', 'num_processes': 4, 'process_id': 0},
+    )
     # Inside `srun` with several tasks JAX fills in everything itself.
     self.assertEqual(
-        self._settings({'SLURM_NTASKS': '8', 'SLURM_STEP_ID': '0'}),
-        {'coordinator_address': None, 'num_processes': None, 'process_id': None})
+      self._settings({'SLURM_NTASKS': '8', 'SLURM_STEP_ID': '0'}),
+      {'coordinator_address': None, 'num_processes': None, 'process_id': None},
+    )
     with self.assertRaisesRegex(ValueError, 'initialize'):
       self._settings({}, initialize='sometimes')
 
 
 class MultiProcessTest(absltest.TestCase):
-
   def test_two_processes_match_one(self):
     tmp = self.create_tempdir().full_path
     config_file = os.path.join(tmp, 'tiny.py')
     with open(config_file, 'w') as f:
-      f.write(textwrap.dedent(f"""\
+      f.write(
+        textwrap.dedent(f"""\
           from tests import test_util
           def get_config():
             return test_util.tiny_config({tmp!r}, model='transformer')
-          """))
+          """)
+      )
     env = dict(os.environ, JAX_PLATFORMS='cpu')
     env.pop('XLA_FLAGS', None)
 
     def main(workdir, extra_env):
       return subprocess.Popen(
-          [sys.executable, '-m', 'research.main', f'--config={config_file}',
-           f'--workdir={workdir}'], cwd=_ROOT, env={**env, **extra_env},
-          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [sys.executable, '-m', 'research.main', f'--config={config_file}', f'--workdir={workdir}'],
+        cwd=_ROOT,
+        env={**env, **extra_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
 
     one = main(os.path.join(tmp, 'one'), {})
     out_one = one.communicate(timeout=300)[0]
     self.assertEqual(one.returncode, 0, out_one[-3000:])
 
     port = _free_port()
-    two = [main(os.path.join(tmp, 'two'), {
-        'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
-        'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)}) for i in range(2)]
+    two = [
+      main(
+        os.path.join(tmp, 'two'),
+        {
+          'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
+          'JAX_NUM_PROCESSES': '2',
+          'JAX_PROCESS_ID': str(i),
+        },
+      )
+      for i in range(2)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in two]
     for p, out in zip(two, outs):
       self.assertEqual(p.returncode, 0, out[-3000:])
@@ -98,8 +113,7 @@ class MultiProcessTest(absltest.TestCase):
     # Metrics are written once (by process 0) and match the one-process run.
     two_losses, one_losses = _losses(os.path.join(tmp, 'two')), _losses(os.path.join(tmp, 'one'))
     self.assertEqual([l[:2] for l in two_losses], [l[:2] for l in one_losses])
-    np.testing.assert_allclose([l[2] for l in two_losses],
-                               [l[2] for l in one_losses], rtol=1e-5)
+    np.testing.assert_allclose([l[2] for l in two_losses], [l[2] for l in one_losses], rtol=1e-5)
     # The 2-process checkpoint restores onto this 1-device process and holds
     # the same parameters and optimizer state.
     config = test_util.tiny_config(tmp, model='transformer')
@@ -111,8 +125,7 @@ class MultiProcessTest(absltest.TestCase):
     # carried through Adam, not bit for bit: the bound of the one-process
     # mesh tests (multidevice_test). On a Zen 4 CPU one parameter of 768
     # differed by 1.4e-6 after the run, on an Intel Xeon (model 207) by 1.2e-6.
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0,
-                                                         atol=1e-5), a, b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-5), a, b)
 
 
 if __name__ == '__main__':

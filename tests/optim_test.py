@@ -19,17 +19,16 @@ def _optim_config(**overrides) -> ml_collections.ConfigDict:
 
 
 class OptimTest(absltest.TestCase):
-
   def test_zaremba_schedule_is_constant_then_decays_per_epoch(self):
-    schedule = optim.epoch_decay_schedule(1.0, steps_per_epoch=10,
-                                          decay_after_epochs=4, decay_factor=0.5)
+    schedule = optim.epoch_decay_schedule(
+      1.0, steps_per_epoch=10, decay_after_epochs=4, decay_factor=0.5
+    )
     got = [float(schedule(s)) for s in (0, 39, 40, 49, 50, 60, 129)]
     # Epochs 0-3 at 1.0; epoch 4 at 0.5; epoch 5 at 0.25; epoch 6 at 0.125.
-    np.testing.assert_allclose(got, [1, 1, .5, .5, .25, .125, 2 ** -9])
+    np.testing.assert_allclose(got, [1, 1, 0.5, 0.5, 0.25, 0.125, 2**-9])
 
   def test_cosine_schedule_warms_up_and_ends_at_the_minimum(self):
-    c = _optim_config(learning_rate=1e-3, warmup_steps=100,
-                      min_learning_rate=1e-4)
+    c = _optim_config(learning_rate=1e-3, warmup_steps=100, min_learning_rate=1e-4)
     schedule = optim.make_schedule(c, num_train_steps=5000, steps_per_epoch=7)
     np.testing.assert_allclose(float(schedule(0)), 0.0)
     np.testing.assert_allclose(float(schedule(50)), 5e-4, rtol=1e-5)
@@ -38,23 +37,20 @@ class OptimTest(absltest.TestCase):
     self.assertGreater(float(schedule(2000)), float(schedule(3000)))
 
   def test_weight_decay_skips_vectors(self):
-    c = _optim_config(learning_rate=0.0, warmup_steps=1, weight_decay=0.5,
-                      min_learning_rate=0.0, grad_clip_norm=0.0)
+    c = _optim_config(
+      learning_rate=0.0, warmup_steps=1, weight_decay=0.5, min_learning_rate=0.0, grad_clip_norm=0.0
+    )
     # With a zero learning rate nothing moves; use a constant rate instead.
     tx = optim.make_optimizer(c, lambda _: 0.1)
     params = {'kernel': jnp.ones((3, 5)), 'bias': jnp.ones((5,))}
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
-    np.testing.assert_allclose(updates['kernel'], -0.1 * 0.5 * np.ones((3, 5)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(updates['kernel'], -0.1 * 0.5 * np.ones((3, 5)), rtol=1e-6)
     np.testing.assert_array_equal(updates['bias'], np.zeros(5))
     # scan_layers: stacked (L, ...) biases and scales are still not decayed.
-    stacked = {'blocks': {'kernel': jnp.ones((2, 3, 5)),
-                          'scale': jnp.ones((2, 5))}}
-    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, stacked),
-                           tx.init(stacked), stacked)
-    np.testing.assert_allclose(updates['blocks']['kernel'],
-                               -0.05 * np.ones((2, 3, 5)), rtol=1e-6)
+    stacked = {'blocks': {'kernel': jnp.ones((2, 3, 5)), 'scale': jnp.ones((2, 5))}}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, stacked), tx.init(stacked), stacked)
+    np.testing.assert_allclose(updates['blocks']['kernel'], -0.05 * np.ones((2, 3, 5)), rtol=1e-6)
     np.testing.assert_array_equal(updates['blocks']['scale'], np.zeros((2, 5)))
 
   def test_clipping_bounds_the_update(self):
@@ -67,18 +63,19 @@ class OptimTest(absltest.TestCase):
 
   def test_adamw_clips_the_gradient_before_adam(self):
     lr, clip, wd, b1, b2, eps = 0.3, 1.0, 0.1, 0.9, 0.99, 1e-8
-    c = _optim_config(name='adamw', grad_clip_norm=clip, weight_decay=wd,
-                      b1=b1, b2=b2)
+    c = _optim_config(name='adamw', grad_clip_norm=clip, weight_decay=wd, b1=b1, b2=b2)
     tx = optim.make_optimizer(c, lambda _: lr)
     rng = np.random.default_rng(0)
     params = {'kernel': rng.normal(size=(7, 3)), 'bias': rng.normal(size=(3,))}
     # Global norms far above, below and above the clip: clipping first
     # changes what Adam's moments average, so the two orders part ways.
-    grads = [{k: scale * rng.normal(size=p.shape) for k, p in params.items()}
-             for scale in (30.0, 0.05, 5.0)]
+    grads = [
+      {k: scale * rng.normal(size=p.shape) for k, p in params.items()}
+      for scale in (30.0, 0.05, 5.0)
+    ]
 
     def clipped(tree):
-      norm = np.sqrt(sum(np.sum(x ** 2) for x in tree.values()))
+      norm = np.sqrt(sum(np.sum(x**2) for x in tree.values()))
       return {k: x * min(1.0, clip / norm) for k, x in tree.items()}
 
     def reference(clip_gradient_first):
@@ -92,7 +89,7 @@ class OptimTest(absltest.TestCase):
         for k in p:
           m[k] = b1 * m[k] + (1 - b1) * g[k]
           v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
-          adam = (m[k] / (1 - b1 ** t)) / (np.sqrt(v[k] / (1 - b2 ** t)) + eps)
+          adam = (m[k] / (1 - b1**t)) / (np.sqrt(v[k] / (1 - b2**t)) + eps)
           u[k] = -lr * (adam + (wd * p[k] if p[k].ndim >= 2 else 0.0))
         u = u if clip_gradient_first else clipped(u)
         p = {k: p[k] + u[k] for k in p}
@@ -101,15 +98,18 @@ class OptimTest(absltest.TestCase):
     got = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     state = tx.init(got)
     for g in grads:
-      updates, state = tx.update(
-          jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g), state, got)
+      updates, state = tx.update(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g), state, got)
       got = optax.apply_updates(got, updates)
     want, wrong_order = reference(True), reference(False)
     for k in params:
       self.assertGreater(np.abs(want[k] - wrong_order[k]).max(), 0.05)
-      np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5,
-                                 err_msg=f'{k}: is the update clipped instead '
-                                 'of the gradient?')
+      np.testing.assert_allclose(
+        got[k],
+        want[k],
+        rtol=1e-5,
+        atol=1e-5,
+        err_msg=f'{k}: is the update clipped instead of the gradient?',
+      )
 
   def test_unknown_optimizer_lists_the_valid_ones(self):
     with self.assertRaisesRegex(ValueError, r"optim.name.*\['adamw', 'sgd'\]"):

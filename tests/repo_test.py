@@ -17,22 +17,25 @@ def _build_targets():
   for node in tree.body:
     if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
       kw = {k.arg: ast.literal_eval(k.value) for k in node.value.keywords}
-      rules.append((node.value.func.id, kw['name'], kw.get('srcs', []),
-                    kw.get('deps', [])))
+      rules.append((node.value.func.id, kw['name'], kw.get('srcs', []), kw.get('deps', [])))
   return rules
 
 
 def _python_files(pattern):
-  return {os.path.relpath(p, _ROOT) for p in glob.glob(
-      os.path.join(_ROOT, pattern), recursive=True)}
+  return {
+    os.path.relpath(p, _ROOT) for p in glob.glob(os.path.join(_ROOT, pattern), recursive=True)
+  }
 
 
 class RepoTest(absltest.TestCase):
-
   def test_build_lists_every_module_and_test(self):
     listed = {src for _, _, srcs, _ in _build_targets() for src in srcs}
-    on_disk = (_python_files('research/**/*.py') | _python_files('tests/*.py')
-               | _python_files('configs/*.py') | _python_files('experiments/*/*.py'))
+    on_disk = (
+      _python_files('research/**/*.py')
+      | _python_files('tests/*.py')
+      | _python_files('configs/*.py')
+      | _python_files('experiments/*/*.py')
+    )
     self.assertSetEqual(on_disk - listed, set(), 'add these files to BUILD')
     self.assertSetEqual(listed - on_disk, set(), 'BUILD lists missing files')
 
@@ -57,8 +60,11 @@ class RepoTest(absltest.TestCase):
     self.assertIn(test_command.strip(), ci)
 
   def test_no_file_is_too_long(self):
-    for path in (_python_files('research/**/*.py') | _python_files('configs/*.py')
-                 | _python_files('tests/*.py')):
+    for path in (
+      _python_files('research/**/*.py')
+      | _python_files('configs/*.py')
+      | _python_files('tests/*.py')
+    ):
       with open(os.path.join(_ROOT, path)) as f:
         self.assertLessEqual(len(f.readlines()), 400, path)
 

@@ -24,7 +24,6 @@ def _model(name):
 
 
 class SamplingTest(parameterized.TestCase):
-
   def test_top_k_keeps_exactly_k(self):
     logits = jnp.array([0.1, 3.0, -1.0, 2.0, 0.5])
     out = sampling.filter_logits(logits, temperature=1.0, top_k=2, top_p=1.0)
@@ -46,13 +45,15 @@ class SamplingTest(parameterized.TestCase):
     np.testing.assert_array_equal(masses, [0.5, 0.75, 0.875, 0.9375, 1.0])
     # "The smallest prefix whose mass reaches top_p": 0.5 + 0.25 reaches
     # 0.75, so the 0.125 token is dropped at top_p = 0.75.
-    for top_p, kept in ((0.75, [0, 1, 0, 1, 0]), (0.5, [0, 1, 0, 0, 0]),
-                        (0.875, [1, 1, 0, 1, 0]), (0.7499, [0, 1, 0, 1, 0]),
-                        (0.7501, [1, 1, 0, 1, 0])):
-      out = sampling.filter_logits(logits, temperature=1.0, top_k=0,
-                                   top_p=top_p)
-      np.testing.assert_array_equal(np.isfinite(out), kept,
-                                    err_msg=f'top_p={top_p}')
+    for top_p, kept in (
+      (0.75, [0, 1, 0, 1, 0]),
+      (0.5, [0, 1, 0, 0, 0]),
+      (0.875, [1, 1, 0, 1, 0]),
+      (0.7499, [0, 1, 0, 1, 0]),
+      (0.7501, [1, 1, 0, 1, 0]),
+    ):
+      out = sampling.filter_logits(logits, temperature=1.0, top_k=0, top_p=top_p)
+      np.testing.assert_array_equal(np.isfinite(out), kept, err_msg=f'top_p={top_p}')
 
   def test_temperature_scales(self):
     logits = jnp.array([1.0, 2.0])
@@ -66,18 +67,26 @@ class SamplingTest(parameterized.TestCase):
     model = _model(name)
     params = model.init(jax.random.key(0))
     prompt = np.array([3, 1, 4], np.int32)
-    got = sampling.sample(model, params, prompt, jax.random.key(1), num_tokens=n,
-                          context=_T, temperature=1.0, top_k=1, top_p=1.0)
+    got = sampling.sample(
+      model,
+      params,
+      prompt,
+      jax.random.key(1),
+      num_tokens=n,
+      context=_T,
+      temperature=1.0,
+      top_k=1,
+      top_p=1.0,
+    )
     self.assertEqual(got.shape, (n,))
     # Reference: re-run the model on the whole (cropped) history each step.
     history = list(prompt)
-    apply = jax.jit(lambda w: model.apply(params, model.init_carry(1), w,
-                                          train=False, rng=None)[0])
+    apply = jax.jit(lambda w: model.apply(params, model.init_carry(1), w, train=False, rng=None)[0])
     for _ in range(n):
       window = np.array(history[-_T:] if name == 'transformer' else history)[None]
       logits = apply(window)
       history.append(int(jnp.argmax(logits[0, -1])))
-    np.testing.assert_array_equal(got, history[len(prompt):])
+    np.testing.assert_array_equal(got, history[len(prompt) :])
 
   @parameterized.parameters('lstm', 'transformer')
   def test_sampling_is_seeded(self, name):

@@ -45,15 +45,14 @@ def _loss_and_grads(params=None, *, train=False, **overrides):
 
   @functools.partial(jax.jit)
   def loss(params):
-    logits, _ = model.apply(params, {}, tokens, train=train,
-                            rng=jax.random.key(3))
+    logits, _ = model.apply(params, {}, tokens, train=train, rng=jax.random.key(3))
     s, n = metrics.cross_entropy_sums(logits, targets, jnp.ones(targets.shape))
     return s / n
+
   return jax.value_and_grad(loss)(params)
 
 
 class SpeedOptionsTest(absltest.TestCase):
-
   def setUp(self):
     super().setUp()
     self.loss, self.grads = _loss_and_grads()
@@ -83,43 +82,45 @@ class SpeedOptionsTest(absltest.TestCase):
     self._assert_close(*_loss_and_grads(remat=True), 1e-6, 1e-7)
 
   def test_scan_layers_computes_the_same_model(self):
-    unrolled = models.get_model(models_test.transformer_config(),
-                                models_test.V, models_test.T).init(
-                                    jax.random.key(0))
+    unrolled = models.get_model(
+      models_test.transformer_config(), models_test.V, models_test.T
+    ).init(jax.random.key(0))
     stacked = stack_blocks(unrolled, models_test.NUM_LAYERS)
     scanned = models.get_model(
-        models_test.transformer_config(scan_layers=True), models_test.V,
-        models_test.T).init(jax.random.key(0))
+      models_test.transformer_config(scan_layers=True), models_test.V, models_test.T
+    ).init(jax.random.key(0))
     # Its own init has the stacked tree: L leading, rules of models' docstring.
-    self.assertEqual(jax.tree.map(jnp.shape, scanned),
-                     jax.tree.map(jnp.shape, stacked))
-    self.assertEqual(scanned['blocks']['attn']['qkv']['kernel'].shape,
-                     (models_test.NUM_LAYERS, models_test.D,
-                      3 * models_test.D))
+    self.assertEqual(jax.tree.map(jnp.shape, scanned), jax.tree.map(jnp.shape, stacked))
+    self.assertEqual(
+      scanned['blocks']['attn']['qkv']['kernel'].shape,
+      (models_test.NUM_LAYERS, models_test.D, 3 * models_test.D),
+    )
     loss, grads = _loss_and_grads(stacked, scan_layers=True)
     self._assert_close(loss, unstack_blocks(grads), 1e-6, 1e-7)
 
   def test_scan_layers_with_remat_and_dropout(self):
     # Each layer draws its own dropout mask; remat recomputes the same ones.
     params = models.get_model(
-        models_test.transformer_config(scan_layers=True), models_test.V,
-        models_test.T).init(jax.random.key(0))
+      models_test.transformer_config(scan_layers=True), models_test.V, models_test.T
+    ).init(jax.random.key(0))
     kw = dict(train=True, scan_layers=True, dropout_rate=0.3)
     loss, grads = _loss_and_grads(params, **kw)
     loss_remat, grads_remat = _loss_and_grads(params, remat=True, **kw)
     np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    self.assertNotAlmostEqual(float(loss), float(_loss_and_grads(
-        params, scan_layers=True)[0]), places=3)  # dropout did act
+    self.assertNotAlmostEqual(
+      float(loss), float(_loss_and_grads(params, scan_layers=True)[0]), places=3
+    )  # dropout did act
 
   def test_bfloat16_compute_keeps_float32_gradients(self):
     self._assert_close(*_loss_and_grads(compute_dtype='bfloat16'), 3e-2, 3e-3)
 
   def test_bad_choices_are_refused(self):
     with self.assertRaisesRegex(ValueError, 'dropout_rate=0.1'):
-      models.get_model(models_test.transformer_config(
-          attention='dot_product', dropout_rate=0.1), 5, 4)
+      models.get_model(
+        models_test.transformer_config(attention='dot_product', dropout_rate=0.1), 5, 4
+      )
     with self.assertRaisesRegex(ValueError, 'model.compute_dtype'):
       models.get_model(models_test.transformer_config(compute_dtype='fp8'), 5, 4)
 

@@ -18,8 +18,9 @@ def parse_config_flags(*args: str) -> ml_collections.ConfigDict:
   argv = ['main'] + list(args)
   fv = flags.FlagValues()
   # Override flags are found in argv when the config flag is defined.
-  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv,
-                                  lock_config=True, sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    'config', None, 'config', flag_values=fv, lock_config=True, sys_argv=argv
+  )
   fv(argv)
   return fv.config
 
@@ -35,8 +36,9 @@ def write_corpus(directory: str, num_lines: int = 400, seed: int = 0) -> str:
   return path
 
 
-def tiny_config(directory: str, model: str = 'lstm', level: str = 'char',
-                ) -> ml_collections.ConfigDict:
+def tiny_config(
+  directory: str, model: str = 'lstm', level: str = 'char'
+) -> ml_collections.ConfigDict:
   """A config that trains in seconds on the corpus of `write_corpus`."""
   c = common.base_config()
   c.data.name = 'text_file'
@@ -76,9 +78,9 @@ def final_state(config: ml_collections.ConfigDict, workdir: str, devices=None):
   (default: all) under `config`'s mesh and fetched to the host."""
   import jax  # pylint: disable=g-import-not-at-top
   from research import checkpoint, components  # pylint: disable=g-import-not-at-top
+
   parts = components.build(config, devices=devices)
-  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
-                                    max_to_keep=100)
+  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=100)
   structs, _ = components.abstract_state(parts, config.data.batch_size)
   state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
   manager.close()

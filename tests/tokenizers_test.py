@@ -27,9 +27,16 @@ _IDENTITY = r"'char:[0-9a-f]{16}'"
 
 
 def _data_config(tmp: str, path: str, level: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      name='text_file', path=path, tfds_dir=os.path.join(tmp, 'tfds'),
-      level=level, split='0.75,0.25', vocab_size=0))
+  return ml_collections.ConfigDict(
+    dict(
+      name='text_file',
+      path=path,
+      tfds_dir=os.path.join(tmp, 'tfds'),
+      level=level,
+      split='0.75,0.25',
+      vocab_size=0,
+    )
+  )
 
 
 def _write(directory: str, name: str, text: str) -> str:
@@ -65,7 +72,6 @@ class ByteTokenizer(tokenizers.Tokenizer):
 
 
 class InterfaceTest(absltest.TestCase):
-
   def test_every_kind_round_trips_through_its_json_form(self):
     text = 'to be, or not\nto be\n'
     for kind in tokenizers.KINDS:
@@ -83,8 +89,7 @@ class InterfaceTest(absltest.TestCase):
     # Golden: a change here refuses every existing checkpoint on resume, so
     # update it only when the serialised form is meant to change.
     self.assertEqual(abc.identity, 'char:266b818492fbea58')
-    self.assertEqual(tokenizers.CharTokenizer.from_text('cab\n\n').identity,
-                     abc.identity)
+    self.assertEqual(tokenizers.CharTokenizer.from_text('cab\n\n').identity, abc.identity)
     same_size = tokenizers.CharTokenizer.from_text('abd\n')
     self.assertEqual(same_size.vocab_size, abc.vocab_size)
     self.assertNotEqual(same_size.identity, abc.identity)
@@ -121,7 +126,6 @@ class InterfaceTest(absltest.TestCase):
 
 
 class SplitSizeTest(absltest.TestCase):
-
   def test_each_split_knows_its_tokens_characters_and_bytes(self):
     tmp = self.create_tempdir().full_path
     text = 'ça va\nle thé\n' * 6 + 'fin § ok\n' * 2
@@ -132,9 +136,15 @@ class SplitSizeTest(absltest.TestCase):
       self.assertEqual(corpus.headline, headline)
       pieces = builders.split_text(text, parts, whole_words=level == 'word')
       for split, piece in pieces.items():
-        self.assertEqual(corpus.sizes[split], data.SplitSize(
-            tokens=len(corpus.splits[split]), characters=len(piece),
-            bytes=len(piece.encode('utf-8'))), (level, split))
+        self.assertEqual(
+          corpus.sizes[split],
+          data.SplitSize(
+            tokens=len(corpus.splits[split]),
+            characters=len(piece),
+            bytes=len(piece.encode('utf-8')),
+          ),
+          (level, split),
+        )
       size = corpus.sizes['train']
       self.assertLess(size.characters, size.bytes)  # 'ç', 'é', '§'
       # One token per character at char level; a word spans several.
@@ -155,8 +165,7 @@ class ResumeTest(absltest.TestCase):
     # Same number of distinct characters ('a' becomes 'q'): same vocab size.
     other = _write(tmp, 'other.txt', text.replace('a', 'q'))
     # The same characters in another order: the same tokenizer.
-    shuffled = _write(tmp, 'shuffled.txt',
-                      ''.join(reversed(text.splitlines(True))))
+    shuffled = _write(tmp, 'shuffled.txt', ''.join(reversed(text.splitlines(True))))
     return original, other, shuffled
 
   def _config(self, tmp, path, steps):
@@ -186,10 +195,12 @@ class ResumeTest(absltest.TestCase):
     with self.assertRaises(faults.ConfigMismatchError) as caught:
       self._train(self._config(tmp, other, 8), work)
     message = str(caught.exception)
-    self.assertIn(f"\n  tokenizer: '{ids[original]}' -> '{ids[other]}'\n",
-                  message)
-    self.assertRegex(message, rf'was trained with:\n  tokenizer: {_IDENTITY} '
-                     rf'-> {_IDENTITY}\nUse the original')  # Nothing else.
+    self.assertIn(f"\n  tokenizer: '{ids[original]}' -> '{ids[other]}'\n", message)
+    self.assertRegex(
+      message,
+      rf'was trained with:\n  tokenizer: {_IDENTITY} '
+      rf'-> {_IDENTITY}\nUse the original',
+    )  # Nothing else.
     out = self._train(self._config(tmp, shuffled, 8), work)
     self.assertIn('Resuming from the checkpoint at step 4.', out)
 
@@ -207,8 +218,7 @@ class ResumeTest(absltest.TestCase):
     del meta['item_handlers']['identity']
     with open(meta_path, 'w') as f:
       json.dump(meta, f)
-    manager = checkpoint.make_manager(os.path.join(work, 'checkpoints'),
-                                      max_to_keep=10)
+    manager = checkpoint.make_manager(os.path.join(work, 'checkpoints'), max_to_keep=10)
     self.assertEqual(checkpoint.restore_identity(manager, 4), {})
     manager.close()
     # Unknown is not compared: another tokenizer of the same size resumes.
@@ -220,8 +230,9 @@ class ResumeTest(absltest.TestCase):
     self.assertEqual(checkpoint.identity_differences({}, now), [])
     self.assertEqual(checkpoint.identity_differences(now, now), [])
     self.assertEqual(
-        checkpoint.identity_differences({'tokenizer': 'char:a'}, now),
-        ["tokenizer: 'char:a' -> 'char:b'"])
+      checkpoint.identity_differences({'tokenizer': 'char:a'}, now),
+      ["tokenizer: 'char:a' -> 'char:b'"],
+    )
 
 
 if __name__ == '__main__':

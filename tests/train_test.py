@@ -55,7 +55,6 @@ def _mean_nll(logits_BxTxV, targets_BxT) -> float:
 
 
 class LstmCarryTest(absltest.TestCase):
-
   def test_train_step_carries_the_state_between_batches_of_a_stream(self):
     # B rows, T steps, V words, H units: distinct sizes.
     b, t, v = 3, 7, 13
@@ -66,48 +65,59 @@ class LstmCarryTest(absltest.TestCase):
     optim_config = common.base_config().optim
     schedule = lambda _: 0.01
     optimizer = optim.make_optimizer(optim_config, schedule)
-    step = jax.jit(train.step_function(
-        model=model, optimizer=optimizer, schedule=schedule,
-        objective='token_mean'))
+    step = jax.jit(
+      train.step_function(
+        model=model, optimizer=optimizer, schedule=schedule, objective='token_mean'
+      )
+    )
     rng = np.random.default_rng(0)
 
     def batch(reset_B):
-      return {'inputs': rng.integers(0, v, (b, t), dtype=np.int32),
-              'targets': rng.integers(0, v, (b, t), dtype=np.int32),
-              'weights': np.ones((b, t), np.float32),
-              'reset': np.asarray(reset_B, bool)}
+      return {
+        'inputs': rng.integers(0, v, (b, t), dtype=np.int32),
+        'targets': rng.integers(0, v, (b, t), dtype=np.int32),
+        'weights': np.ones((b, t), np.float32),
+        'reset': np.asarray(reset_B, bool),
+      }
+
     first, second = batch([True] * b), batch([False, True, False])
-    state0 = components.init_state(jax.random.key(0), model=model,
-                                   optimizer=optimizer, batch_size=b)
+    state0 = components.init_state(
+      jax.random.key(0), model=model, optimizer=optimizer, batch_size=b
+    )
     state1, _ = step(state0, first, jax.random.key(1))
     state2, metrics2 = step(state1, second, jax.random.key(1))
 
     # Reference with plain model.apply: the first batch from zeros; the
     # second from the state the first left, except row 1 which starts anew.
     zeros = model.init_carry(b)
-    _, carry1 = model.apply(state0.params, zeros, first['inputs'],
-                            train=False, rng=None)
-    jax.tree.map(lambda got, want: np.testing.assert_allclose(
-        got, want, rtol=1e-5, atol=1e-6), state1.carry, carry1)
+    _, carry1 = model.apply(state0.params, zeros, first['inputs'], train=False, rng=None)
+    jax.tree.map(
+      lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6),
+      state1.carry,
+      carry1,
+    )
     carried = jax.tree.map(lambda c: np.asarray(c).copy(), carry1)
     for c in jax.tree.leaves(carried):
       c[1] = 0.0
-    logits, carry2 = model.apply(state1.params, carried, second['inputs'],
-                                 train=False, rng=None)
+    logits, carry2 = model.apply(state1.params, carried, second['inputs'], train=False, rng=None)
     want = _mean_nll(logits, second['targets'])
-    zero_logits, _ = model.apply(state1.params, zeros, second['inputs'],
-                                 train=False, rng=None)
+    zero_logits, _ = model.apply(state1.params, zeros, second['inputs'], train=False, rng=None)
     from_zeros = _mean_nll(zero_logits, second['targets'])
     self.assertGreater(abs(want - from_zeros), 1e-3)  # The test can tell.
     np.testing.assert_allclose(
-        float(metrics2['loss']), want, rtol=1e-5,
-        err_msg=f'not the carried state (from zeros the loss is {from_zeros})')
-    jax.tree.map(lambda got, want: np.testing.assert_allclose(
-        got, want, rtol=1e-5, atol=1e-6), state2.carry, carry2)
+      float(metrics2['loss']),
+      want,
+      rtol=1e-5,
+      err_msg=f'not the carried state (from zeros the loss is {from_zeros})',
+    )
+    jax.tree.map(
+      lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6),
+      state2.carry,
+      carry2,
+    )
 
 
 class TrainTest(parameterized.TestCase):
-
   @parameterized.parameters('lstm', 'transformer')
   def test_loss_decreases_and_metrics_are_written(self, model):
     tmp = self.create_tempdir().full_path
@@ -135,8 +145,11 @@ class TrainTest(parameterized.TestCase):
     evals = [(r['step'], r['split']) for r in records if r['split'] != 'train']
     self.assertEqual(evals, [(20, 'valid'), (40, 'valid'), (40, 'test')])
     self.assertSetEqual(set(results), {'valid', 'test'})
-    self.assertRegex(console.getvalue(), r'eval at step 40 \| valid \| loss '
-                     r'\d\.\d{4} \| bpc \d\.\d{4} \| acc \d+\.\d%\n')
+    self.assertRegex(
+      console.getvalue(),
+      r'eval at step 40 \| valid \| loss '
+      r'\d\.\d{4} \| bpc \d\.\d{4} \| acc \d+\.\d%\n',
+    )
     events = os.listdir(os.path.join(workdir, 'tensorboard'))
     self.assertTrue(events)
     with open(os.path.join(workdir, 'tensorboard', events[0]), 'rb') as f:
@@ -147,8 +160,9 @@ class TrainTest(parameterized.TestCase):
       self.assertEqual(again['valid'][name], results['valid'][name])
     # ... and refuses a config whose model is not the one trained there.
     config.model.dropout_rate = 0.3
-    with self.assertRaisesRegex(faults.ConfigMismatchError,
-                                r'model.dropout_rate: 0\.1 -> 0\.3\n--mode=eval'):
+    with self.assertRaisesRegex(
+      faults.ConfigMismatchError, r'model.dropout_rate: 0\.1 -> 0\.3\n--mode=eval'
+    ):
       evaluate.evaluate_checkpoint(config, workdir)
 
   def test_word_level_run_reports_perplexity_as_exp_of_the_loss(self):
@@ -162,16 +176,19 @@ class TrainTest(parameterized.TestCase):
     with contextlib.redirect_stdout(io.StringIO()):
       results = train.train_and_evaluate(config, workdir)
     records = _read_metrics(workdir)
-    self.assertEqual([(r['step'], r['split']) for r in records],
-                     [(2, 'train'), (4, 'train'), (4, 'valid'), (4, 'test')])
+    self.assertEqual(
+      [(r['step'], r['split']) for r in records],
+      [(2, 'train'), (4, 'train'), (4, 'valid'), (4, 'test')],
+    )
     for r in records:
       # A word spans several characters: fewer bits per character than per word.
       self.assertLess(r['bpc'], r['loss'] / np.log(2))
       # Nats per word, so e ** loss; a loss above 1 tells it from 2 ** loss.
       self.assertGreater(r['loss'], 1.0)
       np.testing.assert_allclose(r['perplexity'], np.exp(r['loss']), rtol=1e-6)
-    np.testing.assert_allclose(results['valid']['perplexity'],
-                               np.exp(results['valid']['loss']), rtol=1e-12)
+    np.testing.assert_allclose(
+      results['valid']['perplexity'], np.exp(results['valid']['loss']), rtol=1e-12
+    )
 
   def test_lstm_eval_does_not_depend_on_the_segment_length(self):
     # The Evaluator gives the LSTM longer segments than data.seq_len; its
@@ -183,13 +200,10 @@ class TrainTest(parameterized.TestCase):
     tokens = parts.corpus.splits['valid']
     long = evaluate.Evaluator(parts, batch_size=1, seq_len=config.data.seq_len)
     self.assertGreater(long._seq_len, config.data.seq_len)  # pylint: disable=protected-access
-    with mock.patch.object(evaluate, 'segment_length',
-                           lambda model, batch_size, seq_len: seq_len):
-      short = evaluate.Evaluator(parts, batch_size=1,
-                                 seq_len=config.data.seq_len)
+    with mock.patch.object(evaluate, 'segment_length', lambda model, batch_size, seq_len: seq_len):
+      short = evaluate.Evaluator(parts, batch_size=1, seq_len=config.data.seq_len)
     self.assertEqual(short._seq_len, config.data.seq_len)  # pylint: disable=protected-access
-    np.testing.assert_allclose(long.loss(params, tokens),
-                               short.loss(params, tokens), rtol=1e-6)
+    np.testing.assert_allclose(long.loss(params, tokens), short.loss(params, tokens), rtol=1e-6)
 
   @parameterized.parameters('lstm', 'transformer')
   def test_interrupted_run_resumes_bit_identically(self, model):
@@ -220,8 +234,9 @@ class TrainTest(parameterized.TestCase):
     # metrics.jsonl holds each event once after the resume.
     steps = [(r['step'], r['split']) for r in _read_metrics(resumed_dir)]
     self.assertEqual(len(steps), len(set(steps)))
-    self.assertEqual(steps, [(r['step'], r['split'])
-                             for r in _read_metrics(os.path.join(tmp, 'straight'))])
+    self.assertEqual(
+      steps, [(r['step'], r['split']) for r in _read_metrics(os.path.join(tmp, 'straight'))]
+    )
 
 
 if __name__ == '__main__':

@@ -52,8 +52,7 @@ class Block(nn.Module):
     b, t, _ = x.shape
     heads = lambda z: z.view(b, t, HEADS, WIDTH // HEADS).transpose(1, 2)
     q, k, v = self.qkv(self.ln_1(x)).split(WIDTH, dim=2)
-    y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v),
-                                       is_causal=True)
+    y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
     x = x + self.attn_out(y.transpose(1, 2).reshape(b, t, WIDTH))
     return x + self.proj(F.gelu(self.fc(self.ln_2(x))))
 
@@ -80,8 +79,9 @@ class Model(nn.Module):
     for block in self.blocks:
       x = block(x)
     logits = self.ln_f(x) @ self.embed.weight.T
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
-                           reduction='none').view(targets.shape)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction='none').view(
+      targets.shape
+    )
 
 
 def learning_rate(step: int) -> float:
@@ -93,7 +93,7 @@ def learning_rate(step: int) -> float:
 
 def random_batch(tokens: torch.Tensor, generator: torch.Generator):
   starts = torch.randint(len(tokens) - CONTEXT, (BATCH,), generator=generator)
-  rows = torch.stack([tokens[s:s + CONTEXT + 1] for s in starts.tolist()])
+  rows = torch.stack([tokens[s : s + CONTEXT + 1] for s in starts.tolist()])
   return rows[:, :-1], rows[:, 1:]
 
 
@@ -103,7 +103,7 @@ def exact_loss(model: Model, tokens: torch.Tensor) -> tuple[float, int]:
   total, count = 0.0, 0
   for start in range(0, len(tokens) - 1, CONTEXT):
     end = min(start + CONTEXT, len(tokens) - 1)
-    losses = model(tokens[start:end][None], tokens[start + 1:end + 1][None])
+    losses = model(tokens[start:end][None], tokens[start + 1 : end + 1][None])
     total += float(losses.sum())
     count += losses.numel()
   return total / count, count
@@ -120,9 +120,13 @@ def run(text: str, seed: int) -> dict:
   model = Model(len(chars))
   params = list(model.parameters())
   optimizer = torch.optim.AdamW(
-      [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': 0.1},
-       {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
-      lr=LR, betas=(0.9, 0.99))
+    [
+      {'params': [p for p in params if p.dim() >= 2], 'weight_decay': 0.1},
+      {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0},
+    ],
+    lr=LR,
+    betas=(0.9, 0.99),
+  )
   generator = torch.Generator().manual_seed(seed)
   start = time.time()
   for step in range(STEPS):
@@ -140,14 +144,24 @@ def run(text: str, seed: int) -> dict:
   generator = torch.Generator().manual_seed(1000 + seed)
   with torch.no_grad():
     estimates = [
-        float(np.mean([model(*random_batch(valid, generator)).mean().item()
-                       for _ in range(ESTIMATE_BATCHES)]))
-        for _ in range(ESTIMATE_REPEATS)]
-  return {'seed': seed, 'valid_loss': exact, 'predictions': count,
-          'estimate20_mean': float(np.mean(estimates)),
-          'estimate20_std': float(np.std(estimates)),
-          'estimate20_min': min(estimates), 'estimate20_max': max(estimates),
-          'train_s': train_s, 'torch': torch.__version__}
+      float(
+        np.mean(
+          [model(*random_batch(valid, generator)).mean().item() for _ in range(ESTIMATE_BATCHES)]
+        )
+      )
+      for _ in range(ESTIMATE_REPEATS)
+    ]
+  return {
+    'seed': seed,
+    'valid_loss': exact,
+    'predictions': count,
+    'estimate20_mean': float(np.mean(estimates)),
+    'estimate20_std': float(np.std(estimates)),
+    'estimate20_min': min(estimates),
+    'estimate20_max': max(estimates),
+    'train_s': train_s,
+    'torch': torch.__version__,
+  }
 
 
 def main():

@@ -37,6 +37,7 @@ from research.data.tokenizers import Tokenizer
 
 class SplitSize(NamedTuple):
   """What a split holds: its tokens and the text they encode."""
+
   tokens: int
   characters: int  # Unicode code points of the split's text.
   bytes: int  # Its UTF-8 bytes.
@@ -61,9 +62,7 @@ def _ptb(data: ml_collections.ConfigDict) -> builders.ResearchPtb:
   return builders.ResearchPtb(path=data.path, **_tfds_args(data))
 
 
-def _tiny_shakespeare(
-    data: ml_collections.ConfigDict,
-) -> builders.ResearchTinyShakespeare:
+def _tiny_shakespeare(data: ml_collections.ConfigDict) -> builders.ResearchTinyShakespeare:
   if data.path:
     builders.read_tiny_shakespeare(data.path)  # same reason as in `_ptb`
   return builders.ResearchTinyShakespeare(path=data.path, **_tfds_args(data))
@@ -71,11 +70,9 @@ def _tiny_shakespeare(
 
 def _text_file(data: ml_collections.ConfigDict) -> builders.ResearchTextFile:
   config = builders.text_file_config(
-      data.path, level=data.level, split=data.split, vocab_size=data.vocab_size
+    data.path, level=data.level, split=data.split, vocab_size=data.vocab_size
   )
-  return builders.ResearchTextFile(
-      path=data.path, config=config, **_tfds_args(data)
-  )
+  return builders.ResearchTextFile(path=data.path, config=config, **_tfds_args(data))
 
 
 def _tfds_args(data: ml_collections.ConfigDict) -> dict[str, object]:
@@ -83,14 +80,16 @@ def _tfds_args(data: ml_collections.ConfigDict) -> dict[str, object]:
 
 
 _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], object]] = {
-    'ptb': _ptb,
-    'text_file': _text_file,
-    'tiny_shakespeare': _tiny_shakespeare,
+  'ptb': _ptb,
+  'text_file': _text_file,
+  'tiny_shakespeare': _tiny_shakespeare,
 }
 DATASETS = tuple(_BUILDERS)
 # The packaged corpora fix their tokenizer; text_file takes data.level.
-_FIXED_TOKENIZERS = {'ptb': builders.ResearchPtb.TOKENIZER,
-                     'tiny_shakespeare': builders.ResearchTinyShakespeare.TOKENIZER}
+_FIXED_TOKENIZERS = {
+  'ptb': builders.ResearchPtb.TOKENIZER,
+  'tiny_shakespeare': builders.ResearchTinyShakespeare.TOKENIZER,
+}
 
 
 def fixed_level(name: str) -> str | None:
@@ -122,19 +121,19 @@ def _prepare_once(make_builder: Callable[[], object]):
 def load_corpus(data_config: ml_collections.ConfigDict) -> Corpus:
   """Prepares (once) and loads the corpus named by `data_config.name`."""
   if data_config.name not in _BUILDERS:
-    raise ValueError(
-        f'Unknown dataset {data_config.name!r}; valid names: {DATASETS}'
-    )
+    raise ValueError(f'Unknown dataset {data_config.name!r}; valid names: {DATASETS}')
   builder = _prepare_once(lambda: _BUILDERS[data_config.name](data_config))
   metadata = builder.info.metadata
   streams = read_token_streams(builder)
   return Corpus(
-      splits=streams,
-      tokenizer=tokenizers.tokenizer_from_json(metadata['tokenizer']),
-      sizes={s: SplitSize(tokens=len(tokens_N),
-                          characters=metadata['num_chars'][s],
-                          bytes=metadata['num_bytes'][s])
-             for s, tokens_N in streams.items()},
+    splits=streams,
+    tokenizer=tokenizers.tokenizer_from_json(metadata['tokenizer']),
+    sizes={
+      s: SplitSize(
+        tokens=len(tokens_N), characters=metadata['num_chars'][s], bytes=metadata['num_bytes'][s]
+      )
+      for s, tokens_N in streams.items()
+    },
   )
 
 
@@ -147,14 +146,14 @@ def read_token_streams(builder) -> dict[str, np.ndarray]:
     records = [source[i] for i in range(len(source))]
     if [int(r['index']) for r in records] != list(range(len(records))):
       raise ValueError(
-          f'{builder.data_dir}: records of split {split!r} are out of order;'
-          ' delete the folder and prepare again.'
+        f'{builder.data_dir}: records of split {split!r} are out of order;'
+        ' delete the folder and prepare again.'
       )
     tokens_N = np.concatenate([r['tokens'] for r in records]).astype(np.int32)
     if len(tokens_N) != expected[split]:
       raise ValueError(
-          f'{builder.data_dir}: split {split!r} has {len(tokens_N)} tokens,'
-          f' metadata says {expected[split]}; delete it and prepare again.'
+        f'{builder.data_dir}: split {split!r} has {len(tokens_N)} tokens,'
+        f' metadata says {expected[split]}; delete it and prepare again.'
       )
     streams[split] = tokens_N
   return streams

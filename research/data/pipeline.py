@@ -44,13 +44,10 @@ KINDS = ('stream', 'windows')
 
 def _check_sizes(batch_size: int, seq_len: int) -> None:
   if batch_size < 1 or seq_len < 1:
-    raise ValueError(f'Need batch_size >= 1 and seq_len >= 1, got'
-                     f' {batch_size} and {seq_len}.')
+    raise ValueError(f'Need batch_size >= 1 and seq_len >= 1, got {batch_size} and {seq_len}.')
 
 
-def steps_per_epoch(
-    num_tokens: int, *, kind: str, batch_size: int, seq_len: int
-) -> int:
+def steps_per_epoch(num_tokens: int, *, kind: str, batch_size: int, seq_len: int) -> int:
   """Global train steps in one epoch of `num_tokens` (batch_size is global)."""
   _check_sizes(batch_size, seq_len)
   if kind == 'stream':
@@ -67,23 +64,22 @@ def _min_tokens(kind: str, batch_size: int, seq_len: int) -> int:
   return (batch_size + 1) * seq_len
 
 
-def _make_batch(inputs_BxT: np.ndarray, targets_BxT: np.ndarray,
-                reset: bool) -> Batch:
+def _make_batch(inputs_BxT: np.ndarray, targets_BxT: np.ndarray, reset: bool) -> Batch:
   b = inputs_BxT.shape[0]
   return {
-      'inputs': inputs_BxT.astype(np.int32),
-      'targets': targets_BxT.astype(np.int32),
-      'weights': np.ones(inputs_BxT.shape, np.float32),
-      'reset': np.full((b,), reset, bool),
+    'inputs': inputs_BxT.astype(np.int32),
+    'targets': targets_BxT.astype(np.int32),
+    'weights': np.ones(inputs_BxT.shape, np.float32),
+    'reset': np.full((b,), reset, bool),
   }
 
 
 def _stream_batch(rows_BxL: np.ndarray, seq_len: int, step: int) -> Batch:
   start = step * seq_len
   return _make_batch(
-      rows_BxL[:, start : start + seq_len],
-      rows_BxL[:, start + 1 : start + seq_len + 1],
-      reset=step == 0,
+    rows_BxL[:, start : start + seq_len],
+    rows_BxL[:, start + 1 : start + seq_len + 1],
+    reset=step == 0,
   )
 
 
@@ -91,8 +87,7 @@ def _window_start(window: int, rng: np.random.Generator, seq_len: int) -> int:
   return window * seq_len + int(rng.integers(seq_len))
 
 
-def _windows_batch(tokens_N: np.ndarray, seq_len: int,
-                   starts_B: np.ndarray) -> Batch:
+def _windows_batch(tokens_N: np.ndarray, seq_len: int, starts_B: np.ndarray) -> Batch:
   # One fancy-indexing gather for the whole batch instead of a loop over rows.
   chunks_BxT1 = tokens_N[starts_B[:, None] + np.arange(seq_len + 1)]
   return _make_batch(chunks_BxT1[:, :-1], chunks_BxT1[:, 1:], reset=True)
@@ -105,14 +100,14 @@ def _shuffle_seed(seed: int) -> int:
 
 
 def train_dataset(
-    tokens: np.ndarray,
-    *,
-    kind: str,
-    batch_size: int,
-    seq_len: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
+  tokens: np.ndarray,
+  *,
+  kind: str,
+  batch_size: int,
+  seq_len: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> grain.IterDataset:
   """Infinite train batches of this process's rows (see module docstring).
 
@@ -130,55 +125,49 @@ def train_dataset(
     `get_state()`/`set_state()` (and grain.checkpoint for Orbax).
   """
   tokens_N = np.asarray(tokens, dtype=np.int32)
-  num_steps = steps_per_epoch(
-      len(tokens_N), kind=kind, batch_size=batch_size, seq_len=seq_len
-  )
-  if (process_count < 1 or batch_size % process_count
-      or not 0 <= process_index < process_count):
+  num_steps = steps_per_epoch(len(tokens_N), kind=kind, batch_size=batch_size, seq_len=seq_len)
+  if process_count < 1 or batch_size % process_count or not 0 <= process_index < process_count:
     raise ValueError(
-        f'Global batch_size {batch_size} must be divisible by process_count'
-        f' {process_count}, and process_index {process_index} in range.'
+      f'Global batch_size {batch_size} must be divisible by process_count'
+      f' {process_count}, and process_index {process_index} in range.'
     )
   if num_steps < 1:
     raise ValueError(
-        f'Split too small for one {kind!r} batch of {batch_size}x{seq_len}:'
-        f' needs at least {_min_tokens(kind, batch_size, seq_len)} tokens,'
-        f' has {len(tokens_N)}. Lower data.batch_size or data.seq_len, or'
-        ' use a larger split.'
+      f'Split too small for one {kind!r} batch of {batch_size}x{seq_len}:'
+      f' needs at least {_min_tokens(kind, batch_size, seq_len)} tokens,'
+      f' has {len(tokens_N)}. Lower data.batch_size or data.seq_len, or'
+      ' use a larger split.'
     )
   local = batch_size // process_count
   if kind == 'stream':
     row_len = len(tokens_N) // batch_size
     rows_GxL = tokens_N[: batch_size * row_len].reshape(batch_size, row_len)
     rows_BxL = rows_GxL[process_index * local : (process_index + 1) * local]
-    ds = grain.MapDataset.range(num_steps).repeat(None).map(
-        functools.partial(_stream_batch, rows_BxL, seq_len)
+    ds = (
+      grain.MapDataset.range(num_steps)
+      .repeat(None)
+      .map(functools.partial(_stream_batch, rows_BxL, seq_len))
     )
   else:
     # Shuffle window ids, keep whole batches of each epoch's permutation;
     # SliceMapDataset + repeat keep grain's per-epoch reshuffle.
     num_windows = len(tokens_N) // seq_len - 1
     ds = (
-        grain.MapDataset.range(num_windows)
-        .shuffle(seed=_shuffle_seed(seed))[: num_steps * batch_size]
-        .repeat(None)
-        .random_map(functools.partial(_window_start, seq_len=seq_len),
-                    seed=seed)
-        # Runs of `local` global elements; run s*process_count + p is this
-        # process's share of step s, so it draws exactly the windows (and
-        # offsets) that a single process would put in rows [p*B, (p+1)*B).
-        .batch(local, drop_remainder=True)[process_index::process_count]
-        .map(functools.partial(_windows_batch, tokens_N, seq_len))
+      grain.MapDataset.range(num_windows)
+      .shuffle(seed=_shuffle_seed(seed))[: num_steps * batch_size]
+      .repeat(None)
+      .random_map(functools.partial(_window_start, seq_len=seq_len), seed=seed)
+      # Runs of `local` global elements; run s*process_count + p is this
+      # process's share of step s, so it draws exactly the windows (and
+      # offsets) that a single process would put in rows [p*B, (p+1)*B).
+      .batch(local, drop_remainder=True)[process_index::process_count]
+      .map(functools.partial(_windows_batch, tokens_N, seq_len))
     )
   # The data is in memory: threads would only contend for the GIL.
-  return ds.to_iter_dataset(
-      grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-  )
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
 
 
-def eval_batches(
-    tokens: np.ndarray, *, batch_size: int, seq_len: int
-) -> Iterator[Batch]:
+def eval_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int) -> Iterator[Batch]:
   """Batches that score each of the N-1 next-token predictions exactly once.
 
   The predictions (inputs tokens[:-1], targets tokens[1:]) are cut into B
@@ -199,10 +188,7 @@ def eval_batches(
   tokens_N = np.asarray(tokens, dtype=np.int32)
   num_predictions = len(tokens_N) - 1
   if num_predictions < 1:
-    raise ValueError(
-        f'Eval split has {len(tokens_N)} tokens; need at least 2 (one'
-        ' prediction).'
-    )
+    raise ValueError(f'Eval split has {len(tokens_N)} tokens; need at least 2 (one prediction).')
   row_len = math.ceil(num_predictions / batch_size)
   padded_len = math.ceil(row_len / seq_len) * seq_len
   pad = batch_size * row_len - num_predictions
@@ -212,17 +198,19 @@ def eval_batches(
     return np.pad(x_BxL, ((0, 0), (0, padded_len - row_len)))
 
   # A plain function returning a generator, so bad sizes fail at the call.
-  return _segments(rows(tokens_N[:-1]), rows(tokens_N[1:]),
-                   rows(np.ones(num_predictions, np.float32)), seq_len)
+  return _segments(
+    rows(tokens_N[:-1]), rows(tokens_N[1:]), rows(np.ones(num_predictions, np.float32)), seq_len
+  )
 
 
-def _segments(inputs_BxL: np.ndarray, targets_BxL: np.ndarray,
-              weights_BxL: np.ndarray, seq_len: int) -> Iterator[Batch]:
+def _segments(
+  inputs_BxL: np.ndarray, targets_BxL: np.ndarray, weights_BxL: np.ndarray, seq_len: int
+) -> Iterator[Batch]:
   for start in range(0, inputs_BxL.shape[1], seq_len):
     cols = slice(start, start + seq_len)
     yield {
-        'inputs': inputs_BxL[:, cols],
-        'targets': targets_BxL[:, cols],
-        'weights': weights_BxL[:, cols],
-        'reset': np.full((inputs_BxL.shape[0],), start == 0, bool),
+      'inputs': inputs_BxL[:, cols],
+      'targets': targets_BxL[:, cols],
+      'weights': weights_BxL[:, cols],
+      'reset': np.full((inputs_BxL.shape[0],), start == 0, bool),
     }

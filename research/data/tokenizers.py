@@ -104,8 +104,7 @@ class VocabTokenizer(Tokenizer):
     bad = (ids_N < 0) | (ids_N >= self.vocab_size)
     if bad.any():
       raise ValueError(
-          f'Token id {int(ids_N[bad][0])} is outside the vocabulary'
-          f' [0, {self.vocab_size}).'
+        f'Token id {int(ids_N[bad][0])} is outside the vocabulary [0, {self.vocab_size}).'
       )
     return ids_N
 
@@ -147,8 +146,8 @@ class CharTokenizer(VocabTokenizer):
     if unknown_N.any():
       first = int(np.argmax(unknown_N))
       raise ValueError(
-          f'Character {text[first]!r} (U+{ord(text[first]):04X}) at position'
-          f' {first} is not in the vocabulary of {self.vocab_size} characters.'
+        f'Character {text[first]!r} (U+{ord(text[first]):04X}) at position'
+        f' {first} is not in the vocabulary of {self.vocab_size} characters.'
       )
     return ids_N.astype(np.int32)
 
@@ -173,9 +172,7 @@ class WordTokenizer(VocabTokenizer):
     self.unk_id = self._index[UNK]
 
   @classmethod
-  def from_words(
-      cls, words: Sequence[str], vocab_size: int = 0
-  ) -> WordTokenizer:
+  def from_words(cls, words: Sequence[str], vocab_size: int = 0) -> WordTokenizer:
     """Vocabulary of `words` sorted by (-count, word).
 
     Args:
@@ -193,10 +190,7 @@ class WordTokenizer(VocabTokenizer):
     for special in (EOS, UNK):
       counts.setdefault(special, 0)
     if vocab_size:
-      others = sorted(
-          (w for w in counts if w not in (EOS, UNK)),
-          key=lambda w: (-counts[w], w),
-      )
+      others = sorted((w for w in counts if w not in (EOS, UNK)), key=lambda w: (-counts[w], w))
       dropped = others[vocab_size - 2 :]
       counts[UNK] += sum(counts.pop(w) for w in dropped)
     return cls(sorted(counts, key=lambda w: (-counts[w], w)))
@@ -242,10 +236,7 @@ def split_words(text: str) -> list[str]:
   return text.replace('\n', f' {EOS} ').split()
 
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {
-    'char': CharTokenizer,
-    'word': WordTokenizer,
-}
+TOKENIZERS: dict[str, type[Tokenizer]] = {'char': CharTokenizer, 'word': WordTokenizer}
 KINDS = tuple(TOKENIZERS)
 
 
@@ -255,8 +246,7 @@ def _kind(kind: str) -> type[Tokenizer]:
   return TOKENIZERS[kind]
 
 
-def fit(kind: str, *, text: str, train_text: str,
-        vocab_size: int = 0) -> Tokenizer:
+def fit(kind: str, *, text: str, train_text: str, vocab_size: int = 0) -> Tokenizer:
   """Makes the tokenizer of `kind` for a corpus.
 
   Args:

@@ -17,38 +17,52 @@ from research.experiments import report
 from research.experiments import runner
 from research.experiments import spec as spec_lib
 
-_PARALLEL = flags.DEFINE_integer(
-    'parallel', 1, 'Cells run at once (each is its own process).')
+_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Cells run at once (each is its own process).')
 _DRY_RUN = flags.DEFINE_boolean(
-    'dry-run', False, 'Print the cells and their commands; run nothing.')
+  'dry-run', False, 'Print the cells and their commands; run nothing.'
+)
 _EMIT_SLURM = flags.DEFINE_string(
-    'emit-slurm', None, 'Write a Slurm job-array script of the selected cells '
-    'to this file; run nothing.')
+  'emit-slurm',
+  None,
+  'Write a Slurm job-array script of the selected cells to this file; run nothing.',
+)
 _CELLS = flags.DEFINE_string(
-    'cells', '', 'Comma-separated cell names or rows, shell wildcards allowed '
-    '(small, small-s0, *-s1); empty: every cell.')
+  'cells',
+  '',
+  'Comma-separated cell names or rows, shell wildcards allowed '
+  '(small, small-s0, *-s1); empty: every cell.',
+)
 _FORCE = flags.DEFINE_boolean(
-    'force', False, 'Rewrite the table even where it would drop results of '
-    'cells whose workdirs are not under --root.')
-_ROOT = flags.DEFINE_string(
-    'root', 'workdirs', 'Cell workdirs go to ROOT/EXPERIMENT/ROW-sSEED.')
+  'force',
+  False,
+  'Rewrite the table even where it would drop results of '
+  'cells whose workdirs are not under --root.',
+)
+_ROOT = flags.DEFINE_string('root', 'workdirs', 'Cell workdirs go to ROOT/EXPERIMENT/ROW-sSEED.')
 _DATA_PATH = flags.DEFINE_string(
-    'data_path', '', 'Where the data lies on this machine, given to every '
-    "cell as --config.data.path ('' = the config's default: the package or a "
-    "download). Not part of a cell's identity.")
+  'data_path',
+  '',
+  'Where the data lies on this machine, given to every '
+  "cell as --config.data.path ('' = the config's default: the package or a "
+  "download). Not part of a cell's identity.",
+)
 _TFDS_DIR = flags.DEFINE_string(
-    'tfds_dir', '', "Given to every cell as --config.data.tfds_dir ('' = "
-    "TFDS's default). Not part of a cell's identity.")
+  'tfds_dir',
+  '',
+  "Given to every cell as --config.data.tfds_dir ('' = "
+  "TFDS's default). Not part of a cell's identity.",
+)
 
-_USAGE = ('usage: python -m research.experiments run|report experiments/NAME '
-          '[--parallel=N] [--dry-run] [--emit-slurm=FILE] [--cells=...] [--force] '
-          '[--data_path=...] [--tfds_dir=...]')
+_USAGE = (
+  'usage: python -m research.experiments run|report experiments/NAME '
+  '[--parallel=N] [--dry-run] [--emit-slurm=FILE] [--cells=...] [--force] '
+  '[--data_path=...] [--tfds_dir=...]'
+)
 
 
 def main(argv):
   if len(argv) != 3 or argv[1] not in ('run', 'report'):
-    cli.fail(f'expected run|report and an experiment folder, got {argv[1:]}; '
-             + _USAGE)
+    cli.fail(f'expected run|report and an experiment folder, got {argv[1:]}; ' + _USAGE)
   try:
     return _main(argv)
   except (ValueError, FileNotFoundError) as e:
@@ -66,21 +80,24 @@ def _main(argv):
     if _DRY_RUN.value:
       for cell in cells:
         path = runner.workdir(root, experiment, cell)
-        print(f'{cell.name} [{runner.state(path).status}]\n  '
-              f'{shlex.join(runner.command(root, experiment, cell, locations=locations))}')
+        print(
+          f'{cell.name} [{runner.state(path).status}]\n  '
+          f'{shlex.join(runner.command(root, experiment, cell, locations=locations))}'
+        )
     if _EMIT_SLURM.value:
       with open(_EMIT_SLURM.value, 'w') as f:
-        f.write(runner.slurm_script(root, experiment, cells, os.getcwd(),
-                                    locations))
+        f.write(runner.slurm_script(root, experiment, cells, os.getcwd(), locations))
       print(f'Wrote {_EMIT_SLURM.value}: a job array of {len(cells)} cells.')
     return 0
   if argv[1] == 'run':
     if not _FORCE.value:  # Before hours of runs, not after.
       report.check_nothing_dropped(
-          directory, root, experiment,
-          report.finished_cells(root, experiment) | {c.name for c in cells})
-    outcome = runner.run(root, experiment, cells, parallel=_PARALLEL.value,
-                         locations=locations)
+        directory,
+        root,
+        experiment,
+        report.finished_cells(root, experiment) | {c.name for c in cells},
+      )
+    outcome = runner.run(root, experiment, cells, parallel=_PARALLEL.value, locations=locations)
   written = report.write(directory, root, experiment, force=_FORCE.value)
   print('Wrote ' + ', '.join(written))
   if argv[1] == 'run':

@@ -6,11 +6,11 @@ from research.experiments import spec as spec_lib
 from research.experiments import stats
 
 
-def write_plots(directory: str, experiment: spec_lib.Experiment,
-                results: list) -> list[str]:
+def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) -> list[str]:
   """Writes valid_per_epoch.png and final.png from `results`
   (report.CellResult); returns their paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -19,16 +19,21 @@ def write_plots(directory: str, experiment: spec_lib.Experiment,
   for i, row in enumerate(experiment.rows):
     for j, r in enumerate(x for x in results if x.cell.row == row and x.history):
       epochs, values = zip(*r.history)
-      ax.plot(epochs, values, marker='.', color=colors[i % len(colors)],
-              label=row.name if j == 0 else None)
+      ax.plot(
+        epochs,
+        values,
+        marker='.',
+        color=colors[i % len(colors)],
+        label=row.name if j == 0 else None,
+      )
     if 'valid' in row.published:
-      ax.axhline(row.published['valid'], color=colors[i % len(colors)],
-                 linestyle=':', linewidth=1)
+      ax.axhline(row.published['valid'], color=colors[i % len(colors)], linestyle=':', linewidth=1)
   ax.set_xlabel('epoch')
   ax.set_ylabel(f'validation {experiment.metric}')
   ax.set_yscale('log')
-  ax.set_title(f'{experiment.name}: validation {experiment.metric} per epoch '
-               '(dotted: published)', fontsize=9)
+  ax.set_title(
+    f'{experiment.name}: validation {experiment.metric} per epoch (dotted: published)', fontsize=9
+  )
   if ax.get_legend_handles_labels()[0]:
     ax.legend()
   curve = os.path.join(directory, 'valid_per_epoch.png')
@@ -44,17 +49,30 @@ def write_plots(directory: str, experiment: spec_lib.Experiment,
       summary = stats.row_summary(row, results, split)
       if summary is not None:
         mean, half, _, _ = summary
-        ax.errorbar(x, mean, yerr=half or 0.0, fmt='o', color=colors[k],
-                    capsize=4, label=f'ours ({split})' if i == 0 else None)
+        ax.errorbar(
+          x,
+          mean,
+          yerr=half or 0.0,
+          fmt='o',
+          color=colors[k],
+          capsize=4,
+          label=f'ours ({split})' if i == 0 else None,
+        )
       if split in row.published:
-        ax.plot(x, row.published[split], marker='x', linestyle='none',
-                color=colors[k], markersize=9,
-                label=f'published ({split})' if i == 0 else None)
-  ax.set_xticks(range(len(experiment.rows)),
-                [row.name for row in experiment.rows])
+        ax.plot(
+          x,
+          row.published[split],
+          marker='x',
+          linestyle='none',
+          color=colors[k],
+          markersize=9,
+          label=f'published ({split})' if i == 0 else None,
+        )
+  ax.set_xticks(range(len(experiment.rows)), [row.name for row in experiment.rows])
   ax.set_ylabel(experiment.metric)
-  ax.set_title(f'{experiment.name}: final {experiment.metric}, mean and 95% '
-               'interval over seeds', fontsize=9)
+  ax.set_title(
+    f'{experiment.name}: final {experiment.metric}, mean and 95% interval over seeds', fontsize=9
+  )
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
   final = os.path.join(directory, 'final.png')

@@ -53,22 +53,28 @@ def workdir(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> 
   return os.path.join(root, experiment.name, cell.name)
 
 
-def command(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell,
-            python: str | None = None,
-            locations: dict[str, str] | None = None) -> list[str]:
+def command(
+  root: str,
+  experiment: spec_lib.Experiment,
+  cell: spec_lib.Cell,
+  python: str | None = None,
+  locations: dict[str, str] | None = None,
+) -> list[str]:
   """The `python -m research.main ...` argv that runs `cell`.
 
   `locations` maps `spec_lib.LOCATION_KEYS` to where the data lies on this
   machine (the runner's --data_path and --tfds_dir; '' is left out).
   """
-  argv = [python or python_command(), '-m', 'research.main',
-          f'--config={cell.row.config}',
-          f'--workdir={workdir(root, experiment, cell)}',
-          f'--config.seed={cell.seed}']
-  argv += [f'--config.{k}={_format_value(v)}'
-           for k, v in sorted(cell.row.overrides.items())]
-  argv += [f'--config.{k}={v}' for k, v in sorted((locations or {}).items())
-           if v]
+  argv = [
+    python or python_command(),
+    '-m',
+    'research.main',
+    f'--config={cell.row.config}',
+    f'--workdir={workdir(root, experiment, cell)}',
+    f'--config.seed={cell.seed}',
+  ]
+  argv += [f'--config.{k}={_format_value(v)}' for k, v in sorted(cell.row.overrides.items())]
+  argv += [f'--config.{k}={v}' for k, v in sorted((locations or {}).items()) if v]
   return argv
 
 
@@ -80,10 +86,11 @@ def identity(argv: list[str]) -> list[str]:
   another folder) is the same experiment. The data's content is checked by
   its checksum when it is prepared.
   """
+
   def key(arg):
     return arg.split('=', 1)[0].removeprefix('--config.')
-  return [a for a in argv[1:] if a.startswith('--config')
-          and key(a) not in spec_lib.LOCATION_KEYS]
+
+  return [a for a in argv[1:] if a.startswith('--config') and key(a) not in spec_lib.LOCATION_KEYS]
 
 
 def select(cells: list[spec_lib.Cell], patterns: str) -> list[spec_lib.Cell]:
@@ -92,15 +99,20 @@ def select(cells: list[spec_lib.Cell], patterns: str) -> list[spec_lib.Cell]:
   if not patterns:
     return cells
   wanted = [p.strip() for p in patterns.split(',') if p.strip()]
-  chosen = [c for c in cells if any(
-      fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.row.name, p)
-      for p in wanted)]
-  unmatched = [p for p in wanted if not any(
-      fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.row.name, p)
-      for c in cells)]
+  chosen = [
+    c
+    for c in cells
+    if any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.row.name, p) for p in wanted)
+  ]
+  unmatched = [
+    p
+    for p in wanted
+    if not any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.row.name, p) for c in cells)
+  ]
   if unmatched:
-    raise ValueError(f'--cells patterns {unmatched} match no cell; cells are '
-                     f'{[c.name for c in cells]}.')
+    raise ValueError(
+      f'--cells patterns {unmatched} match no cell; cells are {[c.name for c in cells]}.'
+    )
   return chosen
 
 
@@ -161,20 +173,24 @@ def _failure_reason(log_path: str, returncode: int) -> str:
 
 
 class _Launched:
-
   def __init__(self, cell, path, argv, python):
     self.cell, self.path = cell, path
     os.makedirs(path, exist_ok=True)
     self.log = open(os.path.join(path, LOG_FILE), 'a')
-    self.log.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} '
-                   f'{shlex.join(argv)}\n')
+    self.log.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} {shlex.join(argv)}\n')
     self.log.flush()
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    self.process = subprocess.Popen([python] + argv[1:], stdout=self.log,
-                                    stderr=subprocess.STDOUT, env=env)
-    self.record = {'cell': cell.name, 'command': shlex.join(argv),
-                   'status': 'running', 'pid': self.process.pid,
-                   'host': platform.node(), 'started': time.time()}
+    self.process = subprocess.Popen(
+      [python] + argv[1:], stdout=self.log, stderr=subprocess.STDOUT, env=env
+    )
+    self.record = {
+      'cell': cell.name,
+      'command': shlex.join(argv),
+      'status': 'running',
+      'pid': self.process.pid,
+      'host': platform.node(),
+      'started': time.time(),
+    }
     _write_cell_file(path, self.record)
 
   def finish(self) -> bool:
@@ -184,15 +200,21 @@ class _Launched:
     if code == 0:
       self.record.update(status='finished', reason='')
     else:
-      self.record.update(status='failed', reason=_failure_reason(
-          os.path.join(self.path, LOG_FILE), code))
+      self.record.update(
+        status='failed', reason=_failure_reason(os.path.join(self.path, LOG_FILE), code)
+      )
     _write_cell_file(self.path, self.record)
     return code == 0
 
 
-def run(root: str, experiment: spec_lib.Experiment, cells: list[spec_lib.Cell],
-        parallel: int = 1, echo=print,
-        locations: dict[str, str] | None = None) -> dict[str, CellState]:
+def run(
+  root: str,
+  experiment: spec_lib.Experiment,
+  cells: list[spec_lib.Cell],
+  parallel: int = 1,
+  echo=print,
+  locations: dict[str, str] | None = None,
+) -> dict[str, CellState]:
   """Runs the cells that are not finished, at most `parallel` at once.
 
   Finished cells are skipped; interrupted and failed ones are run again with
@@ -209,9 +231,10 @@ def run(root: str, experiment: spec_lib.Experiment, cells: list[spec_lib.Cell],
     recorded = _read_cell_file(path).get('command')
     if recorded and identity(shlex.split(recorded)) != identity(argv):
       raise ValueError(
-          f'Cell {cell.name} in {path} was run as\n  {recorded}\nbut the spec '
-          f'now gives\n  {shlex.join(argv)}\nMove or delete {path} to run the '
-          'new command, or restore the spec.')
+        f'Cell {cell.name} in {path} was run as\n  {recorded}\nbut the spec '
+        f'now gives\n  {shlex.join(argv)}\nMove or delete {path} to run the '
+        'new command, or restore the spec.'
+      )
     if current.status in ('finished', 'running'):
       echo(f'{cell.name}: {current.status}, skipped')
       continue
@@ -238,8 +261,9 @@ def run(root: str, experiment: spec_lib.Experiment, cells: list[spec_lib.Cell],
       for launched in [l for l in active if l.process.poll() is not None]:
         active.remove(launched)
         ok = launched.finish()
-        echo(f'{launched.cell.name}: ' + ('finished' if ok else
-                                           'failed: ' + launched.record['reason']))
+        echo(
+          f'{launched.cell.name}: ' + ('finished' if ok else 'failed: ' + launched.record['reason'])
+        )
   finally:
     for launched in active:
       launched.process.wait()
@@ -251,31 +275,36 @@ def run(root: str, experiment: spec_lib.Experiment, cells: list[spec_lib.Cell],
   return outcome
 
 
-def slurm_script(root: str, experiment: spec_lib.Experiment,
-                 cells: list[spec_lib.Cell], repo: str,
-                 locations: dict[str, str] | None = None) -> str:
+def slurm_script(
+  root: str,
+  experiment: spec_lib.Experiment,
+  cells: list[spec_lib.Cell],
+  repo: str,
+  locations: dict[str, str] | None = None,
+) -> str:
   """A Slurm job-array script running each cell's command as one task."""
   lines = [
-      '#!/bin/bash',
-      f'# Generated by `python -m research.experiments run experiments/{experiment.name} '
-      '--emit-slurm=...`.',
-      '# Submit with `sbatch FILE`; add the #SBATCH lines your cluster needs',
-      '# (partition, account, time). Re-submitting skips nothing by itself, but',
-      '# each command resumes from its latest checkpoint and a finished one',
-      '# only re-scores; collect the table afterwards with',
-      f'#   python -m research.experiments report experiments/{experiment.name}',
-      f'#SBATCH --job-name={experiment.name}',
-      f'#SBATCH --array=0-{len(cells) - 1}',
-      '#SBATCH --nodes=1',
-      '#SBATCH --ntasks=1',
-      '#SBATCH --gpus=1',
-      f'#SBATCH --output={root}/{experiment.name}/slurm-%A_%a.out',
-      'set -euo pipefail',
-      f'cd {shlex.quote(repo)}',
-      'COMMANDS=(',
+    '#!/bin/bash',
+    f'# Generated by `python -m research.experiments run experiments/{experiment.name} '
+    '--emit-slurm=...`.',
+    '# Submit with `sbatch FILE`; add the #SBATCH lines your cluster needs',
+    '# (partition, account, time). Re-submitting skips nothing by itself, but',
+    '# each command resumes from its latest checkpoint and a finished one',
+    '# only re-scores; collect the table afterwards with',
+    f'#   python -m research.experiments report experiments/{experiment.name}',
+    f'#SBATCH --job-name={experiment.name}',
+    f'#SBATCH --array=0-{len(cells) - 1}',
+    '#SBATCH --nodes=1',
+    '#SBATCH --ntasks=1',
+    '#SBATCH --gpus=1',
+    f'#SBATCH --output={root}/{experiment.name}/slurm-%A_%a.out',
+    'set -euo pipefail',
+    f'cd {shlex.quote(repo)}',
+    'COMMANDS=(',
   ]
   for cell in cells:
-    lines.append('  ' + shlex.quote(shlex.join(
-        command(root, experiment, cell, locations=locations))))
+    lines.append(
+      '  ' + shlex.quote(shlex.join(command(root, experiment, cell, locations=locations)))
+    )
   lines += [')', 'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"', '']
   return '\n'.join(lines)

@@ -43,6 +43,7 @@ class Experiment:
 @dataclasses.dataclass(frozen=True)
 class Cell:
   """One run: a row at one seed."""
+
   row: Row
   seed: int
 
@@ -55,7 +56,7 @@ def cells(experiment: Experiment) -> list[Cell]:
   """Rows x seeds, in table order."""
   out = []
   for row in experiment.rows:
-    for seed in (row.seeds if row.seeds is not None else experiment.seeds):
+    for seed in row.seeds if row.seeds is not None else experiment.seeds:
       out.append(Cell(row, seed))
   return out
 
@@ -67,30 +68,35 @@ def check(experiment: Experiment) -> None:
     raise ValueError(f'Experiment {experiment.name!r} has no rows.')
   for name in names:
     if not _NAME.match(name):
-      raise ValueError(f'Row name {name!r} may hold only letters, digits, '
-                       "'_' and '.'; rename it in the spec.")
+      raise ValueError(
+        f"Row name {name!r} may hold only letters, digits, '_' and '.'; rename it in the spec."
+      )
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f'Row names must be unique; repeated: {duplicates}.')
   for row in experiment.rows:
     path = row.config.split(':', 1)[0]
     if not os.path.exists(path):
-      raise ValueError(f'Row {row.name!r}: config file {path!r} does not '
-                       'exist (paths are relative to the repository root).')
+      raise ValueError(
+        f'Row {row.name!r}: config file {path!r} does not '
+        'exist (paths are relative to the repository root).'
+      )
     located = sorted(set(row.overrides) & set(LOCATION_KEYS))
     if located:
       raise ValueError(
-          f'Row {row.name!r} sets {located}: where the data lies belongs to a '
-          'machine, not to the experiment. Drop it from the spec and give it '
-          'to the runner (--data_path=..., --tfds_dir=...).')
+        f'Row {row.name!r} sets {located}: where the data lies belongs to a '
+        'machine, not to the experiment. Drop it from the spec and give it '
+        'to the runner (--data_path=..., --tfds_dir=...).'
+      )
     unknown = sorted(set(row.published) - set(experiment.splits))
     if unknown:
-      raise ValueError(f'Row {row.name!r}: published values for splits '
-                       f'{unknown} that the experiment does not report '
-                       f'(splits: {list(experiment.splits)}).')
+      raise ValueError(
+        f'Row {row.name!r}: published values for splits '
+        f'{unknown} that the experiment does not report '
+        f'(splits: {list(experiment.splits)}).'
+      )
     if row.published and not row.source:
-      raise ValueError(f'Row {row.name!r}: published values need a source '
-                       '(paper and table).')
+      raise ValueError(f'Row {row.name!r}: published values need a source (paper and table).')
 
 
 def load(directory: str) -> Experiment:
@@ -98,8 +104,9 @@ def load(directory: str) -> Experiment:
   path = os.path.join(directory, 'spec.py')
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f'No experiment spec at {path}; an experiment is a folder holding '
-        'spec.py that defines SPEC = research.experiments.spec.Experiment(...).')
+      f'No experiment spec at {path}; an experiment is a folder holding '
+      'spec.py that defines SPEC = research.experiments.spec.Experiment(...).'
+    )
   module_spec = importlib.util.spec_from_file_location('experiment_spec', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

@@ -62,6 +62,7 @@ class Model(NamedTuple):
     flops_per_token: `flops_per_token(params) -> float`, training FLOPs
       (forward and backward) per token; `params` may be shape structs.
   """
+
   init: Callable[..., Any]
   apply: Callable[..., Any]
   init_carry: Callable[[int], Any]
@@ -88,10 +89,13 @@ def matmul_params(params: Any, lookups: tuple[str, ...] = ()) -> int:
   """N of the 6 N FLOPs-per-token rule: the size of every weight matrix
   (rank 2 once a stacked layer axis is set aside) except `lookups`, the paths
   of tables that are only indexed (token and position embeddings)."""
-  return int(sum(
-      leaf.size for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-      if leaf.ndim - layer_axes(path) == 2
-      and sharding.param_path(path) not in lookups))
+  return int(
+    sum(
+      leaf.size
+      for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+      if leaf.ndim - layer_axes(path) == 2 and sharding.param_path(path) not in lookups
+    )
+  )
 
 
 # The family modules import `Model` from this package, so they are imported
@@ -105,6 +109,7 @@ from research.models import transformer
 
 class Family(NamedTuple):
   """A model family: its config object and how to build it."""
+
   # A frozen dataclass whose fields are the family's `config.model` keys
   # (all but `name`), each with its rule (research/rules.py); it checks them
   # when it is built, and the relations between them.
@@ -112,15 +117,16 @@ class Family(NamedTuple):
   build: Callable[[Any, int, int], Model]  # (config, vocab_size, seq_len)
 
 
-MODELS = {'transformer': Family(transformer.Config, transformer.build),
-          'lstm': Family(lstm.Config, lstm.build)}
+MODELS = {
+  'transformer': Family(transformer.Config, transformer.build),
+  'lstm': Family(lstm.Config, lstm.build),
+}
 _NAME_RULE = rules.registered(MODELS, 'model')
 
 
 def config_rules(name: str) -> dict[str, rules.Rule]:
   """{'model.KEY': rule} of every `config.model` key of family `name`."""
-  return {'model.name': _NAME_RULE,
-          **rules.field_rules(MODELS[name].config, 'model')}
+  return {'model.name': _NAME_RULE, **rules.field_rules(MODELS[name].config, 'model')}
 
 
 def get_config(model_config: ml_collections.ConfigDict) -> Any:
@@ -138,17 +144,18 @@ def get_config(model_config: ml_collections.ConfigDict) -> Any:
   unknown, missing = sorted(keys - set(fields)), sorted(set(fields) - keys)
   if unknown:
     raise ValueError(
-        f'config.model.{unknown[0]} is not a key of the {model_config.name!r} '
-        f'model family (its keys: {fields}); remove it or add it to the family.')
+      f'config.model.{unknown[0]} is not a key of the {model_config.name!r} '
+      f'model family (its keys: {fields}); remove it or add it to the family.'
+    )
   if missing:
     raise ValueError(
-        f'config.model.{missing[0]} is missing: the {model_config.name!r} model '
-        'family reads it; configs/common.py has its default.')
+      f'config.model.{missing[0]} is missing: the {model_config.name!r} model '
+      'family reads it; configs/common.py has its default.'
+    )
   return family.config(**{key: model_config[key] for key in fields})
 
 
-def get_model(model_config: ml_collections.ConfigDict, vocab_size: int,
-              seq_len: int) -> Model:
+def get_model(model_config: ml_collections.ConfigDict, vocab_size: int, seq_len: int) -> Model:
   """Builds the family named by `model_config.name`.
 
   Args:
@@ -166,8 +173,7 @@ def get_model(model_config: ml_collections.ConfigDict, vocab_size: int,
   return MODELS[model_config.name].build(config, vocab_size, seq_len)
 
 
-def dropout_rngs(train: bool, dropout_rate: float,
-                 rng: jax.Array | None) -> dict[str, jax.Array]:
+def dropout_rngs(train: bool, dropout_rate: float, rng: jax.Array | None) -> dict[str, jax.Array]:
   """The flax `rngs` of an apply call; training with dropout needs a key."""
   if train and dropout_rate > 0 and rng is None:
     raise ValueError('apply(train=True) with dropout needs an rng.')
@@ -180,7 +186,9 @@ def reset_carry(carry: Any, reset_B: Any) -> Any:
   Every leaf of a carry has the batch as its leading axis, so this works for
   any family; a row that starts a new stream must not see the previous one.
   """
+
   def reset(c):
     mask = reset_B.reshape((-1,) + (1,) * (c.ndim - 1))
     return jnp.where(mask, jnp.zeros_like(c), c)
+
   return jax.tree.map(reset, carry)

@@ -39,16 +39,16 @@ ATTENTION_KINDS = ('xla', 'dot_product')
 HEADS_MAJOR_MIN_CONTEXT = 128
 
 
-def _masked_softmax(logits_BxNxTxS: jax.Array, visible_TxS: jax.Array,
-                    dtype) -> jax.Array:
+def _masked_softmax(logits_BxNxTxS: jax.Array, visible_TxS: jax.Array, dtype) -> jax.Array:
   """Softmax over S where `visible` (broadcastable), in float32 whatever the
   compute dtype so that low-precision activations keep small weights.
 
   The finite minimum (not -inf) keeps gradients NaN-free; exp underflows to
   exactly 0, so hidden positions get exactly zero weight and gradient.
   """
-  logits_BxNxTxS = jnp.where(visible_TxS, logits_BxNxTxS.astype(jnp.float32),
-                             jnp.finfo(jnp.float32).min)
+  logits_BxNxTxS = jnp.where(
+    visible_TxS, logits_BxNxTxS.astype(jnp.float32), jnp.finfo(jnp.float32).min
+  )
   return jax.nn.softmax(logits_BxNxTxS, axis=-1).astype(dtype)
 
 
@@ -64,13 +64,13 @@ def causal_attention(q, k, v, dropout, heads_major: bool):
     qk_spec, pv_spec = 'btnk,bsnk->bnts', 'bnts,bsnk->btnk'
   T = q.shape[2 if heads_major else 1]  # pylint: disable=invalid-name
   causal_TxS = jnp.tril(jnp.ones((T, T), dtype=bool))
-  probs_BxNxTxS = _masked_softmax(jnp.einsum(qk_spec, q, k), causal_TxS,
-                                  v.dtype)
+  probs_BxNxTxS = _masked_softmax(jnp.einsum(qk_spec, q, k), causal_TxS, v.dtype)
   return jnp.einsum(pv_spec, dropout(probs_BxNxTxS), v)
 
 
-def cached_attention(q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, positions_BxT,
-                     cache: dict) -> tuple[jax.Array, dict]:
+def cached_attention(
+  q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, positions_BxT, cache: dict
+) -> tuple[jax.Array, dict]:
   """Writes k, v into `cache` (`k`, `v`: BxSxNxK) at `positions_BxT` and
   attends from each query over the slots at or before its position.
 
@@ -79,16 +79,17 @@ def cached_attention(q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, positions_BxT,
   dropped (decoding past the cache is refused before it gets here).
   """
   rows_Bx1 = jnp.arange(q_BxTxNxK.shape[0])[:, None]
-  k_BxSxNxK = cache['k'].at[rows_Bx1, positions_BxT].set(
-      k_BxTxNxK.astype(cache['k'].dtype), mode='drop')
-  v_BxSxNxK = cache['v'].at[rows_Bx1, positions_BxT].set(
-      v_BxTxNxK.astype(cache['v'].dtype), mode='drop')
+  k_BxSxNxK = (
+    cache['k'].at[rows_Bx1, positions_BxT].set(k_BxTxNxK.astype(cache['k'].dtype), mode='drop')
+  )
+  v_BxSxNxK = (
+    cache['v'].at[rows_Bx1, positions_BxT].set(v_BxTxNxK.astype(cache['v'].dtype), mode='drop')
+  )
   S = k_BxSxNxK.shape[1]  # pylint: disable=invalid-name
-  visible_Bx1xTxS = (jnp.arange(S)[None, None, None, :]
-                     <= positions_BxT[:, None, :, None])
+  visible_Bx1xTxS = jnp.arange(S)[None, None, None, :] <= positions_BxT[:, None, :, None]
   probs_BxNxTxS = _masked_softmax(
-      jnp.einsum('btnk,bsnk->bnts', q_BxTxNxK, k_BxSxNxK), visible_Bx1xTxS,
-      v_BxSxNxK.dtype)
+    jnp.einsum('btnk,bsnk->bnts', q_BxTxNxK, k_BxSxNxK), visible_Bx1xTxS, v_BxSxNxK.dtype
+  )
   out_BxTxNxK = jnp.einsum('bnts,bsnk->btnk', probs_BxNxTxS, v_BxSxNxK)
   return out_BxTxNxK, {'k': k_BxSxNxK, 'v': v_BxSxNxK}
 
@@ -98,12 +99,17 @@ class CausalSelfAttention(nn.Module):
 
   Returns (x_BxTxD, the updated cache, or None when not decoding).
   """
+
   config: 'transformer.Config'
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, train: bool,
-               positions_BxT: jax.Array | None = None,
-               cache: dict | None = None):
+  def __call__(
+    self,
+    x_BxTxD: jax.Array,
+    train: bool,
+    positions_BxT: jax.Array | None = None,
+    cache: dict | None = None,
+  ):
     c = self.config
     B, T, D = x_BxTxD.shape  # pylint: disable=invalid-name
     N = c.num_heads  # pylint: disable=invalid-name
@@ -111,34 +117,36 @@ class CausalSelfAttention(nn.Module):
     # Dense layers act on the flattened (B*T, D) array: the backward pass of a
     # plain matmul is measurably faster on CPU than a batched dot_general.
     qkv_BTx3D = nn.Dense(
-        3 * D, use_bias=c.use_bias,
-        kernel_init=nn.initializers.normal(options.INIT_STDDEV),
-        name='qkv')(x_BxTxD.reshape(B * T, D))
+      3 * D,
+      use_bias=c.use_bias,
+      kernel_init=nn.initializers.normal(options.INIT_STDDEV),
+      name='qkv',
+    )(x_BxTxD.reshape(B * T, D))
     qkv_BxTxNx3xK = sharding.constrain(
-        qkv_BTx3D.reshape(B, T, N, 3, K), BATCH, None, 'tensor', None, None)
-    q_BxTxNxK, k_BxTxNxK, v_BxTxNxK = (
-        qkv_BxTxNx3xK[:, :, :, j] for j in range(3))
+      qkv_BTx3D.reshape(B, T, N, 3, K), BATCH, None, 'tensor', None, None
+    )
+    q_BxTxNxK, k_BxTxNxK, v_BxTxNxK = (qkv_BxTxNx3xK[:, :, :, j] for j in range(3))
     if cache is not None:
       out_BxTxNxK, cache = cached_attention(
-          q_BxTxNxK * K**-0.5, k_BxTxNxK, v_BxTxNxK, positions_BxT, cache)
+        q_BxTxNxK * K**-0.5, k_BxTxNxK, v_BxTxNxK, positions_BxT, cache
+      )
     elif c.attention == 'dot_product':
       # One fused op: cuDNN flash attention on GPU where it applies, XLA
       # elsewhere. Same math; no dropout on the attention weights.
-      out_BxTxNxK = jax.nn.dot_product_attention(
-          q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, is_causal=True)
+      out_BxTxNxK = jax.nn.dot_product_attention(q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, is_causal=True)
     else:
       dropout = layers.Dropout(c.dropout_rate)
       heads_major = T >= HEADS_MAJOR_MIN_CONTEXT
       # One transpose of the fused projection gives heads-major q, k, v.
-      q, k, v = (qkv_BxTxNx3xK.transpose(3, 0, 2, 1, 4) if heads_major else
-                 (q_BxTxNxK, k_BxTxNxK, v_BxTxNxK))
-      out = causal_attention(q * K**-0.5, k, v,
-                             lambda p: dropout(p, deterministic=not train),
-                             heads_major)
+      q, k, v = (
+        qkv_BxTxNx3xK.transpose(3, 0, 2, 1, 4) if heads_major else (q_BxTxNxK, k_BxTxNxK, v_BxTxNxK)
+      )
+      out = causal_attention(
+        q * K**-0.5, k, v, lambda p: dropout(p, deterministic=not train), heads_major
+      )
       out_BxTxNxK = out.transpose(0, 2, 1, 3) if heads_major else out
-    out_BTxD = nn.Dense(
-        D, use_bias=c.use_bias, kernel_init=options.residual_init(c),
-        name='out')(sharding.constrain(out_BxTxNxK.reshape(B * T, D),
-                                       BATCH, 'tensor'))
+    out_BTxD = nn.Dense(D, use_bias=c.use_bias, kernel_init=options.residual_init(c), name='out')(
+      sharding.constrain(out_BxTxNxK.reshape(B * T, D), BATCH, 'tensor')
+    )
     out_BTxD = layers.Dropout(c.dropout_rate)(out_BTxD, deterministic=not train)
     return out_BTxD.reshape(B, T, D), cache

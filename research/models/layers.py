@@ -22,6 +22,7 @@ class Dropout(nn.Module):
   The masks differ from flax's, so runs with dropout draw other masks than
   they did before this layer (same distribution).
   """
+
   rate: float
 
   @nn.compact
@@ -32,8 +33,7 @@ class Dropout(nn.Module):
       raise ValueError(f'Dropout rate must be in [0, 1), got {self.rate}.')
     keep_levels = round((1.0 - self.rate) * _LEVELS)
     *lead, last = x.shape
-    bits = jax.random.bits(self.make_rng('dropout'), (*lead, (last + 1) // 2),
-                           jnp.uint32)
+    bits = jax.random.bits(self.make_rng('dropout'), (*lead, (last + 1) // 2), jnp.uint32)
     uniform16 = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)
     keep = uniform16[..., :last] < keep_levels
     scale = jnp.asarray(_LEVELS / keep_levels, x.dtype)

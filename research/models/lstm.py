@@ -49,6 +49,7 @@ Carry = tuple[LayerCarry, ...]
 class Config:
   """The LSTM's `config.model` keys (configs/common.py says what each
   means), checked when built; passed whole to the modules."""
+
   num_layers: int = rules.field(rules.at_least(1))
   hidden_size: int = rules.field(rules.at_least(1))
   dropout_rate: float = rules.field(rules.in_range(0, 1))
@@ -60,18 +61,20 @@ class Config:
 
 def uniform_init(scale: float) -> nn.initializers.Initializer:
   """Initializer uniform in [-scale, scale] (Flax's `uniform` is [0, scale))."""
+
   def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
     return jax.random.uniform(key, shape, dtype, minval=-scale, maxval=scale)
+
   return init
 
 
 class LSTMLayer(nn.Module):
   """One LSTM layer over a whole time-major sequence."""
+
   config: Config
 
   @nn.compact
-  def __call__(self, x_TxBxD: jax.Array,
-               carry: LayerCarry) -> tuple[jax.Array, LayerCarry]:
+  def __call__(self, x_TxBxD: jax.Array, carry: LayerCarry) -> tuple[jax.Array, LayerCarry]:
     T, B, D = x_TxBxD.shape  # pylint: disable=invalid-name
     H = self.config.hidden_size  # pylint: disable=invalid-name
     init = uniform_init(self.config.init_scale)
@@ -84,15 +87,13 @@ class LSTMLayer(nn.Module):
     gates_in_TBx4H = x_TxBxD.reshape(T * B, D) @ w_in_Dx4H + b_4H
     gates_in_TxBx4H = gates_in_TBx4H.reshape(T, B, 4 * H)
 
-    def step(carry: LayerCarry,
-             gates_in_Bx4H: jax.Array) -> tuple[LayerCarry, jax.Array]:
+    def step(carry: LayerCarry, gates_in_Bx4H: jax.Array) -> tuple[LayerCarry, jax.Array]:
       c_BxH, h_BxH = carry
       gates_Bx4H = gates_in_Bx4H + h_BxH @ w_rec_Hx4H
       gates_Bx4H = sharding.constrain(gates_Bx4H, BATCH, 'tensor')
       gates_BxHx4 = gates_Bx4H.reshape(B, H, 4)
       i_BxH, f_BxH, g_BxH, o_BxH = (gates_BxHx4[..., j] for j in range(4))
-      c_BxH = (jax.nn.sigmoid(f_BxH) * c_BxH
-               + jax.nn.sigmoid(i_BxH) * jnp.tanh(g_BxH))
+      c_BxH = jax.nn.sigmoid(f_BxH) * c_BxH + jax.nn.sigmoid(i_BxH) * jnp.tanh(g_BxH)
       h_BxH = jax.nn.sigmoid(o_BxH) * jnp.tanh(c_BxH)
       return (c_BxH, h_BxH), h_BxH
 
@@ -112,6 +113,7 @@ class SoftmaxLayer(nn.Module):
   nn.Dense does it (kernel HxV, bias V); the sums differ from Dense's only by
   float32 rounding order.
   """
+
   config: Config
   vocab_size: int
 
@@ -122,25 +124,25 @@ class SoftmaxLayer(nn.Module):
     w_HxV = self.param('kernel', init, (H, self.vocab_size))
     b_V = self.param('bias', init, (self.vocab_size,))
     ones_Nx1 = jnp.ones((N, 1), h_NxH.dtype)
-    return (jnp.concatenate([h_NxH, ones_Nx1], axis=1)
-            @ jnp.concatenate([w_HxV, b_V[None]], axis=0))
+    return jnp.concatenate([h_NxH, ones_Nx1], axis=1) @ jnp.concatenate([w_HxV, b_V[None]], axis=0)
 
 
 class LSTMLanguageModel(nn.Module):
   """(carry, token ids BxT) -> (next-token logits BxTxV, new carry)."""
+
   config: Config
   vocab_size: int
 
   @nn.compact
-  def __call__(self, carry: Carry, inputs_BxT: jax.Array,
-               train: bool) -> tuple[jax.Array, Carry]:
+  def __call__(self, carry: Carry, inputs_BxT: jax.Array, train: bool) -> tuple[jax.Array, Carry]:
     c = self.config
     B, T = inputs_BxT.shape  # pylint: disable=invalid-name
     H, V = c.hidden_size, self.vocab_size  # pylint: disable=invalid-name
     if len(carry) != c.num_layers or carry[0][0].shape != (B, H):
       raise ValueError(
-          f'Carry must hold {c.num_layers} (c, h) pairs of shape {(B, H)}; '
-          f'got {jax.tree.map(jnp.shape, carry)}.')
+        f'Carry must hold {c.num_layers} (c, h) pairs of shape {(B, H)}; '
+        f'got {jax.tree.map(jnp.shape, carry)}.'
+      )
     init = uniform_init(c.init_scale)
     dropout_layer = layers.Dropout(c.dropout_rate)
     dropout = lambda x: dropout_layer(x, deterministic=not train)
@@ -171,12 +173,12 @@ class LSTMLanguageModel(nn.Module):
 # multiplies, so it needs one reduction of the logits and no gather of h.
 # Vocabulary dimensions are never split: they rarely divide (65 characters).
 PARTITION_RULES = (
-    ('embed/embedding', (None, 'fsdp')),                   # VxH
-    (r'lstm_\d+/input_kernel', ('fsdp', 'tensor')),        # Dx4H
-    (r'lstm_\d+/recurrent_kernel', ('fsdp', 'tensor')),    # Hx4H
-    (r'lstm_\d+/bias', ('tensor',)),                       # 4H
-    ('softmax/kernel', (('tensor', 'fsdp'), None)),        # HxV
-    ('softmax/bias', ()),                                  # V
+  ('embed/embedding', (None, 'fsdp')),  # VxH
+  (r'lstm_\d+/input_kernel', ('fsdp', 'tensor')),  # Dx4H
+  (r'lstm_\d+/recurrent_kernel', ('fsdp', 'tensor')),  # Hx4H
+  (r'lstm_\d+/bias', ('tensor',)),  # 4H
+  ('softmax/kernel', (('tensor', 'fsdp'), None)),  # HxV
+  ('softmax/bias', ()),  # V
 )
 
 
@@ -192,20 +194,27 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     return tuple((zeros_BxH, zeros_BxH) for _ in range(config.num_layers))
 
   def init(rng: jax.Array) -> dict:
-    variables = module.init({'params': rng}, init_carry(1),
-                            jnp.zeros((1, 1), jnp.int32), train=False)
+    variables = module.init(
+      {'params': rng}, init_carry(1), jnp.zeros((1, 1), jnp.int32), train=False
+    )
     return variables['params']
 
-  def apply(params: dict, carry: Carry, inputs_BxT: jax.Array, *, train: bool,
-            rng: jax.Array | None, positions_BxT: jax.Array | None = None,
-            ) -> tuple[jax.Array, Carry]:
+  def apply(
+    params: dict,
+    carry: Carry,
+    inputs_BxT: jax.Array,
+    *,
+    train: bool,
+    rng: jax.Array | None,
+    positions_BxT: jax.Array | None = None,
+  ) -> tuple[jax.Array, Carry]:
     del positions_BxT  # The carry holds where each row is.
     rngs = models.dropout_rngs(train, config.dropout_rate, rng)
-    return module.apply({'params': params}, carry, inputs_BxT, train=train,
-                        rngs=rngs)
+    return module.apply({'params': params}, carry, inputs_BxT, train=train, rngs=rngs)
 
-  def decode(params: dict, cache: Carry, inputs_BxT: jax.Array,
-             positions_BxT: jax.Array) -> tuple[jax.Array, Carry]:
+  def decode(
+    params: dict, cache: Carry, inputs_BxT: jax.Array, positions_BxT: jax.Array
+  ) -> tuple[jax.Array, Carry]:
     del positions_BxT  # The cache (the carry) holds where each row is.
     return module.apply({'params': params}, cache, inputs_BxT, train=False)
 
@@ -215,7 +224,14 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     return 6.0 * models.matmul_params(params, ('embed/embedding',))
 
   # The decoding cache is the carry: the state after the tokens read so far.
-  return models.Model(init=init, apply=apply, init_carry=init_carry,
-                      recurrent=True, init_cache=init_carry, decode=decode,
-                      context=None, partition_rules=PARTITION_RULES,
-                      flops_per_token=flops_per_token)
+  return models.Model(
+    init=init,
+    apply=apply,
+    init_carry=init_carry,
+    recurrent=True,
+    init_cache=init_carry,
+    decode=decode,
+    context=None,
+    partition_rules=PARTITION_RULES,
+    flops_per_token=flops_per_token,
+  )

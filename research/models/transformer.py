@@ -65,6 +65,7 @@ COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 class Config:
   """The Transformer's `config.model` keys (configs/common.py says what each
   means), checked when built; passed whole to the modules."""
+
   num_layers: int = rules.field(rules.at_least(1))
   num_heads: int = rules.field(rules.at_least(1))
   d_model: int = rules.field(rules.at_least(1))
@@ -84,13 +85,15 @@ class Config:
     rules.check_fields(self, 'model')
     if self.attention == 'dot_product' and self.dropout_rate:
       raise ValueError(
-          "config.model.attention='dot_product' has no dropout on the attention"
-          f' weights but model.dropout_rate={self.dropout_rate}; set '
-          '--config.model.dropout_rate=0 or --config.model.attention=xla.')
+        "config.model.attention='dot_product' has no dropout on the attention"
+        f' weights but model.dropout_rate={self.dropout_rate}; set '
+        '--config.model.dropout_rate=0 or --config.model.attention=xla.'
+      )
     if self.d_model % self.num_heads:
       raise ValueError(
-          f'config.model.d_model={self.d_model} is not divisible by '
-          f'config.model.num_heads={self.num_heads}; heads split the width.')
+        f'config.model.d_model={self.d_model} is not divisible by '
+        f'config.model.num_heads={self.num_heads}; heads split the width.'
+      )
 
 
 class Block(nn.Module):
@@ -100,18 +103,20 @@ class Block(nn.Module):
   updated, or None when not decoding. That is also its shape as a step of
   `nn.scan`, with x the scan's carry and the cache scanned over layers.
   """
+
   config: Config
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, train: bool,
-               positions_BxT: jax.Array | None, cache: dict | None):
+  def __call__(
+    self, x_BxTxD: jax.Array, train: bool, positions_BxT: jax.Array | None, cache: dict | None
+  ):
     c = self.config
     norm = NORMS[c.norm]
     attn_BxTxD, cache = attention.CausalSelfAttention(c, name='attn')(
-        norm(c, 'ln_1')(x_BxTxD), train, positions_BxT, cache)
+      norm(c, 'ln_1')(x_BxTxD), train, positions_BxT, cache
+    )
     x_BxTxD = x_BxTxD + attn_BxTxD
-    x_BxTxD = x_BxTxD + MLPS[c.mlp](c, name='mlp')(
-        norm(c, 'ln_2')(x_BxTxD), train)
+    x_BxTxD = x_BxTxD + MLPS[c.mlp](c, name='mlp')(norm(c, 'ln_2')(x_BxTxD), train)
     # The residual stream is split by batch only, whole features per device.
     x_BxTxD = sharding.constrain(x_BxTxD, BATCH, None, None)
     return x_BxTxD, cache
@@ -124,30 +129,32 @@ class Transformer(nn.Module):
   new tokens' keys and values are written at their positions and the updated
   cache is returned; without it the result's cache is None.
   """
+
   config: Config
   vocab_size: int
   seq_len: int
 
   @nn.compact
-  def __call__(self, inputs_BxT: jax.Array, train: bool,
-               positions_BxT: jax.Array | None = None,
-               cache: dict | None = None):
+  def __call__(
+    self,
+    inputs_BxT: jax.Array,
+    train: bool,
+    positions_BxT: jax.Array | None = None,
+    cache: dict | None = None,
+  ):
     c = self.config
     B, T = inputs_BxT.shape  # pylint: disable=invalid-name
     D, V = c.d_model, self.vocab_size  # pylint: disable=invalid-name
     if T > self.seq_len:
-      raise ValueError(
-          f'Input length {T} exceeds the context length {self.seq_len}.')
-    embed = nn.Embed(V, D, embedding_init=nn.initializers.normal(options.INIT_STDDEV),
-                     name='embed')
+      raise ValueError(f'Input length {T} exceeds the context length {self.seq_len}.')
+    embed = nn.Embed(V, D, embedding_init=nn.initializers.normal(options.INIT_STDDEV), name='embed')
     x_BxTxD = embed(inputs_BxT)
     table_PxD = POSITIONAL[c.positional](self, c, self.seq_len)
     if positions_BxT is None:  # Rows 0..T-1, a static slice.
       x_BxTxD = x_BxTxD + table_PxD[:T].astype(x_BxTxD.dtype)
     else:
       # A position outside the table reads NaN rather than a clamped row.
-      pos_BxTxD = jnp.asarray(table_PxD).at[positions_BxT].get(
-          mode='fill', fill_value=jnp.nan)
+      pos_BxTxD = jnp.asarray(table_PxD).at[positions_BxT].get(mode='fill', fill_value=jnp.nan)
       x_BxTxD = x_BxTxD + pos_BxTxD.astype(x_BxTxD.dtype)
     x_BxTxD = layers.Dropout(c.dropout_rate)(x_BxTxD, deterministic=not train)
 
@@ -157,19 +164,21 @@ class Transformer(nn.Module):
       # `train` and the positions are broadcast (static inside the body);
       # every layer gets its own slice of the stacked parameters, of the
       # cache, and its own dropout key.
-      stack = nn.scan(block, variable_axes={'params': 0},
-                      split_rngs={'params': True, 'dropout': True},
-                      in_axes=(nn.broadcast, nn.broadcast, 0),
-                      length=c.num_layers)
-      x_BxTxD, cache = stack(c, name=models.STACKED_BLOCKS)(
-          x_BxTxD, train, positions_BxT, cache)
+      stack = nn.scan(
+        block,
+        variable_axes={'params': 0},
+        split_rngs={'params': True, 'dropout': True},
+        in_axes=(nn.broadcast, nn.broadcast, 0),
+        length=c.num_layers,
+      )
+      x_BxTxD, cache = stack(c, name=models.STACKED_BLOCKS)(x_BxTxD, train, positions_BxT, cache)
     else:
       layer_caches = []
       for i in range(c.num_layers):
-        layer_cache = None if cache is None else jax.tree.map(
-            lambda a, i=i: a[i], cache)
+        layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
         x_BxTxD, layer_cache = block(c, name=f'block_{i}')(
-            x_BxTxD, train, positions_BxT, layer_cache)
+          x_BxTxD, train, positions_BxT, layer_cache
+        )
         layer_caches.append(layer_cache)
       if cache is not None:
         cache = jax.tree.map(lambda *a: jnp.stack(a), *layer_caches)
@@ -180,34 +189,33 @@ class Transformer(nn.Module):
       logits_BTxV = embed.attend(x_BTxD)
     else:
       logits_BTxV = nn.Dense(
-          V, use_bias=False, kernel_init=nn.initializers.normal(options.INIT_STDDEV),
-          name='head')(x_BTxD)
+        V, use_bias=False, kernel_init=nn.initializers.normal(options.INIT_STDDEV), name='head'
+      )(x_BTxD)
     return logits_BTxV.reshape(B, T, V).astype(jnp.float32), cache
 
 
 # Specs inside a block, by the parameter's path there.
 _BLOCK_RULES = (
-    ('attn/qkv/kernel', ('fsdp', 'tensor')),   # Dx(N*3*K), head-major
-    ('attn/out/kernel', ('tensor', 'fsdp')),   # (N*K)xD
-    ('mlp/fc/kernel', ('fsdp', 'tensor')),     # DxF
-    ('(attn/qkv|mlp/fc)/bias', ('tensor',)),
-    ('mlp/proj/kernel', ('tensor', 'fsdp')),   # FxD
-    # Vectors of D: the outputs of reduced matmul pairs, and the norms'.
-    ('(attn/out|mlp/proj)/bias', ()),
-    ('ln_[12]/(scale|bias)', ()),
+  ('attn/qkv/kernel', ('fsdp', 'tensor')),  # Dx(N*3*K), head-major
+  ('attn/out/kernel', ('tensor', 'fsdp')),  # (N*K)xD
+  ('mlp/fc/kernel', ('fsdp', 'tensor')),  # DxF
+  ('(attn/qkv|mlp/fc)/bias', ('tensor',)),
+  ('mlp/proj/kernel', ('tensor', 'fsdp')),  # FxD
+  # Vectors of D: the outputs of reduced matmul pairs, and the norms'.
+  ('(attn/out|mlp/proj)/bias', ()),
+  ('ln_[12]/(scale|bias)', ()),
 )
 
 # (path regex, spec), first match wins (research/sharding.py); no catch-all:
 # a parameter of a new option needs its rule here.
 PARTITION_RULES = (
-    ('embed/embedding', (None, 'fsdp')),                   # VxD
-    ('pos_embed', (None, 'fsdp')),                         # PxD
-    *((rf'block_\d+/{name}', spec) for name, spec in _BLOCK_RULES),
-    # scan_layers=True: the same weights stacked on a leading layer axis.
-    *((rf'{models.STACKED_BLOCKS}/{name}', (None, *spec))
-      for name, spec in _BLOCK_RULES),
-    ('ln_f/(scale|bias)', ()),
-    ('head/kernel', ('fsdp', None)),                       # DxV
+  ('embed/embedding', (None, 'fsdp')),  # VxD
+  ('pos_embed', (None, 'fsdp')),  # PxD
+  *((rf'block_\d+/{name}', spec) for name, spec in _BLOCK_RULES),
+  # scan_layers=True: the same weights stacked on a leading layer axis.
+  *((rf'{models.STACKED_BLOCKS}/{name}', (None, *spec)) for name, spec in _BLOCK_RULES),
+  ('ln_f/(scale|bias)', ()),
+  ('head/kernel', ('fsdp', None)),  # DxV
 )
 
 
@@ -220,8 +228,7 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
 
   def init(rng: jax.Array) -> dict:
     # Parameter shapes do not depend on T, so one position is enough.
-    variables = module.init({'params': rng}, jnp.zeros((1, 1), jnp.int32),
-                            train=False)
+    variables = module.init({'params': rng}, jnp.zeros((1, 1), jnp.int32), train=False)
     return variables['params']
 
   def run(params, inputs_BxT, *, train, rngs, positions_BxT, cache):
@@ -230,15 +237,28 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
       # are cast on the way in, so gradients come back in float32; the
       # attention softmax and the logits are float32 (attention.py).
       params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
-    return module.apply({'params': params}, inputs_BxT, train=train,
-                        positions_BxT=positions_BxT, cache=cache, rngs=rngs)
+    return module.apply(
+      {'params': params},
+      inputs_BxT,
+      train=train,
+      positions_BxT=positions_BxT,
+      cache=cache,
+      rngs=rngs,
+    )
 
-  def apply(params: dict, carry: dict, inputs_BxT: jax.Array, *, train: bool,
-            rng: jax.Array | None, positions_BxT: jax.Array | None = None,
-            ) -> tuple[jax.Array, dict]:
+  def apply(
+    params: dict,
+    carry: dict,
+    inputs_BxT: jax.Array,
+    *,
+    train: bool,
+    rng: jax.Array | None,
+    positions_BxT: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict]:
     rngs = models.dropout_rngs(train, config.dropout_rate, rng)
-    logits_BxTxV, _ = run(params, inputs_BxT, train=train, rngs=rngs,
-                          positions_BxT=positions_BxT, cache=None)
+    logits_BxTxV, _ = run(
+      params, inputs_BxT, train=train, rngs=rngs, positions_BxT=positions_BxT, cache=None
+    )
     return logits_BxTxV, carry
 
   def init_carry(batch_size: int) -> dict:
@@ -246,27 +266,37 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     return {}
 
   def init_cache(batch_size: int) -> dict:
-    shape = (config.num_layers, batch_size, seq_len, config.num_heads,
-             config.d_model // config.num_heads)
-    return {'k': jnp.zeros(shape, compute_dtype),
-            'v': jnp.zeros(shape, compute_dtype)}
+    shape = (
+      config.num_layers,
+      batch_size,
+      seq_len,
+      config.num_heads,
+      config.d_model // config.num_heads,
+    )
+    return {'k': jnp.zeros(shape, compute_dtype), 'v': jnp.zeros(shape, compute_dtype)}
 
-  def decode(params: dict, cache: dict, inputs_BxT: jax.Array,
-             positions_BxT: jax.Array) -> tuple[jax.Array, dict]:
-    return run(params, inputs_BxT, train=False, rngs={},
-               positions_BxT=positions_BxT, cache=cache)
+  def decode(
+    params: dict, cache: dict, inputs_BxT: jax.Array, positions_BxT: jax.Array
+  ) -> tuple[jax.Array, dict]:
+    return run(params, inputs_BxT, train=False, rngs={}, positions_BxT=positions_BxT, cache=cache)
 
   def flops_per_token(params) -> float:
     """6 N (the embedding counts once, as the output layer, when tied) plus
     12 L P D for QK^T and AV forward and backward (PaLM, Chowdhery et al.
     2022, App. B), all of it though the causal mask wastes half."""
-    lookups = ('pos_embed',) + (() if config.tie_embeddings
-                                else ('embed/embedding',))
+    lookups = ('pos_embed',) + (() if config.tie_embeddings else ('embed/embedding',))
     flops = 6.0 * models.matmul_params(params, lookups)
     flops += 12.0 * config.num_layers * seq_len * config.d_model
     return flops
 
-  return models.Model(init=init, apply=apply, init_carry=init_carry,
-                      recurrent=False, init_cache=init_cache, decode=decode,
-                      context=seq_len, partition_rules=PARTITION_RULES,
-                      flops_per_token=flops_per_token)
+  return models.Model(
+    init=init,
+    apply=apply,
+    init_carry=init_carry,
+    recurrent=False,
+    init_cache=init_cache,
+    decode=decode,
+    context=seq_len,
+    partition_rules=PARTITION_RULES,
+    flops_per_token=flops_per_token,
+  )

@@ -47,8 +47,7 @@ def residual_init(config: 'transformer.Config') -> nn.initializers.Initializer:
 # Norms: norm(config, name) -> a module mapping x_BxTxD to x_BxTxD, at the
 # three sites ln_1, ln_2 (each block) and ln_f (the output).
 def layernorm(config: 'transformer.Config', name: str) -> nn.Module:
-  return nn.LayerNorm(epsilon=_LAYER_NORM_EPSILON, use_bias=config.use_bias,
-                      name=name)
+  return nn.LayerNorm(epsilon=_LAYER_NORM_EPSILON, use_bias=config.use_bias, name=name)
 
 
 NORMS: dict[str, Callable[..., nn.Module]] = {'layernorm': layernorm}
@@ -63,26 +62,25 @@ def sinusoidal_positions(num_positions: int, d_model: int) -> np.ndarray:
   inv_freq = np.exp(np.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
   table_TxD = np.zeros((num_positions, d_model), dtype=np.float32)
   table_TxD[:, 0::2] = np.sin(t_Tx1 * inv_freq)
-  table_TxD[:, 1::2] = np.cos(t_Tx1 * inv_freq[:d_model // 2])
+  table_TxD[:, 1::2] = np.cos(t_Tx1 * inv_freq[: d_model // 2])
   return table_TxD
 
 
 # Positional encodings: positional(module, config, seq_len) -> the PxD table
 # whose row t is added at position t (parameters made with `module.param`).
 def learned_positions(module: nn.Module, config: 'transformer.Config', seq_len: int):
-  return module.param('pos_embed', nn.initializers.normal(INIT_STDDEV),
-                      (seq_len, config.d_model))
+  return module.param('pos_embed', nn.initializers.normal(INIT_STDDEV), (seq_len, config.d_model))
 
 
 POSITIONAL: dict[str, Callable] = {
-    'learned': learned_positions,
-    'sinusoidal': lambda _, config, seq_len: sinusoidal_positions(
-        seq_len, config.d_model),
+  'learned': learned_positions,
+  'sinusoidal': lambda _, config, seq_len: sinusoidal_positions(seq_len, config.d_model),
 }
 
 
 class GeluMlp(nn.Module):
   """GELU MLP, D -> F -> D, with dropout on its output."""
+
   config: 'transformer.Config'
 
   @nn.compact
@@ -90,13 +88,10 @@ class GeluMlp(nn.Module):
     c = self.config
     B, T, D = x_BxTxD.shape  # pylint: disable=invalid-name
     h_BTxF = nn.Dense(
-        c.d_ff, use_bias=c.use_bias,
-        kernel_init=nn.initializers.normal(INIT_STDDEV),
-        name='fc')(x_BxTxD.reshape(B * T, D))
+      c.d_ff, use_bias=c.use_bias, kernel_init=nn.initializers.normal(INIT_STDDEV), name='fc'
+    )(x_BxTxD.reshape(B * T, D))
     h_BTxF = sharding.constrain(gelu(h_BTxF), BATCH, 'tensor')
-    out_BTxD = nn.Dense(
-        D, use_bias=c.use_bias, kernel_init=residual_init(c),
-        name='proj')(h_BTxF)
+    out_BTxD = nn.Dense(D, use_bias=c.use_bias, kernel_init=residual_init(c), name='proj')(h_BTxF)
     out_BTxD = layers.Dropout(c.dropout_rate)(out_BTxD, deterministic=not train)
     return out_BTxD.reshape(B, T, D)
 
