@@ -74,6 +74,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.num_processes = 0  # 0 = $JAX_NUM_PROCESSES or auto-detect.
   c.distributed.process_id = -1  # -1 = $JAX_PROCESS_ID or auto-detect.
 
+  c.eval = ml_collections.ConfigDict()
+  # Context of every evaluation, in tokens (0 = data.seq_len, the training context). A
+  # Transformer scores non-overlapping windows of this length: longer than it was trained on
+  # for a length-extrapolation study (not with positional='learned', which has no rows
+  # beyond its training length). The LSTM reads whole rows whatever this is.
+  c.eval.seq_len = 0
+  # More contexts at which the final model is scored, e.g. (512, 1024): each adds the records
+  # 'valid@N' (and 'test@N' when eval_on_test) to metrics.jsonl, under the same rules.
+  c.eval.extra_seq_lens = ()
+
   c.sample = ml_collections.ConfigDict()
   c.sample.num_tokens = 200  # Tokens generated at each evaluation (0 = no sample).
   c.sample.prompt = ''  # Text the sample continues ('' = start of a line).
@@ -103,11 +113,18 @@ def transformer_model() -> ml_collections.ConfigDict:
   m.d_model = 384  # Residual stream width.
   m.d_ff = 1536  # MLP hidden width.
   m.dropout_rate = 0.2  # Dropout on embeddings, attention weights and residual branches.
-  m.positional = 'learned'  # 'learned' or 'sinusoidal' position embeddings (research.models.transformer.POSITIONAL).
-  m.norm = 'layernorm'  # Norm at each block's two inputs and before the head, one of transformer.NORMS ('layernorm': GPT-2's LayerNorm, epsilon 1e-5).
-  m.mlp = (
-    'gelu'  # Each block's MLP, one of transformer.MLPS ('gelu': D -> d_ff -> D with exact GELU).
-  )
+  # Positions: 'learned' or 'sinusoidal' (a table added to the embeddings), 'rope' (rotary, on
+  # queries and keys), 'alibi' (linear attention biases) or 'none' (research/models/positional.py).
+  m.positional = 'learned'
+  # Norm, one of transformer_options.NORMS: 'layernorm' (GPT-2's, epsilon 1e-5) or 'rmsnorm'.
+  m.norm = 'layernorm'
+  # 'pre': norm at each block's two inputs and before the head (GPT-2); 'post': after each
+  # residual sum, no final norm (Vaswani et al. 2017).
+  m.norm_position = 'pre'
+  # Each block's MLP, D -> d_ff -> D, one of transformer_options.MLPS: 'gelu' (exact), 'relu',
+  # 'swish', or gated (Shazeer 2020) 'glu', 'bilinear', 'reglu', 'geglu', 'swiglu', whose two
+  # input projections are d_ff wide each (1.5x the parameters at equal d_ff).
+  m.mlp = 'gelu'
   m.tie_embeddings = True  # Output layer reuses the token embedding matrix.
   m.use_bias = False  # Biases in dense layers and LayerNorms (nanoGPT: False).
   # Speed options (accelerators mostly); the defaults are the exact recipe.

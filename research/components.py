@@ -44,6 +44,14 @@ class Components(NamedTuple):
   num_train_steps: int
   eval_every: int  # Steps between evaluations (resolved from the config).
   checkpoint_every: int  # Steps between checkpoints (resolved).
+  # The model built for each evaluation context longer than the training one
+  # (config.eval.seq_len, eval.extra_seq_lens), with the same parameters.
+  eval_models: dict[int, models.Model] = {}
+
+
+def eval_seq_len(config: ml_collections.ConfigDict) -> int:
+  """The context of every evaluation: eval.seq_len, or the training one."""
+  return config.eval.seq_len or config.data.seq_len
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -90,6 +98,11 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
     config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * per_epoch
   )
   schedule = optim.make_schedule(config.optim, num_train_steps=num_steps, steps_per_epoch=per_epoch)
+  eval_models = {
+    n: models.get_model(config.model, vocab_size=corpus.tokenizer.vocab_size, seq_len=n)
+    for n in {eval_seq_len(config), *config.eval.extra_seq_lens}
+    if model.context is not None and n > model.context
+  }
   return Components(
     corpus=corpus,
     model=model,
@@ -101,6 +114,7 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
     num_train_steps=num_steps,
     eval_every=_every(config.eval_every_steps, per_epoch),
     checkpoint_every=_every(config.checkpoint_every_steps, per_epoch),
+    eval_models=eval_models,
   )
 
 

@@ -83,6 +83,11 @@ RULES = {
   'sample.prompt': anything('text'),
   'sample.temperature': at_least(0),
   'sample.top_k': at_least(0),
+  'eval.seq_len': at_least(0),
+  'eval.extra_seq_lens': Rule(
+    lambda v: isinstance(v, tuple) and all(isinstance(n, int) and n > 0 for n in v),
+    'a tuple of positive token counts, e.g. (512,1024)',
+  ),
   'sample.top_p': Rule(lambda v: number(v) and 0 < v <= 1, 'in (0, 1]'),
 }
 
@@ -133,6 +138,20 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
       f'config.optim.grad_accum_steps={k} does not divide '
       f'config.data.batch_size={c.data.batch_size}; each micro-batch has '
       'batch_size / grad_accum_steps rows: choose a divisor.'
+    )
+  longest = max((c.eval.seq_len, *c.eval.extra_seq_lens))
+  if (
+    c.model.name == 'transformer'
+    and longest > c.data.seq_len
+    and models.transformer.POSITIONAL[c.model.positional].fixed_length
+  ):
+    key = 'eval.seq_len' if longest == c.eval.seq_len else 'eval.extra_seq_lens'
+    raise ValueError(
+      f'config.{key} asks for context {longest}, longer than the context '
+      f'model.positional={c.model.positional!r} was trained on (data.seq_len='
+      f'{c.data.seq_len}): its position table has no rows beyond {c.data.seq_len}. Set '
+      f'--config.{key} to at most {c.data.seq_len}, or train with positions that '
+      'extrapolate (sinusoidal, rope, alibi, none).'
     )
   if c.data.name == 'text_file':
     builders.parse_split(c.data.split)  # Its errors name the key and the fix.

@@ -59,18 +59,27 @@ class Evaluator:
   """Scores splits with one jitted step per run (compiled on first use)."""
 
   def __init__(self, parts: components_lib.Components, *, batch_size: int, seq_len: int):
-    self._parts = parts
+    model = parts.model
+    if model.context is not None and seq_len > model.context:
+      model = parts.eval_models.get(seq_len)  # Built for the longer context.
+      if model is None:
+        raise ValueError(
+          f'Evaluation at context {seq_len} needs the model built for it; the '
+          f'training context is {parts.model.context} (set config.eval.seq_len or '
+          'eval.extra_seq_lens).'
+        )
+    self._parts = parts._replace(model=model)
     self._batch_size = batch_size
-    self._seq_len = segment_length(parts.model, batch_size, seq_len)
+    self._seq_len = segment_length(model, batch_size, seq_len)
     mesh = parts.mesh
     # Rows are split over the data-parallel devices when they divide evenly
     # (the LSTM's paper protocol uses a single row, which is replicated).
     divisible = batch_size % sharding.data_parallel_size(mesh) == 0
     self._batch_sharding = sharding.batch_sharding(mesh) if divisible else sharding.replicated(mesh)
-    carry = parts.model.init_carry(batch_size)
+    carry = model.init_carry(batch_size)
     self._carry_sharding = jax.tree.map(lambda _: self._batch_sharding, carry)
     self._step = jax.jit(
-      functools.partial(eval_step, model=parts.model),
+      functools.partial(eval_step, model=model),
       out_shardings=(
         sharding.replicated(mesh),
         sharding.replicated(mesh),
@@ -158,6 +167,36 @@ def generate(
   return tokenizer.decode(ids)
 
 
+def context_splits(splits, config: ml_collections.ConfigDict) -> list[str]:
+  """The split names of a final evaluation: `splits`, then 'SPLIT@N' for each
+  of config.eval.extra_seq_lens."""
+  return list(splits) + [f'{s}@{n}' for n in config.eval.extra_seq_lens for s in splits]
+
+
+def score_contexts(
+  evaluator: 'Evaluator', parts, params, splits, config: ml_collections.ConfigDict
+) -> dict[str, dict[str, float]]:
+  """Figures of `splits` with `evaluator`, then at every extra context
+  ('SPLIT@N', config.eval.extra_seq_lens)."""
+  results = evaluator.splits(params, splits)
+  for n in config.eval.extra_seq_lens:
+    at_n = Evaluator(parts, batch_size=config.data.eval_batch_size, seq_len=n)
+    for split, figures in at_n.splits(params, splits).items():
+      results[f'{split}@{n}'] = figures
+  return results
+
+
+def log_figures(step: int, results: dict, headline: str) -> None:
+  for split, figures in results.items():
+    metrics.console(
+      'eval at step %d | %s | loss %.4f | %s',
+      step,
+      split,
+      figures['loss'],
+      metrics.headline(figures, headline),
+    )
+
+
 def evaluate_checkpoint(
   config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, dict[str, float]]:
@@ -181,15 +220,10 @@ def evaluate_checkpoint(
   )
   structs, _ = components_lib.abstract_state(parts, config.data.batch_size)
   state = checkpoint.restore(manager, step, structs)
-  evaluator = Evaluator(parts, batch_size=config.data.eval_batch_size, seq_len=config.data.seq_len)
-  results = evaluator.splits(state.params, ('valid', 'test'))
-  for split, figures in results.items():
-    metrics.console(
-      'eval at step %d | %s | loss %.4f | %s',
-      step,
-      split,
-      figures['loss'],
-      metrics.headline(figures, parts.corpus.headline),
-    )
+  evaluator = Evaluator(
+    parts, batch_size=config.data.eval_batch_size, seq_len=components_lib.eval_seq_len(config)
+  )
+  results = score_contexts(evaluator, parts, state.params, ('valid', 'test'), config)
+  log_figures(step, results, parts.corpus.headline)
   manager.close()
   return results

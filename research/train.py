@@ -162,17 +162,18 @@ def restore_or_init(parts, manager, config, rng, data_iterator):
   return state, shardings
 
 
-def _evaluate_and_sample(evaluator, parts, params, step, splits, config, writer, sample_rng):
-  results = evaluator.splits(params, splits)
+def _evaluate_and_sample(
+  evaluator, parts, params, step, splits, config, writer, sample_rng, final=False
+):
+  """Scores `splits` (at the end of training also at eval.extra_seq_lens),
+  writes and prints the figures, and samples."""
+  if final:
+    results = evaluate.score_contexts(evaluator, parts, params, splits, config)
+  else:
+    results = evaluator.splits(params, splits)
   for split, figures in results.items():
     writer.write(step, split, {**figures, 'epoch': step / parts.steps_per_epoch})
-    metrics.console(
-      'eval at step %d | %s | loss %.4f | %s',
-      step,
-      split,
-      figures['loss'],
-      metrics.headline(figures, parts.corpus.headline),
-    )
+  evaluate.log_figures(step, results, parts.corpus.headline)
   if config.sample.num_tokens > 0:
     text = evaluate.generate(
       parts, params, jax.random.fold_in(sample_rng, step), config.sample, config.data.seq_len
@@ -208,7 +209,7 @@ def train_and_evaluate(
   writer.truncate_after(start)
   step_fn = make_train_step(parts, state_shardings, config)
   evaluator = evaluate.Evaluator(
-    parts, batch_size=config.data.eval_batch_size, seq_len=config.data.seq_len
+    parts, batch_size=config.data.eval_batch_size, seq_len=components_lib.eval_seq_len(config)
   )
   total = parts.num_train_steps
   metrics.console(
@@ -237,9 +238,10 @@ def train_and_evaluate(
     )
     workdir_lib.wait(manager, total)
     splits = ('valid', 'test') if config.eval_on_test else ('valid',)
-    writer.truncate_after(total, also_at_step=splits)  # A re-run re-scores.
+    # A re-run re-scores.
+    writer.truncate_after(total, also_at_step=tuple(evaluate.context_splits(splits, config)))
     results = _evaluate_and_sample(
-      evaluator, parts, state.params, total, splits, config, writer, sample_rng
+      evaluator, parts, state.params, total, splits, config, writer, sample_rng, final=True
     )
     status = 'finished'
   except faults.Preempted:

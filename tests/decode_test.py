@@ -14,8 +14,11 @@ CASES = (
   ('lstm', {}),
   ('transformer', dict(positional='learned')),
   ('transformer', dict(positional='sinusoidal', tie_embeddings=True)),
-  ('transformer', dict(scan_layers=True)),
-  ('transformer', dict(scan_layers=True, remat=True, attention='dot_product')),
+  ('transformer', dict(positional='rope', norm='rmsnorm')),
+  ('transformer', dict(positional='alibi', mlp='swiglu')),
+  ('transformer', dict(positional='none', norm_position='post')),
+  ('transformer', dict(scan_layers=True, positional='rope')),
+  ('transformer', dict(scan_layers=True, remat=True, attention='dot_product', positional='alibi')),
 )
 
 

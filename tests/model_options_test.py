@@ -15,7 +15,7 @@ from research import models
 from research import sharding
 from research import train
 from research.models import transformer
-from research.models import transformer_options
+from research.models import positional
 from tests import models_test
 from tests import test_util
 
@@ -56,7 +56,7 @@ class OptionTest(absltest.TestCase):
     self.assertFalse(np.allclose(state.params['ln_f']['scale'], 1.0))
 
   def test_an_unknown_option_is_refused_naming_the_key(self):
-    for key, value in (('positional', 'rotary'), ('norm', 'toy'), ('mlp', 'swiglu')):
+    for key, value in (('positional', 'rotary'), ('norm', 'toy'), ('mlp', 'maxout')):
       with self.subTest(key=key):
         with self.assertRaisesRegex(
           ValueError,
@@ -104,12 +104,12 @@ class StrictShardingTest(absltest.TestCase):
 
   def test_a_parameter_no_rule_matches_stops_sharding_naming_it(self):
     model, params = self._abstract_params(models_test.transformer_config())
-    # A new weight (a gated MLP's, say) without a rule of its own.
-    params['block_1']['mlp']['gate'] = {'kernel': jax.ShapeDtypeStruct((D, 17), jnp.float32)}
+    # A new weight (a mixture of experts' router, say) without a rule of its own.
+    params['block_1']['mlp']['router'] = {'kernel': jax.ShapeDtypeStruct((D, 17), jnp.float32)}
     with self.assertRaisesRegex(
       ValueError,
       r'No partition rule matches parameter '
-      r"'block_1/mlp/gate/kernel' of shape \(12, 17\)",
+      r"'block_1/mlp/router/kernel' of shape \(12, 17\)",
     ):
       sharding.param_shardings(params, _one_device_mesh(), model.partition_rules)
 
@@ -120,7 +120,7 @@ class PositionsTest(parameterized.TestCase):
     logits, _ = apply(params, {}, tokens, rng=None, positions_BxT=positions)
     return np.asarray(logits)
 
-  @parameterized.parameters('learned', 'sinusoidal')
+  @parameterized.parameters('learned', 'sinusoidal', 'rope', 'alibi')
   def test_default_positions_are_0_to_t_minus_1(self, positional):
     params = models_test.get_params('transformer', positional=positional)
     tokens = models_test.random_tokens(1, (B, T))
@@ -149,9 +149,7 @@ class PositionsTest(parameterized.TestCase):
 
   def test_sinusoidal_positions_are_rows_of_its_table(self):
     learned = models_test.get_params('transformer')
-    as_learned = dict(
-      learned, pos_embed=jnp.asarray(transformer_options.sinusoidal_positions(T, D))
-    )
+    as_learned = dict(learned, pos_embed=jnp.asarray(positional.sinusoidal_positions(T, D)))
     sinusoidal = {k: v for k, v in learned.items() if k != 'pos_embed'}
     tokens = models_test.random_tokens(2, (B, 5))
     positions = jnp.asarray(np.array([[2], [0], [1]]) + np.arange(5))

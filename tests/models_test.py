@@ -13,7 +13,7 @@ import numpy as np
 
 from research import models
 from research.models import layers
-from research.models import transformer_options
+from research.models import positional
 
 # Distinct primes so that a swapped axis shows up as a shape error.
 V, T, B = 13, 7, 3
@@ -40,6 +40,7 @@ def transformer_config(**overrides) -> ml_collections.ConfigDict:
       remat=False,
       scan_layers=False,
       norm='layernorm',
+      norm_position='pre',
       mlp='gelu',
     )
   )
@@ -96,7 +97,9 @@ class RegistryTest(absltest.TestCase):
       models.get_model(lstm_config(name='gru'), V, T)
 
   def test_unknown_positional_lists_known_ones(self):
-    with self.assertRaisesRegex(ValueError, r"'rotary'.*\['learned', 'sinusoidal'\]"):
+    with self.assertRaisesRegex(
+      ValueError, r"'rotary'.*\['alibi', 'learned', 'none', 'rope', 'sinusoidal'\]"
+    ):
       models.get_model(transformer_config(positional='rotary'), V, T)
 
 
@@ -137,10 +140,10 @@ class ShapesTest(parameterized.TestCase):
 
 
 class TransformerTest(parameterized.TestCase):
-  @parameterized.parameters('learned', 'sinusoidal')
-  def test_causality_through_gradients(self, positional):
-    params = get_params('transformer', positional=positional)
-    apply = jitted_apply('transformer', False, positional=positional)
+  @parameterized.parameters('learned', 'sinusoidal', 'rope', 'alibi', 'none')
+  def test_causality_through_gradients(self, kind):
+    params = get_params('transformer', positional=kind)
+    apply = jitted_apply('transformer', False, positional=kind)
     # Distinct tokens: row tokens[s] of the (untied) embedding table feeds
     # only position s, so its gradient is the gradient w.r.t. input s.
     tokens_T = jnp.asarray(np.random.default_rng(1).permutation(V)[:T])
@@ -187,7 +190,7 @@ class TransformerTest(parameterized.TestCase):
     self.assertNotIn('pos_embed', get_params('transformer', positional='sinusoidal'))
 
   def test_sinusoidal_table_values(self):
-    table_TxD = transformer_options.sinusoidal_positions(T, D)
+    table_TxD = positional.sinusoidal_positions(T, D)
     t, i = 5, 3  # Column pair (2i, 2i + 1).
     angle = t / 10000 ** (2 * i / D)
     np.testing.assert_allclose(table_TxD[t, 2 * i], math.sin(angle), 1e-6)

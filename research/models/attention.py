@@ -11,6 +11,7 @@ or before each query's position, so a prompt is read in one pass and then one
 token per call; the logits equal the full pass's at every position.
 """
 
+import functools
 from typing import TYPE_CHECKING
 
 import flax.linen as nn
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from research import sharding
 from research.models import layers
 from research.models import transformer_options as options
+from research.models.positional import POSITIONAL
 from research.sharding import BATCH
 
 if TYPE_CHECKING:  # Annotations only: transformer.py imports this module.
@@ -52,11 +54,12 @@ def _masked_softmax(logits_BxNxTxS: jax.Array, visible_TxS: jax.Array, dtype) ->
   return jax.nn.softmax(logits_BxNxTxS, axis=-1).astype(dtype)
 
 
-def causal_attention(q, k, v, dropout, heads_major: bool):
+def causal_attention(q, k, v, dropout, heads_major: bool, bias_BxNxTxS=None):
   """Softmax attention of each position over itself and earlier ones.
 
   q, k, v are BxTxNxK, or BxNxTxK where `heads_major`; the output has the
-  same layout as q.
+  same layout as q. `bias_BxNxTxS` (float32, broadcastable) is added to the
+  logits.
   """
   if heads_major:
     qk_spec, pv_spec = 'bntk,bnsk->bnts', 'bnts,bnsk->bntk'
@@ -64,15 +67,20 @@ def causal_attention(q, k, v, dropout, heads_major: bool):
     qk_spec, pv_spec = 'btnk,bsnk->bnts', 'bnts,bsnk->btnk'
   T = q.shape[2 if heads_major else 1]  # pylint: disable=invalid-name
   causal_TxS = jnp.tril(jnp.ones((T, T), dtype=bool))
-  probs_BxNxTxS = _masked_softmax(jnp.einsum(qk_spec, q, k), causal_TxS, v.dtype)
+  logits_BxNxTxS = jnp.einsum(qk_spec, q, k)
+  if bias_BxNxTxS is not None:
+    logits_BxNxTxS = logits_BxNxTxS.astype(jnp.float32) + bias_BxNxTxS
+  probs_BxNxTxS = _masked_softmax(logits_BxNxTxS, causal_TxS, v.dtype)
   return jnp.einsum(pv_spec, dropout(probs_BxNxTxS), v)
 
 
 def cached_attention(
-  q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, positions_BxT, cache: dict
+  q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, positions_BxT, cache: dict, bias_fn=None
 ) -> tuple[jax.Array, dict]:
   """Writes k, v into `cache` (`k`, `v`: BxSxNxK) at `positions_BxT` and
-  attends from each query over the slots at or before its position.
+  attends from each query over the slots at or before its position. Slot s
+  holds position s; `bias_fn(q_positions_BxT, k_positions_1xS)`, if given,
+  is added to the logits.
 
   Slots after a query's position are hidden whatever they hold, so a cache
   starts as zeros and is filled in order. A position outside the cache is
@@ -87,9 +95,12 @@ def cached_attention(
   )
   S = k_BxSxNxK.shape[1]  # pylint: disable=invalid-name
   visible_Bx1xTxS = jnp.arange(S)[None, None, None, :] <= positions_BxT[:, None, :, None]
-  probs_BxNxTxS = _masked_softmax(
-    jnp.einsum('btnk,bsnk->bnts', q_BxTxNxK, k_BxSxNxK), visible_Bx1xTxS, v_BxSxNxK.dtype
-  )
+  logits_BxNxTxS = jnp.einsum('btnk,bsnk->bnts', q_BxTxNxK, k_BxSxNxK)
+  if bias_fn is not None:
+    logits_BxNxTxS = logits_BxNxTxS.astype(jnp.float32) + bias_fn(
+      positions_BxT, jnp.arange(S)[None]
+    )
+  probs_BxNxTxS = _masked_softmax(logits_BxNxTxS, visible_Bx1xTxS, v_BxSxNxK.dtype)
   out_BxTxNxK = jnp.einsum('bnts,bsnk->btnk', probs_BxNxTxS, v_BxSxNxK)
   return out_BxTxNxK, {'k': k_BxSxNxK, 'v': v_BxSxNxK}
 
@@ -126,27 +137,49 @@ class CausalSelfAttention(nn.Module):
       qkv_BTx3D.reshape(B, T, N, 3, K), BATCH, None, 'tensor', None, None
     )
     q_BxTxNxK, k_BxTxNxK, v_BxTxNxK = (qkv_BxTxNx3xK[:, :, :, j] for j in range(3))
+
+    def project_out(out_BxTxNxK):
+      out_BTxD = nn.Dense(D, use_bias=c.use_bias, kernel_init=options.residual_init(c), name='out')(
+        sharding.constrain(out_BxTxNxK.reshape(B * T, D), BATCH, 'tensor')
+      )
+      out_BTxD = layers.Dropout(c.dropout_rate)(out_BTxD, deterministic=not train)
+      return out_BTxD.reshape(B, T, D)
+
+    positional = POSITIONAL[c.positional]
+    if positions_BxT is None and (positional.rotate or positional.bias):
+      positions_BxT = jnp.arange(T)[None]  # 1xT, the same in every row.
+    if positional.rotate:
+      q_BxTxNxK = positional.rotate(q_BxTxNxK, positions_BxT)
+      k_BxTxNxK = positional.rotate(k_BxTxNxK, positions_BxT)
+    bias_fn = positional.bias and functools.partial(positional.bias, N)
     if cache is not None:
       out_BxTxNxK, cache = cached_attention(
-        q_BxTxNxK * K**-0.5, k_BxTxNxK, v_BxTxNxK, positions_BxT, cache
+        q_BxTxNxK * K**-0.5, k_BxTxNxK, v_BxTxNxK, positions_BxT, cache, bias_fn
       )
-    elif c.attention == 'dot_product':
+      return project_out(out_BxTxNxK), cache
+    # Keys are the segment's own positions.
+    bias_BxNxTxS = bias_fn and bias_fn(positions_BxT, positions_BxT)
+    if c.attention == 'dot_product':
       # One fused op: cuDNN flash attention on GPU where it applies, XLA
       # elsewhere. Same math; no dropout on the attention weights.
-      out_BxTxNxK = jax.nn.dot_product_attention(q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, is_causal=True)
+      out_BxTxNxK = jax.nn.dot_product_attention(
+        q_BxTxNxK,
+        k_BxTxNxK,
+        v_BxTxNxK,
+        bias=None if bias_BxNxTxS is None else bias_BxNxTxS.astype(q_BxTxNxK.dtype),
+        is_causal=True,
+      )
     else:
       dropout = layers.Dropout(c.dropout_rate)
       heads_major = T >= HEADS_MAJOR_MIN_CONTEXT
-      # One transpose of the fused projection gives heads-major q, k, v.
-      q, k, v = (
-        qkv_BxTxNx3xK.transpose(3, 0, 2, 1, 4) if heads_major else (q_BxTxNxK, k_BxTxNxK, v_BxTxNxK)
-      )
+      if not heads_major:
+        q, k, v = q_BxTxNxK, k_BxTxNxK, v_BxTxNxK
+      elif positional.rotate:
+        q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BxTxNxK, k_BxTxNxK, v_BxTxNxK))
+      else:  # One transpose of the fused projection gives heads-major q, k, v.
+        q, k, v = qkv_BxTxNx3xK.transpose(3, 0, 2, 1, 4)
       out = causal_attention(
-        q * K**-0.5, k, v, lambda p: dropout(p, deterministic=not train), heads_major
+        q * K**-0.5, k, v, lambda p: dropout(p, deterministic=not train), heads_major, bias_BxNxTxS
       )
       out_BxTxNxK = out.transpose(0, 2, 1, 3) if heads_major else out
-    out_BTxD = nn.Dense(D, use_bias=c.use_bias, kernel_init=options.residual_init(c), name='out')(
-      sharding.constrain(out_BxTxNxK.reshape(B * T, D), BATCH, 'tensor')
-    )
-    out_BTxD = layers.Dropout(c.dropout_rate)(out_BTxD, deterministic=not train)
-    return out_BTxD.reshape(B, T, D), cache
+    return project_out(out_BxTxNxK), cache

@@ -1,12 +1,15 @@
 """Decoder-only Transformer language model (GPT-2 / nanoGPT style).
 
-Pre-norm blocks of causal multi-head self-attention and an MLP, a final norm
-and an output head that is either the transposed token embedding (tied) or a
-separate bias-free Dense, as in GPT-2. The options are named functions in
-small registries (transformer_options.py), chosen by `Config`: `NORMS`
-(LayerNorm), `POSITIONAL` (learned or sinusoidal tables) and `MLPS` (GELU). A
-new option is one field of `Config` (where it is a new key) plus one
-registered function. Attention, and its decoding cache, is attention.py.
+Blocks of causal multi-head self-attention and an MLP (pre-norm with a final
+norm by default, as GPT-2; or post-norm, as Vaswani et al. 2017) and an
+output head that is either the transposed token embedding (tied) or a
+separate bias-free Dense. The options are named functions in small
+registries chosen by `Config`: `NORMS` (layernorm, rmsnorm) and `MLPS` (gelu,
+relu, swish and Shazeer's gated glu, bilinear, reglu, geglu, swiglu) in
+transformer_options.py, and `POSITIONAL` (learned, sinusoidal, rope, alibi,
+none) in positional.py. A new option is one field of `Config` (where it is a
+new key) plus one registered function. Attention, and its decoding cache, is
+attention.py.
 
 Shape letters (a joined pair such as BT is one flattened axis of size B*T):
   B: batch size
@@ -28,8 +31,9 @@ Parameter tree (`Model.init` output; the norms' as for norm='layernorm'):
                             split over `tensor` hands out whole heads
   block_{i}/attn/out        kernel DxD, bias D
   block_{i}/mlp/fc          kernel DxF, bias F
+  block_{i}/mlp/gate        kernel DxF, bias F (only for a gated MLP)
   block_{i}/mlp/proj        kernel FxD, bias D
-  ln_f                      scale D, bias D
+  ln_f                      scale D, bias D   (only for norm_position='pre')
   head/kernel               DxV   (only if not tie_embeddings)
 
 With scan_layers=True the L blocks are one `lax.scan` over stacked weights:
@@ -55,7 +59,8 @@ from research.models import attention
 from research.models import layers
 from research.models import transformer_options as options
 from research.models.attention import ATTENTION_KINDS
-from research.models.transformer_options import MLPS, NORMS, POSITIONAL
+from research.models.positional import POSITIONAL
+from research.models.transformer_options import MLPS, NORM_POSITIONS, NORMS
 from research.sharding import BATCH
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -73,6 +78,7 @@ class Config:
   dropout_rate: float = rules.field(rules.in_range(0, 1))
   positional: str = rules.field(rules.registered(POSITIONAL, 'positional encoding'))
   norm: str = rules.field(rules.registered(NORMS, 'norm'))
+  norm_position: str = rules.field(rules.one_of(*NORM_POSITIONS))
   mlp: str = rules.field(rules.registered(MLPS, 'MLP'))
   tie_embeddings: bool = rules.field(rules.boolean())
   use_bias: bool = rules.field(rules.boolean())
@@ -94,10 +100,19 @@ class Config:
         f'config.model.d_model={self.d_model} is not divisible by '
         f'config.model.num_heads={self.num_heads}; heads split the width.'
       )
+    if self.positional == 'rope' and (self.d_model // self.num_heads) % 2:
+      raise ValueError(
+        f"config.model.positional='rope' rotates pairs of features, but a head is "
+        f'd_model / num_heads = {self.d_model // self.num_heads} wide (odd); choose '
+        'model.d_model and model.num_heads that give an even head width.'
+      )
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)).
+  """A residual block of attention and an MLP, normalised before each
+  (norm_position='pre', GPT-2: x + attn(norm(x)), then x + mlp(norm(x))) or
+  after each residual sum ('post', Vaswani et al. 2017: norm(x + attn(x)),
+  then norm(x + mlp(x))).
 
   Maps (x, train, positions, cache) -> (x, cache): the layer's decoding cache
   updated, or None when not decoding. That is also its shape as a step of
@@ -111,12 +126,17 @@ class Block(nn.Module):
     self, x_BxTxD: jax.Array, train: bool, positions_BxT: jax.Array | None, cache: dict | None
   ):
     c = self.config
-    norm = NORMS[c.norm]
-    attn_BxTxD, cache = attention.CausalSelfAttention(c, name='attn')(
-      norm(c, 'ln_1')(x_BxTxD), train, positions_BxT, cache
-    )
-    x_BxTxD = x_BxTxD + attn_BxTxD
-    x_BxTxD = x_BxTxD + MLPS[c.mlp](c, name='mlp')(norm(c, 'ln_2')(x_BxTxD), train)
+    norm_1, norm_2 = NORMS[c.norm](c, 'ln_1'), NORMS[c.norm](c, 'ln_2')
+    attn = attention.CausalSelfAttention(c, name='attn')
+    mlp = MLPS[c.mlp](c, name='mlp')
+    if c.norm_position == 'pre':
+      attn_BxTxD, cache = attn(norm_1(x_BxTxD), train, positions_BxT, cache)
+      x_BxTxD = x_BxTxD + attn_BxTxD
+      x_BxTxD = x_BxTxD + mlp(norm_2(x_BxTxD), train)
+    else:
+      attn_BxTxD, cache = attn(x_BxTxD, train, positions_BxT, cache)
+      x_BxTxD = norm_1(x_BxTxD + attn_BxTxD)
+      x_BxTxD = norm_2(x_BxTxD + mlp(x_BxTxD, train))
     # The residual stream is split by batch only, whole features per device.
     x_BxTxD = sharding.constrain(x_BxTxD, BATCH, None, None)
     return x_BxTxD, cache
@@ -149,11 +169,15 @@ class Transformer(nn.Module):
       raise ValueError(f'Input length {T} exceeds the context length {self.seq_len}.')
     embed = nn.Embed(V, D, embedding_init=nn.initializers.normal(options.INIT_STDDEV), name='embed')
     x_BxTxD = embed(inputs_BxT)
-    table_PxD = POSITIONAL[c.positional](self, c, self.seq_len)
-    if positions_BxT is None:  # Rows 0..T-1, a static slice.
+    positional = POSITIONAL[c.positional]
+    if positional.table is None:
+      pass  # Positions act inside attention, or nowhere.
+    elif positions_BxT is None:  # Rows 0..T-1, a static slice.
+      table_PxD = positional.table(self, c, self.seq_len)
       x_BxTxD = x_BxTxD + table_PxD[:T].astype(x_BxTxD.dtype)
     else:
       # A position outside the table reads NaN rather than a clamped row.
+      table_PxD = positional.table(self, c, self.seq_len)
       pos_BxTxD = jnp.asarray(table_PxD).at[positions_BxT].get(mode='fill', fill_value=jnp.nan)
       x_BxTxD = x_BxTxD + pos_BxTxD.astype(x_BxTxD.dtype)
     x_BxTxD = layers.Dropout(c.dropout_rate)(x_BxTxD, deterministic=not train)
@@ -182,7 +206,8 @@ class Transformer(nn.Module):
         layer_caches.append(layer_cache)
       if cache is not None:
         cache = jax.tree.map(lambda *a: jnp.stack(a), *layer_caches)
-    x_BxTxD = NORMS[c.norm](c, 'ln_f')(x_BxTxD)
+    if c.norm_position == 'pre':  # Post-norm blocks already end in a norm.
+      x_BxTxD = NORMS[c.norm](c, 'ln_f')(x_BxTxD)
 
     x_BTxD = x_BxTxD.reshape(B * T, D)
     if c.tie_embeddings:
@@ -198,8 +223,8 @@ class Transformer(nn.Module):
 _BLOCK_RULES = (
   ('attn/qkv/kernel', ('fsdp', 'tensor')),  # Dx(N*3*K), head-major
   ('attn/out/kernel', ('tensor', 'fsdp')),  # (N*K)xD
-  ('mlp/fc/kernel', ('fsdp', 'tensor')),  # DxF
-  ('(attn/qkv|mlp/fc)/bias', ('tensor',)),
+  ('mlp/(fc|gate)/kernel', ('fsdp', 'tensor')),  # DxF, gated MLPs have both
+  ('(attn/qkv|mlp/fc|mlp/gate)/bias', ('tensor',)),
   ('mlp/proj/kernel', ('tensor', 'fsdp')),  # FxD
   # Vectors of D: the outputs of reduced matmul pairs, and the norms'.
   ('(attn/out|mlp/proj)/bias', ()),

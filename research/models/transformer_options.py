@@ -2,17 +2,18 @@
 modules) that `transformer.Config` chooses from by name.
 
 A new option is one function registered here (and, where it is a new kind of
-choice, one field of `Config`): `NORMS` (`norm(config, name)`), `POSITIONAL`
-(`positional(module, config, seq_len)`) and `MLPS` (`mlp(config, name=...)`).
+choice, one field of `Config`): `NORMS` (`norm(config, name)`) and `MLPS`
+(`mlp(config, name=...)`); positional information is research/models/
+positional.py's `POSITIONAL`.
 Shape letters as in research/models/transformer.py.
 """
 
+import functools
 import math
 from typing import TYPE_CHECKING, Callable
 
 import flax.linen as nn
 import jax
-import numpy as np
 
 from research import sharding
 from research.models import layers
@@ -50,51 +51,68 @@ def layernorm(config: 'transformer.Config', name: str) -> nn.Module:
   return nn.LayerNorm(epsilon=_LAYER_NORM_EPSILON, use_bias=config.use_bias, name=name)
 
 
-NORMS: dict[str, Callable[..., nn.Module]] = {'layernorm': layernorm}
+def rmsnorm(config: 'transformer.Config', name: str) -> nn.Module:
+  """Zhang and Sennrich 2019: x / sqrt(mean(x^2) + eps) * g; no mean
+  subtraction and no bias whatever use_bias says."""
+  del config
+  return nn.RMSNorm(epsilon=_LAYER_NORM_EPSILON, name=name)
 
 
-def sinusoidal_positions(num_positions: int, d_model: int) -> np.ndarray:
-  """Fixed sin/cos position table of Vaswani et al. (2017), shape TxD.
+NORMS: dict[str, Callable[..., nn.Module]] = {'layernorm': layernorm, 'rmsnorm': rmsnorm}
+NORM_POSITIONS = ('pre', 'post')
 
-  Even columns 2i hold sin(t / 10000^(2i/D)), odd columns the matching cos.
+
+class Mlp(nn.Module):
+  """D -> F -> D with dropout on its output: act(x W) W2, or, gated (Shazeer
+  2020, "GLU Variants Improve Transformer", eq. 5-6), (act(x W) * x V) W2.
+
+  W is `fc` when ungated and `gate` when gated, where V is `fc`; W2 is
+  `proj`. A gated MLP has two input projections of width F = `d_ff` each, so
+  at equal F it has 1.5x the parameters: a comparison at equal size sets its
+  d_ff to 2/3 of the ungated one's (as Shazeer does).
   """
-  t_Tx1 = np.arange(num_positions, dtype=np.float64)[:, None]
-  inv_freq = np.exp(np.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
-  table_TxD = np.zeros((num_positions, d_model), dtype=np.float32)
-  table_TxD[:, 0::2] = np.sin(t_Tx1 * inv_freq)
-  table_TxD[:, 1::2] = np.cos(t_Tx1 * inv_freq[: d_model // 2])
-  return table_TxD
-
-
-# Positional encodings: positional(module, config, seq_len) -> the PxD table
-# whose row t is added at position t (parameters made with `module.param`).
-def learned_positions(module: nn.Module, config: 'transformer.Config', seq_len: int):
-  return module.param('pos_embed', nn.initializers.normal(INIT_STDDEV), (seq_len, config.d_model))
-
-
-POSITIONAL: dict[str, Callable] = {
-  'learned': learned_positions,
-  'sinusoidal': lambda _, config, seq_len: sinusoidal_positions(seq_len, config.d_model),
-}
-
-
-class GeluMlp(nn.Module):
-  """GELU MLP, D -> F -> D, with dropout on its output."""
 
   config: 'transformer.Config'
+  activation: Callable[[jax.Array], jax.Array]
+  gated: bool = False
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, train: bool) -> jax.Array:
     c = self.config
     B, T, D = x_BxTxD.shape  # pylint: disable=invalid-name
-    h_BTxF = nn.Dense(
-      c.d_ff, use_bias=c.use_bias, kernel_init=nn.initializers.normal(INIT_STDDEV), name='fc'
-    )(x_BxTxD.reshape(B * T, D))
-    h_BTxF = sharding.constrain(gelu(h_BTxF), BATCH, 'tensor')
+    x_BTxD = x_BxTxD.reshape(B * T, D)
+
+    def project(name):
+      kernel_init = nn.initializers.normal(INIT_STDDEV)
+      return nn.Dense(c.d_ff, use_bias=c.use_bias, kernel_init=kernel_init, name=name)(x_BTxD)
+
+    if self.gated:
+      h_BTxF = self.activation(project('gate')) * project('fc')
+    else:
+      h_BTxF = self.activation(project('fc'))
+    h_BTxF = sharding.constrain(h_BTxF, BATCH, 'tensor')
     out_BTxD = nn.Dense(D, use_bias=c.use_bias, kernel_init=residual_init(c), name='proj')(h_BTxF)
     out_BTxD = layers.Dropout(c.dropout_rate)(out_BTxD, deterministic=not train)
     return out_BTxD.reshape(B, T, D)
 
 
+def _mlp(activation: Callable, gated: bool = False) -> Callable[..., nn.Module]:
+  return functools.partial(Mlp, activation=activation, gated=gated)
+
+
+def _identity(x: jax.Array) -> jax.Array:
+  return x
+
+
 # MLPs: mlp(config, name=...) -> a module mapping (x_BxTxD, train) to x_BxTxD.
-MLPS: dict[str, Callable[..., nn.Module]] = {'gelu': GeluMlp}
+# Swish is x * sigmoid(x) (beta = 1, as Shazeer's Swish_1).
+MLPS: dict[str, Callable[..., nn.Module]] = {
+  'gelu': _mlp(gelu),
+  'relu': _mlp(jax.nn.relu),
+  'swish': _mlp(jax.nn.silu),
+  'glu': _mlp(jax.nn.sigmoid, gated=True),
+  'bilinear': _mlp(_identity, gated=True),
+  'reglu': _mlp(jax.nn.relu, gated=True),
+  'geglu': _mlp(gelu, gated=True),
+  'swiglu': _mlp(jax.nn.silu, gated=True),
+}
