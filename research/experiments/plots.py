@@ -2,6 +2,7 @@
 
 import os
 
+from research.experiments import ablation
 from research.experiments import spec as spec_lib
 from research.experiments import stats
 
@@ -80,3 +81,58 @@ def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) 
   fig.savefig(final, dpi=110)
   plt.close(fig)
   return [curve, final]
+
+
+def write_difference_plot(directory: str, experiment: spec_lib.Experiment, results: list) -> str:
+  """differences.png: each row minus the baseline, seed-paired, with its 95%
+  interval per split (crosses: the published difference). Returns its path."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  compared = ablation.comparisons(experiment, results)
+  names = list(dict.fromkeys(row.name for row, _, _, _ in compared))
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names) + 2), 4.5))
+  width = 0.8 / max(len(experiment.splits), 1)
+  labelled = set()
+  for row, split, paired, published in compared:
+    k = experiment.splits.index(split)
+    x = names.index(row.name) + (k - (len(experiment.splits) - 1) / 2) * width
+    if paired is not None:
+      ax.errorbar(
+        x,
+        paired.mean,
+        yerr=paired.half or 0.0,
+        fmt='o',
+        color=colors[k % len(colors)],
+        capsize=4,
+        label=None if ('ours', split) in labelled else f'ours ({split})',
+      )
+      labelled.add(('ours', split))
+    if published is not None:
+      ax.plot(
+        x,
+        published,
+        marker='x',
+        linestyle='none',
+        markersize=9,
+        color=colors[k % len(colors)],
+        label=None if ('pub', split) in labelled else f'published ({split})',
+      )
+      labelled.add(('pub', split))
+  ax.axhline(0.0, color='grey', linewidth=1)
+  ax.set_xticks(range(len(names)), names, rotation=30, ha='right')
+  ax.set_ylabel(f'{experiment.metric} minus {experiment.baseline}')
+  ax.set_title(
+    f'{experiment.name}: difference from {experiment.baseline}, paired by seed, 95% interval',
+    fontsize=9,
+  )
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
+  path = os.path.join(directory, 'differences.png')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

@@ -15,6 +15,7 @@ import time
 
 from research import metrics
 from research import provenance
+from research.experiments import ablation
 from research.experiments import plots
 from research.experiments import runner
 from research.experiments import spec as spec_lib
@@ -124,7 +125,11 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
         f'{_duration(per_epoch)} | {_duration(statistics.fmean(walls))} | {hardware} |'
       )
   sources = sorted({r.source for r in experiment.rows if r.source})
-  lines += ['', 'Published values: ' + '; '.join(sources) + '.', '']
+  if sources:
+    lines += ['', 'Published values: ' + '; '.join(sources) + '.']
+  lines += ['']
+  if experiment.baseline:
+    lines += ablation.markdown(experiment, results)
   missing = [
     row.name
     for row in experiment.rows
@@ -160,7 +165,12 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
     '',
     'Plots: `valid_per_epoch.png` (validation per epoch, every '
     'cell), `final.png` (final figures per row with their interval, '
-    'and the published values).',
+    'and the published values)'
+    + (
+      ', `differences.png` (each row minus the baseline, paired by seed).'
+      if experiment.baseline
+      else '.'
+    ),
     '',
     f'Generated {time.strftime("%Y-%m-%d %H:%M %Z")}.',
     '',
@@ -262,4 +272,7 @@ def write(
   with open(markdown, 'w') as f:
     f.write(results_markdown(experiment, results))
   write_csv(table, experiment, results)
-  return [markdown, table] + plots.write_plots(directory, experiment, results)
+  written = [markdown, table] + plots.write_plots(directory, experiment, results)
+  if experiment.baseline:
+    written.append(plots.write_difference_plot(directory, experiment, results))
+  return written

@@ -9,8 +9,10 @@ the paper and table it comes from.
 
 import dataclasses
 import importlib.util
+import itertools
 import os
 import re
+from typing import Callable, Sequence
 
 _NAME = re.compile(r'^[A-Za-z0-9_.]+$')
 
@@ -38,6 +40,9 @@ class Experiment:
   metric: str = 'perplexity'  # A field of the eval records: 'perplexity', 'bpc', 'loss'.
   splits: tuple[str, ...] = ('valid', 'test')
   notes: str = ''  # Markdown placed under the title of RESULTS.md.
+  # A row the others are compared with, seed by seed (research/experiments/
+  # stats.py): RESULTS.md then gives each row's paired difference from it.
+  baseline: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +76,8 @@ def check(experiment: Experiment) -> None:
       raise ValueError(
         f"Row name {name!r} may hold only letters, digits, '_' and '.'; rename it in the spec."
       )
+  if experiment.baseline and experiment.baseline not in names:
+    raise ValueError(f'baseline={experiment.baseline!r} is not a row; rows are {names}.')
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f'Row names must be unique; repeated: {duplicates}.')
@@ -115,3 +122,47 @@ def load(directory: str) -> Experiment:
     raise ValueError(f'{path} must define SPEC as an Experiment.')
   check(experiment)
   return experiment
+
+
+def grid(
+  config: str,
+  axes: dict[str, Sequence],
+  *,
+  common: dict | None = None,
+  derived: Callable[[dict], dict] | None = None,
+  published: dict[str, dict] | None = None,
+  source: str = '',
+) -> tuple[Row, ...]:
+  """Rows for every combination of the `axes` values, in order.
+
+  Args:
+    config: every row's base config ('configs/x.py[:variant]').
+    axes: config key -> its values, e.g. {'model.mlp': ['relu', 'swiglu']}.
+    common: overrides every row has.
+    derived: `derived(overrides) -> more overrides` (a gated MLP's width).
+    published: row name -> its published values ({'valid': 1.94}).
+    source: the paper and table of the published values.
+
+  Returns:
+    Rows named by their values joined with '_' ('swiglu', 'rope_rmsnorm').
+  """
+  published = published or {}
+  keys = list(axes)
+  rows = []
+  for values in itertools.product(*(axes[k] for k in keys)):
+    overrides = {**(common or {}), **dict(zip(keys, values))}
+    overrides.update(derived(overrides) if derived else {})
+    name = '_'.join(str(v) for v in values)
+    rows.append(
+      Row(
+        name,
+        config,
+        overrides,
+        published=published.get(name, {}),
+        source=source if name in published else '',
+      )
+    )
+  unknown = sorted(set(published) - {r.name for r in rows})
+  if unknown:
+    raise ValueError(f'Published values for {unknown}, which the grid does not make.')
+  return tuple(rows)

@@ -1,12 +1,19 @@
-"""Statistics of an experiment's table: intervals over seeds.
+"""Statistics of an experiment's table: intervals over seeds, and paired
+differences from a baseline row.
 
 The cells of a row differ only in their seed, so a row's final figures are a
 sample over seeds and the table reports their mean with a Student-t 95%
-interval.
+interval. Against a baseline, a row's cell at seed s is compared with the
+baseline's cell at the same seed (`paired_difference`): the seed fixes the
+data order and the random draws, so what the two share cancels in the
+difference and the test is more sensitive than one between two means.
 """
 
+import dataclasses
 import math
 import statistics
+
+from scipy import stats as scipy_stats
 
 
 # Two-sided 95% quantiles of Student's t, t_{0.975}(df), df = 1..30.
@@ -80,3 +87,53 @@ def row_summary(row, results, split):
     return None
   mean, half = confidence_interval(values)
   return mean, half, len(values), done
+
+
+@dataclasses.dataclass(frozen=True)
+class Paired:
+  """A row minus the baseline, over the seeds both finished."""
+
+  mean: float  # Mean of the per-seed differences.
+  half: float | None  # Half-width of its 95% Student-t interval (None: n = 1).
+  p_value: float | None  # Two-sided paired t-test of a zero mean (None: n = 1).
+  n: int  # Seeds in both.
+  detectable: float | None  # Smallest true difference found 80% of the time.
+
+
+def paired_difference(row: dict, baseline: dict) -> Paired | None:
+  """`row` and `baseline` map seed -> value; None when no seed is in both.
+
+  The interval is mean ± t_{0.975}(n-1) sd / sqrt(n) and the p-value
+  2 P(T_{n-1} > |mean| / (sd / sqrt(n))) of the differences d_s. `detectable`
+  is (t_{0.975}(n-1) + t_{0.80}(n-1)) sd / sqrt(n): the true difference that
+  this many seeds, with the spread the differences showed, would find
+  significant at 5% four times out of five (the usual power approximation).
+  """
+  seeds = sorted(set(row) & set(baseline))
+  if not seeds:
+    return None
+  d = [row[s] - baseline[s] for s in seeds]
+  n, mean = len(d), statistics.fmean(d)
+  if n < 2:
+    return Paired(mean, None, None, n, None)
+  sem = statistics.stdev(d) / math.sqrt(n)
+  t975 = t_quantile_975(n - 1)
+  if sem == 0:
+    p = 1.0 if mean == 0 else 0.0
+  else:
+    p = float(2 * scipy_stats.t.sf(abs(mean) / sem, n - 1))
+  detectable = (t975 + float(scipy_stats.t.ppf(0.8, n - 1))) * sem
+  return Paired(mean, t975 * sem, p, n, detectable)
+
+
+def ordering_reproduced(paired: Paired | None, published_difference: float | None) -> str:
+  """Whether the sign of a published row-minus-baseline difference is ours:
+  'yes', 'no', 'not significant' (p >= 0.05 or one seed), or '—' (no
+  published values to compare)."""
+  if published_difference is None or paired is None:
+    return '—'
+  if paired.p_value is None or paired.p_value >= 0.05:
+    return 'not significant'
+  if published_difference == 0:
+    return 'no'  # The paper saw no difference; we see a significant one.
+  return 'yes' if (paired.mean > 0) == (published_difference > 0) else 'no'

@@ -1,0 +1,77 @@
+"""An ablation's comparison with its baseline row, for RESULTS.md and the plot.
+
+Each row's cell at seed s is compared with the baseline's cell at seed s
+(stats.paired_difference); `WHAT_A_PAIR_SHARES` says what cancels.
+"""
+
+from research.experiments import spec as spec_lib
+from research.experiments import stats
+
+WHAT_A_PAIR_SHARES = (
+  'The two runs of a pair share the seed, and so the order in which the training data is '
+  'read, the dropout draws, and the initial values of every parameter the two models have '
+  "under the same name and shape (Flax draws a parameter's initial value from the seed and "
+  'its path); they differ in the option ablated and in whatever it changes downstream.'
+)
+_DIFF_DECIMALS = {'perplexity': 2, 'loss': 4, 'bpc': 4}
+
+
+def seed_values(row: spec_lib.Row, results: list, split: str) -> dict[int, float]:
+  """seed -> final `split` value of `row`'s finished cells."""
+  return {
+    r.cell.seed: r.final[split]
+    for r in results
+    if r.cell.row == row and r.status == 'finished' and split in r.final
+  }
+
+
+def comparisons(experiment: spec_lib.Experiment, results: list) -> list[tuple]:
+  """(row, split, stats.Paired or None, published difference or None) for
+  every row but the baseline and every split, in table order."""
+  base = next(r for r in experiment.rows if r.name == experiment.baseline)
+  out = []
+  for row in experiment.rows:
+    if row is base:
+      continue
+    for split in experiment.splits:
+      paired = stats.paired_difference(
+        seed_values(row, results, split), seed_values(base, results, split)
+      )
+      published = None
+      if split in row.published and split in base.published:
+        published = row.published[split] - base.published[split]
+      out.append((row, split, paired, published))
+  return out
+
+
+def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
+  """The 'Differences from the baseline' section of RESULTS.md."""
+  d = _DIFF_DECIMALS.get(experiment.metric, 4)
+  lines = [
+    f'## Differences from the baseline ({experiment.baseline})',
+    '',
+    f"Each row's {experiment.metric} minus the baseline's, cell by cell at the same seed: "
+    'the mean of those differences ± the half-width of its 95% Student-t interval, the '
+    'two-sided paired t-test p-value, and the smallest true difference this design '
+    'would find significant (5% level) four times in five, from the spread the '
+    'differences showed ("detectable"). ' + WHAT_A_PAIR_SHARES,
+    '',
+    '| row | split | published difference | ours | p | n | detectable | published '
+    'ordering reproduced |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+  ]
+  for row, split, paired, published in comparisons(experiment, results):
+    pub = f'{published:+.{d}f}' if published is not None else '—'
+    if paired is None:
+      lines.append(f'| {row.name} | {split} | {pub} | no pair finished | | 0 | | |')
+      continue
+    ours = f'{paired.mean:+.{d}f}'
+    if paired.half is not None:
+      ours += f' ± {paired.half:.{d}f}'
+    p = '' if paired.p_value is None else f'{paired.p_value:.3g}'
+    detectable = '' if paired.detectable is None else f'{paired.detectable:.{d}f}'
+    reproduced = stats.ordering_reproduced(paired, published)
+    lines.append(
+      f'| {row.name} | {split} | {pub} | {ours} | {p} | {paired.n} | {detectable} | {reproduced} |'
+    )
+  return lines + ['']

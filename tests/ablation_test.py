@@ -1,0 +1,145 @@
+"""Ablations in the experiment runner: paired differences from a baseline row,
+their tests, the grid helper, and the table and plot they make."""
+
+import math
+import os
+
+import numpy as np
+from absl.testing import absltest
+from scipy import stats as scipy_stats
+
+from research.experiments import ablation
+from research.experiments import plots
+from research.experiments import report
+from research.experiments import spec as spec_lib
+from research.experiments import stats
+
+
+class PairedDifferenceTest(absltest.TestCase):
+  def test_known_numbers(self):
+    # Differences 0.5, 1.0, 1.5 over seeds 0-2 (seed 3 has no pair).
+    row = {0: 1.0, 1: 2.0, 2: 4.0}
+    base = {0: 0.5, 1: 1.0, 2: 2.5, 3: 9.0}
+    paired = stats.paired_difference(row, base)
+    self.assertEqual(paired.n, 3)
+    self.assertAlmostEqual(paired.mean, 1.0)
+    # sd 0.5, so sem = 0.5 / sqrt(3); t_0.975(2) = 4.3027.
+    self.assertAlmostEqual(paired.half, 4.3027 * 0.5 / math.sqrt(3), places=4)
+    # By hand: with 2 degrees of freedom P(|T| > t) = 1 - t / sqrt(2 + t^2),
+    # and t = 1.0 / (0.5 / sqrt(3)) = 2 sqrt(3).
+    t = 2 * math.sqrt(3)
+    self.assertAlmostEqual(paired.p_value, 1 - t / math.sqrt(2 + t**2), places=10)
+    self.assertAlmostEqual(
+      paired.p_value, scipy_stats.ttest_rel([1.0, 2.0, 4.0], [0.5, 1.0, 2.5]).pvalue, places=10
+    )
+    # 80% power: (t_0.975(2) + t_0.8(2)) sem, t_0.8(2) = 1.0607.
+    self.assertAlmostEqual(paired.detectable, (4.3027 + 1.0607) * 0.5 / math.sqrt(3), places=3)
+
+  def test_against_scipy_on_random_pairs(self):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=7), rng.normal(size=7) + 0.3
+    paired = stats.paired_difference(dict(enumerate(a)), dict(enumerate(b)))
+    want = scipy_stats.ttest_rel(a, b)
+    self.assertAlmostEqual(paired.p_value, want.pvalue, places=10)
+    low, high = want.confidence_interval(0.95)
+    self.assertAlmostEqual(paired.mean - paired.half, low, places=4)
+    self.assertAlmostEqual(paired.mean + paired.half, high, places=4)
+
+  def test_edge_cases(self):
+    self.assertIsNone(stats.paired_difference({0: 1.0}, {1: 1.0}))
+    one = stats.paired_difference({0: 2.0}, {0: 1.0})
+    self.assertEqual((one.mean, one.half, one.p_value), (1.0, None, None))
+    same = stats.paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
+    self.assertEqual((same.mean, same.p_value), (0.0, 1.0))
+
+  def test_ordering_reproduced(self):
+    lower = stats.Paired(-0.02, 0.01, 0.001, 5, 0.01)
+    unsure = stats.Paired(-0.02, 0.03, 0.2, 5, 0.04)
+    self.assertEqual(stats.ordering_reproduced(lower, -0.04), 'yes')
+    self.assertEqual(stats.ordering_reproduced(lower, 0.01), 'no')
+    self.assertEqual(stats.ordering_reproduced(unsure, -0.04), 'not significant')
+    self.assertEqual(stats.ordering_reproduced(lower, None), '—')
+
+
+class GridTest(absltest.TestCase):
+  def test_rows_from_a_grid(self):
+    rows = spec_lib.grid(
+      'configs/default.py',
+      {'model.positional': ['rope', 'alibi'], 'model.norm': ['layernorm', 'rmsnorm']},
+      common={'num_train_steps': 10},
+      derived=lambda o: {'model.d_ff': 8} if o['model.norm'] == 'rmsnorm' else {},
+      published={'alibi_rmsnorm': {'valid': 1.5}},
+      source='A paper, Table 1',
+    )
+    self.assertEqual(
+      [r.name for r in rows], ['rope_layernorm', 'rope_rmsnorm', 'alibi_layernorm', 'alibi_rmsnorm']
+    )
+    self.assertEqual(
+      rows[3].overrides,
+      {
+        'num_train_steps': 10,
+        'model.positional': 'alibi',
+        'model.norm': 'rmsnorm',
+        'model.d_ff': 8,
+      },
+    )
+    self.assertEqual((rows[3].published, rows[3].source), ({'valid': 1.5}, 'A paper, Table 1'))
+    self.assertEqual((rows[0].published, rows[0].source), ({}, ''))
+    with self.assertRaisesRegex(ValueError, "Published values for \\['gru'\\]"):
+      spec_lib.grid('configs/default.py', {'model.mlp': ['relu']}, published={'gru': {}})
+
+  def test_baseline_must_be_a_row(self):
+    experiment = spec_lib.Experiment(
+      'x', 'x', rows=(spec_lib.Row('a', 'configs/default.py'),), baseline='b'
+    )
+    with self.assertRaisesRegex(ValueError, "baseline='b' is not a row"):
+      spec_lib.check(experiment)
+
+
+def _result(row, seed, value):
+  return report.CellResult(
+    cell=spec_lib.Cell(row, seed),
+    status='finished',
+    reason='',
+    command='',
+    final={'valid': value},
+    history=[(1.0, value)],
+    epochs=1.0,
+    wall_seconds=60.0,
+    hardware='test',
+    revision='0' * 12,
+  )
+
+
+class TableTest(absltest.TestCase):
+  def test_results_and_plot_show_paired_differences(self):
+    base = spec_lib.Row('relu', 'configs/default.py', published={'valid': 2.0}, source='P, T1')
+    better = spec_lib.Row('swiglu', 'configs/default.py', published={'valid': 1.9}, source='P, T1')
+    experiment = spec_lib.Experiment(
+      'glu',
+      'GLU',
+      rows=(base, better),
+      seeds=(0, 1, 2),
+      metric='loss',
+      splits=('valid',),
+      baseline='relu',
+    )
+    results = [_result(base, s, v) for s, v in enumerate((2.00, 2.10, 2.05))]
+    results += [_result(better, s, v) for s, v in enumerate((1.95, 2.04, 2.00))]
+    text = report.results_markdown(experiment, results)
+    self.assertIn('## Differences from the baseline (relu)', text)
+    paired = stats.paired_difference({0: 1.95, 1: 2.04, 2: 2.00}, {0: 2.00, 1: 2.10, 2: 2.05})
+    row = (
+      f'| swiglu | valid | -0.1000 | {paired.mean:+.4f} ± {paired.half:.4f} | '
+      f'{paired.p_value:.3g} | 3 | {paired.detectable:.4f} | yes |'
+    )
+    self.assertIn(row, text)
+    self.assertLess(paired.p_value, 0.05)  # Differences -0.05, -0.06, -0.05.
+    directory = self.create_tempdir().full_path
+    path = plots.write_difference_plot(directory, experiment, results)
+    self.assertGreater(os.path.getsize(path), 1000)
+    self.assertEqual(len(ablation.comparisons(experiment, results)), 1)
+
+
+if __name__ == '__main__':
+  absltest.main()
