@@ -140,6 +140,37 @@ class TableTest(absltest.TestCase):
     self.assertGreater(os.path.getsize(path), 1000)
     self.assertEqual(len(ablation.comparisons(experiment, results)), 1)
 
+  def test_splits_compared_within_each_row(self):
+    rope = spec_lib.Row('rope', 'configs/default.py')
+    learned = spec_lib.Row('learned', 'configs/default.py')
+    experiment = spec_lib.Experiment(
+      'alibi',
+      'ALiBi',
+      rows=(learned, rope),
+      seeds=(0, 1),
+      metric='loss',
+      splits=('valid', 'valid@128'),
+      split_baseline='valid',
+    )
+    results = [_result(learned, s, 2.0 + s) for s in (0, 1)]  # Scored at 1x only.
+    for s, (short, long) in enumerate(((2.0, 2.5), (2.2, 2.6))):
+      results.append(_result(rope, s, short))
+      results[-1].final['valid@128'] = long
+    text = report.results_markdown(experiment, results)
+    self.assertIn('## Differences from the valid split, within each row', text)
+    self.assertIn('| learned | valid@128 | not scored | | 0 |', text)
+    paired = stats.paired_difference({0: 2.5, 1: 2.6}, {0: 2.0, 1: 2.2})
+    self.assertAlmostEqual(paired.mean, 0.45)
+    self.assertIn(
+      f'| rope | valid@128 | +0.4500 ± {paired.half:.4f} | {paired.p_value:.3g} | 2 |', text
+    )
+    path = plots.write_split_plot(self.create_tempdir().full_path, experiment, results)
+    self.assertGreater(os.path.getsize(path), 1000)
+    with self.assertRaisesRegex(ValueError, "split_baseline='test' is not one of the splits"):
+      spec_lib.check(
+        spec_lib.Experiment('x', 'x', rows=(rope,), splits=('valid',), split_baseline='test')
+      )
+
 
 if __name__ == '__main__':
   absltest.main()

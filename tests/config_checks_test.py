@@ -19,6 +19,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _VARIANTS = {
   'default.py': [None],
   'ptb_lstm.py': ['small', 'medium', 'large'],
+  'ptb_transformer.py': ['small'],
   'shakespeare_char.py': ['full', 'cpu', 'gpt2_small'],
 }
 

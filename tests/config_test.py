@@ -19,6 +19,7 @@ class ConfigTest(parameterized.TestCase):
     variants = {
       'default.py': [None],
       'ptb_lstm.py': ['small', 'medium', 'large'],
+      'ptb_transformer.py': ['small'],
       'shakespeare_char.py': ['full', 'cpu', 'gpt2_small'],
     }
     self.assertSetEqual(

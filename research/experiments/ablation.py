@@ -75,3 +75,39 @@ def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
       f'| {row.name} | {split} | {pub} | {ours} | {p} | {paired.n} | {detectable} | {reproduced} |'
     )
   return lines + ['']
+
+
+def split_comparisons(experiment: spec_lib.Experiment, results: list) -> list[tuple]:
+  """(row, split, stats.Paired or None) of every row and every split but
+  `split_baseline`: the split minus the split baseline, cell by cell."""
+  out = []
+  for row in experiment.rows:
+    base = seed_values(row, results, experiment.split_baseline)
+    for split in experiment.splits:
+      if split != experiment.split_baseline:
+        out.append((row, split, stats.paired_difference(seed_values(row, results, split), base)))
+  return out
+
+
+def split_markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
+  """The 'Differences from the SPLIT split' section of RESULTS.md."""
+  d = _DIFF_DECIMALS.get(experiment.metric, 4)
+  lines = [
+    f'## Differences from the {experiment.split_baseline} split, within each row',
+    '',
+    f"Each cell's {experiment.metric} on a split minus its own on "
+    f'{experiment.split_baseline} (the same trained model scored twice): mean ± 95% '
+    'interval over the seeds, and the paired t-test p-value. A row without a split '
+    'was not scored there.',
+    '',
+    f'| row | split | ours (minus {experiment.split_baseline}) | p | n |',
+    '| --- | --- | --- | --- | --- |',
+  ]
+  for row, split, paired in split_comparisons(experiment, results):
+    if paired is None:
+      lines.append(f'| {row.name} | {split} | not scored | | 0 |')
+      continue
+    ours = f'{paired.mean:+.{d}f}' + ('' if paired.half is None else f' ± {paired.half:.{d}f}')
+    p = '' if paired.p_value is None else f'{paired.p_value:.3g}'
+    lines.append(f'| {row.name} | {split} | {ours} | {p} | {paired.n} |')
+  return lines + ['']

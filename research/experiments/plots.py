@@ -136,3 +136,35 @@ def write_difference_plot(directory: str, experiment: spec_lib.Experiment, resul
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def write_split_plot(directory: str, experiment: spec_lib.Experiment, results: list) -> str:
+  """splits.png: each row's mean and 95% interval on every split, in the
+  spec's order (evaluation contexts, say), one line per row."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for row in experiment.rows:
+    points = []
+    for k, split in enumerate(experiment.splits):
+      summary = stats.row_summary(row, results, split)
+      if summary is not None:
+        points.append((k, summary[0], summary[1] or 0.0))
+    if points:
+      xs, means, halves = zip(*points)
+      ax.errorbar(xs, means, yerr=halves, marker='o', capsize=3, label=row.name)
+  ax.set_xticks(range(len(experiment.splits)), experiment.splits)
+  ax.set_ylabel(experiment.metric)
+  ax.set_title(
+    f'{experiment.name}: {experiment.metric} per split, mean and 95% interval', fontsize=9
+  )
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
+  path = os.path.join(directory, 'splits.png')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

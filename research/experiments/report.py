@@ -130,6 +130,8 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
   lines += ['']
   if experiment.baseline:
     lines += ablation.markdown(experiment, results)
+  if experiment.split_baseline:
+    lines += ablation.split_markdown(experiment, results)
   missing = [
     row.name
     for row in experiment.rows
@@ -167,10 +169,12 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
     'cell), `final.png` (final figures per row with their interval, '
     'and the published values)'
     + (
-      ', `differences.png` (each row minus the baseline, paired by seed).'
+      ', `differences.png` (each row minus the baseline, paired by seed)'
       if experiment.baseline
-      else '.'
-    ),
+      else ''
+    )
+    + (', `splits.png` (each row per split)' if experiment.split_baseline else '')
+    + '.',
     '',
     f'Generated {time.strftime("%Y-%m-%d %H:%M %Z")}.',
     '',
@@ -275,4 +279,6 @@ def write(
   written = [markdown, table] + plots.write_plots(directory, experiment, results)
   if experiment.baseline:
     written.append(plots.write_difference_plot(directory, experiment, results))
+  if experiment.split_baseline:
+    written.append(plots.write_split_plot(directory, experiment, results))
   return written

@@ -43,6 +43,11 @@ class Experiment:
   # A row the others are compared with, seed by seed (research/experiments/
   # stats.py): RESULTS.md then gives each row's paired difference from it.
   baseline: str = ''
+  # A split the others are compared with, cell by cell within each row (the
+  # same model scored at another context, 'valid@512' against 'valid'):
+  # RESULTS.md then gives each row's paired difference, and splits.png each
+  # row's figure per split.
+  split_baseline: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,11 @@ def check(experiment: Experiment) -> None:
       )
   if experiment.baseline and experiment.baseline not in names:
     raise ValueError(f'baseline={experiment.baseline!r} is not a row; rows are {names}.')
+  if experiment.split_baseline and experiment.split_baseline not in experiment.splits:
+    raise ValueError(
+      f'split_baseline={experiment.split_baseline!r} is not one of the splits '
+      f'{list(experiment.splits)}.'
+    )
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f'Row names must be unique; repeated: {duplicates}.')
