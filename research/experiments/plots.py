@@ -7,13 +7,31 @@ from research.experiments import spec as spec_lib
 from research.experiments import stats
 
 
-def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) -> list[str]:
-  """Writes valid_per_epoch.png and final.png from `results`
-  (report.CellResult); returns their paths."""
+def _pyplot():
+  """matplotlib's pyplot on the file-only Agg backend (imported on first use:
+  the runner needs it only to write a table)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  return plt
+
+
+def _save(plt, fig, ax, path: str, legend_size) -> str:
+  """Adds the legend (if anything is labelled), writes `path`, closes."""
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=legend_size)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) -> list[str]:
+  """Writes valid_per_epoch.png and final.png from `results`
+  (report.CellResult); returns their paths."""
+  plt = _pyplot()
 
   colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
   fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -35,12 +53,7 @@ def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) 
   ax.set_title(
     f'{experiment.name}: validation {experiment.metric} per epoch (dotted: published)', fontsize=9
   )
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend()
-  curve = os.path.join(directory, 'valid_per_epoch.png')
-  fig.tight_layout()
-  fig.savefig(curve, dpi=110)
-  plt.close(fig)
+  curve = _save(plt, fig, ax, os.path.join(directory, 'valid_per_epoch.png'), None)
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   width = 0.8 / max(len(experiment.splits), 1)
@@ -74,22 +87,14 @@ def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) 
   ax.set_title(
     f'{experiment.name}: final {experiment.metric}, mean and 95% interval over seeds', fontsize=9
   )
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=8)
-  final = os.path.join(directory, 'final.png')
-  fig.tight_layout()
-  fig.savefig(final, dpi=110)
-  plt.close(fig)
+  final = _save(plt, fig, ax, os.path.join(directory, 'final.png'), 8)
   return [curve, final]
 
 
 def write_difference_plot(directory: str, experiment: spec_lib.Experiment, results: list) -> str:
   """differences.png: each row minus the baseline, seed-paired, with its 95%
   interval per split (crosses: the published difference). Returns its path."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
 
   compared = ablation.comparisons(experiment, results)
   names = list(dict.fromkeys(row.name for row, _, _, _ in compared))
@@ -129,22 +134,14 @@ def write_difference_plot(directory: str, experiment: spec_lib.Experiment, resul
     f'{experiment.name}: difference from {experiment.baseline}, paired by seed, 95% interval',
     fontsize=9,
   )
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=8)
-  path = os.path.join(directory, 'differences.png')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  path = _save(plt, fig, ax, os.path.join(directory, 'differences.png'), 8)
   return path
 
 
 def write_split_plot(directory: str, experiment: spec_lib.Experiment, results: list) -> str:
   """splits.png: each row's mean and 95% interval on every split, in the
   spec's order (evaluation contexts, say), one line per row."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for row in experiment.rows:
@@ -161,10 +158,5 @@ def write_split_plot(directory: str, experiment: spec_lib.Experiment, results: l
   ax.set_title(
     f'{experiment.name}: {experiment.metric} per split, mean and 95% interval', fontsize=9
   )
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=8)
-  path = os.path.join(directory, 'splits.png')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  path = _save(plt, fig, ax, os.path.join(directory, 'splits.png'), 8)
   return path
