@@ -97,10 +97,19 @@ class StrictShardingTest(absltest.TestCase):
       models_test.transformer_config(),  # Biases, an untied head.
       models_test.transformer_config(scan_layers=True),
       models_test.transformer_config(positional='sinusoidal'),
+      models_test.transformer_config(norm='rmsnorm', norm_position='post', positional='rope'),
+      models_test.transformer_config(mlp='swiglu', positional='alibi', scan_layers=True),
       lstm,
     ):
       model, params = self._abstract_params(model_config)
       sharding.param_shardings(params, mesh, model.partition_rules)
+
+  def test_a_gated_mlp_splits_both_input_projections_by_column(self):
+    model, params = self._abstract_params(models_test.transformer_config(mlp='geglu'))
+    specs = sharding.param_shardings(params, _one_device_mesh(), model.partition_rules)
+    for name in ('fc', 'gate'):
+      self.assertEqual(tuple(specs['block_0']['mlp'][name]['kernel'].spec), ('fsdp', 'tensor'))
+      self.assertEqual(tuple(specs['block_0']['mlp'][name]['bias'].spec), ('tensor',))
 
   def test_a_parameter_no_rule_matches_stops_sharding_naming_it(self):
     model, params = self._abstract_params(models_test.transformer_config())

@@ -173,5 +173,24 @@ class MlpTest(parameterized.TestCase):
     self.assertLess(abs(gated - ungated) / ungated, 0.01)
 
 
+class Bfloat16Test(parameterized.TestCase):
+  @parameterized.parameters(
+    dict(positional='rope'),
+    dict(positional='alibi'),
+    dict(positional='none', norm='rmsnorm', norm_position='post'),
+    dict(mlp='swiglu'),
+    dict(mlp='bilinear', attention='dot_product'),
+  )
+  def test_bfloat16_compute_stays_near_float32(self, **options):
+    tokens_BxT = models_test.random_tokens(11, (B, T))
+    params = models_test.get_params('transformer', **options)
+    logits = {}
+    for dtype in ('float32', 'bfloat16'):
+      model = models_test.get_model('transformer', compute_dtype=dtype, **options)
+      logits[dtype], _ = model.apply(params, {}, tokens_BxT, train=False, rng=None)
+    self.assertEqual(logits['bfloat16'].dtype, jnp.float32)
+    np.testing.assert_allclose(logits['bfloat16'], logits['float32'], atol=0.05)
+
+
 if __name__ == '__main__':
   absltest.main()
