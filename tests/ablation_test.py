@@ -88,6 +88,22 @@ class GridTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "Published values for \\['gru'\\]"):
       spec_lib.grid('configs/default.py', {'model.mlp': ['relu']}, published={'gru': {}})
 
+  def test_a_row_may_name_its_own_baseline(self):
+    rows = spec_lib.grid('configs/default.py', {'model.mlp': ['relu', 'gelu']}) + spec_lib.grid(
+      'configs/default.py', {'model.mlp': ['relu', 'gelu']}, prefix='big_', baseline='big_relu'
+    )
+    self.assertEqual([r.name for r in rows], ['relu', 'gelu', 'big_relu', 'big_gelu'])
+    experiment = spec_lib.Experiment(
+      'x', 'x', rows=rows, seeds=(0, 1), metric='loss', splits=('valid',), baseline='relu'
+    )
+    spec_lib.check(experiment)
+    results = [_result(r, s, 1.0 + i + s / 10) for i, r in enumerate(rows) for s in (0, 1)]
+    compared = {
+      row.name: paired.mean for row, _, paired, _ in ablation.comparisons(experiment, results)
+    }
+    self.assertEqual(set(compared), {'gelu', 'big_gelu'})  # Baselines are not compared.
+    self.assertAlmostEqual(compared['big_gelu'], 1.0)  # Against big_relu, not relu.
+
   def test_baseline_must_be_a_row(self):
     experiment = spec_lib.Experiment(
       'x', 'x', rows=(spec_lib.Row('a', 'configs/default.py'),), baseline='b'
@@ -127,10 +143,10 @@ class TableTest(absltest.TestCase):
     results = [_result(base, s, v) for s, v in enumerate((2.00, 2.10, 2.05))]
     results += [_result(better, s, v) for s, v in enumerate((1.95, 2.04, 2.00))]
     text = report.results_markdown(experiment, results)
-    self.assertIn('## Differences from the baseline (relu)', text)
+    self.assertIn('## Differences from the baseline (relu, unless a row names its own)', text)
     paired = stats.paired_difference({0: 1.95, 1: 2.04, 2: 2.00}, {0: 2.00, 1: 2.10, 2: 2.05})
     row = (
-      f'| swiglu | valid | -0.1000 | {paired.mean:+.4f} ± {paired.half:.4f} | '
+      f'| swiglu | relu | valid | -0.1000 | {paired.mean:+.4f} ± {paired.half:.4f} | '
       f'{paired.p_value:.3g} | 3 | {paired.detectable:.4f} | yes |'
     )
     self.assertIn(row, text)

@@ -27,12 +27,15 @@ def seed_values(row: spec_lib.Row, results: list, split: str) -> dict[int, float
 
 def comparisons(experiment: spec_lib.Experiment, results: list) -> list[tuple]:
   """(row, split, stats.Paired or None, published difference or None) for
-  every row but the baseline and every split, in table order."""
-  base = next(r for r in experiment.rows if r.name == experiment.baseline)
+  every row but the baselines and every split, in table order; a row is
+  compared with its own baseline where it names one."""
+  by_name = {r.name: r for r in experiment.rows}
+  baselines = {experiment.baseline} | {r.baseline for r in experiment.rows}
   out = []
   for row in experiment.rows:
-    if row is base:
+    if row.name in baselines:
       continue
+    base = by_name[row.baseline or experiment.baseline]
     for split in experiment.splits:
       paired = stats.paired_difference(
         seed_values(row, results, split), seed_values(base, results, split)
@@ -48,7 +51,7 @@ def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
   """The 'Differences from the baseline' section of RESULTS.md."""
   d = _DIFF_DECIMALS.get(experiment.metric, 4)
   lines = [
-    f'## Differences from the baseline ({experiment.baseline})',
+    f'## Differences from the baseline ({experiment.baseline}, unless a row names its own)',
     '',
     f"Each row's {experiment.metric} minus the baseline's, cell by cell at the same seed: "
     'the mean of those differences ± the half-width of its 95% Student-t interval, the '
@@ -56,14 +59,15 @@ def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
     'would find significant (5% level) four times in five, from the spread the '
     'differences showed ("detectable"). ' + WHAT_A_PAIR_SHARES,
     '',
-    '| row | split | published difference | ours | p | n | detectable | published '
-    'ordering reproduced |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    '| row | baseline | split | published difference | ours | p | n | detectable | '
+    'published ordering reproduced |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ]
   for row, split, paired, published in comparisons(experiment, results):
+    base = row.baseline or experiment.baseline
     pub = f'{published:+.{d}f}' if published is not None else '—'
     if paired is None:
-      lines.append(f'| {row.name} | {split} | {pub} | no pair finished | | 0 | | |')
+      lines.append(f'| {row.name} | {base} | {split} | {pub} | no pair finished | | 0 | | |')
       continue
     ours = f'{paired.mean:+.{d}f}'
     if paired.half is not None:
@@ -72,7 +76,8 @@ def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
     detectable = '' if paired.detectable is None else f'{paired.detectable:.{d}f}'
     reproduced = stats.ordering_reproduced(paired, published)
     lines.append(
-      f'| {row.name} | {split} | {pub} | {ours} | {p} | {paired.n} | {detectable} | {reproduced} |'
+      f'| {row.name} | {base} | {split} | {pub} | {ours} | {p} | {paired.n} | {detectable} | '
+      f'{reproduced} |'
     )
   return lines + ['']
 

@@ -29,6 +29,7 @@ class Row:
   published: dict = dataclasses.field(default_factory=dict)  # {'test': 114.5}
   source: str = ''  # Paper and table of the published values.
   seeds: tuple[int, ...] | None = None  # None: the experiment's seeds.
+  baseline: str = ''  # The row this one is compared with ('': the experiment's).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +82,9 @@ def check(experiment: Experiment) -> None:
       raise ValueError(
         f"Row name {name!r} may hold only letters, digits, '_' and '.'; rename it in the spec."
       )
-  if experiment.baseline and experiment.baseline not in names:
-    raise ValueError(f'baseline={experiment.baseline!r} is not a row; rows are {names}.')
+  for baseline in {experiment.baseline} | {r.baseline for r in experiment.rows}:
+    if baseline and baseline not in names:
+      raise ValueError(f'baseline={baseline!r} is not a row; rows are {names}.')
   if experiment.split_baseline and experiment.split_baseline not in experiment.splits:
     raise ValueError(
       f'split_baseline={experiment.split_baseline!r} is not one of the splits '
@@ -142,6 +144,9 @@ def grid(
   derived: Callable[[dict], dict] | None = None,
   published: dict[str, dict] | None = None,
   source: str = '',
+  prefix: str = '',
+  baseline: str = '',
+  seeds: tuple[int, ...] | None = None,
 ) -> tuple[Row, ...]:
   """Rows for every combination of the `axes` values, in order.
 
@@ -152,6 +157,9 @@ def grid(
     derived: `derived(overrides) -> more overrides` (a gated MLP's width).
     published: row name -> its published values ({'valid': 1.94}).
     source: the paper and table of the published values.
+    prefix: put before every row's name ('gpu_'), to hold two grids apart.
+    baseline: the row these rows are compared with ('': the experiment's).
+    seeds: these rows' seeds (None: the experiment's).
 
   Returns:
     Rows named by their values joined with '_' ('swiglu', 'rope_rmsnorm').
@@ -162,7 +170,7 @@ def grid(
   for values in itertools.product(*(axes[k] for k in keys)):
     overrides = {**(common or {}), **dict(zip(keys, values))}
     overrides.update(derived(overrides) if derived else {})
-    name = '_'.join(str(v) for v in values)
+    name = prefix + '_'.join(str(v) for v in values)
     rows.append(
       Row(
         name,
@@ -170,6 +178,8 @@ def grid(
         overrides,
         published=published.get(name, {}),
         source=source if name in published else '',
+        baseline=baseline,
+        seeds=seeds,
       )
     )
   unknown = sorted(set(published) - {r.name for r in rows})
