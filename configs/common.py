@@ -84,6 +84,19 @@ def base_config() -> ml_collections.ConfigDict:
   # 'valid@N' (and 'test@N' when eval_on_test) to metrics.jsonl, under the same rules.
   c.eval.extra_seq_lens = ()
 
+  # Differentially private training (DP-SGD; README "Privacy"). The unit of privacy is one
+  # training sequence of data.seq_len tokens; data.batch_size becomes the expected rows of a
+  # step, each sequence sampled with probability batch_size / N (Poisson sampling).
+  c.privacy = ml_collections.ConfigDict()
+  c.privacy.enabled = False
+  c.privacy.l2_clip_norm = 1.0  # C: each sequence's gradient is scaled to norm at most C.
+  c.privacy.noise_multiplier = 0.0  # sigma: noise std / C. 0: calibrated to target_epsilon.
+  c.privacy.target_epsilon = 0.0  # Epsilon at the end of training (with noise_multiplier 0).
+  c.privacy.delta = 0.0  # 0: the largest power of ten below 1 / N (printed).
+  # Rows whose per-sequence gradients are held at once (0: all); groups of padding alone are
+  # skipped, so small groups make a step cost about its sampled rows.
+  c.privacy.microbatch_size = 8
+
   c.sample = ml_collections.ConfigDict()
   c.sample.num_tokens = 200  # Tokens generated at each evaluation (0 = no sample).
   c.sample.prompt = ''  # Text the sample continues ('' = start of a line).

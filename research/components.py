@@ -6,6 +6,7 @@ mesh; `create_state` makes the train state born sharded on that mesh (abstract
 init with `jax.eval_shape`, then a jitted init with `out_shardings`).
 """
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -16,10 +17,13 @@ from jax.sharding import Mesh
 
 from research import config_checks
 from research import data
+from research import metrics
 from research import models
 from research import optim
 from research import sharding
 from research.data import pipeline
+from research.privacy import accounting
+from research.privacy import sampler
 
 
 class TrainState(NamedTuple):
@@ -47,6 +51,8 @@ class Components(NamedTuple):
   # The model built for each evaluation context longer than the training one
   # (config.eval.seq_len, eval.extra_seq_lens), with the same parameters.
   eval_models: dict[int, models.Model] = {}
+  train_rows: int = 0  # Global rows of a training batch (DP: the padded maximum).
+  privacy: accounting.Budget | None = None  # A DP run's sampling rate, noise and delta.
 
 
 def eval_seq_len(config: ml_collections.ConfigDict) -> int:
@@ -86,8 +92,12 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
     config.model, vocab_size=corpus.tokenizer.vocab_size, seq_len=config.data.seq_len
   )
   # A recurrent model trains on streams: each row's segments in order, its
-  # carry kept from batch to batch (truncated BPTT). Others read windows.
+  # carry kept from batch to batch (truncated BPTT). Others read windows. DP
+  # draws Poisson samples of fixed sequences, a recurrent model's carry reset
+  # on every row (one sequence's gradient must not depend on another's).
   kind = 'stream' if model.recurrent else 'windows'
+  if config.privacy.enabled:
+    kind = 'poisson'
   per_epoch = pipeline.steps_per_epoch(
     len(corpus.splits['train']),
     kind=kind,
@@ -98,6 +108,9 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
     config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * per_epoch
   )
   schedule = optim.make_schedule(config.optim, num_train_steps=num_steps, steps_per_epoch=per_epoch)
+  train_rows, budget = config.data.batch_size, None
+  if config.privacy.enabled:
+    train_rows, budget = _privacy(config, len(corpus.splits['train']), num_steps, mesh)
   eval_models = {
     n: models.get_model(config.model, vocab_size=corpus.tokenizer.vocab_size, seq_len=n)
     for n in {eval_seq_len(config), *config.eval.extra_seq_lens}
@@ -115,7 +128,37 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
     eval_every=_every(config.eval_every_steps, per_epoch),
     checkpoint_every=_every(config.checkpoint_every_steps, per_epoch),
     eval_models=eval_models,
+    train_rows=train_rows,
+    privacy=budget,
   )
+
+
+def _privacy(config, num_tokens: int, num_steps: int, mesh) -> tuple[int, accounting.Budget]:
+  """(padded rows, budget) of a DP run; the noise calibrated when asked."""
+  n, q, delta = sampler.sampling(config, num_tokens)
+  sigma = config.privacy.noise_multiplier or accounting.calibrate_noise(
+    q, num_steps, config.privacy.target_epsilon, delta
+  )
+  multiple = math.lcm(
+    sharding.data_parallel_size(mesh), config.privacy.microbatch_size or 1, jax.process_count()
+  )
+  rows = sampler.padded_rows(config.data.batch_size, q, multiple)
+  metrics.console(
+    'DP-SGD: %d sequences of %d tokens, sampling rate q = %.6g (expected %d rows, padded to '
+    '%d), clip %g, noise multiplier %.4g%s, delta %g.',
+    n,
+    config.data.seq_len,
+    q,
+    config.data.batch_size,
+    rows,
+    config.privacy.l2_clip_norm,
+    sigma,
+    ' (calibrated to epsilon %g)' % config.privacy.target_epsilon
+    if not config.privacy.noise_multiplier
+    else '',
+    delta,
+  )
+  return rows, accounting.Budget(sampling_rate=q, noise_multiplier=sigma, delta=delta)
 
 
 def init_state(

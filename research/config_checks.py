@@ -84,6 +84,12 @@ RULES = {
   'sample.temperature': at_least(0),
   'sample.top_k': at_least(0),
   'eval.seq_len': at_least(0),
+  'privacy.enabled': boolean(),
+  'privacy.l2_clip_norm': positive(),
+  'privacy.noise_multiplier': at_least(0),
+  'privacy.target_epsilon': at_least(0),
+  'privacy.delta': in_range(0, 1),
+  'privacy.microbatch_size': at_least(0),
   'eval.extra_seq_lens': Rule(
     lambda v: isinstance(v, tuple) and all(isinstance(n, int) and n > 0 for n in v),
     'a tuple of positive token counts, e.g. (512,1024)',
@@ -139,6 +145,8 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
       f'config.data.batch_size={c.data.batch_size}; each micro-batch has '
       'batch_size / grad_accum_steps rows: choose a divisor.'
     )
+  if c.privacy.enabled:
+    _check_privacy(c)
   longest = max((c.eval.seq_len, *c.eval.extra_seq_lens))
   if (
     c.model.name == 'transformer'
@@ -167,6 +175,21 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
       f'config.data.vocab_size={c.data.vocab_size} only applies to '
       "data.name='text_file' at data.level='word' (ptb has its 10,000 "
       'words, characters take every character); set it to 0.'
+    )
+
+
+def _check_privacy(c: ml_collections.ConfigDict) -> None:
+  p = c.privacy
+  if (p.noise_multiplier > 0) == (p.target_epsilon > 0):
+    raise ValueError(
+      'With config.privacy.enabled, set exactly one of privacy.noise_multiplier (the noise) '
+      f'and privacy.target_epsilon (the noise is then calibrated to it); got '
+      f'noise_multiplier={p.noise_multiplier}, target_epsilon={p.target_epsilon}.'
+    )
+  if c.optim.grad_accum_steps != 1:
+    raise ValueError(
+      'config.privacy.enabled does not combine with optim.grad_accum_steps='
+      f'{c.optim.grad_accum_steps}; use privacy.microbatch_size to bound memory instead.'
     )
 
 

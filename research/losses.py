@@ -68,6 +68,19 @@ OBJECTIVES: dict[str, Callable[[dict], Any]] = {
 }
 
 
+# name -> what one full row's summed token losses are divided by to give its
+# share of the objective (T tokens: a per-token mean; 1: a per-sequence sum);
+# DP-SGD clips each row's gradient at that scale.
+_ROW_SCALES: dict[str, Callable[[int], float]] = {
+  'token_mean': float,
+  'sequence_sum': lambda seq_len: 1.0,
+}
+
+
+def row_scale(name: str, seq_len: int) -> float:
+  return _ROW_SCALES[name](seq_len)
+
+
 def make_objective(model: models.Model, name: str) -> Objective:
   """The objective `name` (a key of OBJECTIVES) for `model`."""
   if name not in OBJECTIVES:

@@ -199,8 +199,14 @@ class MetricWriter:
   ) -> None:
     """The console line of a log interval, showing `headline_figure`."""
     mfu = f' | MFU {100 * figures["mfu"]:.1f}%' if 'mfu' in figures else ''
+    privacy = ''
+    if 'epsilon' in figures:
+      privacy = (
+        f' | eps {figures["epsilon"]:.3f} (RDP {figures["rdp_epsilon"]:.3f}) at delta '
+        f'{figures["delta"]:.0e}'
+      )
     console(
-      'step %d/%d | loss %.4f | %s | lr %.3g | %.0f tok/s%s | ETA %s',
+      'step %d/%d | loss %.4f | %s | lr %.3g | %.0f tok/s%s%s | ETA %s',
       step,
       total,
       figures['loss'],
@@ -208,6 +214,7 @@ class MetricWriter:
       figures['learning_rate'],
       figures['tokens_per_s'],
       mfu,
+      privacy,
       _format_eta(figures['eta_s']),
     )
 

@@ -31,6 +31,7 @@ from research import sharding
 from research import workdir as workdir_lib
 from research.components import TrainState
 from research.data import pipeline
+from research.privacy import dp_sgd
 
 
 def train_step(
@@ -68,6 +69,7 @@ def train_step(
   )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  extra = {k: aux[k] for k in ('clipped_fraction',) if k in aux}  # DP-SGD's.
   if skip_nonfinite:
 
     def keep(new, old):
@@ -83,6 +85,7 @@ def train_step(
     'grad_norm': grad_norm,
     'learning_rate': schedule(state.step),
     'nonfinite': 1.0 - finite.astype(jnp.float32),
+    **extra,
   }
 
 
@@ -94,13 +97,15 @@ def step_function(
   objective: str = 'token_mean',
   grad_accum_steps: int = 1,
   skip_nonfinite: bool = False,
+  gradient_fn: Callable | None = None,
 ):
   """`train_step` with everything static bound: the one place that picks the
-  objective (`losses.OBJECTIVES`) and how gradients are made from it."""
+  objective (`losses.OBJECTIVES`) and how gradients are made from it
+  (`gradient_fn`, default `gradients.make(grad_accum_steps)`)."""
   return functools.partial(
     train_step,
     objective=losses.make_objective(model, objective),
-    gradient_fn=gradients.make(grad_accum_steps),
+    gradient_fn=gradient_fn or gradients.make(grad_accum_steps),
     optimizer=optimizer,
     schedule=schedule,
     skip_nonfinite=skip_nonfinite,
@@ -123,6 +128,7 @@ def make_train_step(
     objective=config.optim.loss,
     grad_accum_steps=config.optim.grad_accum_steps,
     skip_nonfinite=config.skip_nonfinite_steps,
+    gradient_fn=dp_sgd.for_run(parts, config),
   )
   jitted = jax.jit(
     step,
@@ -135,6 +141,18 @@ def make_train_step(
 
 def train_iterator(parts: components_lib.Components, config: ml_collections.ConfigDict):
   """This process's checkpointable iterator over the training batches."""
+  if parts.privacy is not None:
+    return iter(
+      pipeline.poisson_dataset(
+        parts.corpus.splits['train'],
+        sampling_rate=parts.privacy.sampling_rate,
+        rows=parts.train_rows,
+        seq_len=config.data.seq_len,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+      )
+    )
   return iter(
     pipeline.train_dataset(
       parts.corpus.splits['train'],
@@ -151,12 +169,12 @@ def train_iterator(parts: components_lib.Components, config: ml_collections.Conf
 def restore_or_init(parts, manager, config, rng, data_iterator):
   """Returns (state, shardings) from the newest readable checkpoint, else
   fresh (see checkpoint.restore_latest_good for damaged checkpoints)."""
-  structs, shardings = components_lib.abstract_state(parts, config.data.batch_size)
+  structs, shardings = components_lib.abstract_state(parts, parts.train_rows)
   state = checkpoint.restore_latest_good(
     manager, structs, data_iterator, config, parts.corpus.tokenizer.identity
   )
   if state is None:
-    state, _ = components_lib.create_state(parts, rng, config.data.batch_size)
+    state, _ = components_lib.create_state(parts, rng, parts.train_rows)
     return state, shardings
   metrics.console('Resuming from the checkpoint at step %d.', int(jax.device_get(state.step)))
   return state, shardings
@@ -243,6 +261,18 @@ def train_and_evaluate(
     results = _evaluate_and_sample(
       evaluator, parts, state.params, total, splits, config, writer, sample_rng, final=True
     )
+    if parts.privacy is not None:
+      spent = parts.privacy.figures(total)
+      metrics.console(
+        'DP-SGD spent epsilon %.4f (PLD accountant; RDP bound %.4f) at delta %g: %d steps, '
+        'sampling rate %.6g, noise multiplier %.4g.',
+        spent['epsilon'],
+        spent['rdp_epsilon'],
+        spent['delta'],
+        total,
+        spent['sampling_rate'],
+        spent['noise_multiplier'],
+      )
     status = 'finished'
   except faults.Preempted:
     status = 'preempted'
@@ -303,7 +333,7 @@ def _train_loop(
       if step % config.log_every_steps == 0 or step == total:
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
         on_device = []
-        _log_train(writer, step, total, fetched, throughput, parts.corpus, parts.steps_per_epoch)
+        _log_train(writer, step, total, fetched, throughput, parts)
         fetched = []
       if step % parts.eval_every == 0 and step != total:
         _evaluate_and_sample(
@@ -350,8 +380,10 @@ def _fetch_checked(on_device, manager, skip: bool) -> list[dict]:
   return [m for _, m in host]
 
 
-def _log_train(writer, step, total, host, throughput, corpus, per_epoch):
-  """Writes the means of the host step metrics since the last log line."""
+def _log_train(writer, step, total, host, throughput, parts):
+  """Writes the means of the host step metrics since the last log line (and
+  a DP run's privacy spent so far)."""
+  corpus, per_epoch = parts.corpus, parts.steps_per_epoch
   # Means over the steps that counted (all of them unless steps were skipped).
   good = [m for m in host if not m['nonfinite']] or host
   loss = float(np.mean([m['loss'] for m in good]))
@@ -361,5 +393,8 @@ def _log_train(writer, step, total, host, throughput, corpus, per_epoch):
   figures['learning_rate'] = float(host[-1]['learning_rate'])
   figures.update(throughput.update(step))
   figures['epoch'] = step / per_epoch
+  if parts.privacy is not None:
+    figures['clipped_fraction'] = float(np.mean([m['clipped_fraction'] for m in good]))
+    figures.update(parts.privacy.figures(step))
   writer.write(step, 'train', figures)
   writer.log_train(step, total, figures, corpus.headline)

@@ -24,7 +24,16 @@ Training kinds:
     W // G global steps (the last W % G windows of each permutation are
     dropped). Every row has `reset`.
 
-Both are grain `MapDataset`s indexed by step, so the iterator state is just a
+  'poisson' (DP-SGD, research/privacy/): the stream is cut into N = (len - 1)
+    // T fixed sequences (sequence i is tokens [iT, iT + T], targets one
+    further). At every step each sequence is in the batch independently with
+    probability q (Poisson sampling, drawn from the seed and the step alone);
+    the sampled ones are padded with zero-weight rows to a fixed G rows, so
+    shapes stay static. A step that samples more than G keeps G of them at
+    random (G is set far above the mean: research/privacy/sampler.py). An
+    "epoch" is N q steps in expectation. Every row has `reset`.
+
+All are grain `MapDataset`s indexed by step, so the iterator state is just a
 position: `get_state()`/`set_state()` resume exactly, and each process builds
 only its own rows [p*B, (p+1)*B) of the global batch, B = G / process_count.
 """
@@ -39,7 +48,7 @@ import grain
 import numpy as np
 
 Batch = dict[str, np.ndarray]
-KINDS = ('stream', 'windows')
+KINDS = ('stream', 'windows', 'poisson')
 
 
 def _check_sizes(batch_size: int, seq_len: int) -> None:
@@ -54,7 +63,34 @@ def steps_per_epoch(num_tokens: int, *, kind: str, batch_size: int, seq_len: int
     return max((num_tokens // batch_size - 1) // seq_len, 0)
   if kind == 'windows':
     return max(num_tokens // seq_len - 1, 0) // batch_size
+  if kind == 'poisson':  # batch_size: the expected rows of a step.
+    return num_sequences(num_tokens, seq_len) // batch_size
   raise ValueError(f'Unknown batching kind {kind!r}; valid: {KINDS}')
+
+
+def num_sequences(num_tokens: int, seq_len: int) -> int:
+  """N, the fixed sequences a 'poisson' split is cut into (the DP units)."""
+  return max((num_tokens - 1) // seq_len, 0)
+
+
+def poisson_batch(
+  tokens_N: np.ndarray, seq_len: int, sampling_rate: float, rows: int, seed: int, step: int
+) -> Batch:
+  """The padded global batch of DP step `step` (module docstring)."""
+  rng = np.random.default_rng([seed, step, 0x504F4953])  # 'POIS'
+  chosen = np.flatnonzero(rng.random(num_sequences(len(tokens_N), seq_len)) < sampling_rate)
+  if len(chosen) > rows:
+    chosen = np.sort(rng.choice(chosen, rows, replace=False))
+  batch = _windows_batch(tokens_N, seq_len, chosen * seq_len)
+  pad = rows - len(chosen)
+  for key, value in batch.items():
+    batch[key] = np.concatenate([value, np.zeros((pad,) + value.shape[1:], value.dtype)])
+  batch['reset'][:] = True
+  return batch
+
+
+def _poisson_rows(batch: Batch, first: int, count: int) -> Batch:
+  return {k: v[first : first + count] for k, v in batch.items()}
 
 
 def _min_tokens(kind: str, batch_size: int, seq_len: int) -> int:
@@ -139,6 +175,8 @@ def train_dataset(
       ' use a larger split.'
     )
   local = batch_size // process_count
+  if kind == 'poisson':
+    raise ValueError("kind='poisson' batches come from poisson_dataset, which takes q.")
   if kind == 'stream':
     row_len = len(tokens_N) // batch_size
     rows_GxL = tokens_N[: batch_size * row_len].reshape(batch_size, row_len)
@@ -164,6 +202,38 @@ def train_dataset(
       .map(functools.partial(_windows_batch, tokens_N, seq_len))
     )
   # The data is in memory: threads would only contend for the GIL.
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+
+
+def poisson_dataset(
+  tokens: np.ndarray,
+  *,
+  sampling_rate: float,
+  rows: int,
+  seq_len: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.IterDataset:
+  """Infinite DP-SGD batches: this process's share of `rows` padded rows per
+  step, each of the N sequences in a step with probability `sampling_rate`.
+
+  The batch of step k depends on (seed, k) alone, so the iterator's state is
+  its position, as for the other kinds.
+  """
+  tokens_N = np.asarray(tokens, dtype=np.int32)
+  _check_sizes(rows, seq_len)
+  if num_sequences(len(tokens_N), seq_len) < 1:
+    raise ValueError(f'Split too small for one sequence of {seq_len} tokens.')
+  if rows % process_count:
+    raise ValueError(f'DP batch rows {rows} must be divisible by process_count {process_count}.')
+  local = rows // process_count
+  make = functools.partial(poisson_batch, tokens_N, seq_len, sampling_rate, rows, seed)
+  ds = (
+    grain.MapDataset.range(2**62)
+    .map(make)
+    .map(functools.partial(_poisson_rows, first=process_index * local, count=local))
+  )
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
 
 

@@ -1,0 +1,142 @@
+"""DP-SGD's gradient (Abadi et al. 2016): per-sequence clipping and Gaussian
+noise, as a gradient function of research/gradients.py.
+
+The unit of privacy is one training sequence, one row of a batch. Each row's
+gradient g_i is taken through `jax.vmap` of the objective's own loss on that
+row alone, scaled to norm at most C (`l2_clip_norm`): g_i min(1, C / |g_i|).
+The clipped gradients are summed, noise N(0, (sigma C)^2) is added to every
+coordinate, and the result is divided by a constant: the expected number of
+rows times the objective's per-row scale, so that neither the number of rows
+sampled nor their content changes the scale. Padded rows (weight 0) have a
+zero gradient and add nothing. `microbatch_size` rows are vmapped at a time
+(a `lax.scan` over contiguous groups), which bounds the memory of the per-row
+gradients; a group of padding alone is skipped (`lax.cond`), and the sampler
+puts the sampled rows first, so a step costs about its sampled rows, not the
+padded maximum.
+
+Shape letters: B rows of the padded batch, K groups of M = microbatch_size.
+"""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from research import losses
+
+# batch keys that are not per row.
+_SHARED_KEYS = ('denominator',)
+
+
+def clip(tree: Any, l2_clip_norm: float) -> tuple[Any, jax.Array]:
+  """`tree` scaled to global L2 norm at most `l2_clip_norm`, and its norm."""
+  norm = jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+  scale = jnp.minimum(1.0, l2_clip_norm / jnp.maximum(norm, 1e-12))
+  return jax.tree.map(lambda x: (x * scale).astype(x.dtype), tree), norm
+
+
+def private(
+  *,
+  l2_clip_norm: float,
+  noise_multiplier: float,
+  denominator: float,
+  row_scale: float,
+  microbatch_size: int = 0,
+) -> Callable:
+  """The DP-SGD gradient function (module docstring).
+
+  Args:
+    l2_clip_norm: C, the bound on one row's gradient norm.
+    noise_multiplier: sigma; the noise's standard deviation is sigma * C.
+    denominator: what the noisy sum is divided by (expected rows x row_scale).
+    row_scale: what one row's summed token losses are divided by before its
+      gradient is taken (the sequence length for a per-token objective, 1
+      for a per-sequence one), so that C bounds a per-row mean.
+    microbatch_size: rows vmapped at once; 0 for the whole batch.
+
+  Returns:
+    `gradient_fn(loss_fn, params, batch, rng) -> (grads, aux)`, `aux` as
+    `gradients.plain`'s plus `clipped_fraction` (rows whose norm exceeded C,
+    among rows with any weight).
+  """
+
+  def gradient_fn(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array):
+    rows = batch['inputs'].shape[0]
+    per_row = {k: v for k, v in batch.items() if k not in _SHARED_KEYS}
+    dropout_rng, noise_rng = jax.random.split(rng)
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def one_row(row, index):
+      # A batch of one row: the objective's loss on this sequence alone.
+      single = jax.tree.map(lambda x: x[None], row)
+      single['denominator'] = jnp.asarray(row_scale, jnp.float32)
+      grads, aux = grad_fn(params, single, jax.random.fold_in(dropout_rng, index))
+      clipped, norm = clip(grads, l2_clip_norm)
+      real = jnp.sum(row['weights']) > 0
+      aux = jax.tree.map(lambda x: x[0] if x.ndim else x, aux)  # Drop the row axis of one.
+      return clipped, aux, (norm > l2_clip_norm) & real, real
+
+    size = microbatch_size or rows
+    if rows % size:
+      raise ValueError(
+        f'privacy.microbatch_size={microbatch_size} does not divide the {rows} rows of a '
+        'padded DP batch.'
+      )
+    groups = rows // size
+
+    def compute(group, indices):
+      clipped_M, aux_M, over_M, real_M = jax.vmap(one_row)(group, indices)
+      summed = jax.tree.map(lambda g: jnp.sum(g.astype(jnp.float32), axis=0), clipped_M)
+      return summed, aux_M, jnp.sum(over_M), jnp.sum(real_M)
+
+    def group_step(total, xs):
+      group, indices = xs
+      shapes = jax.eval_shape(compute, group, indices)
+      skip = lambda group, indices: jax.tree.map(  # noqa: E731
+        lambda s: jnp.zeros(s.shape, s.dtype), shapes
+      )
+      summed, aux_M, over, real = jax.lax.cond(
+        jnp.any(group['weights'] > 0), compute, skip, group, indices
+      )
+      total = jax.tree.map(jnp.add, total, summed)
+      return total, (aux_M, over, real)
+
+    def contiguous(x_B):  # (B, ...) -> (K, M, ...): group k is rows kM..kM+M-1.
+      return x_B.reshape((groups, size) + x_B.shape[1:])
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    total, (aux_KxM, over_K, real_K) = jax.lax.scan(
+      group_step, zeros, (jax.tree.map(contiguous, per_row), contiguous(jnp.arange(rows)))
+    )
+    leaves, treedef = jax.tree.flatten(total)
+    keys = jax.random.split(noise_rng, len(leaves))
+    noisy = [
+      (g + noise_multiplier * l2_clip_norm * jax.random.normal(k, g.shape, jnp.float32))
+      / denominator
+      for g, k in zip(leaves, keys)
+    ]
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), jax.tree.unflatten(treedef, noisy), params)
+    # Per-row scalars summed; per-row arrays (the carry) back in batch order.
+    aux = jax.tree.map(
+      lambda x: jnp.sum(x) if x.ndim == 2 else x.reshape((rows,) + x.shape[2:]), aux_KxM
+    )
+    aux['clipped_fraction'] = jnp.sum(over_K) / jnp.maximum(jnp.sum(real_K), 1)
+    return grads, aux
+
+  return gradient_fn
+
+
+def for_run(parts, config) -> Callable | None:
+  """DP-SGD's gradient function for a DP run (`parts.privacy` set: see
+  research/components.py), else None. The noisy sum is divided by the
+  expected rows of a step times the objective's row scale."""
+  if parts.privacy is None:
+    return None
+  row_scale = losses.row_scale(config.optim.loss, config.data.seq_len)
+  return private(
+    l2_clip_norm=config.privacy.l2_clip_norm,
+    noise_multiplier=parts.privacy.noise_multiplier,
+    denominator=config.data.batch_size * row_scale,
+    row_scale=row_scale,
+    microbatch_size=config.privacy.microbatch_size,
+  )

@@ -1,0 +1,187 @@
+"""DP-SGD: the accountant's figures, per-sequence clipping and noise against a
+reference written here, Poisson batches, and the config's refusals."""
+
+import contextlib
+import io
+import json
+import os
+
+import dp_accounting
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+from dp_accounting.pld import pld_privacy_accountant
+
+from research import config_checks
+from research import losses
+from research import train
+from research.data import pipeline
+from research.privacy import accounting
+from research.privacy import dp_sgd
+from research.privacy import sampler
+from tests import models_test
+from tests import test_util
+
+
+def _independent_epsilon(q, sigma, steps, delta):
+  """dp-accounting's PLD epsilon, built here from its own classes."""
+  accountant = pld_privacy_accountant.PLDAccountant()
+  accountant.compose(
+    dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
+    )
+  )
+  return accountant.get_epsilon(delta)
+
+
+def _dp_config(tmp, model='lstm', **privacy):
+  config = test_util.tiny_config(tmp, model=model)
+  with config.unlocked():
+    config.privacy.enabled = True
+    config.privacy.noise_multiplier = 1.0
+    config.privacy.update(privacy)
+    config.num_train_steps = 8
+    config.log_every_steps = 4
+    config.sample.num_tokens = 0
+  return config
+
+
+class AccountingTest(absltest.TestCase):
+  def test_a_dp_run_logs_the_epsilon_dp_accounting_gives(self):
+    tmp = self.create_tempdir().full_path
+    config = _dp_config(tmp)
+    workdir = os.path.join(tmp, 'work')
+    with contextlib.redirect_stdout(io.StringIO()) as console:
+      train.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      logged = [json.loads(l) for l in f if '"train"' in l]
+    self.assertEqual([r['step'] for r in logged], [4, 8])
+    n = pipeline.num_sequences(_train_tokens(config), config.data.seq_len)
+    q = config.data.batch_size / n
+    self.assertAlmostEqual(logged[-1]['sampling_rate'], q)
+    self.assertEqual(logged[-1]['delta'], sampler.default_delta(n))
+    for record in logged:
+      want = _independent_epsilon(q, 1.0, record['step'], record['delta'])
+      self.assertAlmostEqual(record['epsilon'], want, places=9)
+      self.assertGreater(record['rdp_epsilon'], record['epsilon'])  # RDP is looser.
+    self.assertIn('DP-SGD spent epsilon %.4f' % logged[-1]['epsilon'], console.getvalue())
+    self.assertRegex(console.getvalue(), r'step 4/8 .* \| eps \d\.\d{3} \(RDP \d\.\d{3}\)')
+
+  def test_calibrated_noise_spends_the_target(self):
+    sigma = accounting.calibrate_noise(0.01, 500, 2.0, 1e-5)
+    self.assertAlmostEqual(_independent_epsilon(0.01, sigma, 500, 1e-5), 2.0, places=3)
+    with self.assertRaisesRegex(ValueError, 'privacy.target_epsilon=0.0001 cannot be reached'):
+      accounting.calibrate_noise(0.5, 2, 1e-4, 1e-5)
+
+
+def _train_tokens(config):
+  from research import data  # pylint: disable=g-import-not-at-top
+
+  return len(data.load_corpus(config.data).splits['train'])
+
+
+class ClippingTest(parameterized.TestCase):
+  def _setup(self, name):
+    model = models_test.get_model(name)
+    params = models_test.get_params(name)
+    objective = losses.make_objective(model, 'token_mean')
+    rng = np.random.default_rng(3)
+    rows, t = 6, models_test.T
+    batch = {
+      'inputs': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
+      'targets': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
+      'weights': jnp.asarray(np.repeat([[1.0]] * 4 + [[0.0]] * 2, t, axis=1), jnp.float32),
+      'reset': jnp.ones((rows,), bool),
+      'carry': model.init_carry(rows),
+    }
+    return objective, params, batch
+
+  @parameterized.parameters('lstm', 'transformer')
+  def test_sum_of_clipped_per_sequence_gradients(self, name):
+    objective, params, batch = self._setup(name)
+    t, clip_norm, denominator = models_test.T, 0.05, 4.0 * models_test.T
+    # Reference: each real row alone, its gradient clipped by hand.
+    want = jax.tree.map(jnp.zeros_like, params)
+    for i in range(4):
+      row = jax.tree.map(lambda x: x[i : i + 1], batch)
+      row['denominator'] = jnp.float32(t)
+      g = jax.grad(lambda p: objective.loss_fn(p, row, None)[0])(params)
+      norm = np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
+      self.assertGreater(norm, clip_norm)  # Every row is clipped here.
+      want = jax.tree.map(lambda w, x: w + x * (clip_norm / norm), want, g)
+    want = jax.tree.map(lambda w: w / denominator, want)
+    for microbatch_size in (0, 2, 3):
+      fn = dp_sgd.private(
+        l2_clip_norm=clip_norm,
+        noise_multiplier=0.0,
+        denominator=denominator,
+        row_scale=float(t),
+        microbatch_size=microbatch_size,
+      )
+      grads, aux = jax.jit(lambda p, b: fn(objective.loss_fn, p, b, jax.random.key(0)))(
+        params, batch
+      )
+      for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-7)
+      self.assertEqual(float(aux['clipped_fraction']), 1.0)
+      self.assertEqual(float(aux['weight_sum']), 4.0 * t)
+
+  def test_noise_has_the_stated_spread(self):
+    objective, params, batch = self._setup('transformer')
+    batch['weights'] = jnp.zeros_like(batch['weights'])  # Padding only: noise alone.
+    fn = dp_sgd.private(
+      l2_clip_norm=2.0, noise_multiplier=3.0, denominator=10.0, row_scale=1.0, microbatch_size=2
+    )
+    grads, _ = fn(objective.loss_fn, params, batch, jax.random.key(1))
+    values = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grads)])
+    self.assertGreater(values.size, 2000)
+    self.assertAlmostEqual(float(np.std(values)), 3.0 * 2.0 / 10.0, delta=0.03)
+    self.assertAlmostEqual(float(np.mean(values)), 0.0, delta=0.03)
+
+
+class PoissonTest(absltest.TestCase):
+  def test_batches_sample_each_sequence_with_probability_q(self):
+    tokens = np.arange(2001, dtype=np.int32)  # 200 sequences of 10.
+    q, rows = 0.05, sampler.padded_rows(10, 0.05, 4)
+    counts = []
+    for step in range(400):
+      batch = pipeline.poisson_batch(tokens, 10, q, rows, 0, step)
+      real = batch['weights'].sum(1) > 0
+      counts.append(int(real.sum()))
+      self.assertTrue(np.all(real[: counts[-1]]))  # Sampled rows first.
+      self.assertTrue(np.all(batch['inputs'][real] % 10 == np.arange(10)))  # Whole sequences.
+      np.testing.assert_array_equal(batch['targets'][real], batch['inputs'][real] + 1)
+    self.assertAlmostEqual(np.mean(counts), 10.0, delta=0.5)  # q N = 10.
+    self.assertGreater(np.var(counts), 5.0)  # Binomial, not fixed.
+    again = pipeline.poisson_batch(tokens, 10, q, rows, 0, 7)
+    np.testing.assert_array_equal(
+      again['inputs'], pipeline.poisson_batch(tokens, 10, q, rows, 0, 7)['inputs']
+    )
+
+
+class ConfigTest(absltest.TestCase):
+  def test_bad_privacy_settings_name_the_key(self):
+    config = _dp_config(self.create_tempdir().full_path)
+    cases = (
+      (dict(noise_multiplier=0.0), 'set exactly one of privacy.noise_multiplier'),
+      (dict(target_epsilon=3.0), 'set exactly one of privacy.noise_multiplier'),
+      (dict(l2_clip_norm=0.0), 'config.privacy.l2_clip_norm=0.0 must be positive'),
+      (dict(delta=1.0), 'config.privacy.delta=1.0'),
+    )
+    for overrides, message in cases:
+      bad = config.copy_and_resolve_references()
+      with self.subTest(overrides=overrides), bad.unlocked():
+        bad.privacy.update(overrides)
+        with self.assertRaisesRegex(ValueError, message):
+          config_checks.check(bad)
+    bad = config.copy_and_resolve_references()
+    with bad.unlocked():
+      bad.optim.grad_accum_steps = 2
+    with self.assertRaisesRegex(ValueError, 'does not combine with optim.grad_accum_steps=2'):
+      config_checks.check(bad)
+
+
+if __name__ == '__main__':
+  absltest.main()
