@@ -218,7 +218,7 @@ def evaluate_checkpoint(
     remedy='--mode=eval scores a model with the config it was trained with: '
     'use the original values (or the workdir that matches this config).',
   )
-  structs, _ = components_lib.abstract_state(parts, config.data.batch_size)
+  structs, _ = components_lib.abstract_state(parts, parts.train_rows)
   state = checkpoint.restore(manager, step, structs)
   evaluator = Evaluator(
     parts, batch_size=config.data.eval_batch_size, seq_len=components_lib.eval_seq_len(config)

@@ -43,7 +43,16 @@ def long_config(directory: str, **overrides):
   return c
 
 
-def drive(directory: str, workdir: str, fault: str = '') -> None:
+def dp_long_config(directory: str):
+  """long_config trained with DP-SGD (Poisson batches, clipping, noise)."""
+  c = long_config(directory)
+  c.privacy.enabled = True
+  c.privacy.noise_multiplier = 0.8
+  c.privacy.microbatch_size = 4
+  return c
+
+
+def drive(directory: str, workdir: str, fault: str = '', config_fn: str = 'long_config') -> None:
   """Runs `research.main` on long_config, injecting `fault` ('kind:step'):
 
   kill:N  SIGKILL before training step N; term:N  SIGTERM to itself before
@@ -84,11 +93,11 @@ def drive(directory: str, workdir: str, fault: str = '') -> None:
     return state, shardings
 
   real_restore = train.restore_or_init
-  config_file = os.path.join(directory, 'long_config.py')
+  config_file = os.path.join(directory, f'{config_fn}.py')
   with open(config_file, 'w') as f:
     f.write(
       f'from tests import faults_test\n'
-      f'def get_config():\n  return faults_test.long_config({directory!r})\n'
+      f'def get_config():\n  return faults_test.{config_fn}({directory!r})\n'
     )
   with (
     mock.patch.object(sharding, 'global_batch', batch),
@@ -100,8 +109,11 @@ def drive(directory: str, workdir: str, fault: str = '') -> None:
     app.run(main.main)
 
 
-def _drive(directory, workdir, fault=''):
-  code = f'from tests import faults_test as f; f.drive({directory!r}, {workdir!r}, {fault!r})'
+def _drive(directory, workdir, fault='', config_fn='long_config'):
+  code = (
+    f'from tests import faults_test as f; '
+    f'f.drive({directory!r}, {workdir!r}, {fault!r}, {config_fn!r})'
+  )
   return subprocess.run(
     [sys.executable, '-c', code], cwd=_ROOT, capture_output=True, text=True, timeout=300
   )

@@ -81,7 +81,7 @@ def final_state(config: ml_collections.ConfigDict, workdir: str, devices=None):
 
   parts = components.build(config, devices=devices)
   manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=100)
-  structs, _ = components.abstract_state(parts, config.data.batch_size)
+  structs, _ = components.abstract_state(parts, parts.train_rows)
   state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
   manager.close()
   return jax.device_get(state)
