@@ -5,6 +5,7 @@ sampling and Google's dp-accounting.
   calibrated to a target epsilon.
 - `sampler.py`: the sampling rate, padded batch size and default delta.
 - `dp_sgd.py`: the gradient function: per-sequence clipping, Gaussian noise.
+- `audit.py`: canaries and their exposure (Carlini et al. 2019).
 
 The batches themselves are research/data/pipeline.py's 'poisson' kind.
 """
