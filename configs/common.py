@@ -97,6 +97,20 @@ def base_config() -> ml_collections.ConfigDict:
   # skipped, so small groups make a step cost about its sampled rows.
   c.privacy.microbatch_size = 8
 
+  # Memorisation audit (Carlini et al. 2019; README "Privacy"): canaries, a prefix and a
+  # secret of secret_length tokens from alphabet_size vocabulary tokens, inserted into the
+  # training split `repetitions` times each (canaries_per_count per count, and as many held
+  # out), scored after training (and by --mode=audit) against reference_size candidates.
+  c.audit = ml_collections.ConfigDict()
+  c.audit.enabled = False
+  c.audit.prefix = 'the secret code is'
+  c.audit.secret_length = 4
+  c.audit.alphabet_size = 10
+  c.audit.repetitions = (1, 4, 16, 64)
+  c.audit.canaries_per_count = 1
+  c.audit.reference_size = 10000  # All of R when a^k is at most this; else a uniform sample.
+  c.audit.seed = 0
+
   c.sample = ml_collections.ConfigDict()
   c.sample.num_tokens = 200  # Tokens generated at each evaluation (0 = no sample).
   c.sample.prompt = ''  # Text the sample continues ('' = start of a line).

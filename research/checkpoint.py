@@ -10,6 +10,7 @@ arrays are copied off the devices before `save` returns, so the caller can
 donate its state to the next step while the files are written.
 """
 
+import json
 import os
 import time
 from typing import Any
@@ -113,7 +114,15 @@ def wait(manager: ocp.CheckpointManager) -> None:
 # a checkpoint trained with other values cannot continue under this config.
 # (Everything else, e.g. the mesh, the learning rate or the logging cadence,
 # may change between a save and a resume.)
-IDENTITY_KEYS = ('model', 'data.name', 'data.level', 'data.split', 'data.vocab_size')
+IDENTITY_KEYS = (
+  'model',
+  'data.name',
+  'data.level',
+  'data.split',
+  'data.vocab_size',
+  'privacy',  # The mechanism the privacy spent so far was accounted for.
+  'audit',  # The canaries in the training split.
+)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -121,9 +130,10 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
   A key the saved config does not have was added to the code after the
   checkpoint was written (e.g. model.norm); its default is what that run
-  used, so it is not compared.
+  used, so it is not compared. Values compare as JSON holds them (a saved
+  tuple reads back as a list).
   """
-  saved, current = rules.flatten(saved), rules.flatten(current)
+  saved, current = rules.flatten(saved), rules.flatten(json.loads(json.dumps(current)))
   keys = sorted(k for k in saved if any(k == p or k.startswith(p + '.') for p in IDENTITY_KEYS))
   return [
     f'{k}: {saved.get(k, "(absent)")!r} -> {current.get(k, "(absent)")!r}'

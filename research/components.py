@@ -88,6 +88,8 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
       f'{dict(mesh.shape)}; lower optim.grad_accum_steps or raise the batch.'
     )
   corpus = data.load_corpus(config.data)
+  if config.audit.enabled:
+    corpus = _with_canaries(corpus, config)
   model = models.get_model(
     config.model, vocab_size=corpus.tokenizer.vocab_size, seq_len=config.data.seq_len
   )
@@ -131,6 +133,16 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
     train_rows=train_rows,
     privacy=budget,
   )
+
+
+def _with_canaries(corpus: data.Corpus, config) -> data.Corpus:
+  """The corpus with config.audit's canaries in its training split (the
+  split's character counts stay those of the text without them)."""
+  from research.privacy import canaries  # pylint: disable=g-import-not-at-top
+
+  train = canaries.insert(corpus.splits['train'], config, corpus.tokenizer)
+  sizes = dict(corpus.sizes, train=corpus.sizes['train']._replace(tokens=len(train)))
+  return corpus._replace(splits=dict(corpus.splits, train=train), sizes=sizes)
 
 
 def _privacy(config, num_tokens: int, num_steps: int, mesh) -> tuple[int, accounting.Budget]:

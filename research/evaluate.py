@@ -197,10 +197,9 @@ def log_figures(step: int, results: dict, headline: str) -> None:
     )
 
 
-def evaluate_checkpoint(
-  config: ml_collections.ConfigDict, workdir: str
-) -> dict[str, dict[str, float]]:
-  """`--mode=eval`: scores the latest checkpoint on the valid and test splits."""
+def restore_latest(config: ml_collections.ConfigDict, workdir: str, mode: str):
+  """(parts, step, params) of the workdir's latest checkpoint under `config`,
+  which must be the one it was trained with (`mode` names the flag)."""
   parts = components_lib.build(config)
   manager = checkpoint.make_manager(
     os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
@@ -215,15 +214,43 @@ def evaluate_checkpoint(
     step,
     config,
     parts.corpus.tokenizer.identity,
-    remedy='--mode=eval scores a model with the config it was trained with: '
+    remedy=f'--mode={mode} scores a model with the config it was trained with: '
     'use the original values (or the workdir that matches this config).',
   )
   structs, _ = components_lib.abstract_state(parts, parts.train_rows)
   state = checkpoint.restore(manager, step, structs)
+  manager.close()
+  return parts, step, state.params
+
+
+def evaluate_checkpoint(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, dict[str, float]]:
+  """`--mode=eval`: scores the latest checkpoint on the valid and test splits."""
+  parts, step, params = restore_latest(config, workdir, 'eval')
   evaluator = Evaluator(
     parts, batch_size=config.data.eval_batch_size, seq_len=components_lib.eval_seq_len(config)
   )
-  results = score_contexts(evaluator, parts, state.params, ('valid', 'test'), config)
+  results = score_contexts(evaluator, parts, params, ('valid', 'test'), config)
   log_figures(step, results, parts.corpus.headline)
-  manager.close()
   return results
+
+
+def audit_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """`--mode=audit`: the canaries' exposure under the latest checkpoint,
+  printed and written to metrics.jsonl (research/privacy/canaries.py)."""
+  from research.privacy import canaries  # pylint: disable=g-import-not-at-top
+
+  if not config.audit.enabled:
+    raise ValueError(
+      '--mode=audit needs config.audit.enabled=True, with the audit settings the run trained '
+      'with (its canaries are rebuilt from them).'
+    )
+  parts, step, params = restore_latest(config, workdir, 'audit')
+  records = canaries.run(parts.model, params, config, parts.corpus.tokenizer)
+  writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  # An earlier audit of this step is replaced, not repeated.
+  writer.truncate_after(step, also_at_step=tuple(sorted({r['split'] for r in records})))
+  canaries.log(step, records, writer)
+  writer.close()
+  return records

@@ -33,9 +33,9 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
   'mode',
   'train',
-  ['train', 'eval'],
+  ['train', 'eval', 'audit'],
   'train: train (resuming) and evaluate; eval: score the latest checkpoint '
-  'on the valid and test splits.',
+  'on the valid and test splits; audit: the exposure of its canaries (config.audit).',
 )
 _FRESH = flags.DEFINE_boolean(
   'fresh',
@@ -81,6 +81,8 @@ def _run(config, workdir, allocator):
   )
   if _MODE.value == 'eval':
     return evaluate.evaluate_checkpoint(config, workdir)
+  if _MODE.value == 'audit':
+    return evaluate.audit_checkpoint(config, workdir)
   if _FRESH.value and jax.process_index() == 0:
     moved = workdir_lib.move_aside(workdir)
     if moved:

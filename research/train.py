@@ -31,6 +31,7 @@ from research import sharding
 from research import workdir as workdir_lib
 from research.components import TrainState
 from research.data import pipeline
+from research.privacy import canaries
 from research.privacy import dp_sgd
 
 
@@ -261,6 +262,11 @@ def train_and_evaluate(
     results = _evaluate_and_sample(
       evaluator, parts, state.params, total, splits, config, writer, sample_rng, final=True
     )
+    if config.audit.enabled:
+      audit = canaries.run(parts.model, state.params, config, parts.corpus.tokenizer)
+      writer.truncate_after(total, also_at_step=tuple(sorted({r['split'] for r in audit})))
+      canaries.log(total, audit, writer)
+      writer.flush()
     if parts.privacy is not None:
       spent = parts.privacy.figures(total)
       metrics.console(

@@ -1,14 +1,23 @@
 """The memorisation audit: canaries, insertion, log-perplexity and exposure
 (Carlini et al. 2019) on models whose answer is known."""
 
+import contextlib
+import io
+import json
 import math
+import os
 
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
+from research import components
+from research import evaluate
 from research import models
+from research import train
 from research.privacy import audit
+from research.privacy import canaries
+from tests import test_util
 
 V = 40
 
@@ -117,3 +126,48 @@ class ExposureTest(absltest.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class RunAuditTest(absltest.TestCase):
+  def test_training_inserts_and_audits_canaries_and_mode_audit_agrees(self):
+    tmp = self.create_tempdir().full_path
+    config = test_util.tiny_config(tmp, model='lstm', level='word')
+    with config.unlocked():
+      config.audit.enabled = True
+      config.audit.prefix = 'the cat'
+      config.audit.secret_length = 3
+      config.audit.alphabet_size = 5
+      config.audit.repetitions = (1, 16)
+      config.audit.reference_size = 1000  # All of R = 5^3.
+      config.num_train_steps = 20
+      config.sample.num_tokens = 0
+    plain = test_util.tiny_config(tmp, model='lstm', level='word')
+    parts, bare = components.build(config), components.build(plain)
+    canaries_list, _ = canaries.build(config, parts.corpus.tokenizer)
+    added = sum((len(c.ids) + 1) * c.repetitions for c in canaries_list)  # Each ends a line.
+    self.assertLen(parts.corpus.splits['train'], len(bare.corpus.splits['train']) + added)
+    workdir = os.path.join(tmp, 'work')
+    with contextlib.redirect_stdout(io.StringIO()) as console:
+      train.train_and_evaluate(config, workdir)
+    self.assertRegex(console.getvalue(), r'audit at step 20 \| 16 repetitions \| exposure')
+    records = _records(workdir)
+    per_canary = [r for r in records if r['split'] == 'audit']
+    self.assertEqual([r['repetitions'] for r in per_canary], [1, 16, 0])
+    self.assertEqual(
+      {r['split'] for r in records if 'audit_r' in r['split']},
+      {'audit_r0', 'audit_r1', 'audit_r16'},
+    )
+    for r in per_canary:
+      self.assertBetween(r['exposure'], 0.0, math.log2(125))
+    # --mode=audit rebuilds the same canaries and replaces the records.
+    with contextlib.redirect_stdout(io.StringIO()):
+      again = evaluate.audit_checkpoint(config, workdir)
+    self.assertEqual(
+      [r['exposure'] for r in again if r['split'] == 'audit'], [r['exposure'] for r in per_canary]
+    )
+    self.assertLen([r for r in _records(workdir) if r['split'] == 'audit'], 3)
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]

@@ -68,7 +68,7 @@ class CliTest(absltest.TestCase):
       ),
       ([default, wd, '--config.eval_on_test=maybe'], r'takes True or False'),
       ([default, wd, '--config.model=3'], r'config\.model is a group of keys'),
-      ([default, wd, '--mode=fit'], r'value should be one of <train\|eval>'),
+      ([default, wd, '--mode=fit'], r'value should be one of <train\|eval\|audit>'),
       (
         [default, wd, '--no_such_flag=1'],
         r"Unknown command line flag 'no_such_flag'\. Flags: --config, --fresh, --mode, --workdir",
