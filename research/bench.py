@@ -56,7 +56,7 @@ def _peak_memory_bytes(device) -> tuple[int, str]:
 
 def data_tokens_per_s(parts, config, batches: int = 200) -> float:
   """Tokens/s the grain pipeline delivers alone (host side, no training)."""
-  it = train.train_iterator(parts, config)
+  it = components.train_iterator(parts, config)
   next(it)
   start = time.perf_counter()
   for _ in range(batches):
@@ -75,7 +75,7 @@ def run(config, steps: int, warmup: int, config_name: str = '', allocator: str =
     parts, jax.random.key(config.seed), config.data.batch_size
   )
   step_fn = train.make_train_step(parts, shardings, config)
-  it = train.train_iterator(parts, config)
+  it = components.train_iterator(parts, config)
   batches = [sharding.global_batch(next(it), parts.mesh) for _ in range(8)]
   key = jax.random.key(1)
 

@@ -233,3 +233,30 @@ def create_state(
     out_shardings=shardings,
   )
   return init(rng), shardings
+
+
+def train_iterator(parts: Components, config: ml_collections.ConfigDict):
+  """This process's checkpointable iterator over the training batches."""
+  if parts.privacy is not None:
+    return iter(
+      pipeline.poisson_dataset(
+        parts.corpus.splits['train'],
+        sampling_rate=parts.privacy.sampling_rate,
+        rows=parts.train_rows,
+        seq_len=config.data.seq_len,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+      )
+    )
+  return iter(
+    pipeline.train_dataset(
+      parts.corpus.splits['train'],
+      kind=parts.data_kind,
+      batch_size=config.data.batch_size,
+      seq_len=config.data.seq_len,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+  )

@@ -30,7 +30,6 @@ from research import provenance
 from research import sharding
 from research import workdir as workdir_lib
 from research.components import TrainState
-from research.data import pipeline
 from research.privacy import canaries
 from research.privacy import dp_sgd
 
@@ -140,33 +139,6 @@ def make_train_step(
   return sharding.under_mesh(jitted, mesh)
 
 
-def train_iterator(parts: components_lib.Components, config: ml_collections.ConfigDict):
-  """This process's checkpointable iterator over the training batches."""
-  if parts.privacy is not None:
-    return iter(
-      pipeline.poisson_dataset(
-        parts.corpus.splits['train'],
-        sampling_rate=parts.privacy.sampling_rate,
-        rows=parts.train_rows,
-        seq_len=config.data.seq_len,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-      )
-    )
-  return iter(
-    pipeline.train_dataset(
-      parts.corpus.splits['train'],
-      kind=parts.data_kind,
-      batch_size=config.data.batch_size,
-      seq_len=config.data.seq_len,
-      seed=config.seed,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
-  )
-
-
 def restore_or_init(parts, manager, config, rng, data_iterator):
   """Returns (state, shardings) from the newest readable checkpoint, else
   fresh (see checkpoint.restore_latest_good for damaged checkpoints)."""
@@ -222,7 +194,7 @@ def train_and_evaluate(
     os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
   )
   init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
-  data_iterator = train_iterator(parts, config)
+  data_iterator = components_lib.train_iterator(parts, config)
   state, state_shardings = restore_or_init(parts, manager, config, init_rng, data_iterator)
   start = int(jax.device_get(state.step))
   writer.truncate_after(start)
