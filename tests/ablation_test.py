@@ -174,11 +174,13 @@ class TableTest(absltest.TestCase):
       results[-1].final['valid@128'] = long
     text = report.results_markdown(experiment, results)
     self.assertIn('## Differences from the valid split, within each row', text)
-    self.assertIn('| learned | valid@128 | not scored | | 0 |', text)
+    self.assertIn('| learned | valid@128 | not scored | | 0 | |', text)
     paired = stats.paired_difference({0: 2.5, 1: 2.6}, {0: 2.0, 1: 2.2})
     self.assertAlmostEqual(paired.mean, 0.45)
+    change = 'higher' if paired.p_value < 0.05 else 'no significant change'
     self.assertIn(
-      f'| rope | valid@128 | +0.4500 ± {paired.half:.4f} | {paired.p_value:.3g} | 2 |', text
+      f'| rope | valid@128 | +0.4500 ± {paired.half:.4f} | {paired.p_value:.3g} | 2 | {change} |',
+      text,
     )
     path = plots.write_split_plot(self.create_tempdir().full_path, experiment, results)
     self.assertGreater(os.path.getsize(path), 1000)

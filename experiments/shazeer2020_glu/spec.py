@@ -56,7 +56,10 @@ SPEC = Experiment(
     'context 256, dropout 0.2, 5,000 steps; gated d_ff 1,024 against 1,536), compared with '
     'gpu_relu. This task had no GPU, so they are listed below as not run, with the command '
     'that runs them: `python -m research.experiments run experiments/shazeer2020_glu '
-    "--cells='gpu_*'` (three seeds each)."
+    "--cells='gpu_*'` (three seeds each).\n\n"
+    'Run log: 2026-12-01 on the development machine (a 2-core Intel Xeon, no GPU), sharing '
+    'the CPU with test suites and, for most cells, with the ALiBi experiment, so wall times '
+    'are up to about twice a lone run (about 1.5 minutes).'
   ),
   rows=grid(
     'configs/shakespeare_char.py:cpu',

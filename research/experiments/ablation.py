@@ -94,6 +94,13 @@ def split_comparisons(experiment: spec_lib.Experiment, results: list) -> list[tu
   return out
 
 
+def _change(paired: stats.Paired) -> str:
+  """'higher' or 'lower' where p < 0.05, else 'no significant change'."""
+  if paired.p_value is None or paired.p_value >= 0.05:
+    return 'no significant change'
+  return 'higher' if paired.mean > 0 else 'lower'
+
+
 def split_markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
   """The 'Differences from the SPLIT split' section of RESULTS.md."""
   d = _DIFF_DECIMALS.get(experiment.metric, 4)
@@ -102,17 +109,17 @@ def split_markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
     '',
     f"Each cell's {experiment.metric} on a split minus its own on "
     f'{experiment.split_baseline} (the same trained model scored twice): mean ± 95% '
-    'interval over the seeds, and the paired t-test p-value. A row without a split '
-    'was not scored there.',
+    'interval over the seeds, the paired t-test p-value, and the change it shows '
+    '(higher or lower where p < 0.05). A row without a split was not scored there.',
     '',
-    f'| row | split | ours (minus {experiment.split_baseline}) | p | n |',
-    '| --- | --- | --- | --- | --- |',
+    f'| row | split | ours (minus {experiment.split_baseline}) | p | n | change |',
+    '| --- | --- | --- | --- | --- | --- |',
   ]
   for row, split, paired in split_comparisons(experiment, results):
     if paired is None:
-      lines.append(f'| {row.name} | {split} | not scored | | 0 |')
+      lines.append(f'| {row.name} | {split} | not scored | | 0 | |')
       continue
     ours = f'{paired.mean:+.{d}f}' + ('' if paired.half is None else f' ± {paired.half:.{d}f}')
     p = '' if paired.p_value is None else f'{paired.p_value:.3g}'
-    lines.append(f'| {row.name} | {split} | {ours} | {p} | {paired.n} |')
+    lines.append(f'| {row.name} | {split} | {ours} | {p} | {paired.n} | {_change(paired)} |')
   return lines + ['']
