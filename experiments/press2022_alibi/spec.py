@@ -35,8 +35,17 @@ SPEC = Experiment(
     "and 1024 tokens, evaluated at up to 16k): the sinusoidal model's perplexity rises "
     "sharply once the evaluation window exceeds the training length, the rotary model's "
     "rises too (more slowly), and ALiBi's stays flat or improves. The within-row table "
-    'below (each split minus the same model at 64) is the test of each of those claims '
-    'here; the table against sinusoidal compares the kinds at each length.'
+    'below (each split minus the same model at 64) tests each claim here: the claim holds '
+    "where its row's change column says higher (sinusoidal, rotary) or lower / no "
+    'significant change (ALiBi). The table against sinusoidal compares the kinds at each '
+    'length.\n\n'
+    'A caveat on the sinusoidal row: our sinusoidal table is added, at unit amplitude, to '
+    'token embeddings initialised with standard deviation 0.02, without the sqrt(d_model) '
+    'embedding scale of Vaswani et al. (and of the fairseq models Press et al. trained), so '
+    'position dominates the input; the row measures that implementation, and its level at '
+    'context 64 is not a fair comparison with the other kinds.\n\n'
+    'Run log: 2026-12-01 on the development machine (a 2-core Intel Xeon, no GPU), two '
+    'cells at a time with the GLU experiment, so wall times are about twice a lone run.'
   ),
   rows=grid(
     'configs/shakespeare_char.py:cpu',
