@@ -113,7 +113,9 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
       if summary is None:
         cells = [r for r in results if r.cell.row == row]
         states = sorted({r.status for r in cells})
-        lines.append(f'| {row.name} | {split} | {pub} | {", ".join(states)} | 0 | | | |')
+        # Finished cells without this split's figure were not scored on it.
+        shown = 'not scored' if states == ['finished'] else ', '.join(states)
+        lines.append(f'| {row.name} | {split} | {pub} | {shown} | 0 | | | |')
         continue
       mean, half, n, done = summary
       planned = sum(1 for r in results if r.cell.row == row)
