@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from research import sharding
 
 # batch keys that are not per row (scalars shared by every micro-batch).
-_SHARED_KEYS = ('denominator',)
+SHARED_KEYS = ('denominator',)
 
 
 def plain(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array):
@@ -71,7 +71,7 @@ def accumulated(num_micro_batches: int) -> Callable:
         f'optim.grad_accum_steps={num_micro_batches} must be a '
         f'positive divisor of the {rows} rows of the batch.'
       )
-    shared = {k: batch[k] for k in _SHARED_KEYS if k in batch}
+    shared = {k: batch[k] for k in SHARED_KEYS if k in batch}
     per_row = {k: v for k, v in batch.items() if k not in shared}
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

@@ -11,25 +11,20 @@ from absl.testing import absltest
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _ruff(*args: str) -> subprocess.CompletedProcess:
+  """ruff on the tree's Python folders, from the repository root."""
+  return subprocess.run(
+    [sys.executable, '-m', 'ruff', *args, 'research', 'configs', 'tests', 'experiments'],
+    cwd=_ROOT,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+
+
 class LintTest(absltest.TestCase):
   def test_ruff_finds_nothing(self):
-    result = subprocess.run(
-      [
-        sys.executable,
-        '-m',
-        'ruff',
-        'check',
-        '--output-format=concise',
-        'research',
-        'configs',
-        'tests',
-        'experiments',
-      ],
-      cwd=_ROOT,
-      capture_output=True,
-      text=True,
-      check=False,
-    )
+    result = _ruff('check', '--output-format=concise')
     self.assertEqual(
       result.returncode,
       0,
@@ -37,23 +32,7 @@ class LintTest(absltest.TestCase):
     )
 
   def test_ruff_format_changes_nothing(self):
-    result = subprocess.run(
-      [
-        sys.executable,
-        '-m',
-        'ruff',
-        'format',
-        '--check',
-        'research',
-        'configs',
-        'tests',
-        'experiments',
-      ],
-      cwd=_ROOT,
-      capture_output=True,
-      text=True,
-      check=False,
-    )
+    result = _ruff('format', '--check')
     self.assertEqual(
       result.returncode,
       0,

@@ -22,10 +22,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from research import gradients
 from research import losses
-
-# batch keys that are not per row.
-_SHARED_KEYS = ('denominator',)
 
 
 def clip(tree: Any, l2_clip_norm: float) -> tuple[Any, jax.Array]:
@@ -62,7 +60,7 @@ def private(
 
   def gradient_fn(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array):
     rows = batch['inputs'].shape[0]
-    per_row = {k: v for k, v in batch.items() if k not in _SHARED_KEYS}
+    per_row = {k: v for k, v in batch.items() if k not in gradients.SHARED_KEYS}
     dropout_rng, noise_rng = jax.random.split(rng)
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
