@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.privacy.delta = 0.0  # 0: the largest power of ten below 1 / N (printed).
   # Rows whose per-sequence gradients are held at once (0: all); groups of padding alone are
   # skipped, so small groups make a step cost about its sampled rows.
-  c.privacy.microbatch_size = 8
+  c.privacy.microbatch_size = 4
 
   # Memorisation audit (Carlini et al. 2019; README "Privacy"): canaries, a prefix and a
   # secret of secret_length tokens from alphabet_size vocabulary tokens, inserted into the

@@ -6,6 +6,9 @@ tokens/s, achieved FLOP/s and MFU against the device's peak (research/flops.py;
 on CPU a float32 matmul peak measured on the spot), peak memory, and the
 tokens/s the data pipeline alone supplies.
 
+  --dp               also time the same config under DP-SGD (privacy.enabled;
+                     noise multiplier 1 unless the config sets the noise) and
+                     print the DP step's time as a multiple of the plain one.
   --json=PATH        also write the figures as JSON.
   --record=FILE      append them to FILE (JSON lines; default none), then
   --table=MD         rebuild the markdown table MD from FILE's latest run per
@@ -41,6 +44,9 @@ from research import train
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:variant].')
 _STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps (after warm-up).')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.')
+_DP = flags.DEFINE_bool(
+  'dp', False, 'Also time the config under DP-SGD and print the cost against the plain step.'
+)
 _JSON = flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
 _RECORD = flags.DEFINE_string('record', None, 'Append the figures to this JSON-lines file.')
 _TABLE = flags.DEFINE_string('table', None, 'Rebuild this markdown table from --record.')
@@ -64,16 +70,27 @@ def data_tokens_per_s(parts, config, batches: int = 200) -> float:
   return batches * config.data.batch_size * config.data.seq_len / (time.perf_counter() - start)
 
 
+def private(config):
+  """`config` under DP-SGD: privacy.enabled, and a noise multiplier of 1 when
+  the config names no noise (the step's cost does not depend on it)."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.privacy.enabled = True
+    if not config.privacy.noise_multiplier and not config.privacy.target_epsilon:
+      config.privacy.noise_multiplier = 1.0
+  return config
+
+
 def run(config, steps: int, warmup: int, config_name: str = '', allocator: str = 'not set') -> dict:
   """Benchmarks the train step of `config`; returns the figures.
 
   `allocator` is what research.host.tune_allocator() reported; host page
-  faults per step are counted because they showed where CPU time went.
+  faults per step are counted because they showed where CPU time went. A
+  DP-SGD step's tokens are its expected rows' (data.batch_size); it computes
+  the sampled rows of a batch padded to `train_rows`.
   """
   parts = components.build(config)
-  state, shardings = components.create_state(
-    parts, jax.random.key(config.seed), config.data.batch_size
-  )
+  state, shardings = components.create_state(parts, jax.random.key(config.seed), parts.train_rows)
   step_fn = train.make_train_step(parts, shardings, config)
   it = components.train_iterator(parts, config)
   batches = [sharding.global_batch(next(it), parts.mesh) for _ in range(8)]
@@ -111,7 +128,8 @@ def run(config, steps: int, warmup: int, config_name: str = '', allocator: str =
     'device_kind': device.device_kind,
     'commit': provenance.revision(),
     'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-    'batch': f'{config.data.batch_size}x{config.data.seq_len}',
+    'batch': f'{config.data.batch_size}x{config.data.seq_len}'
+    + (f' (DP: expected rows, padded to {parts.train_rows})' if parts.privacy else ''),
     'steps_timed': steps,
     'compile_s': compile_s,
     **summary,
@@ -249,17 +267,35 @@ def main(argv):
   ]
   if overrides:
     name += ' ' + ' '.join(overrides)
-  try:
-    figures = run(_CONFIG.value, _STEPS.value, _WARMUP.value, name, allocator)
-  except (faults.RunError, ValueError, FileNotFoundError) as e:
-    cli.fail(str(e))  # Bad config or data: one line, as research.main.
-  _print(figures)
+  configs = [(_CONFIG.value, name)]
+  if _DP.value:
+    if _CONFIG.value.privacy.enabled:
+      cli.fail('--dp compares a plain config with its DP-SGD version: drop config.privacy.enabled.')
+    configs.append((private(_CONFIG.value), name + ' [DP-SGD]'))
+  runs = []
+  for config, config_name in configs:
+    try:
+      figures = run(config, _STEPS.value, _WARMUP.value, config_name, allocator)
+    except (faults.RunError, ValueError, FileNotFoundError) as e:
+      cli.fail(str(e))  # Bad config or data: one line, as research.main.
+    if runs:
+      figures['dp_step_ratio'] = figures['step_time_median_s'] / runs[0]['step_time_median_s']
+    _print(figures)
+    runs.append(figures)
+  if _DP.value:
+    print(
+      f'DP-SGD step / plain step: {runs[1]["dp_step_ratio"]:.2f}x (medians; the DP step '
+      f'clips each of about {_CONFIG.value.data.batch_size} sampled rows, microbatches of '
+      f'{_CONFIG.value.privacy.microbatch_size})',
+      flush=True,
+    )
   if _JSON.value:
     with open(_JSON.value, 'w') as f:
-      json.dump(figures, f, indent=2)
+      json.dump(runs if len(runs) > 1 else runs[0], f, indent=2)
   if _RECORD.value:
     with open(_RECORD.value, 'a') as f:
-      f.write(json.dumps(figures) + '\n')
+      for figures in runs:
+        f.write(json.dumps(figures) + '\n')
     if _TABLE.value:
       write_table(_RECORD.value, _TABLE.value)
 

@@ -57,30 +57,46 @@ def rdp_epsilon(sampling_rate: float, noise_multiplier: float, steps: int, delta
   return float(accountant.get_epsilon(delta))
 
 
+_MAX_NOISE = 1000.0  # The largest noise multiplier calibration considers.
+_MIN_NOISE = 0.1
+_NOISE_TOLERANCE = 1e-4  # Relative: the calibrated sigma is within this of the smallest.
+
+
+@functools.lru_cache(maxsize=64)
 def calibrate_noise(sampling_rate: float, steps: int, target_epsilon: float, delta: float) -> float:
-  """The smallest noise multiplier whose run of `steps` spends at most
-  `target_epsilon` at `delta` (PLD accountant).
+  """The smallest noise multiplier (to a relative 1e-4, rounded up) whose run
+  of `steps` spends at most `target_epsilon` at `delta` (PLD accountant).
+
+  A bisection on sigma over `epsilon`, which is decreasing in sigma; every
+  epsilon is dp-accounting's. (dp_accounting.calibrate_dp_mechanism's
+  root-finder took 45 to 85 s here, about 50 accountant runs; this takes
+  about 17.)
 
   Raises:
     ValueError: naming privacy.target_epsilon when no noise multiplier up to
       1,000 reaches it (epsilon too small for so many steps at this rate).
   """
-  try:
-    return float(
-      dp_accounting.calibrate_dp_mechanism(
-        _pld_accountant,
-        lambda sigma: dp_event(sampling_rate, sigma, steps),
-        target_epsilon,
-        delta,
-        bracket_interval=dp_accounting.ExplicitBracketInterval(0.1, 1000.0),
-      )
-    )
-  except Exception as e:  # pylint: disable=broad-except
+  spent = lambda sigma: epsilon(sampling_rate, sigma, steps, delta)  # noqa: E731
+  if spent(_MAX_NOISE) > target_epsilon:
     raise ValueError(
       f'config.privacy.target_epsilon={target_epsilon} cannot be reached in {steps} steps '
       f'at sampling rate {sampling_rate:.3g} and delta {delta:g} with a noise multiplier up '
-      'to 1000; raise target_epsilon, or lower the steps or data.batch_size.'
-    ) from e
+      f'to {_MAX_NOISE:g}; raise target_epsilon, or lower the steps or data.batch_size.'
+    )
+  # A bracket (lo, hi] with spent(hi) <= target < spent(lo), found from 1.
+  lo = hi = 1.0
+  if spent(hi) > target_epsilon:
+    while spent(hi) > target_epsilon:
+      lo, hi = hi, min(2 * hi, _MAX_NOISE)
+  else:
+    while lo > _MIN_NOISE and spent(lo) <= target_epsilon:
+      hi, lo = lo, max(lo / 2, _MIN_NOISE)
+    if spent(lo) <= target_epsilon:
+      return lo  # Even the least noise considered is enough.
+  while hi - lo > _NOISE_TOLERANCE * hi:
+    mid = (lo + hi) / 2
+    lo, hi = (lo, mid) if spent(mid) <= target_epsilon else (mid, hi)
+  return hi
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,9 +26,14 @@ from research import gradients
 from research import losses
 
 
+def global_norm(tree: Any) -> jax.Array:
+  """The L2 norm of all of `tree`'s leaves together, in float32."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 def clip(tree: Any, l2_clip_norm: float) -> tuple[Any, jax.Array]:
   """`tree` scaled to global L2 norm at most `l2_clip_norm`, and its norm."""
-  norm = jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+  norm = global_norm(tree)
   scale = jnp.minimum(1.0, l2_clip_norm / jnp.maximum(norm, 1e-12))
   return jax.tree.map(lambda x: (x * scale).astype(x.dtype), tree), norm
 
@@ -69,10 +74,9 @@ def private(
       single = jax.tree.map(lambda x: x[None], row)
       single['denominator'] = jnp.asarray(row_scale, jnp.float32)
       grads, aux = grad_fn(params, single, jax.random.fold_in(dropout_rng, index))
-      clipped, norm = clip(grads, l2_clip_norm)
       real = jnp.sum(row['weights']) > 0
       aux = jax.tree.map(lambda x: x[0] if x.ndim else x, aux)  # Drop the row axis of one.
-      return clipped, aux, (norm > l2_clip_norm) & real, real
+      return grads, global_norm(grads), aux, real
 
     size = microbatch_size or rows
     if rows % size:
@@ -83,9 +87,16 @@ def private(
     groups = rows // size
 
     def compute(group, indices):
-      clipped_M, aux_M, over_M, real_M = jax.vmap(one_row)(group, indices)
-      summed = jax.tree.map(lambda g: jnp.sum(g.astype(jnp.float32), axis=0), clipped_M)
-      return summed, aux_M, jnp.sum(over_M), jnp.sum(real_M)
+      grads_M, norm_M, aux_M, real_M = jax.vmap(one_row)(group, indices)
+      scale_M = jnp.minimum(1.0, l2_clip_norm / jnp.maximum(norm_M, 1e-12))
+      # The clipped rows' sum as one contraction over the row axis: scaling
+      # and summing the M gradients elementwise made XLA's CPU backend take
+      # 22 s for 8 rows of PTB's LSTM (its 10,000-word embedding and softmax)
+      # against 0.4 s this way.
+      summed = jax.tree.map(
+        lambda g: jnp.tensordot(scale_M, g.astype(jnp.float32), axes=(0, 0)), grads_M
+      )
+      return summed, aux_M, jnp.sum((norm_M > l2_clip_norm) & real_M), jnp.sum(real_M)
 
     def group_step(total, xs):
       group, indices = xs
