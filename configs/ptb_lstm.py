@@ -73,5 +73,40 @@ def large() -> ml_collections.ConfigDict:
   return _base(1500, 35, 0.04, 0.65, 14, 1 / 1.15, 55, 10.0)
 
 
+def audit() -> ml_collections.ConfigDict:
+  """The small model for a canary audit (experiments/carlini2019_secret_sharer):
+  2 epochs instead of 13 (the CPU budget of 9 runs; the learning rate is 1
+  throughout, its decay starts after epoch 4), canaries inserted and scored:
+  three per repetition count (1, 4, 16, 64) and three held out."""
+  c = small()
+  c.num_epochs = 2
+  c.audit.enabled = True
+  c.audit.canaries_per_count = 3
+  return c
+
+
+def audit_dp() -> ml_collections.ConfigDict:
+  """`audit` trained with DP-SGD to epsilon 8 (delta: the largest power of ten
+  below 1 / N, 1e-5 for PTB's 46,479 training sequences of 20 tokens).
+
+  DP-SGD's noise is sigma C on the sum of a step's clipped gradients, so its
+  share of the mean falls with the rows of a step: the expected batch is 256
+  sequences (sampling rate 256 / 46,479), the usual large-batch choice of
+  DP-SGD, not Zaremba's 20. Each sequence's summed-loss gradient is clipped to
+  norm 1; SGD at rate 1 as the small model. Set once, not tuned.
+  """
+  c = audit()
+  c.privacy.enabled = True
+  c.privacy.target_epsilon = 8.0
+  c.privacy.l2_clip_norm = 1.0
+  c.data.batch_size = 256
+  c.log_every_steps = 20
+  return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return common.select_variant({'small': small, 'medium': medium, 'large': large}, arg, 'small')
+  return common.select_variant(
+    {'small': small, 'medium': medium, 'large': large, 'audit': audit, 'audit_dp': audit_dp},
+    arg,
+    'small',
+  )

@@ -190,5 +190,44 @@ class TableTest(absltest.TestCase):
       )
 
 
+class FurtherTableTest(absltest.TestCase):
+  def test_a_further_table_reads_its_metric_per_split(self):
+    # Exposure per repetition count, as the Secret Sharer experiment has it.
+    table = spec_lib.Table(
+      'Exposure', 'exposure', ('audit_r0', 'audit_r4'), ('held out', '4'), plot='exposure.png'
+    )
+    plain = spec_lib.Row('plain', 'configs/default.py')
+    private = spec_lib.Row('dp', 'configs/default.py')
+    experiment = spec_lib.Experiment(
+      'ss', 'SS', rows=(plain, private), seeds=(0, 1, 2), splits=('valid',), tables=(table,)
+    )
+    exposures = {0: (1.0, 9.0), 1: (2.0, 11.0), 2: (1.5, 13.0)}
+    results = []
+    for seed, (held, four) in exposures.items():
+      results.append(_result(plain, seed, 100.0))
+      results[-1].extra.update({('audit_r0', 'exposure'): held, ('audit_r4', 'exposure'): four})
+      results.append(_result(private, seed, 120.0))  # Never audited.
+    text = report.results_markdown(experiment, results)
+    self.assertIn('| row | held out | 4 |', text)
+    held_mean, held_half = stats.confidence_interval([1.0, 2.0, 1.5])
+    self.assertAlmostEqual(held_half, 4.3027 * 0.5 / math.sqrt(3), places=4)
+    self.assertIn(f'| plain | {held_mean:.2f} ± {held_half:.2f} (3) | 11.00 ± 4.97 (3) |', text)
+    self.assertIn('| dp | — | — |', text)
+    directory = self.create_tempdir().full_path
+    report.write_csv(os.path.join(directory, 'results.csv'), experiment, results)
+    with open(os.path.join(directory, 'results.csv')) as f:
+      lines = f.read().splitlines()
+    self.assertIn('plain,2,audit_r4,exposure,13,60.0,test', lines)
+    path = plots.write_table_plot(directory, table, experiment, results)
+    self.assertEqual(os.path.basename(path), 'exposure.png')
+    self.assertGreater(os.path.getsize(path), 1000)
+    with self.assertRaisesRegex(ValueError, 'has 1 labels for 2 splits'):
+      spec_lib.check(
+        spec_lib.Experiment(
+          'x', 'x', rows=(plain,), tables=(spec_lib.Table('E', 'exposure', ('a', 'b'), ('a',)),)
+        )
+      )
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -168,6 +168,33 @@ class RunAuditTest(absltest.TestCase):
     self.assertLen([r for r in _records(workdir) if r['split'] == 'audit'], 3)
 
 
+class RefusalTest(absltest.TestCase):
+  def test_a_canary_format_the_vocabulary_cannot_build_names_the_key(self):
+    tmp = self.create_tempdir().full_path
+    cases = (
+      (dict(prefix='the zebra'), "config.audit.prefix='the zebra' must be non-empty text"),
+      (dict(alphabet_size=500), 'config.audit.alphabet_size=500 exceeds the'),
+      (
+        dict(alphabet_size=2, secret_length=2, canaries_per_count=2),
+        r'needs 10 distinct secrets but \|R\| = 4; raise config.audit.alphabet_size',
+      ),
+    )
+    for audit_keys, message in cases:
+      config = test_util.tiny_config(tmp, model='lstm', level='word')
+      with config.unlocked():
+        config.audit.enabled = True
+        config.audit.prefix = 'the cat'
+        config.audit.update(audit_keys)
+      with self.subTest(audit_keys), self.assertRaisesRegex(ValueError, message):
+        components.build(config)  # Before anything is trained.
+    config = test_util.tiny_config(tmp, model='lstm', level='char')
+    with config.unlocked():
+      config.audit.enabled = True
+      config.audit.prefix = 'the code is \u00e9'  # No accented letter in the corpus.
+    with self.assertRaisesRegex(ValueError, 'config.audit.prefix=.* cannot be encoded'):
+      components.build(config)
+
+
 def _records(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]

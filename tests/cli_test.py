@@ -60,7 +60,7 @@ class CliTest(absltest.TestCase):
       ([f'--config={raises}', wd], r"failed to load: KeyError: 'x'"),
       (
         ['--config=configs/ptb_lstm.py:huge', wd],
-        r"Unknown config variant 'huge'; valid variants: \['large', 'medium', 'small'\]",
+        r"Unknown config variant 'huge'; valid variants: \['audit', 'audit_dp', 'large', 'medium', 'small'\]",
       ),
       (
         [default, wd, '--config.num_train_steps=lots'],

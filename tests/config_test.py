@@ -84,7 +84,9 @@ class ConfigTest(parameterized.TestCase):
 
   def test_unknown_variant_lists_the_variants(self):
     path = os.path.join(_ROOT, 'configs', 'ptb_lstm.py')
-    with self.assertRaisesRegex(Exception, r"valid variants: \['large', 'medium', 'small'\]"):
+    with self.assertRaisesRegex(
+      Exception, r"valid variants: \['audit', 'audit_dp', 'large', 'medium', 'small'\]"
+    ):
       test_util.parse_config_flags(f'--config={path}:huge')
 
   @parameterized.parameters(

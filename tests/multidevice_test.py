@@ -75,7 +75,10 @@ def mesh_worker(model: str, directory: str, scan_layers: bool = False) -> dict:
   if scan_layers:
     config.model.scan_layers = True
   runs = {}
-  for name, sizes in MESHES.items():
+  # Scanned layers change no partition rule: the meshes that combine axes.
+  names = ('one', 'data_tensor', 'fsdp_tensor') if scan_layers else tuple(MESHES)
+  for name in names:
+    sizes = MESHES[name]
     _set_mesh(config, sizes)
     parts = components.build(config, devices=jax.devices()[: int(np.prod(sizes))])
     state, shardings = components.create_state(parts, jax.random.key(0), config.data.batch_size)

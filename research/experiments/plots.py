@@ -138,25 +138,53 @@ def write_difference_plot(directory: str, experiment: spec_lib.Experiment, resul
   return path
 
 
-def write_split_plot(directory: str, experiment: spec_lib.Experiment, results: list) -> str:
-  """splits.png: each row's mean and 95% interval on every split, in the
-  spec's order (evaluation contexts, say), one line per row."""
+def _per_split(path, title, rows, results, splits, labels, metric, metric_name) -> str:
+  """Each row's mean and 95% interval on every split, in order, one line per
+  row; `metric` None: the experiment's own."""
   plt = _pyplot()
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for row in experiment.rows:
+  for row in rows:
     points = []
-    for k, split in enumerate(experiment.splits):
-      summary = stats.row_summary(row, results, split)
+    for k, split in enumerate(splits):
+      summary = stats.row_summary(row, results, split, metric)
       if summary is not None:
         points.append((k, summary[0], summary[1] or 0.0))
     if points:
       xs, means, halves = zip(*points)
       ax.errorbar(xs, means, yerr=halves, marker='o', capsize=3, label=row.name)
-  ax.set_xticks(range(len(experiment.splits)), experiment.splits)
-  ax.set_ylabel(experiment.metric)
-  ax.set_title(
-    f'{experiment.name}: {experiment.metric} per split, mean and 95% interval', fontsize=9
+  ax.set_xticks(range(len(splits)), labels)
+  ax.set_ylabel(metric_name)
+  ax.set_title(title, fontsize=9)
+  return _save(plt, fig, ax, path, 8)
+
+
+def write_split_plot(directory: str, experiment: spec_lib.Experiment, results: list) -> str:
+  """splits.png: each row's mean and 95% interval on every split, in the
+  spec's order (evaluation contexts, say), one line per row."""
+  return _per_split(
+    os.path.join(directory, 'splits.png'),
+    f'{experiment.name}: {experiment.metric} per split, mean and 95% interval',
+    experiment.rows,
+    results,
+    experiment.splits,
+    experiment.splits,
+    None,
+    experiment.metric,
   )
-  path = _save(plt, fig, ax, os.path.join(directory, 'splits.png'), 8)
-  return path
+
+
+def write_table_plot(
+  directory: str, table: spec_lib.Table, experiment: spec_lib.Experiment, results: list
+) -> str:
+  """`table.plot`: a further table's metric per column, one line per row."""
+  return _per_split(
+    os.path.join(directory, table.plot),
+    f'{experiment.name}: {table.title.lower()}, mean and 95% interval',
+    experiment.rows,
+    results,
+    table.splits,
+    [table.label(s) for s in table.splits],
+    table.metric,
+    table.metric,
+  )

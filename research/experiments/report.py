@@ -34,6 +34,8 @@ class CellResult:
   wall_seconds: float
   hardware: str
   revision: str
+  # (split, metric) -> value at the end, for the spec's further tables.
+  extra: dict = dataclasses.field(default_factory=dict)
 
 
 def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
@@ -43,12 +45,16 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
     cell_state = runner.state(path)
     records = provenance.read_jsonl(os.path.join(path, 'metrics.jsonl'))
     runs = provenance.read_runs(path)
-    final = {}
+    final, extra = {}, {}
+    wanted = {(s, t.metric) for t in experiment.tables for s in t.splits}
     if cell_state.status == 'finished':
       last = max(r['step'] for r in records)
       for r in records:
-        if r['step'] == last and r['split'] in experiment.splits:
+        if r['step'] != last:
+          continue
+        if r['split'] in experiment.splits:
           final[r['split']] = r[experiment.metric]
+        extra.update({(r['split'], m): r[m] for s, m in wanted if s == r['split'] and m in r})
     history = [
       (r.get('epoch', float('nan')), r[experiment.metric]) for r in records if r['split'] == 'valid'
     ]
@@ -60,6 +66,7 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
         reason=cell_state.reason,
         command=shlex.join(runner.command(root, experiment, cell, python='python')),
         final=final,
+        extra=extra,
         history=history,
         epochs=max([r.get('epoch', 0.0) for r in records], default=0.0),
         wall_seconds=provenance.wall_seconds(runs, [r['time'] for r in records if 'time' in r]),
@@ -77,7 +84,7 @@ def _duration(seconds: float) -> str:
 
 # Decimals of a row's mean (a cell's value gets one more): perplexities
 # differ in the first decimal, losses and bits per character in the third.
-_DECIMALS = {'perplexity': 1, 'loss': 3, 'bpc': 3}
+_DECIMALS = {'perplexity': 1, 'loss': 3, 'bpc': 3, 'exposure': 2, 'epsilon': 2}
 
 
 def _fmt(mean, half, metric: str) -> str:
@@ -130,6 +137,8 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
   if sources:
     lines += ['', 'Published values: ' + '; '.join(sources) + '.']
   lines += ['']
+  for table in experiment.tables:
+    lines += table_markdown(table, experiment, results)
   if experiment.baseline:
     lines += ablation.markdown(experiment, results)
   if experiment.split_baseline:
@@ -176,12 +185,38 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
       else ''
     )
     + (', `splits.png` (each row per split)' if experiment.split_baseline else '')
+    + ''.join(f', `{t.plot}` ({t.title.lower()})' for t in experiment.tables if t.plot)
     + '.',
     '',
     f'Generated {time.strftime("%Y-%m-%d %H:%M %Z")}.',
     '',
   ]
   return '\n'.join(lines)
+
+
+def table_markdown(
+  table: spec_lib.Table, experiment: spec_lib.Experiment, results: list[CellResult]
+) -> list[str]:
+  """A further table's lines: one line per row, one column per split, each
+  `mean ± 95% half-width (n)` over the row's finished cells ('—': none has it)."""
+  lines = [f'## {table.title}', '']
+  if table.note:
+    lines += [table.note.strip(), '']
+  lines += [
+    '| row | ' + ' | '.join(table.label(s) for s in table.splits) + ' |',
+    '| --- | ' + ' | '.join('---' for _ in table.splits) + ' |',
+  ]
+  for row in experiment.rows:
+    shown = []
+    for split in table.splits:
+      summary = stats.row_summary(row, results, split, table.metric)
+      if summary is None:
+        shown.append('—')
+      else:
+        mean, half, n, _ = summary
+        shown.append(f'{_fmt(mean, half, table.metric)} ({n})')
+    lines.append(f'| {row.name} | ' + ' | '.join(shown) + ' |')
+  return lines + ['']
 
 
 def write_csv(path: str, experiment: spec_lib.Experiment, results: list[CellResult]) -> None:
@@ -210,6 +245,18 @@ def write_csv(path: str, experiment: spec_lib.Experiment, results: list[CellResu
               r.hardware,
             ]
           )
+      for (split, metric), value in sorted(r.extra.items()):
+        out.writerow(
+          [
+            r.cell.row.name,
+            r.cell.seed,
+            split,
+            metric,
+            f'{value:.6g}',
+            f'{r.wall_seconds:.1f}',
+            r.hardware,
+          ]
+        )
 
 
 def recorded_cells(table: str) -> set[str]:
@@ -283,4 +330,7 @@ def write(
     written.append(plots.write_difference_plot(directory, experiment, results))
   if experiment.split_baseline:
     written.append(plots.write_split_plot(directory, experiment, results))
+  for table in experiment.tables:
+    if table.plot:
+      written.append(plots.write_table_plot(directory, table, experiment, results))
   return written

@@ -33,6 +33,23 @@ class Row:
 
 
 @dataclasses.dataclass(frozen=True)
+class Table:
+  """A further table of RESULTS.md: `metric` of every row on `splits`, read
+  at a cell's last step like the main table (a canary audit's exposure per
+  repetition count, the epsilon a DP row spent)."""
+
+  title: str
+  metric: str  # A field of the records, e.g. 'exposure', 'epsilon'.
+  splits: tuple[str, ...]  # Its columns, e.g. ('audit_r1', 'audit_r4').
+  labels: tuple[str, ...] = ()  # A column label per split ('1', '4'); () : the splits.
+  plot: str = ''  # A PNG of the metric per column, one line per row ('' : none).
+  note: str = ''  # Markdown under the table's heading.
+
+  def label(self, split: str) -> str:
+    return self.labels[self.splits.index(split)] if self.labels else split
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
   name: str
   title: str
@@ -49,6 +66,7 @@ class Experiment:
   # RESULTS.md then gives each row's paired difference, and splits.png each
   # row's figure per split.
   split_baseline: str = ''
+  tables: tuple[Table, ...] = ()  # Further tables after the main one.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +108,14 @@ def check(experiment: Experiment) -> None:
       f'split_baseline={experiment.split_baseline!r} is not one of the splits '
       f'{list(experiment.splits)}.'
     )
+  for table in experiment.tables:
+    if table.labels and len(table.labels) != len(table.splits):
+      raise ValueError(
+        f'Table {table.title!r} has {len(table.labels)} labels for {len(table.splits)} splits; '
+        'give one label per split, or none.'
+      )
+    if table.plot and not table.plot.endswith('.png'):
+      raise ValueError(f'Table {table.title!r}: plot={table.plot!r} must name a .png file.')
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f'Row names must be unique; repeated: {duplicates}.')

@@ -78,11 +78,15 @@ def confidence_interval(values: list[float]) -> tuple[float, float | None]:
   return mean, t_quantile_975(len(values) - 1) * sem
 
 
-def row_summary(row, results, split):
+def row_summary(row, results, split, metric: str | None = None):
   """(mean, 95% half-width, n, finished results) of `row`'s final `split`
-  metric over its finished cells; None when none has it."""
+  figure over its finished cells: the experiment's metric, or `metric` of a
+  further table; None when no cell has it."""
   done = [r for r in results if r.cell.row == row and r.status == 'finished']
-  values = [r.final[split] for r in done if split in r.final]
+  if metric is None:
+    values = [r.final[split] for r in done if split in r.final]
+  else:
+    values = [r.extra[(split, metric)] for r in done if (split, metric) in r.extra]
   if not values:
     return None
   mean, half = confidence_interval(values)

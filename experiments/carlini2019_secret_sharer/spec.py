@@ -1,0 +1,83 @@
+"""Carlini, Liu, Erlingsson, Kos and Song 2019, "The Secret Sharer: Evaluating
+and Testing Unintended Memorization in Neural Networks" (USENIX Security):
+canaries inserted into the Penn Treebank's training split, their exposure
+after training without and with DP-SGD.
+
+Every row is Zaremba's small LSTM on word-level PTB for 2 epochs with the
+audit of `configs/ptb_lstm.py:audit` (the prefix 'the secret code is' and 4
+secret words from 10 vocabulary words: |R| = 10^4 candidates, ranked exactly);
+the DP rows train with DP-SGD calibrated to epsilon 8 and 2 (`audit_dp`).
+"""
+
+from research.experiments.spec import Experiment, Row, Table
+
+REPETITIONS = (1, 4, 16, 64)  # configs/common.py audit.repetitions
+
+SPEC = Experiment(
+  name='carlini2019_secret_sharer',
+  title="The Secret Sharer on PTB: canaries' exposure without and with DP-SGD",
+  seeds=(0, 1, 2),
+  metric='perplexity',
+  splits=('valid', 'test'),
+  baseline='non_private',
+  notes=(
+    "Design: Zaremba et al.'s small LSTM (2 x 200 units, PTB's 10,000 words) for 2 epochs, "
+    'its learning rate 1 throughout. Canaries are lines `the secret code is w1 w2 w3 w4`, '
+    'the four words drawn from 10 vocabulary words fixed by the audit seed (|R| = 10^4, so '
+    'the most exposure can be is log2 10^4 = 13.29 bits). Three canaries are inserted 1, 4, '
+    '16 and 64 times each, at random line starts of the training split, and three of the '
+    "same format are held out (never inserted: the reference for chance). A canary's "
+    'exposure is log2 |R| minus log2 of its rank among all 10^4 candidates by the '
+    "model's log-perplexity of the secret after the prefix (Carlini et al. 2019, Section "
+    "4); a table cell is the mean over seeds of the mean over a count's three canaries. "
+    'A seed fixes the initialisation, the data order and the canaries alike (the audit '
+    'seed is fixed; the secrets are the same in every cell), so rows compare on the same '
+    'canaries.\n\n'
+    'Rows: non-private training (batch 20, state carried, as Zaremba); DP-SGD (Abadi et '
+    'al. 2016) with the noise calibrated before training to epsilon 8 and 2 at delta 1e-5 '
+    '(PLD accountant, dp-accounting), Poisson sampling of the 46,479 training sequences '
+    'of 20 tokens at an expected 256 per step, each sequence gradient clipped to norm 1, '
+    'the LSTM state reset on every sequence. The unit of privacy is one 20-token sequence: '
+    'a canary repeated k times sits in up to k sequences, so group privacy bounds what the '
+    'model may reveal about it only by about k epsilon.\n\n'
+    'Published anchor (direction, not number): Carlini et al. 2019 find that without '
+    'DP exposure grows with the number of insertions, reaching levels at which the secret '
+    'can be extracted, and that a model trained with DP-SGD leaves canaries near chance '
+    "exposure at some cost in perplexity (the paper's defences section). Here the first "
+    'holds if the non-private row rises with repetitions to near 13.29 bits; the second if '
+    'the DP rows stay near the held-out level (about 1 to 2 bits) and their perplexity is '
+    'higher than the non-private row.'
+  ),
+  tables=(
+    Table(
+      'Exposure per insertion count (bits)',
+      'exposure',
+      ('audit_r0', *(f'audit_r{r}' for r in REPETITIONS)),
+      ('held out', *(f'{r}x' for r in REPETITIONS)),
+      plot='exposure.png',
+      note='Exact rank among all 10^4 candidates; chance is about 1.4 bits (log2 e), the '
+      'maximum 13.29. Mean ± 95% interval over seeds (n).',
+    ),
+    Table(
+      'Exposure by skew-normal extrapolation (bits)',
+      'exposure_extrapolated',
+      ('audit_r0', *(f'audit_r{r}' for r in REPETITIONS)),
+      ('held out', *(f'{r}x' for r in REPETITIONS)),
+      note="Carlini et al.'s estimate for spaces too large to rank: a skew normal fitted to "
+      "the candidates' log-perplexities; shown beside the exact rank as a check of it.",
+    ),
+    Table(
+      'Privacy spent (DP rows)',
+      'epsilon',
+      ('train',),
+      ('epsilon at the end (PLD, delta 1e-5)',),
+      note='From dp-accounting for the run\'s sampling rate, noise and steps; "—": '
+      'not private, no epsilon.',
+    ),
+  ),
+  rows=(
+    Row('non_private', 'configs/ptb_lstm.py:audit'),
+    Row('dp_eps8', 'configs/ptb_lstm.py:audit_dp'),
+    Row('dp_eps2', 'configs/ptb_lstm.py:audit_dp', {'privacy.target_epsilon': 2.0}),
+  ),
+)
