@@ -20,3 +20,8 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# Subprocesses started by tests run `research.main` and friends, which re-execute
+# themselves once with a tuned allocator (research/host.py): a second
+# interpreter start and import of JAX per subprocess, for a speed-up no test
+# measures. tests/host_test.py clears this to test the re-execution itself.
+os.environ.setdefault('RESEARCH_KEEP_MALLOC', '1')
