@@ -9,6 +9,10 @@ tokens/s the data pipeline alone supplies.
   --dp               also time the same config under DP-SGD (privacy.enabled;
                      noise multiplier 1 unless the config sets the noise) and
                      print the DP step's time as a multiple of the plain one.
+  --generate         time sampling instead of training: tokens/s of one sample
+                     of the model's whole context decoded through the cache,
+                     against re-reading the window for every token (random
+                     parameters: the cost does not depend on them).
   --json=PATH        also write the figures as JSON.
   --record=FILE      append them to FILE (JSON lines; default none), then
   --table=MD         rebuild the markdown table MD from FILE's latest run per
@@ -29,6 +33,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import numpy as np
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
@@ -38,6 +43,7 @@ from research import faults
 from research import flops
 from research import host
 from research import provenance
+from research import sampling
 from research import sharding
 from research import train
 
@@ -46,6 +52,9 @@ _STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps (after warm-up).')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.')
 _DP = flags.DEFINE_bool(
   'dp', False, 'Also time the config under DP-SGD and print the cost against the plain step.'
+)
+_GENERATE = flags.DEFINE_bool(
+  'generate', False, 'Time sampling (cache against recomputing) instead of training.'
 )
 _JSON = flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
 _RECORD = flags.DEFINE_string('record', None, 'Append the figures to this JSON-lines file.')
@@ -145,6 +154,63 @@ def run(config, steps: int, warmup: int, config_name: str = '', allocator: str =
     'host_allocator': allocator,
     'data_tokens_per_s': data_tokens_per_s(parts, config),
   }
+
+
+def generation(config, config_name: str = '', repeats: int = 3) -> dict:
+  """Tokens/s of sampling the model's context (one prompt token, then T - 1
+  new ones; 200 for a model without a context) with the decoding cache and
+  by re-reading the window for each token; the median of `repeats` timed
+  calls after a compiling one, each."""
+  parts = components.build(config)
+  params = parts.model.init(jax.random.key(config.seed))
+  context = parts.model.context or config.data.seq_len
+  new = context - 1 if parts.model.context else 200
+  prompt = np.zeros((1,), np.int32)
+  figures = {
+    'config': config_name,
+    'device': provenance.hardware(),
+    'commit': provenance.revision(),
+    'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+    'context': context,
+    'new_tokens': new,
+  }
+  for name, recompute in (('cached', False), ('recompute', True)):
+    run = lambda: sampling.sample(  # noqa: E731
+      parts.model,
+      params,
+      prompt,
+      jax.random.key(0),
+      num_tokens=new,
+      context=context,
+      temperature=1.0,
+      top_k=0,
+      top_p=1.0,
+      recompute=recompute,
+    )
+    start = time.perf_counter()
+    run()
+    figures[f'{name}_first_call_s'] = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      run()
+      times.append(time.perf_counter() - start)
+    figures[f'{name}_tokens_per_s'] = new / float(np.median(times))
+  figures['speedup'] = figures['cached_tokens_per_s'] / figures['recompute_tokens_per_s']
+  return figures
+
+
+def _print_generation(f: dict) -> None:
+  print(
+    f'{f["config"]} on {f["device"]} (commit {f["commit"][:12]}): sampling {f["new_tokens"]} '
+    f'tokens after 1 (context {f["context"]})\n'
+    f'  cached decoding    {f["cached_tokens_per_s"]:,.1f} tokens/s '
+    f'(first call, compiling: {f["cached_first_call_s"]:.1f} s)\n'
+    f'  recomputing        {f["recompute_tokens_per_s"]:,.1f} tokens/s '
+    f'(first call, compiling: {f["recompute_first_call_s"]:.1f} s)\n'
+    f'  speed-up           {f["speedup"]:.1f}x',
+    flush=True,
+  )
 
 
 def _print(figures: dict) -> None:
@@ -267,6 +333,16 @@ def main(argv):
   ]
   if overrides:
     name += ' ' + ' '.join(overrides)
+  if _GENERATE.value:
+    try:
+      figures = generation(_CONFIG.value, name)
+    except (faults.RunError, ValueError, FileNotFoundError) as e:
+      cli.fail(str(e))
+    _print_generation(figures)
+    if _JSON.value:
+      with open(_JSON.value, 'w') as f:
+        json.dump(figures, f, indent=2)
+    return
   configs = [(_CONFIG.value, name)]
   if _DP.value:
     if _CONFIG.value.privacy.enabled:

@@ -197,14 +197,15 @@ def log_figures(step: int, results: dict, headline: str) -> None:
     )
 
 
-def restore_latest(config: ml_collections.ConfigDict, workdir: str, mode: str):
-  """(parts, step, params) of the workdir's latest checkpoint under `config`,
-  which must be the one it was trained with (`mode` names the flag)."""
+def restore(config: ml_collections.ConfigDict, workdir: str, mode: str, step: int | None = None):
+  """(parts, step, params) of the workdir's checkpoint at `step` (default: the
+  latest) under `config`, which must be the one it was trained with (`mode`
+  names the program or flag, for the message)."""
   parts = components_lib.build(config)
   manager = checkpoint.make_manager(
     os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
   )
-  step = checkpoint.latest_step(manager)
+  step = checkpoint.latest_step(manager) if step is None else step
   if step is None:
     raise FileNotFoundError(
       f'No checkpoint in {workdir}/checkpoints; train first with --mode=train.'
@@ -214,13 +215,18 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, mode: str):
     step,
     config,
     parts.corpus.tokenizer.identity,
-    remedy=f'--mode={mode} scores a model with the config it was trained with: '
+    remedy=f'{mode} reads a model with the config it was trained with: '
     'use the original values (or the workdir that matches this config).',
   )
   structs, _ = components_lib.abstract_state(parts, parts.train_rows)
   state = checkpoint.restore(manager, step, structs)
   manager.close()
   return parts, step, state.params
+
+
+def restore_latest(config: ml_collections.ConfigDict, workdir: str, mode: str):
+  """`restore` of the latest checkpoint, for `--mode=MODE`."""
+  return restore(config, workdir, f'--mode={mode}')
 
 
 def evaluate_checkpoint(

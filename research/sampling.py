@@ -1,6 +1,7 @@
 """Temperature / top-k / top-p decoding for both model families.
 
-Shape letters: B batch (1 here), T context length, V vocabulary, P prompt length.
+Shape letters: B samples drawn together, T context length, V vocabulary, P prompt
+length, N new tokens.
 
 A model reads the prompt once with `decode` and then feeds one token at a
 time through its cache (the LSTM's carry; the Transformer's keys and values),
@@ -10,6 +11,7 @@ one token once full.
 """
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,31 +37,57 @@ def filter_logits(
   return logits_V
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num_tokens', 'top_k', 'top_p'))
+def _draw(logits_BxV, key, *, temperature, top_k: int, top_p, dtype) -> jax.Array:
+  """One token per row from the filtered logits."""
+  filtered_BxV = jax.vmap(
+    lambda l: filter_logits(l, temperature=temperature, top_k=top_k, top_p=top_p)
+  )(logits_BxV)
+  return jax.random.categorical(key, filtered_BxV, axis=-1).astype(dtype)
+
+
+_STATIC = ('model', 'num_tokens', 'top_k', 'top_p', 'on_token')
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def _sample_cached(
-  params, prompt_1xP, rng, *, model: models.Model, num_tokens: int, temperature, top_k: int, top_p
+  params,
+  prompt_BxP,
+  rng,
+  *,
+  model: models.Model,
+  num_tokens: int,
+  temperature,
+  top_k: int,
+  top_p,
+  on_token: Callable | None = None,
 ):
-  P = prompt_1xP.shape[1]  # pylint: disable=invalid-name
-  logits_1xPxV, cache = model.decode(params, model.init_cache(1), prompt_1xP, jnp.arange(P)[None])
+  B, P = prompt_BxP.shape  # pylint: disable=invalid-name
+  positions_BxP = jnp.broadcast_to(jnp.arange(P), (B, P))
+  logits_BxPxV, cache = model.decode(params, model.init_cache(B), prompt_BxP, positions_BxP)
 
   def step(c, key_and_position):
-    cache, logits_V = c
+    cache, logits_BxV = c
     key, position = key_and_position
-    logits_V = filter_logits(logits_V, temperature=temperature, top_k=top_k, top_p=top_p)
-    token = jax.random.categorical(key, logits_V).astype(prompt_1xP.dtype)
-    logits_1x1xV, cache = model.decode(params, cache, token.reshape(1, 1), position.reshape(1, 1))
-    return (cache, logits_1x1xV[0, 0]), token
+    tokens_B = _draw(
+      logits_BxV, key, temperature=temperature, top_k=top_k, top_p=top_p, dtype=prompt_BxP.dtype
+    )
+    if on_token is not None:
+      jax.debug.callback(on_token, tokens_B, ordered=True)
+    logits_Bx1xV, cache = model.decode(
+      params, cache, tokens_B[:, None], jnp.full((B, 1), position, jnp.int32)
+    )
+    return (cache, logits_Bx1xV[:, 0]), tokens_B
 
   keys = jax.random.split(rng, num_tokens)
   positions = P + jnp.arange(num_tokens, dtype=jnp.int32)
-  _, tokens_N = jax.lax.scan(step, (cache, logits_1xPxV[0, -1]), (keys, positions))
-  return tokens_N
+  _, tokens_NxB = jax.lax.scan(step, (cache, logits_BxPxV[:, -1]), (keys, positions))
+  return tokens_NxB.T
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num_tokens', 'top_k', 'top_p'))
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def _sample_stateless(
   params,
-  window_1xT,
+  window_BxT,
   length,
   rng,
   *,
@@ -68,49 +96,80 @@ def _sample_stateless(
   temperature,
   top_k: int,
   top_p,
+  on_token: Callable | None = None,
 ):
-  context = window_1xT.shape[1]
+  context = window_BxT.shape[1]
 
   def step(c, key):
-    window_1xT, length = c
-    logits_1xTxV, _ = model.apply(params, {}, window_1xT, train=False, rng=None)
-    logits_V = filter_logits(
-      logits_1xTxV[0, length - 1], temperature=temperature, top_k=top_k, top_p=top_p
+    window_BxT, length = c
+    logits_BxTxV, _ = model.apply(params, {}, window_BxT, train=False, rng=None)
+    tokens_B = _draw(
+      logits_BxTxV[:, length - 1],
+      key,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      dtype=window_BxT.dtype,
     )
-    token = jax.random.categorical(key, logits_V).astype(window_1xT.dtype)
+    if on_token is not None:
+      jax.debug.callback(on_token, tokens_B, ordered=True)
     full = length == context
     # A full window slides left by one; otherwise the token fills the next slot.
-    window_1xT = jnp.where(full, jnp.roll(window_1xT, -1, axis=1), window_1xT)
-    window_1xT = window_1xT.at[0, jnp.where(full, context - 1, length)].set(token)
-    return (window_1xT, jnp.minimum(length + 1, context)), token
+    window_BxT = jnp.where(full, jnp.roll(window_BxT, -1, axis=1), window_BxT)
+    window_BxT = window_BxT.at[:, jnp.where(full, context - 1, length)].set(tokens_B)
+    return (window_BxT, jnp.minimum(length + 1, context)), tokens_B
 
   keys = jax.random.split(rng, num_tokens)
-  _, tokens_N = jax.lax.scan(step, (window_1xT, length), keys)
-  return tokens_N
+  _, tokens_NxB = jax.lax.scan(step, (window_BxT, length), keys)
+  return tokens_NxB.T
 
 
-def sample(
+def sample_batch(
   model: models.Model,
   params,
   prompt_ids: np.ndarray,
   rng: jax.Array,
   *,
+  num_samples: int = 1,
   num_tokens: int,
   context: int,
   temperature: float,
   top_k: int,
   top_p: float,
+  on_token: Callable | None = None,
+  recompute: bool = False,
 ) -> np.ndarray:
-  """Returns `num_tokens` token ids continuing `prompt_ids` (at least 1 id)."""
+  """[num_samples, num_tokens] token ids, each row continuing `prompt_ids`
+  (at least 1 id), all rows in one compiled loop.
+
+  Args:
+    on_token: called on the host with each step's [num_samples] new ids, in
+      order, while the loop runs (streaming); None: nothing is called.
+    recompute: read the whole window again for every token instead of
+      decoding through the cache (the benchmark's baseline).
+  """
   prompt_ids = np.asarray(prompt_ids, np.int32)
   if prompt_ids.size == 0:
     raise ValueError('sampling needs a prompt of at least one token.')
   kwargs = dict(
-    model=model, num_tokens=num_tokens, temperature=temperature, top_k=top_k, top_p=top_p
+    model=model,
+    num_tokens=num_tokens,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    on_token=on_token,
   )
-  if model.context is None or prompt_ids.size + num_tokens <= model.context:
-    return np.asarray(_sample_cached(params, prompt_ids[None], rng, **kwargs))
+  fits = model.context is None or prompt_ids.size + num_tokens <= model.context
+  if fits and not recompute:
+    prompt = np.broadcast_to(prompt_ids, (num_samples, prompt_ids.size))
+    return np.asarray(_sample_cached(params, prompt, rng, **kwargs))
   prompt_ids = prompt_ids[-context:]
-  window = np.zeros((1, context), np.int32)
-  window[0, : prompt_ids.size] = prompt_ids
+  window = np.zeros((num_samples, context), np.int32)
+  window[:, : prompt_ids.size] = prompt_ids
   return np.asarray(_sample_stateless(params, window, prompt_ids.size, rng, **kwargs))
+
+
+def sample(model: models.Model, params, prompt_ids: np.ndarray, rng: jax.Array, **kwargs):
+  """Returns `num_tokens` token ids continuing `prompt_ids` (at least 1 id);
+  `kwargs` as `sample_batch`'s."""
+  return sample_batch(model, params, prompt_ids, rng, num_samples=1, **kwargs)[0]

@@ -30,9 +30,9 @@ SPEC = Experiment(
     'exposure is log2 |R| minus log2 of its rank among all 10^4 candidates by the '
     "model's log-perplexity of the secret after the prefix (Carlini et al. 2019, Section "
     "4); a table cell is the mean over seeds of the mean over a count's three canaries. "
-    'A seed fixes the initialisation, the data order and the canaries alike (the audit '
-    'seed is fixed; the secrets are the same in every cell), so rows compare on the same '
-    'canaries.\n\n'
+    "A cell's seed fixes its initialisation and data order; the canaries come from the "
+    'audit seed, which is fixed, so every cell holds the same secrets at the same places '
+    'and the rows compare on the same canaries.\n\n'
     'Rows: non-private training (batch 20, state carried, as Zaremba); DP-SGD (Abadi et '
     'al. 2016) with the noise calibrated before training to epsilon 8 and 2 at delta 1e-5 '
     '(PLD accountant, dp-accounting), Poisson sampling of the 46,479 training sequences '

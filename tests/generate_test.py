@@ -1,0 +1,111 @@
+"""research.generate: samples from a trained workdir, seeded, batched and
+streamed; bad prompts and steps refused; and the command line end to end."""
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+from research import generate
+from research import train
+from tests import test_util
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _trained(tmp, model, level):
+  config = test_util.tiny_config(tmp, model=model, level=level)
+  with config.unlocked():
+    config.sample.num_tokens = 0
+    config.num_train_steps = 4  # What is sampled does not need a good model.
+  workdir = os.path.join(tmp, f'{model}_{level}')
+  with contextlib.redirect_stdout(io.StringIO()):
+    train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+class GenerateTest(absltest.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    for name in ('t', 'l'):
+      os.makedirs(os.path.join(cls.tmp, name))
+    cls.transformer = _trained(os.path.join(cls.tmp, 't'), 'transformer', 'char')
+    cls.lstm = _trained(os.path.join(cls.tmp, 'l'), 'lstm', 'word')
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def test_same_seed_same_text_and_batched_samples(self):
+    one = generate.generate(self.transformer, 'the ', max_new_tokens=6, seed=3)
+    self.assertEqual(one, generate.generate(self.transformer, 'the ', max_new_tokens=6, seed=3))
+    prompt, samples = one
+    self.assertEqual(prompt, 'the ')
+    self.assertLen(samples, 1)
+    self.assertLen(samples[0], 6)  # Characters: one per token.
+    _, three = generate.generate(
+      self.transformer, 'the ', num_samples=3, max_new_tokens=20, seed=3, top_k=0
+    )
+    self.assertLen(three, 3)
+    self.assertLen(set(three), 3)  # Rows draw their own tokens.
+    # Past the context of 11 the window slides; the sample still has its length.
+    _, long = generate.generate(self.transformer, 'the ', max_new_tokens=30, seed=1)
+    self.assertLen(long[0], 30)
+
+  def test_a_single_sample_streams_what_it_returns(self):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+      prompt, samples = generate.generate(
+        self.lstm, 'the cat', max_new_tokens=8, seed=0, stream=True
+      )
+    self.assertEqual(out.getvalue(), prompt + samples[0] + '\n')
+    self.assertEqual(prompt, 'the cat')  # The line goes on: no closing <eos>.
+
+  def test_bad_prompts_and_steps_are_refused(self):
+    with self.assertRaisesRegex(ValueError, 'The prompt cannot be encoded'):
+      generate.generate(self.transformer, 'the \u00e9t\u00e9', max_new_tokens=2)
+    with self.assertRaisesRegex(ValueError, 'The prompt is 20 tokens, longer than the 11'):
+      generate.generate(self.transformer, 'the ' * 5, max_new_tokens=2)
+    with self.assertRaisesRegex(FileNotFoundError, r'--step=5 is not a checkpoint'):
+      generate.generate(self.transformer, 'the ', step=5)
+    with self.assertRaisesRegex(FileNotFoundError, 'No checkpoint in'):
+      generate.generate(os.path.join(self.tmp, 'nothing'), 'the ')
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+      prompt, _ = generate.generate(self.lstm, 'the zebra', max_new_tokens=2)
+    self.assertEqual(prompt, 'the <unk>')
+    self.assertIn('read as <unk>: zebra', err.getvalue())
+
+  def test_command_line(self):
+    common = [sys.executable, '-m', 'research.generate', f'--workdir={self.transformer}']
+    ok = subprocess.run(
+      common + ['--prompt=the ', '--max_new_tokens=5', '--num_samples=2'],
+      cwd=_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    self.assertEqual(ok.returncode, 0, ok.stderr[-2000:])
+    self.assertIn('--- sample 2 of 2 ---\nthe ', ok.stdout)
+    bad = subprocess.run(
+      common + ['--prompt=a', '--prompt_file=/nonexistent'],
+      cwd=_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    self.assertEqual(bad.returncode, 2)
+    self.assertEqual(
+      [l for l in bad.stderr.splitlines() if l.startswith('error:')],
+      ['error: give --prompt or --prompt_file, not both.'],
+    )
+
+
+if __name__ == '__main__':
+  absltest.main()
