@@ -21,6 +21,7 @@ from research import checkpoint
 from research import components as components_lib
 from research import losses
 from research import metrics
+from research import model_card
 from research import models
 from research import sampling
 from research import sharding
@@ -232,13 +233,20 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, mode: str):
 def evaluate_checkpoint(
   config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, dict[str, float]]:
-  """`--mode=eval`: scores the latest checkpoint on the valid and test splits."""
+  """`--mode=eval`: scores the latest checkpoint on the valid and test splits
+  and writes the model card (MODEL_CARD.md) from those figures."""
   parts, step, params = restore_latest(config, workdir, 'eval')
   evaluator = Evaluator(
     parts, batch_size=config.data.eval_batch_size, seq_len=components_lib.eval_seq_len(config)
   )
   results = score_contexts(evaluator, parts, params, ('valid', 'test'), config)
   log_figures(step, results, parts.corpus.headline)
+  if jax.process_index() == 0:
+    sample = ''
+    if config.sample.num_tokens > 0:
+      rng = jax.random.fold_in(jax.random.key(config.seed), step)
+      sample = generate(parts, params, rng, config.sample, config.data.seq_len)
+    model_card.write(workdir, config, parts, params, step, results, sample)
   return results
 
 

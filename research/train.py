@@ -25,6 +25,7 @@ from research import flops
 from research import gradients
 from research import losses
 from research import metrics
+from research import model_card
 from research import models
 from research import provenance
 from research import sharding
@@ -157,7 +158,7 @@ def _evaluate_and_sample(
   evaluator, parts, params, step, splits, config, writer, sample_rng, final=False
 ):
   """Scores `splits` (at the end of training also at eval.extra_seq_lens),
-  writes and prints the figures, and samples."""
+  writes and prints the figures, and samples; returns (figures, the sample)."""
   if final:
     results = evaluate.score_contexts(evaluator, parts, params, splits, config)
   else:
@@ -165,6 +166,7 @@ def _evaluate_and_sample(
   for split, figures in results.items():
     writer.write(step, split, {**figures, 'epoch': step / parts.steps_per_epoch})
   evaluate.log_figures(step, results, parts.corpus.headline)
+  text = ''
   if config.sample.num_tokens > 0:
     text = evaluate.generate(
       parts, params, jax.random.fold_in(sample_rng, step), config.sample, config.data.seq_len
@@ -172,7 +174,7 @@ def _evaluate_and_sample(
     metrics.console('sample at step %d:\n%s', step, text)
     writer.write_text(step, 'sample', text)
   writer.flush()
-  return results
+  return results, text
 
 
 def train_and_evaluate(
@@ -231,7 +233,7 @@ def train_and_evaluate(
     splits = ('valid', 'test') if config.eval_on_test else ('valid',)
     # A re-run re-scores.
     writer.truncate_after(total, also_at_step=tuple(evaluate.context_splits(splits, config)))
-    results = _evaluate_and_sample(
+    results, sample = _evaluate_and_sample(
       evaluator, parts, state.params, total, splits, config, writer, sample_rng, final=True
     )
     if config.audit.enabled:
@@ -251,6 +253,8 @@ def train_and_evaluate(
         spent['sampling_rate'],
         spent['noise_multiplier'],
       )
+    if is_lead:
+      model_card.write(workdir, config, parts, state.params, total, results, sample)
     status = 'finished'
   except faults.Preempted:
     status = 'preempted'
