@@ -35,12 +35,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # Number of most recent checkpoints kept on disk.
   c.skip_nonfinite_steps = False  # True: a step with a non-finite loss/gradient leaves the state unchanged (counted in metrics); False: stop the run.
   c.eval_on_test = True  # Also score the test split (where one exists) at the end of training.
+  # Fine-tuning: start from the parameters of a workdir's latest checkpoint, or of a checkpoint
+  # step folder (WORKDIR/checkpoints/N); the optimizer, step and data order start fresh. The
+  # parameter shapes and the tokenizer must match. A run with its own checkpoints resumes them.
+  c.init_from = ''
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adamw'  # 'adamw' (warmup + cosine) or 'sgd' (constant, then per-epoch decay).
   c.optim.learning_rate = 1e-3  # Peak learning rate.
   c.optim.grad_clip_norm = 1.0  # Global gradient-norm clip (<= 0: no clipping).
   c.optim.grad_accum_steps = 1  # Micro-batches per optimizer step: gradients of data.batch_size / k rows each are summed inside the jitted step (1 = none).
+  # Parameters not updated: a regular expression searched in each parameter's path
+  # ('embed/embedding', 'lstm_0/input_kernel', 'block_1/mlp/fc/kernel'); '' = none.
+  c.optim.frozen = ''
   c.optim.loss = 'token_mean'  # Objective: 'token_mean' or 'sequence_sum' (sum over time, mean over batch; Zaremba).
   # adamw only.
   c.optim.warmup_steps = 100  # Linear warmup from 0 to learning_rate, in steps.

@@ -19,6 +19,7 @@ import grain
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from research import faults
@@ -243,3 +244,52 @@ def restore_latest_good(
       'over (nothing is deleted).'
     )
   return None
+
+
+def load_params(source: str, abstract_params: Any, tokenizer: str) -> tuple[Any, str]:
+  """config.init_from: the parameters of `source`, a workdir (its latest
+  checkpoint) or a checkpoint step folder (WORKDIR/checkpoints/N), placed as
+  `abstract_params` (shapes, dtypes, shardings); returns (them, what was read).
+
+  Raises:
+    ValueError: naming config.init_from when `source` is neither, holds no
+      checkpoint, or its parameter shapes or tokenizer (identity) differ from
+      this run's (every difference listed).
+  """
+  key = f'config.init_from={source!r}'
+  if os.path.isdir(os.path.join(source, 'checkpoints')):
+    directory, step = os.path.join(source, 'checkpoints'), None
+  elif os.path.basename(os.path.normpath(source)).isdigit() and os.path.isdir(source):
+    directory = os.path.dirname(os.path.normpath(source))
+    step = int(os.path.basename(os.path.normpath(source)))
+  else:
+    raise ValueError(
+      f'{key} is neither a workdir (a folder holding checkpoints/) nor a checkpoint step '
+      'folder (WORKDIR/checkpoints/N); point it at one.'
+    )
+  manager = make_manager(directory, max_to_keep=None)
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise ValueError(f'{key} holds no checkpoint to start from; train it first.')
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  params = restored['state']['params']
+  differences = identity_differences(restore_identity(manager, step), {'tokenizer': tokenizer})
+  manager.close()
+  saved = rules.flatten(jax.tree.map(lambda x: tuple(x.shape), params, is_leaf=_is_array))
+  wanted = rules.flatten(jax.tree.map(lambda x: tuple(x.shape), abstract_params))
+  for name in sorted(set(saved) | set(wanted)):
+    if saved.get(name) != wanted.get(name):
+      differences.append(f'{name}: {saved.get(name, "(absent)")} -> {wanted.get(name, "(absent)")}')
+  if differences:
+    raise ValueError(
+      f'{key} (step {step}) does not fit this run: ' + '; '.join(differences) + '. Fine-tuning '
+      'needs the same model shapes and tokenizer (the same data level and vocabulary).'
+    )
+  placed = jax.tree.map(
+    lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), params, abstract_params
+  )
+  return placed, f'{directory} step {step}'
+
+
+def _is_array(x) -> bool:
+  return hasattr(x, 'shape')

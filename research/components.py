@@ -93,6 +93,8 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
   model = models.get_model(
     config.model, vocab_size=corpus.tokenizer.vocab_size, seq_len=config.data.seq_len
   )
+  if config.optim.frozen:
+    optim.check_frozen(config.optim.frozen, jax.eval_shape(model.init, jax.random.key(0)))
   # A recurrent model trains on streams: each row's segments in order, its
   # carry kept from batch to batch (truncated BPTT). Others read windows. DP
   # draws Poisson samples of fixed sequences, a recurrent model's carry reset

@@ -62,6 +62,10 @@ RULES = {
   'optim.grad_clip_norm': Rule(number, 'a finite number (<= 0: no clipping)'),
   'optim.grad_accum_steps': at_least(1),
   'optim.loss': registered(losses.OBJECTIVES, 'objective'),
+  'optim.frozen': Rule(
+    optim.valid_pattern, "a regular expression over parameter paths ('' : none), e.g. 'embed/'"
+  ),
+  'init_from': anything("a workdir or a checkpoint step folder ('' : none)"),
   'optim.warmup_steps': at_least(0),
   'optim.decay_steps': at_least(0),
   'optim.min_learning_rate': at_least(0),

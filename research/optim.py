@@ -8,7 +8,8 @@ Two recipes:
 Both clip the global gradient norm first when `grad_clip_norm > 0`.
 """
 
-from typing import Callable
+import re
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -76,10 +77,50 @@ def _matrices_only(params):
   )
 
 
+def valid_pattern(value) -> bool:
+  """A string that compiles as a regular expression."""
+  if not isinstance(value, str):
+    return False
+  try:
+    re.compile(value)
+  except re.error:
+    return False
+  return True
+
+
+def param_path(path) -> str:
+  """'block_0/mlp/fc/kernel': a parameter's path as optim.frozen reads it."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+
+
+def frozen_labels(pattern: str, params) -> Any:
+  """'frozen' or 'trained' for every leaf of `params`, by `pattern`."""
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: 'frozen' if regex.search(param_path(path)) else 'trained', params
+  )
+
+
+def check_frozen(pattern: str, params) -> None:
+  """Raises ValueError naming optim.frozen when it freezes nothing or all."""
+  labels = jax.tree.leaves(frozen_labels(pattern, params))
+  paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  if 'frozen' not in labels:
+    raise ValueError(
+      f'config.optim.frozen={pattern!r} matches no parameter; the paths are {paths}.'
+    )
+  if 'trained' not in labels:
+    raise ValueError(
+      f'config.optim.frozen={pattern!r} freezes every parameter, so nothing would train; narrow it.'
+    )
+
+
 def make_optimizer(
   optim_config: ml_collections.ConfigDict, schedule: Callable
 ) -> optax.GradientTransformation:
-  """Returns the optax chain: clipping, then the update rule."""
+  """Returns the optax chain: clipping, then the update rule; with
+  optim.frozen, the matching parameters get an update of exactly zero and
+  the clipping norm is over the others' gradients."""
   c = optim_config
   validate(c)
   if c.name == 'sgd':
@@ -87,5 +128,25 @@ def make_optimizer(
   else:
     rule = optax.adamw(schedule, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=_matrices_only)
   if c.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), rule)
+    rule = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), rule)
+  if c.frozen:
+    # Zero the frozen gradients before (clipping sees the trained ones alone)
+    # and the frozen updates after (weight decay would move them). The
+    # optimizer state keeps the parameters' structure, so it shards as they do.
+    zero = _zero_frozen(c.frozen)
+    return optax.chain(zero, rule, zero)
   return rule
+
+
+def _zero_frozen(pattern: str) -> optax.GradientTransformation:
+  """Sets the leaves whose path matches `pattern` to exactly zero."""
+
+  def update(updates, state, params=None):
+    del params
+    labels = frozen_labels(pattern, updates)
+    zeroed = jax.tree.map(
+      lambda u, label: jnp.zeros_like(u) if label == 'frozen' else u, updates, labels
+    )
+    return zeroed, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -142,13 +142,23 @@ def make_train_step(
 
 def restore_or_init(parts, manager, config, rng, data_iterator):
   """Returns (state, shardings) from the newest readable checkpoint, else
-  fresh (see checkpoint.restore_latest_good for damaged checkpoints)."""
+  fresh, its parameters from config.init_from when set (see
+  checkpoint.restore_latest_good for damaged checkpoints)."""
   structs, shardings = components_lib.abstract_state(parts, parts.train_rows)
   state = checkpoint.restore_latest_good(
     manager, structs, data_iterator, config, parts.corpus.tokenizer.identity
   )
   if state is None:
     state, _ = components_lib.create_state(parts, rng, parts.train_rows)
+    if config.init_from:
+      params, source = checkpoint.load_params(
+        config.init_from, structs.params, parts.corpus.tokenizer.identity
+      )
+      state = state._replace(params=params)
+      metrics.console(
+        'Parameters from %s (config.init_from); the optimizer, step and data order start fresh.',
+        source,
+      )
     return state, shardings
   metrics.console('Resuming from the checkpoint at step %d.', int(jax.device_get(state.step)))
   return state, shardings
