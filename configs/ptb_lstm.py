@@ -87,11 +87,12 @@ def audit() -> ml_collections.ConfigDict:
 
 def audit_dp() -> ml_collections.ConfigDict:
   """`audit` trained with DP-SGD to epsilon 8 (delta: the largest power of ten
-  below 1 / N, 1e-5 for PTB's 46,479 training sequences of 20 tokens).
+  below 1 / N, 1e-5 for the 46,594 training sequences of 20 tokens, canaries
+  included).
 
   DP-SGD's noise is sigma C on the sum of a step's clipped gradients, so its
   share of the mean falls with the rows of a step: the expected batch is 256
-  sequences (sampling rate 256 / 46,479), the usual large-batch choice of
+  sequences (sampling rate 256 / 46,594), the usual large-batch choice of
   DP-SGD, not Zaremba's 20. Each sequence's summed-loss gradient is clipped to
   norm 1; SGD at rate 1 as the small model. Set once, not tuned.
   """

@@ -35,7 +35,7 @@ SPEC = Experiment(
     'and the rows compare on the same canaries.\n\n'
     'Rows: non-private training (batch 20, state carried, as Zaremba); DP-SGD (Abadi et '
     'al. 2016) with the noise calibrated before training to epsilon 8 and 2 at delta 1e-5 '
-    '(PLD accountant, dp-accounting), Poisson sampling of the 46,479 training sequences '
+    '(PLD accountant, dp-accounting), Poisson sampling of the 46,594 training sequences '
     'of 20 tokens at an expected 256 per step, each sequence gradient clipped to norm 1, '
     'the LSTM state reset on every sequence. The unit of privacy is one 20-token sequence: '
     'a canary repeated k times sits in up to k sequences, so group privacy bounds what the '
