@@ -37,12 +37,16 @@ def filter_logits(
   return logits_V
 
 
-def _draw(logits_BxV, key, *, temperature, top_k: int, top_p, dtype) -> jax.Array:
-  """One token per row from the filtered logits."""
+def _draw(logits_BxV, key, *, temperature, top_k: int, top_p, dtype, on_token) -> jax.Array:
+  """One token per row from the filtered logits, handed to `on_token` on the
+  host (in order) when there is one."""
   filtered_BxV = jax.vmap(
     lambda l: filter_logits(l, temperature=temperature, top_k=top_k, top_p=top_p)
   )(logits_BxV)
-  return jax.random.categorical(key, filtered_BxV, axis=-1).astype(dtype)
+  tokens_B = jax.random.categorical(key, filtered_BxV, axis=-1).astype(dtype)
+  if on_token is not None:
+    jax.debug.callback(on_token, tokens_B, ordered=True)
+  return tokens_B
 
 
 _STATIC = ('model', 'num_tokens', 'top_k', 'top_p', 'on_token')
@@ -69,10 +73,14 @@ def _sample_cached(
     cache, logits_BxV = c
     key, position = key_and_position
     tokens_B = _draw(
-      logits_BxV, key, temperature=temperature, top_k=top_k, top_p=top_p, dtype=prompt_BxP.dtype
+      logits_BxV,
+      key,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      dtype=prompt_BxP.dtype,
+      on_token=on_token,
     )
-    if on_token is not None:
-      jax.debug.callback(on_token, tokens_B, ordered=True)
     logits_Bx1xV, cache = model.decode(
       params, cache, tokens_B[:, None], jnp.full((B, 1), position, jnp.int32)
     )
@@ -110,9 +118,8 @@ def _sample_stateless(
       top_k=top_k,
       top_p=top_p,
       dtype=window_BxT.dtype,
+      on_token=on_token,
     )
-    if on_token is not None:
-      jax.debug.callback(on_token, tokens_B, ordered=True)
     full = length == context
     # A full window slides left by one; otherwise the token fills the next slot.
     window_BxT = jnp.where(full, jnp.roll(window_BxT, -1, axis=1), window_BxT)
