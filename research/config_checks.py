@@ -46,6 +46,7 @@ RULES = {
   'data.level': one_of(*tokenizers.KINDS),
   'data.split': anything('train,valid[,test] fractions (checked below)'),
   'data.vocab_size': Rule(lambda v: v == 0 or v >= 3, '0 (all words) or at least 3'),
+  'data.spm_model_type': one_of('bpe', 'unigram'),
   'data.seq_len': at_least(1),
   'data.batch_size': at_least(1),
   'data.eval_batch_size': at_least(1),
@@ -185,11 +186,18 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
       f'{level} level; set --config.data.level={level}, or use '
       "data.name='text_file' with data.path to choose the level."
     )
-  if c.data.vocab_size and not (c.data.name == 'text_file' and c.data.level == 'word'):
+  if c.data.vocab_size and not (
+    c.data.name == 'text_file' and c.data.level in ('word', 'sentencepiece')
+  ):
     raise ValueError(
       f'config.data.vocab_size={c.data.vocab_size} only applies to '
-      "data.name='text_file' at data.level='word' (ptb has its 10,000 "
+      "data.name='text_file' at data.level='word' or 'sentencepiece' (ptb has its 10,000 "
       'words, characters take every character); set it to 0.'
+    )
+  if c.data.level == 'sentencepiece' and c.data.vocab_size < 260:
+    raise ValueError(
+      f"data.level='sentencepiece' needs config.data.vocab_size of at least 260 (its 256 "
+      f'byte pieces, <unk> and some subwords); got {c.data.vocab_size}. Try 1024.'
     )
 
 

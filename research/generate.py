@@ -79,9 +79,31 @@ def saved_config(workdir: str, step: int | None) -> tuple[ml_collections.ConfigD
     step = steps[-1]
   elif step not in steps:
     raise FileNotFoundError(f'--step={step} is not a checkpoint of {workdir}; it has {steps}.')
-  config = ml_collections.ConfigDict(_tuples(checkpoint.restore_config(manager, step)))
+  saved = _tuples(checkpoint.restore_config(manager, step))
   manager.close()
-  return config, step
+  return ml_collections.ConfigDict(with_defaults(saved)), step
+
+
+def with_defaults(saved: dict) -> dict:
+  """`saved` with the keys added to the code since it was written, at their
+  defaults (what that run used): configs/common.py's, the model family's."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+
+  defaults = common.base_config().to_dict()
+  family = saved.get('model', {}).get('name')
+  if family in ('lstm', 'transformer'):
+    defaults['model'] = getattr(common, f'{family}_model')().to_dict()
+
+  def merge(into: dict, default: dict) -> dict:
+    out = dict(into)
+    for key, value in default.items():
+      if key not in out:
+        out[key] = _tuples(value)
+      elif isinstance(value, dict) and isinstance(out[key], dict):
+        out[key] = merge(out[key], value)
+    return out
+
+  return merge(saved, defaults)
 
 
 def encode_prompt(text: str, tokenizer) -> tuple[np.ndarray, list[str]]:

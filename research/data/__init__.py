@@ -70,7 +70,11 @@ def _tiny_shakespeare(data: ml_collections.ConfigDict) -> builders.ResearchTinyS
 
 def _text_file(data: ml_collections.ConfigDict) -> builders.ResearchTextFile:
   config = builders.text_file_config(
-    data.path, level=data.level, split=data.split, vocab_size=data.vocab_size
+    data.path,
+    level=data.level,
+    split=data.split,
+    vocab_size=data.vocab_size,
+    spm_model_type=data.get('spm_model_type', 'bpe'),
   )
   return builders.ResearchTextFile(path=data.path, config=config, **_tfds_args(data))
 

@@ -242,10 +242,20 @@ class _TokenStreamBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     """(kind, vocab_size) of the tokenizer, as `tokenizers.fit` takes them."""
     return self.TOKENIZER
 
+  def _tokenizer_options(self) -> dict:
+    """What the tokenizer's kind takes besides (sentencepiece: model_type)."""
+    return {}
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     text, pieces = self._texts(dl_manager)
     kind, vocab_size = self._tokenizer_spec()
-    tokenizer = tokenizers.fit(kind, text=text, train_text=pieces['train'], vocab_size=vocab_size)
+    tokenizer = tokenizers.fit(
+      kind,
+      text=text,
+      train_text=pieces['train'],
+      vocab_size=vocab_size,
+      **self._tokenizer_options(),
+    )
     streams = {s: tokenizer.encode(t) for s, t in pieces.items()}
     for split, tokens_N in streams.items():
       if not len(tokens_N):
@@ -296,11 +306,14 @@ class TextFileConfig(tfds.core.BuilderConfig):
 
   level: str = 'char'
   split: str = '0.9,0.1'
-  vocab_size: int = 0  # word level only
+  vocab_size: int = 0  # word and sentencepiece levels
   sha256: str = ''  # of the file's bytes
+  spm_model_type: str = ''  # sentencepiece: 'bpe' or 'unigram'
 
 
-def text_file_config(path: str, *, level: str, split: str, vocab_size: int) -> TextFileConfig:
+def text_file_config(
+  path: str, *, level: str, split: str, vocab_size: int, spm_model_type: str = 'bpe'
+) -> TextFileConfig:
   """Validates the options and names a config after the file's content."""
   if level not in tokenizers.TOKENIZERS:
     raise ValueError(f'data.level={level!r}; valid: {tuple(tokenizers.TOKENIZERS)}')
@@ -316,15 +329,21 @@ def text_file_config(path: str, *, level: str, split: str, vocab_size: int) -> T
     vocab_size = 0  # irrelevant: keep one config per char-level cut
   elif vocab_size < 0 or vocab_size in (1, 2):
     raise ValueError(f'data.vocab_size must be 0 or >= 3, got {vocab_size}.')
+  kind = level
+  if level == 'sentencepiece':
+    kind = f'{level}_{spm_model_type}'
+  else:
+    spm_model_type = ''
   # Exact fractions (9_10-1_10), so two different cuts never share a name.
   split_name = '-'.join(f'{p.numerator}_{p.denominator}' for p in parts)
   return TextFileConfig(
-    name=f'{level}-{sha256[:16]}-split{split_name}-vocab{vocab_size}',
+    name=f'{kind}-{sha256[:16]}-split{split_name}-vocab{vocab_size}',
     description=f'{os.path.basename(path)}: {level} level, split {split}',
     level=level,
     split=split,
     vocab_size=vocab_size,
     sha256=sha256,
+    spm_model_type=spm_model_type,
   )
 
 
@@ -343,6 +362,10 @@ class ResearchTextFile(_TokenStreamBuilder):
   def _tokenizer_spec(self):
     config: TextFileConfig = self.builder_config
     return config.level, config.vocab_size
+
+  def _tokenizer_options(self):
+    config: TextFileConfig = self.builder_config
+    return {'model_type': config.spm_model_type} if config.spm_model_type else {}
 
   def _texts(self, dl_manager):
     del dl_manager

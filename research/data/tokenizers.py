@@ -21,8 +21,10 @@ Shape letters: N = number of tokens (or characters).
 from __future__ import annotations
 
 import abc
+import base64
 import collections
 import hashlib
+import io
 import json
 from typing import Any, Sequence
 
@@ -236,7 +238,87 @@ def split_words(text: str) -> list[str]:
   return text.replace('\n', f' {EOS} ').split()
 
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {'char': CharTokenizer, 'word': WordTokenizer}
+class SentencePieceTokenizer(Tokenizer):
+  """Subwords from SentencePiece (Kudo and Richardson 2018), BPE or unigram,
+  trained on the training split. Byte fallback is on and every normalisation
+  off (identity rule, no dummy prefix, spaces kept), so any text, newlines,
+  repeated spaces and characters never seen included, decodes back exactly.
+  Its JSON form holds the trained model (base64), so the identity covers it."""
+
+  kind = 'sentencepiece'
+  headline = 'bpc'
+
+  def __init__(self, model: str):
+    import sentencepiece  # pylint: disable=g-import-not-at-top
+
+    self.model = model
+    self._processor = sentencepiece.SentencePieceProcessor(
+      model_proto=base64.b64decode(model.encode('ascii'))
+    )
+
+  @property
+  def vocab_size(self) -> int:
+    return self._processor.get_piece_size()
+
+  def state(self) -> dict[str, Any]:
+    return {'model': self.model}
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._processor.encode(text), np.int32)
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    ids_N = np.asarray(ids, np.int64).reshape(-1)
+    bad = (ids_N < 0) | (ids_N >= self.vocab_size)
+    if bad.any():
+      raise ValueError(
+        f'Token id {int(ids_N[bad][0])} is outside the vocabulary [0, {self.vocab_size}).'
+      )
+    return self._processor.decode(ids_N.tolist())
+
+  @classmethod
+  def fit(
+    cls, text: str, train_text: str, vocab_size: int, model_type: str = 'bpe'
+  ) -> SentencePieceTokenizer:
+    """Trains on the lines of `train_text` (one thread: the same model every
+    time); `vocab_size` pieces, the 256 byte pieces and '<unk>' included."""
+    import sentencepiece  # pylint: disable=g-import-not-at-top
+
+    del text
+    if vocab_size <= 0:
+      raise ValueError('A sentencepiece tokenizer needs data.vocab_size (its pieces), e.g. 1024.')
+    model = io.BytesIO()
+    try:
+      sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(train_text.splitlines()),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name='identity',
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+      )
+    except RuntimeError as e:
+      raise ValueError(
+        f'SentencePiece could not train {vocab_size} {model_type} pieces on this training '
+        f'split: {str(e).strip()} Change data.vocab_size.'
+      ) from e
+    return cls(base64.b64encode(model.getvalue()).decode('ascii'))
+
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {
+  'char': CharTokenizer,
+  'word': WordTokenizer,
+  'sentencepiece': SentencePieceTokenizer,
+}
 KINDS = tuple(TOKENIZERS)
 
 
@@ -246,19 +328,21 @@ def _kind(kind: str) -> type[Tokenizer]:
   return TOKENIZERS[kind]
 
 
-def fit(kind: str, *, text: str, train_text: str, vocab_size: int = 0) -> Tokenizer:
+def fit(kind: str, *, text: str, train_text: str, vocab_size: int = 0, **options) -> Tokenizer:
   """Makes the tokenizer of `kind` for a corpus.
 
   Args:
     kind: a name in `TOKENIZERS`.
     text: the whole corpus (a character vocabulary covers all of it).
     train_text: its training split (a word vocabulary is counted on it).
-    vocab_size: 0 = every symbol seen; N > 0 = at most N ids (word level).
+    vocab_size: 0 = every symbol seen; N > 0 = at most N ids (word level), or
+      exactly N pieces (sentencepiece).
+    **options: what a kind takes besides (sentencepiece: model_type).
 
   Returns:
     The tokenizer; its ids are what the corpus is stored as.
   """
-  return _kind(kind).fit(text, train_text, vocab_size)
+  return _kind(kind).fit(text, train_text, vocab_size, **options)
 
 
 def tokenizer_from_json(s: str) -> Tokenizer:
