@@ -83,6 +83,15 @@ class Tokenizer(abc.ABC):
   def __repr__(self) -> str:
     return f'{type(self).__name__}(vocab_size={self.vocab_size})'
 
+  def _check_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    ids_N = np.asarray(ids, dtype=np.int64).reshape(-1)
+    bad = (ids_N < 0) | (ids_N >= self.vocab_size)
+    if bad.any():
+      raise ValueError(
+        f'Token id {int(ids_N[bad][0])} is outside the vocabulary [0, {self.vocab_size}).'
+      )
+    return ids_N
+
 
 class VocabTokenizer(Tokenizer):
   """A tokenizer described by a vocabulary: position in it is the token id."""
@@ -100,15 +109,6 @@ class VocabTokenizer(Tokenizer):
 
   def state(self) -> dict[str, Any]:
     return {'vocab': list(self.vocab)}
-
-  def _check_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-    ids_N = np.asarray(ids, dtype=np.int64).reshape(-1)
-    bad = (ids_N < 0) | (ids_N >= self.vocab_size)
-    if bad.any():
-      raise ValueError(
-        f'Token id {int(ids_N[bad][0])} is outside the vocabulary [0, {self.vocab_size}).'
-      )
-    return ids_N
 
 
 class CharTokenizer(VocabTokenizer):
@@ -267,13 +267,7 @@ class SentencePieceTokenizer(Tokenizer):
     return np.asarray(self._processor.encode(text), np.int32)
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-    ids_N = np.asarray(ids, np.int64).reshape(-1)
-    bad = (ids_N < 0) | (ids_N >= self.vocab_size)
-    if bad.any():
-      raise ValueError(
-        f'Token id {int(ids_N[bad][0])} is outside the vocabulary [0, {self.vocab_size}).'
-      )
-    return self._processor.decode(ids_N.tolist())
+    return self._processor.decode(self._check_ids(ids).tolist())
 
   @classmethod
   def fit(
