@@ -67,6 +67,23 @@ class BenchTest(absltest.TestCase):
     with open(table) as f:
       self.assertIn('| `tiny` | 8x11 |', f.read())
 
+  def test_dp_and_generation_figures(self):
+    tmp = self.create_tempdir().full_path
+    config = test_util.tiny_config(tmp, model='transformer')
+    private = bench.private(config)
+    self.assertTrue(private.privacy.enabled)
+    self.assertEqual(private.privacy.noise_multiplier, 1.0)  # The cost does not depend on it.
+    self.assertFalse(config.privacy.enabled)  # The given config is left alone.
+    figures = bench.run(private, steps=2, warmup=1, config_name='tiny [DP-SGD]')
+    self.assertIn('DP: expected rows, padded to', figures['batch'])
+    self.assertGreater(figures['step_time_median_s'], 0)
+    generation = bench.generation(config, 'tiny', repeats=1)
+    self.assertEqual((generation['context'], generation['new_tokens']), (11, 10))
+    self.assertAlmostEqual(
+      generation['speedup'],
+      generation['cached_tokens_per_s'] / generation['recompute_tokens_per_s'],
+    )
+
 
 def _record(config: str, step_s: float) -> dict:
   """A benchmark record with the fields write_table reads."""
