@@ -82,6 +82,15 @@ class GenerateTest(absltest.TestCase):
     self.assertEqual(prompt, 'the <unk>')
     self.assertIn('read as <unk>: zebra', err.getvalue())
 
+  def test_a_config_saved_before_newer_keys_gets_their_defaults(self):
+    saved = {'model': {'name': 'transformer', 'd_model': 16}, 'data': {'name': 'ptb'}}
+    filled = generate.with_defaults(saved)
+    self.assertEqual(filled['model']['d_model'], 16)  # Saved values win.
+    self.assertEqual(filled['model']['positional'], 'learned')  # The family's default.
+    self.assertEqual(filled['data']['spm_model_type'], 'bpe')
+    self.assertEqual(filled['optim']['frozen'], '')
+    self.assertIsInstance(filled['audit']['repetitions'], tuple)
+
   def test_command_line(self):
     common = [sys.executable, '-m', 'research.generate', f'--workdir={self.transformer}']
     ok = subprocess.run(

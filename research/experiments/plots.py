@@ -138,12 +138,18 @@ def write_difference_plot(directory: str, experiment: spec_lib.Experiment, resul
   return path
 
 
-def _per_split(path, title, rows, results, splits, labels, metric, metric_name) -> str:
+def _per_split(
+  path, title, rows, results, splits, labels, metric, metric_name, references=None
+) -> str:
   """Each row's mean and 95% interval on every split, in order, one line per
-  row; `metric` None: the experiment's own."""
+  row; `metric` None: the experiment's own; `references`: label -> value,
+  drawn as dotted horizontal lines."""
   plt = _pyplot()
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
+  for label, value in (references or {}).items():
+    ax.axhline(value, color='grey', linestyle=':', linewidth=1)
+    ax.annotate(label, (0, value), textcoords='offset points', xytext=(2, 3), fontsize=7)
   for row in rows:
     points = []
     for k, split in enumerate(splits):
@@ -187,4 +193,5 @@ def write_table_plot(
     [table.label(s) for s in table.splits],
     table.metric,
     table.metric,
+    table.references,
   )

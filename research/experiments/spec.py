@@ -44,6 +44,8 @@ class Table:
   labels: tuple[str, ...] = ()  # A column label per split ('1', '4'); () : the splits.
   plot: str = ''  # A PNG of the metric per column, one line per row ('' : none).
   note: str = ''  # Markdown under the table's heading.
+  # Horizontal lines on the plot, label -> value ({'chance': 1.44}).
+  references: dict = dataclasses.field(default_factory=dict)
 
   def label(self, split: str) -> str:
     return self.labels[self.splits.index(split)] if self.labels else split
