@@ -57,8 +57,8 @@ def _fmt(value: float) -> str:
   return f'{value:,.4f}' if isinstance(value, float) else f'{value:,}'
 
 
-def _audit_lines(workdir: str, step: int) -> list[str]:
-  records = provenance.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+def _audit_lines(records: list[dict], step: int) -> list[str]:
+  """The audit's exposure per insertion count at `step`, from metrics.jsonl's records."""
   counts = [r for r in records if r['step'] == step and r['split'].startswith('audit_r')]
   if not counts:
     return ['- Memorisation audit: none ran (config.audit.enabled is false).']
@@ -181,7 +181,7 @@ def markdown(workdir, config, parts, params, step: int, results: dict, sample: s
     lines.append(
       '- Not trained with differential privacy: the model may reproduce rare training text.'
     )
-  lines += _audit_lines(workdir, step)
+  lines += _audit_lines(records, step)
   lines += [
     '',
     '## Limitations',

@@ -8,6 +8,7 @@ import os
 import numpy as np
 from absl.testing import absltest
 
+from research import data
 from research import train
 from research.data import tokenizers
 from tests import test_util
@@ -69,8 +70,6 @@ class SentencePieceTest(absltest.TestCase):
       self.assertIn('bpb', f)
     chars = {}
     for level in figures:
-      from research import data  # pylint: disable=g-import-not-at-top
-
       config = test_util.tiny_config(tmp, model='lstm', level=level)
       with config.unlocked():
         config.data.vocab_size = 300 if level == 'sentencepiece' else 0
