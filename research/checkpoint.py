@@ -65,6 +65,58 @@ def save(
   )
 
 
+def save_params(
+  manager: ocp.CheckpointManager,
+  step: int,
+  params: Any,
+  config: ml_collections.ConfigDict,
+  tokenizer: str,
+) -> None:
+  """Saves parameters alone (a compressed model: research/compress.py) with
+  the config and tokenizer identity, synchronously. Its `state` item is
+  {'step', 'params'}: no optimizer state or data position, nothing to resume."""
+  manager.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave({'step': np.asarray(step, np.int32), 'params': params}),
+      config=ocp.args.JsonSave(config.to_dict()),
+      identity=ocp.args.JsonSave({'tokenizer': tokenizer}),
+    ),
+    force=True,
+  )
+  manager.wait_until_finished()
+
+
+def restore_params(manager: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:
+  """The parameters of checkpoint `step` (a train state's or `save_params`'s)
+  in the structure of `abstract_params`, which may hold custom nodes (int8
+  weights) that the checkpoint holds as nested dicts, placed on their
+  shardings."""
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  # Orbax keeps an absent optional field (a QArray's zero point) as None.
+  saved = {k: v for k, v in rules.flatten(restored['state']['params']).items() if v is not None}
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+  names = ['.'.join(_key_name(k) for k in path) for path, _ in leaves]
+  missing = [n for n in names if n not in saved]
+  if missing or len(saved) != len(names):
+    raise ValueError(
+      f'Checkpoint step {step} in {manager.directory} does not hold the parameters this config '
+      f'describes (absent: {missing[:3]}; extra: {sorted(set(saved) - set(names))[:3]}); '
+      'evaluate it with the config it was written with (its config.json).'
+    )
+  placed = [
+    jax.device_put(np.asarray(saved[n], a.dtype), a.sharding) for n, (_, a) in zip(names, leaves)
+  ]
+  return jax.tree_util.tree_unflatten(treedef, placed)
+
+
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
 def latest_step(manager: ocp.CheckpointManager) -> int | None:
   return manager.latest_step()
 
@@ -123,6 +175,8 @@ IDENTITY_KEYS = (
   'data.vocab_size',
   'privacy',  # The mechanism the privacy spent so far was accounted for.
   'audit',  # The canaries in the training split.
+  'compress.method',  # research.compress: the parameters' structure (int8 or float).
+  'compress.prune_fraction',
 )
 
 
@@ -246,17 +300,25 @@ def restore_latest_good(
   return None
 
 
-def load_params(source: str, abstract_params: Any, tokenizer: str) -> tuple[Any, str]:
-  """config.init_from: the parameters of `source`, a workdir (its latest
-  checkpoint) or a checkpoint step folder (WORKDIR/checkpoints/N), placed as
-  `abstract_params` (shapes, dtypes, shardings); returns (them, what was read).
+_FINE_TUNING = (
+  'Fine-tuning needs the same model shapes and tokenizer (the same data level and vocabulary).'
+)
+
+
+def load_params(
+  source: str, abstract_params: Any, tokenizer: str, *, key: str = 'init_from', needs=_FINE_TUNING
+) -> tuple[Any, str]:
+  """config.init_from (or the config `key` naming `source`): the parameters
+  of `source`, a workdir (its latest checkpoint) or a checkpoint step folder
+  (WORKDIR/checkpoints/N), placed as `abstract_params` (shapes, dtypes,
+  shardings); returns (them, what was read). `needs` ends a mismatch's message.
 
   Raises:
     ValueError: naming config.init_from when `source` is neither, holds no
       checkpoint, or its parameter shapes or tokenizer (identity) differ from
       this run's (every difference listed).
   """
-  key = f'config.init_from={source!r}'
+  key = f'config.{key}={source!r}'
   if os.path.isdir(os.path.join(source, 'checkpoints')):
     directory, step = os.path.join(source, 'checkpoints'), None
   elif os.path.basename(os.path.normpath(source)).isdigit() and os.path.isdir(source):
@@ -282,8 +344,7 @@ def load_params(source: str, abstract_params: Any, tokenizer: str) -> tuple[Any,
       differences.append(f'{name}: {saved.get(name, "(absent)")} -> {wanted.get(name, "(absent)")}')
   if differences:
     raise ValueError(
-      f'{key} (step {step}) does not fit this run: ' + '; '.join(differences) + '. Fine-tuning '
-      'needs the same model shapes and tokenizer (the same data level and vocabulary).'
+      f'{key} (step {step}) does not fit this run: ' + '; '.join(differences) + f'. {needs}'
     )
   placed = jax.tree.map(
     lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), params, abstract_params

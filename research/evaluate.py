@@ -220,9 +220,16 @@ def restore(config: ml_collections.ConfigDict, workdir: str, mode: str, step: in
     'use the original values (or the workdir that matches this config).',
   )
   structs, _ = components_lib.abstract_state(parts, parts.train_rows)
-  state = checkpoint.restore(manager, step, structs)
+  if config.compress.method:
+    # research.compress's parameters alone, in their compressed structure.
+    from research import compression  # pylint: disable=g-import-not-at-top
+
+    abstract = compression.abstract_params(parts, structs.params, config.compress)
+    params = checkpoint.restore_params(manager, step, abstract)
+  else:
+    params = checkpoint.restore(manager, step, structs).params
   manager.close()
-  return parts, step, state.params
+  return parts, step, params
 
 
 def restore_latest(config: ml_collections.ConfigDict, workdir: str, mode: str):

@@ -20,23 +20,21 @@ refused; words outside a word vocabulary become `<unk>` (the program says
 which).
 """
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research import checkpoint
 from research import cli
 from research import evaluate
 from research import faults
 from research import host
 from research import sampling
+from research import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained run: its checkpoints and data.')
 _PROMPT = flags.DEFINE_string('prompt', None, "Text to continue ('' : a new line).")
@@ -51,59 +49,6 @@ _STEP = flags.DEFINE_integer('step', None, 'The checkpoint step (default: the la
 _DATA_PATH = flags.DEFINE_string('data_path', '', "config.data.path here ('' : as trained).")
 _TFDS_DIR = flags.DEFINE_string('tfds_dir', '', "config.data.tfds_dir here ('' : as trained).")
 flags.mark_flags_as_required(['workdir'])
-
-
-def _tuples(value):
-  """Lists (JSON's sequences) back to the tuples configs hold."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def saved_config(workdir: str, step: int | None) -> tuple[ml_collections.ConfigDict, int]:
-  """(the config checkpoint `step` (default: the latest) was saved with, step).
-
-  Raises:
-    FileNotFoundError: the workdir has no checkpoint, or not that step.
-  """
-  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=None)
-  steps = sorted(manager.all_steps())
-  if not steps:
-    raise FileNotFoundError(
-      f'No checkpoint in {workdir}/checkpoints: train first (python -m research.main '
-      f'--config=... --workdir={workdir}).'
-    )
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise FileNotFoundError(f'--step={step} is not a checkpoint of {workdir}; it has {steps}.')
-  saved = _tuples(checkpoint.restore_config(manager, step))
-  manager.close()
-  return ml_collections.ConfigDict(with_defaults(saved)), step
-
-
-def with_defaults(saved: dict) -> dict:
-  """`saved` with the keys added to the code since it was written, at their
-  defaults (what that run used): configs/common.py's, the model family's."""
-  from configs import common  # pylint: disable=g-import-not-at-top
-
-  defaults = common.base_config().to_dict()
-  family = saved.get('model', {}).get('name')
-  if family in ('lstm', 'transformer'):
-    defaults['model'] = getattr(common, f'{family}_model')().to_dict()
-
-  def merge(into: dict, default: dict) -> dict:
-    out = dict(into)
-    for key, value in default.items():
-      if key not in out:
-        out[key] = _tuples(value)
-      elif isinstance(value, dict) and isinstance(out[key], dict):
-        out[key] = merge(out[key], value)
-    return out
-
-  return merge(saved, defaults)
 
 
 def encode_prompt(text: str, tokenizer) -> tuple[np.ndarray, list[str]]:
@@ -181,7 +126,7 @@ def generate(
     raise ValueError(f'--temperature={temperature} must be positive.')
   if not 0 < top_p <= 1:
     raise ValueError(f'--top_p={top_p} must be in (0, 1].')
-  config, step = saved_config(workdir, step)
+  config, step = workdir_lib.saved_config(workdir, step)
   with config.unlocked():
     config.data.update({k: v for k, v in (locations or {}).items() if v})
   parts, step, params = evaluate.restore(config, workdir, 'research.generate', step)

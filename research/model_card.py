@@ -17,6 +17,7 @@ from research import metrics
 from research import provenance
 from research import rules
 from research.data import builders
+from research.models import layers
 
 FILE = 'MODEL_CARD.md'
 
@@ -47,10 +48,38 @@ def _data_source(data: ml_collections.ConfigDict) -> tuple[str, str]:
 
 def _count(params) -> tuple[int, int]:
   """(all parameters, those outside embedding tables)."""
-  flat = rules.flatten(jax.tree.map(lambda x: int(np.size(x)), params))
+  sizes = jax.tree.map(lambda x: int(np.prod(x.shape)), params, is_leaf=layers.is_int8)
+  flat = rules.flatten(sizes)
   total = sum(flat.values())
   embedding = sum(n for k, n in flat.items() if 'embed' in k.split('.')[0])
   return total, total - embedding
+
+
+def _compression_lines(c, params) -> list[str]:
+  """What research.compress did to these parameters, if anything."""
+  stored = sum(np.dtype(x.dtype).itemsize * int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  if c.compress.method in ('int8', 'w8a8'):
+    inputs = (
+      ' and every matmul input quantised to int8 per row at run time (int8 matmuls)'
+      if c.compress.method == 'w8a8'
+      else '; each is dequantised before a float matmul'
+    )
+    return [
+      f'- Compressed ({c.compress.method}) from `{c.compress.source}`: weight matrices in int8 '
+      f'with one scale per output channel (the token embedding per row){inputs}; norms, biases '
+      f'and position tables stay float. Stored parameters: {stored:,} bytes.'
+    ]
+  if c.compress.prune_fraction:
+    tuned = (
+      f'; then fine-tuned from `{c.init_from}` with the zeros held' if c.optim.hold_zeros else ''
+    )
+    return [
+      f'- Pruned from `{c.compress.source}`: {c.compress.prune_fraction:.0%} of the weight '
+      "matrices' entries (global magnitude"
+      + (', embeddings included' if c.compress.prune_embeddings else ', embeddings kept')
+      + f') set to zero{tuned}. Stored densely: {stored:,} bytes.'
+    ]
+  return []
 
 
 def _fmt(value: float) -> str:
@@ -107,6 +136,7 @@ def markdown(workdir, config, parts, params, step: int, results: dict, sample: s
     '',
     f'- Family: {c.model.name}; trained for {step:,} steps with seed {c.seed}.',
     f'- Parameters: {total:,} ({non_embedding:,} outside embedding tables).',
+    *_compression_lines(c, params),
     f'- Model config: `{model_keys}`.',
     f'- Objective: {c.optim.loss}; optimizer {c.optim.name}, learning rate '
     f'{c.optim.learning_rate:g}.',

@@ -9,7 +9,7 @@ Both clip the global gradient norm first when `grad_clip_norm > 0`.
 """
 
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -134,8 +134,36 @@ def make_optimizer(
     # and the frozen updates after (weight decay would move them). The
     # optimizer state keeps the parameters' structure, so it shards as they do.
     zero = _zero_frozen(c.frozen)
-    return optax.chain(zero, rule, zero)
+    rule = optax.chain(zero, rule, zero)
+  if c.hold_zeros:
+    # The same before and after, for the pruned entries of each matrix.
+    return optax.chain(_hold_zeros(), rule, _hold_zeros())
   return rule
+
+
+class HoldZerosState(NamedTuple):
+  keep: Any  # Per parameter, a bool array of its shape: False where held at zero.
+
+
+def _hold_zeros() -> optax.GradientTransformation:
+  """optim.hold_zeros: the entries of weight matrices that are exactly zero
+  in the parameters the state is initialised with (the pruned model of
+  config.init_from) get an update of exactly zero, so they stay zero. The
+  mask is optimizer state: checkpointed, so a resumed run holds the same
+  entries."""
+
+  def init(params):
+    matrices = _matrices_only(params)
+    return HoldZerosState(
+      jax.tree.map(lambda p, m: p != 0 if m else jnp.ones(p.shape, bool), params, matrices)
+    )
+
+  def update(updates, state, params=None):
+    del params
+    held = jax.tree.map(lambda u, keep: jnp.where(keep, u, jnp.zeros_like(u)), updates, state.keep)
+    return held, state
+
+  return optax.GradientTransformation(init, update)
 
 
 def _zero_frozen(pattern: str) -> optax.GradientTransformation:

@@ -92,3 +92,56 @@ def _raise_save_error(error, manager, step):
     f'already there ({good or "none"}) are intact. Free some space (or set '
     'keep_checkpoints lower) and run the same command to continue.'
   ) from error
+
+
+def _tuples(value):
+  """Lists (JSON's sequences) back to the tuples configs hold."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def saved_config(workdir: str, step: int | None) -> tuple[ml_collections.ConfigDict, int]:
+  """(the config checkpoint `step` (default: the latest) was saved with, step).
+
+  Raises:
+    FileNotFoundError: the workdir has no checkpoint, or not that step.
+  """
+  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=None)
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(
+      f'No checkpoint in {workdir}/checkpoints: train first (python -m research.main '
+      f'--config=... --workdir={workdir}).'
+    )
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f'--step={step} is not a checkpoint of {workdir}; it has {steps}.')
+  saved = _tuples(checkpoint.restore_config(manager, step))
+  manager.close()
+  return ml_collections.ConfigDict(with_defaults(saved)), step
+
+
+def with_defaults(saved: dict) -> dict:
+  """`saved` with the keys added to the code since it was written, at their
+  defaults (what that run used): configs/common.py's, the model family's."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+
+  defaults = common.base_config().to_dict()
+  family = saved.get('model', {}).get('name')
+  if family in ('lstm', 'transformer'):
+    defaults['model'] = getattr(common, f'{family}_model')().to_dict()
+
+  def merge(into: dict, default: dict) -> dict:
+    out = dict(into)
+    for key, value in default.items():
+      if key not in out:
+        out[key] = _tuples(value)
+      elif isinstance(value, dict) and isinstance(out[key], dict):
+        out[key] = merge(out[key], value)
+    return out
+
+  return merge(saved, defaults)

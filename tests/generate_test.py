@@ -13,6 +13,7 @@ from absl.testing import absltest
 
 from research import generate
 from research import train
+from research import workdir as workdir_lib
 from tests import test_util
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +85,7 @@ class GenerateTest(absltest.TestCase):
 
   def test_a_config_saved_before_newer_keys_gets_their_defaults(self):
     saved = {'model': {'name': 'transformer', 'd_model': 16}, 'data': {'name': 'ptb'}}
-    filled = generate.with_defaults(saved)
+    filled = workdir_lib.with_defaults(saved)
     self.assertEqual(filled['model']['d_model'], 16)  # Saved values win.
     self.assertEqual(filled['model']['positional'], 'learned')  # The family's default.
     self.assertEqual(filled['data']['spm_model_type'], 'bpe')

@@ -25,6 +25,7 @@ import ml_collections
 
 from research import rules
 from research import sharding
+from research.models import layers
 
 
 class Model(NamedTuple):
@@ -61,6 +62,13 @@ class Model(NamedTuple):
       that are never sharded (test doubles).
     flops_per_token: `flops_per_token(params) -> float`, training FLOPs
       (forward and backward) per token; `params` may be shape structs.
+    compressible: `(path regex, kind)` pairs naming the weight matrices that
+      post-training compression may touch (research/compress.py): kind
+      'columns' for a matmul kernel (input x output; one int8 scale per output
+      column) and 'rows' for a table read by row (an embedding, and the tied
+      head; one scale per row). Every one of them may be given to the model
+      as `layers.Int8`. Anything else (norms, biases, position tables) stays
+      float.
   """
 
   init: Callable[..., Any]
@@ -72,6 +80,7 @@ class Model(NamedTuple):
   context: int | None = None
   partition_rules: tuple[tuple[str, tuple], ...] = ()
   flops_per_token: Callable[[Any], float] | None = None
+  compressible: tuple[tuple[str, str], ...] = ()
 
 
 # With scan_layers=True the Transformer keeps its L blocks under this key,
@@ -89,10 +98,11 @@ def matmul_params(params: Any, lookups: tuple[str, ...] = ()) -> int:
   """N of the 6 N FLOPs-per-token rule: the size of every weight matrix
   (rank 2 once a stacked layer axis is set aside) except `lookups`, the paths
   of tables that are only indexed (token and position embeddings)."""
+  leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=layers.is_int8)[0]
   return int(
     sum(
       leaf.size
-      for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+      for path, leaf in leaves
       if leaf.ndim - layer_axes(path) == 2 and sharding.param_path(path) not in lookups
     )
   )

@@ -127,7 +127,7 @@ class CausalSelfAttention(nn.Module):
     K = D // N  # pylint: disable=invalid-name
     # Dense layers act on the flattened (B*T, D) array: the backward pass of a
     # plain matmul is measurably faster on CPU than a batched dot_general.
-    qkv_BTx3D = nn.Dense(
+    qkv_BTx3D = layers.Dense(
       3 * D,
       use_bias=c.use_bias,
       kernel_init=nn.initializers.normal(options.INIT_STDDEV),
@@ -139,9 +139,9 @@ class CausalSelfAttention(nn.Module):
     q_BxTxNxK, k_BxTxNxK, v_BxTxNxK = (qkv_BxTxNx3xK[:, :, :, j] for j in range(3))
 
     def project_out(out_BxTxNxK):
-      out_BTxD = nn.Dense(D, use_bias=c.use_bias, kernel_init=options.residual_init(c), name='out')(
-        sharding.constrain(out_BxTxNxK.reshape(B * T, D), BATCH, 'tensor')
-      )
+      out_BTxD = layers.Dense(
+        D, use_bias=c.use_bias, kernel_init=options.residual_init(c), name='out'
+      )(sharding.constrain(out_BxTxNxK.reshape(B * T, D), BATCH, 'tensor'))
       out_BTxD = layers.Dropout(c.dropout_rate)(out_BTxD, deterministic=not train)
       return out_BTxD.reshape(B, T, D)
 

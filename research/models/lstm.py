@@ -78,18 +78,19 @@ class LSTMLayer(nn.Module):
     T, B, D = x_TxBxD.shape  # pylint: disable=invalid-name
     H = self.config.hidden_size  # pylint: disable=invalid-name
     init = uniform_init(self.config.init_scale)
-    w_in_Dx4H = self.param('input_kernel', init, (D, 4 * H))
-    w_rec_Hx4H = self.param('recurrent_kernel', init, (H, 4 * H))
+    # Either weight may be int8 (layers.Int8, research/compress.py).
+    w_in_Dx4H = layers.param(self, 'input_kernel', init, (D, 4 * H))
+    w_rec_Hx4H = layers.param(self, 'recurrent_kernel', init, (H, 4 * H))
     b_4H = self.param('bias', init, (4 * H,))
 
     # The input projection does not depend on the recurrence: one big matmul
     # over all T*B positions instead of T small ones inside the loop.
-    gates_in_TBx4H = x_TxBxD.reshape(T * B, D) @ w_in_Dx4H + b_4H
+    gates_in_TBx4H = layers.matmul(x_TxBxD.reshape(T * B, D), w_in_Dx4H) + b_4H
     gates_in_TxBx4H = gates_in_TBx4H.reshape(T, B, 4 * H)
 
     def step(carry: LayerCarry, gates_in_Bx4H: jax.Array) -> tuple[LayerCarry, jax.Array]:
       c_BxH, h_BxH = carry
-      gates_Bx4H = gates_in_Bx4H + h_BxH @ w_rec_Hx4H
+      gates_Bx4H = gates_in_Bx4H + layers.matmul(h_BxH, w_rec_Hx4H)
       gates_Bx4H = sharding.constrain(gates_Bx4H, BATCH, 'tensor')
       gates_BxHx4 = gates_Bx4H.reshape(B, H, 4)
       i_BxH, f_BxH, g_BxH, o_BxH = (gates_BxHx4[..., j] for j in range(4))
@@ -121,8 +122,10 @@ class SoftmaxLayer(nn.Module):
   def __call__(self, h_NxH: jax.Array) -> jax.Array:
     N, H = h_NxH.shape  # pylint: disable=invalid-name
     init = uniform_init(self.config.init_scale)
-    w_HxV = self.param('kernel', init, (H, self.vocab_size))
+    w_HxV = layers.param(self, 'kernel', init, (H, self.vocab_size))
     b_V = self.param('bias', init, (self.vocab_size,))
+    if isinstance(w_HxV, layers.Int8):  # Quantised: the bias cannot join it.
+      return layers.matmul(h_NxH, w_HxV) + b_V
     ones_Nx1 = jnp.ones((N, 1), h_NxH.dtype)
     return jnp.concatenate([h_NxH, ones_Nx1], axis=1) @ jnp.concatenate([w_HxV, b_V[None]], axis=0)
 
@@ -149,7 +152,7 @@ class LSTMLanguageModel(nn.Module):
 
     # Time-major throughout, so the scan slices its leading axis; transposing
     # the int ids here is cheaper than transposing activations per layer.
-    x_TxBxD = nn.Embed(V, H, embedding_init=init, name='embed')(inputs_BxT.T)
+    x_TxBxD = layers.Embed(V, H, embedding_init=init, name='embed')(inputs_BxT.T)
     new_carry = []
     for layer in range(c.num_layers):
       x_TxBxD = dropout(x_TxBxD)
@@ -179,6 +182,15 @@ PARTITION_RULES = (
   (r'lstm_\d+/bias', ('tensor',)),  # 4H
   ('softmax/kernel', (('tensor', 'fsdp'), None)),  # HxV
   ('softmax/bias', ()),  # V
+)
+
+
+# Compression (research/compress.py): the gate and softmax kernels by output
+# column, the embedding by row.
+COMPRESSIBLE = (
+  ('embed/embedding', 'rows'),
+  (r'lstm_\d+/(input|recurrent)_kernel', 'columns'),
+  ('softmax/kernel', 'columns'),
 )
 
 
@@ -234,4 +246,5 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     context=None,
     partition_rules=PARTITION_RULES,
     flops_per_token=flops_per_token,
+    compressible=COMPRESSIBLE,
   )

@@ -167,7 +167,9 @@ class Transformer(nn.Module):
     D, V = c.d_model, self.vocab_size  # pylint: disable=invalid-name
     if T > self.seq_len:
       raise ValueError(f'Input length {T} exceeds the context length {self.seq_len}.')
-    embed = nn.Embed(V, D, embedding_init=nn.initializers.normal(options.INIT_STDDEV), name='embed')
+    embed = layers.Embed(
+      V, D, embedding_init=nn.initializers.normal(options.INIT_STDDEV), name='embed'
+    )
     x_BxTxD = embed(inputs_BxT)
     positional = POSITIONAL[c.positional]
     if positional.table is None:
@@ -213,7 +215,7 @@ class Transformer(nn.Module):
     if c.tie_embeddings:
       logits_BTxV = embed.attend(x_BTxD)
     else:
-      logits_BTxV = nn.Dense(
+      logits_BTxV = layers.Dense(
         V, use_bias=False, kernel_init=nn.initializers.normal(options.INIT_STDDEV), name='head'
       )(x_BTxD)
     return logits_BTxV.reshape(B, T, V).astype(jnp.float32), cache
@@ -229,6 +231,14 @@ _BLOCK_RULES = (
   # Vectors of D: the outputs of reduced matmul pairs, and the norms'.
   ('(attn/out|mlp/proj)/bias', ()),
   ('ln_[12]/(scale|bias)', ()),
+)
+
+# Compression (research/compress.py): every matmul kernel by output column;
+# the token embedding by row (it is looked up, and is the tied head).
+COMPRESSIBLE = (
+  ('embed/embedding', 'rows'),
+  (rf'(block_\d+|{models.STACKED_BLOCKS})/(attn|mlp)/\w+/kernel', 'columns'),
+  ('head/kernel', 'columns'),
 )
 
 # (path regex, spec), first match wins (research/sharding.py); no catch-all:
@@ -260,8 +270,11 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     if compute_dtype != jnp.float32:
       # Mixed precision: the float32 parameters (and so the optimizer state)
       # are cast on the way in, so gradients come back in float32; the
-      # attention softmax and the logits are float32 (attention.py).
-      params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
+      # attention softmax and the logits are float32 (attention.py). An int8
+      # weight's values stay int8 (its scale is cast).
+      params = jax.tree.map(
+        lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params
+      )
     return module.apply(
       {'params': params},
       inputs_BxT,
@@ -324,4 +337,5 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     context=seq_len,
     partition_rules=PARTITION_RULES,
     flops_per_token=flops_per_token,
+    compressible=COMPRESSIBLE,
   )

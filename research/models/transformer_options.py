@@ -84,14 +84,16 @@ class Mlp(nn.Module):
 
     def project(name):
       kernel_init = nn.initializers.normal(INIT_STDDEV)
-      return nn.Dense(c.d_ff, use_bias=c.use_bias, kernel_init=kernel_init, name=name)(x_BTxD)
+      return layers.Dense(c.d_ff, use_bias=c.use_bias, kernel_init=kernel_init, name=name)(x_BTxD)
 
     if self.gated:
       h_BTxF = self.activation(project('gate')) * project('fc')
     else:
       h_BTxF = self.activation(project('fc'))
     h_BTxF = sharding.constrain(h_BTxF, BATCH, 'tensor')
-    out_BTxD = nn.Dense(D, use_bias=c.use_bias, kernel_init=residual_init(c), name='proj')(h_BTxF)
+    out_BTxD = layers.Dense(D, use_bias=c.use_bias, kernel_init=residual_init(c), name='proj')(
+      h_BTxF
+    )
     out_BTxD = layers.Dropout(c.dropout_rate)(out_BTxD, deterministic=not train)
     return out_BTxD.reshape(B, T, D)
 
