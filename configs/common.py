@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Parameters not updated: a regular expression searched in each parameter's path
   # ('embed/embedding', 'lstm_0/input_kernel', 'block_1/mlp/fc/kernel'); '' = none.
   c.optim.frozen = ''
+  # Pruned fine-tuning: weights that are exactly zero in config.init_from's parameters stay
+  # exactly zero (their gradients and updates are masked); research.compress sets it.
+  c.optim.hold_zeros = False
   c.optim.loss = 'token_mean'  # Objective: 'token_mean' or 'sequence_sum' (sum over time, mean over batch; Zaremba).
   # adamw only.
   c.optim.warmup_steps = 100  # Linear warmup from 0 to learning_rate, in steps.
@@ -118,6 +121,27 @@ def base_config() -> ml_collections.ConfigDict:
   c.audit.canaries_per_count = 1
   c.audit.reference_size = 10000  # All of R when a^k is at most this; else a uniform sample.
   c.audit.seed = 0
+
+  # Knowledge distillation (Hinton et al. 2015; README "Distillation"): the student trains on
+  #   loss = (1 - alpha) * CE(data) + alpha * T^2 * KL(p_teacher^T || p_student^T),
+  # p^T = softmax(logits / T), both on the same inputs; the T^2 keeps the term's gradients at
+  # a comparable scale across temperatures. The teacher is frozen and not checkpointed (its
+  # path and parameter checksum are recorded in runs.jsonl); it needs the student's tokenizer.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ''  # A finished workdir whose latest checkpoint is the teacher ('' = off).
+  c.distill.alpha = 0.5  # Weight of the distillation term, in [0, 1] (0 = the data loss alone).
+  c.distill.temperature = 2.0  # T > 0: softens both distributions (1 = as they are).
+
+  # Post-training compression (README "Compression"). research.compress writes these into the
+  # config of the run it makes; a training config leaves them empty. method: 'int8' (weights,
+  # per output channel), 'w8a8' (int8 weights and activations), 'prune' (global magnitude
+  # pruning of the weight matrices to prune_fraction zeros; the embeddings too with
+  # prune_embeddings). source: the workdir of the float model it was made from.
+  c.compress = ml_collections.ConfigDict()
+  c.compress.method = ''
+  c.compress.source = ''
+  c.compress.prune_fraction = 0.0
+  c.compress.prune_embeddings = False
 
   c.sample = ml_collections.ConfigDict()
   c.sample.num_tokens = 200  # Tokens generated at each evaluation (0 = no sample).

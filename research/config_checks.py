@@ -67,6 +67,11 @@ RULES = {
     optim.valid_pattern, "a regular expression over parameter paths ('' : none), e.g. 'embed/'"
   ),
   'init_from': anything("a workdir or a checkpoint step folder ('' : none)"),
+  'optim.hold_zeros': boolean(),
+  'compress.method': one_of('', 'int8', 'w8a8', 'prune'),
+  'compress.source': anything("the float model's workdir ('' : not compressed)"),
+  'compress.prune_fraction': Rule(lambda v: number(v) and 0 <= v < 1, 'in [0, 1)'),
+  'compress.prune_embeddings': boolean(),
   'optim.warmup_steps': at_least(0),
   'optim.decay_steps': at_least(0),
   'optim.min_learning_rate': at_least(0),
@@ -90,6 +95,9 @@ RULES = {
   'sample.top_k': at_least(0),
   'eval.seq_len': at_least(0),
   'privacy.enabled': boolean(),
+  'distill.teacher': anything("a finished workdir ('' : no distillation; checked when loaded)"),
+  'distill.alpha': in_range(0, 1, closed_high=True),
+  'distill.temperature': positive(),
   'audit.enabled': boolean(),
   'audit.prefix': anything('text of the corpus'),
   'audit.secret_length': at_least(1),
@@ -163,6 +171,17 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
     )
   if c.privacy.enabled:
     _check_privacy(c)
+  if c.optim.hold_zeros and not c.init_from:
+    raise ValueError(
+      "config.optim.hold_zeros=True keeps the zeros of config.init_from's parameters, but "
+      'init_from is empty; set --config.init_from=PRUNED_WORKDIR (research.compress makes one).'
+    )
+  if c.distill.teacher and c.privacy.enabled:
+    raise ValueError(
+      f'config.distill.teacher={c.distill.teacher!r} does not combine with privacy.enabled: '
+      "the teacher's outputs depend on the training data outside DP-SGD's accounting, so the "
+      "guarantee would not hold. Set --config.distill.teacher='' or --config.privacy.enabled=False."
+    )
   longest = max((c.eval.seq_len, *c.eval.extra_seq_lens))
   if (
     c.model.name == 'transformer'

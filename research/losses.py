@@ -14,10 +14,19 @@ single rows add up to the whole batch's).
     batch = dict(batch, carry=carry, denominator=objective.denominator(batch))
     value, aux = objective.loss_fn(params, batch, rng)
 
-A new objective (a distillation term, say) is one more entry in OBJECTIVES;
-how gradients are made from `loss_fn` is chosen in research/gradients.py.
+A new objective is one more entry in OBJECTIVES; how gradients are made from
+`loss_fn` is chosen in research/gradients.py. Knowledge distillation
+(`Distillation`, Hinton et al. 2015) adds a term to any of them:
+
+    loss = ((1 - alpha) * CE_sum + alpha * T^2 * KL_sum) / denominator
+
+KL_sum sums KL(p_teacher^T || p_student^T) over the weighted tokens, p^T =
+softmax(logits / T); the frozen teacher reads the same inputs (no dropout)
+from a fresh carry, its parameters an argument of the step
+(`Objective.with_teacher`), never part of the state.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -49,13 +58,58 @@ class Objective(NamedTuple):
     loss_fn: `loss_fn(params, batch, rng) -> (value, aux)`; `value` is
       differentiated, `aux` holds `loss_sum` and `weight_sum` (the batch's
       summed token losses in nats and its token count, for the metrics) and
-      `carry` (the state after the batch).
+      `carry` (the state after the batch); a distilled objective's also
+      `distill_kl_sum` (the summed KL of its tokens, for `step_metrics`) and
+      its `loss_fn` takes the teacher's parameters as a fourth argument.
     denominator: `denominator(batch)`, what `value` divides the summed
       token losses by; given the whole step's batch.
   """
 
   loss_fn: Callable[..., tuple[jax.Array, dict]]
   denominator: Callable[[dict], jax.Array]
+
+  def with_teacher(self, teacher_params: Any | None) -> Callable[..., tuple[jax.Array, dict]]:
+    """`loss_fn(params, batch, rng)`, a teacher's parameters bound (None: none)."""
+    if teacher_params is None:
+      return self.loss_fn
+    return functools.partial(self.loss_fn, teacher_params=teacher_params)
+
+
+class Distillation(NamedTuple):
+  """The teacher term of a distilled objective (config.distill)."""
+
+  model: models.Model  # The teacher; frozen, run with train=False.
+  alpha: float  # Weight of the term; 1 - alpha weighs the data loss.
+  temperature: float  # T: both distributions are softmax(logits / T).
+
+
+def distill_kl_sum(
+  student_logits_BxTxV: jax.Array,
+  teacher_logits_BxTxV: jax.Array,
+  weights_BxT: jax.Array,
+  temperature: float,
+) -> jax.Array:
+  """Sum over the weighted tokens of KL(p_teacher^T || p_student^T) in
+  nats, p^T = softmax(logits / T); float32 whatever the logits' dtype."""
+  log_q_BxTxV = jax.nn.log_softmax(student_logits_BxTxV.astype(jnp.float32) / temperature)
+  log_p_BxTxV = jax.nn.log_softmax(teacher_logits_BxTxV.astype(jnp.float32) / temperature)
+  kl_BxT = jnp.sum(jnp.exp(log_p_BxTxV) * (log_p_BxTxV - log_q_BxTxV), axis=-1)
+  return jnp.sum(kl_BxT * weights_BxT)
+
+
+# The step metrics an objective's aux may give beyond the loss (`step_metrics`).
+STEP_METRICS = ('clipped_fraction', 'distill_kl')
+
+
+def step_metrics(aux: dict) -> dict:
+  """The step's STEP_METRICS from the aux of its whole batch: DP-SGD's
+  `clipped_fraction` (research/privacy/dp_sgd.py) as it is, and a distilled
+  objective's `distill_kl`, the mean KL per token (its summed KL over the
+  token count, so micro-batches add up)."""
+  out = {k: aux[k] for k in ('clipped_fraction',) if k in aux}
+  if 'distill_kl_sum' in aux:
+    out['distill_kl'] = aux['distill_kl_sum'] / aux['weight_sum']
+  return out
 
 
 # name -> the denominator of the summed token losses.
@@ -81,8 +135,11 @@ def row_scale(name: str, seq_len: int) -> float:
   return _ROW_SCALES[name](seq_len)
 
 
-def make_objective(model: models.Model, name: str) -> Objective:
-  """The objective `name` (a key of OBJECTIVES) for `model`."""
+def make_objective(
+  model: models.Model, name: str, distill: Distillation | None = None
+) -> Objective:
+  """The objective `name` (a key of OBJECTIVES) for `model`, with `distill`'s
+  term when given (module docstring)."""
   if name not in OBJECTIVES:
     raise ValueError(
       f'Unknown objective {name!r} (config key optim.loss); valid names: {sorted(OBJECTIVES)}.'
@@ -96,4 +153,29 @@ def make_objective(model: models.Model, name: str) -> Objective:
       'carry': new_carry,
     }
 
-  return Objective(loss_fn=loss_fn, denominator=OBJECTIVES[name])
+  if distill is None:
+    return Objective(loss_fn=loss_fn, denominator=OBJECTIVES[name])
+  alpha, temperature = distill.alpha, distill.temperature
+
+  def distilled_loss_fn(params, batch: dict, rng: jax.Array, teacher_params):
+    loss_sum, weight_sum, logits_BxTxV, new_carry = forward(
+      model, params, batch, train=True, rng=rng
+    )
+    # A fresh teacher carry: rows that start anew (research/distill.py
+    # refuses a recurrent teacher for a student that reads streams).
+    teacher_batch = dict(batch, carry=distill.model.init_carry(batch['inputs'].shape[0]))
+    _, _, teacher_logits_BxTxV, _ = forward(
+      distill.model, teacher_params, teacher_batch, train=False, rng=None
+    )
+    kl_sum = distill_kl_sum(
+      logits_BxTxV, jax.lax.stop_gradient(teacher_logits_BxTxV), batch['weights'], temperature
+    )
+    value = (1 - alpha) * loss_sum + alpha * temperature**2 * kl_sum
+    return value / batch['denominator'], {
+      'loss_sum': loss_sum,
+      'weight_sum': weight_sum,
+      'carry': new_carry,
+      'distill_kl_sum': kl_sum,
+    }
+
+  return Objective(loss_fn=distilled_loss_fn, denominator=OBJECTIVES[name])

@@ -19,6 +19,7 @@ import optax
 
 from research import checkpoint
 from research import components as components_lib
+from research import distill as distill_lib
 from research import evaluate
 from research import faults
 from research import flops
@@ -39,6 +40,7 @@ def train_step(
   state: TrainState,
   batch: dict,
   key: jax.Array,
+  teacher_params=None,
   *,
   objective: losses.Objective,
   gradient_fn: Callable,
@@ -49,7 +51,7 @@ def train_step(
   """One optimizer step. Returns (new state, scalar metrics).
 
   The gradient of `objective.loss_fn` comes from `gradient_fn` (plain or
-  accumulated: research/gradients.py), from the state's carry. Metrics
+  accumulated: research/gradients.py), from the state's carry and `teacher_params`. Metrics
   report nats per token whatever the objective, and `nonfinite` (1.0 when
   the loss or the gradient norm is inf or NaN). With `skip_nonfinite`, such
   a step leaves parameters, optimizer state and carry as they were (the step
@@ -57,7 +59,7 @@ def train_step(
   """
   key = jax.random.fold_in(key, state.step)
   batch = dict(batch, carry=state.carry, denominator=objective.denominator(batch))
-  grads, aux = gradient_fn(objective.loss_fn, state.params, batch, key)
+  grads, aux = gradient_fn(objective.with_teacher(teacher_params), state.params, batch, key)
   loss = aux['loss_sum'] / aux['weight_sum']
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -70,7 +72,7 @@ def train_step(
   )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  extra = {k: aux[k] for k in ('clipped_fraction',) if k in aux}  # DP-SGD's.
+  extra = losses.step_metrics(aux)  # DP-SGD's clipped_fraction, distillation's distill_kl.
   if skip_nonfinite:
 
     def keep(new, old):
@@ -99,13 +101,14 @@ def step_function(
   grad_accum_steps: int = 1,
   skip_nonfinite: bool = False,
   gradient_fn: Callable | None = None,
+  distill: losses.Distillation | None = None,
 ):
   """`train_step` with everything static bound: the one place that picks the
-  objective (`losses.OBJECTIVES`) and how gradients are made from it
-  (`gradient_fn`, default `gradients.make(grad_accum_steps)`)."""
+  objective (`losses.OBJECTIVES`, `distill`'s term added) and how gradients are made
+  from it (`gradient_fn`, default `gradients.make(grad_accum_steps)`)."""
   return functools.partial(
     train_step,
-    objective=losses.make_objective(model, objective),
+    objective=losses.make_objective(model, objective, distill),
     gradient_fn=gradient_fn or gradients.make(grad_accum_steps),
     optimizer=optimizer,
     schedule=schedule,
@@ -113,15 +116,14 @@ def step_function(
   )
 
 
-def make_train_step(
-  parts: components_lib.Components, state_shardings: TrainState, config: ml_collections.ConfigDict
-):
+def make_train_step(parts, state_shardings, config, teacher=None):
   """Jits the run's step once with explicit shardings and a donated state.
 
-  Training and the benchmark both call this; everything the step needs
-  comes from `parts` and `config`.
+  Training and the benchmark both call this; everything the step needs comes
+  from `parts`, `config` and config.distill's teacher (loaded unless given).
   """
   mesh = parts.mesh
+  teacher = teacher or distill_lib.load(parts, config)
   step = step_function(
     model=parts.model,
     optimizer=parts.optimizer,
@@ -130,14 +132,16 @@ def make_train_step(
     grad_accum_steps=config.optim.grad_accum_steps,
     skip_nonfinite=config.skip_nonfinite_steps,
     gradient_fn=dp_sgd.for_run(parts, config),
+    distill=teacher and teacher.distillation,
   )
+  in_shardings = (state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh))
   jitted = jax.jit(
     step,
-    in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+    in_shardings=in_shardings + (in_shardings[-1:] if teacher else ()),  # The teacher's params.
     out_shardings=(state_shardings, sharding.replicated(mesh)),
     donate_argnames=('state',),
   )
-  return sharding.under_mesh(jitted, mesh)
+  return distill_lib.bind(sharding.under_mesh(jitted, mesh), teacher)
 
 
 def restore_or_init(parts, manager, config, rng, data_iterator):
@@ -154,7 +158,9 @@ def restore_or_init(parts, manager, config, rng, data_iterator):
       params, source = checkpoint.load_params(
         config.init_from, structs.params, parts.corpus.tokenizer.identity
       )
-      state = state._replace(params=params)
+      # The optimizer state starts from them too (optim.hold_zeros reads their zeros).
+      opt_state = jax.jit(parts.optimizer.init, out_shardings=shardings.opt_state)(params)
+      state = state._replace(params=params, opt_state=opt_state)
       metrics.console(
         'Parameters from %s (config.init_from); the optimizer, step and data order start fresh.',
         source,
@@ -206,11 +212,12 @@ def train_and_evaluate(
     os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
   )
   init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
+  teacher = distill_lib.for_run(parts, config, workdir, manager)  # None unless distilling.
   data_iterator = components_lib.train_iterator(parts, config)
   state, state_shardings = restore_or_init(parts, manager, config, init_rng, data_iterator)
   start = int(jax.device_get(state.step))
   writer.truncate_after(start)
-  step_fn = make_train_step(parts, state_shardings, config)
+  step_fn = make_train_step(parts, state_shardings, config, teacher)
   evaluator = evaluate.Evaluator(
     parts, batch_size=config.data.eval_batch_size, seq_len=components_lib.eval_seq_len(config)
   )
@@ -385,8 +392,9 @@ def _log_train(writer, step, total, host, throughput, parts):
   figures['learning_rate'] = float(host[-1]['learning_rate'])
   figures.update(throughput.update(step))
   figures['epoch'] = step / per_epoch
+  extra = [k for k in losses.STEP_METRICS if k in host[0]]
+  figures.update({k: float(np.mean([m[k] for m in good])) for k in extra})
   if parts.privacy is not None:
-    figures['clipped_fraction'] = float(np.mean([m['clipped_fraction'] for m in good]))
     figures.update(parts.privacy.figures(step))
   writer.write(step, 'train', figures)
   writer.log_train(step, total, figures, corpus.headline)
