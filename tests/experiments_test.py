@@ -144,6 +144,35 @@ class SpecTest(absltest.TestCase):
     changed = here[:-1] + ['--config.model.hidden_size=9']
     self.assertNotEqual(runner.identity(here), runner.identity(changed))
 
+  def test_compression_rows_run_research_compress_on_their_float_cell(self):
+    rows = (
+      spec_lib.Row('float', 'configs/default.py'),
+      spec_lib.Row('p50', 'configs/default.py', compress='prune:0.5', compress_from='float'),
+      spec_lib.Row(
+        'p50ft', 'configs/default.py', compress='prune:0.5', compress_from='float', finetune_steps=9
+      ),
+    )
+    spec = spec_lib.Experiment('x', 'x', rows=rows, seeds=(3,))
+    spec_lib.check(spec)
+    cells = {c.name: c for c in spec_lib.cells(spec)}
+    argv = runner.command('root', spec, cells['p50-s3'], 'python', {'data.path': 'here.txt'})
+    self.assertEqual(
+      argv,
+      [
+        'python', '-m', 'research.compress', '--workdir=root/x/float-s3', '--method=prune:0.5',
+        '--out=root/x/p50-s3', '--data_path=here.txt',
+      ],
+    )  # fmt: skip
+    argv = runner.command('root', spec, cells['p50ft-s3'], 'python')
+    self.assertIn('--finetune_out=root/x/p50ft-s3', argv)
+    self.assertIn('--out=root/x/p50ft-s3/pruned', argv)
+    # What it compresses is the cell's identity, not where the root lies.
+    self.assertEqual(
+      runner.identity(argv), runner.identity(runner.command('/else', spec, cells['p50ft-s3']))
+    )
+    with self.assertRaisesRegex(ValueError, 'must be a row before it'):
+      spec_lib.check(spec_lib.Experiment('x', 'x', rows=rows[1:] + rows[:1]))
+
   def test_a_spec_may_not_say_where_the_data_lies(self):
     row = spec_lib.Row('a', self.config, overrides={'data.path': '/x/input.txt'})
     with self.assertRaisesRegex(ValueError, r"sets \['data.path'\].*--data_path"):

@@ -65,6 +65,8 @@ def command(
   `locations` maps `spec_lib.LOCATION_KEYS` to where the data lies on this
   machine (the runner's --data_path and --tfds_dir; '' is left out).
   """
+  if cell.row.compress:
+    return _compress_command(root, experiment, cell, python, locations)
   argv = [
     python or python_command(),
     '-m',
@@ -75,6 +77,40 @@ def command(
   ]
   argv += [f'--config.{k}={_format_value(v)}' for k, v in sorted(cell.row.overrides.items())]
   argv += [f'--config.{k}={v}' for k, v in sorted((locations or {}).items()) if v]
+  return argv
+
+
+def source(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> str:
+  """The workdir a compression cell reads: its float row at the same seed ('' : none)."""
+  if not cell.row.compress_from:
+    return ''
+  rows = {r.name: r for r in experiment.rows}
+  return workdir(root, experiment, spec_lib.Cell(rows[cell.row.compress_from], cell.seed))
+
+
+def _compress_command(root, experiment, cell, python, locations) -> list[str]:
+  """`python -m research.compress` on the same-seed cell of `compress_from`;
+  a fine-tuned row's own workdir is the fine-tuned run (the pruned model in
+  its `pruned/`)."""
+  path = workdir(root, experiment, cell)
+  row = cell.row
+  argv = [
+    python or python_command(),
+    '-m',
+    'research.compress',
+    f'--workdir={source(root, experiment, cell)}',
+    f'--method={row.compress}',
+  ]
+  if row.finetune_steps:
+    argv += [
+      f'--out={os.path.join(path, "pruned")}',
+      f'--finetune_steps={row.finetune_steps}',
+      f'--finetune_out={path}',
+    ]
+  else:
+    argv += [f'--out={path}']
+  names = {'data.path': 'data_path', 'data.tfds_dir': 'tfds_dir'}
+  argv += [f'--{names[k]}={v}' for k, v in sorted((locations or {}).items()) if v]
   return argv
 
 
@@ -90,6 +126,9 @@ def identity(argv: list[str]) -> list[str]:
   def key(arg):
     return arg.split('=', 1)[0].removeprefix('--config.')
 
+  if 'research.compress' in argv:  # The method, and the source cell by name.
+    kept = [a for a in argv if a.startswith(('--method=', '--finetune_steps='))]
+    return kept + [os.path.basename(a) for a in argv if a.startswith('--workdir=')]
   return [a for a in argv[1:] if a.startswith('--config') and key(a) not in spec_lib.LOCATION_KEYS]
 
 
@@ -238,7 +277,7 @@ def run(
     if current.status in ('finished', 'running'):
       echo(f'{cell.name}: {current.status}, skipped')
       continue
-    todo.append((cell, path, argv))
+    todo.append((cell, path, argv, source(root, experiment, cell)))
 
   python = sys.executable
   active: list[_Launched] = []
@@ -254,7 +293,16 @@ def run(
   try:
     while todo or active:
       while todo and len(active) < max(parallel, 1):
-        cell, path, argv = todo.pop(0)
+        # A compression cell waits for its float model's cell.
+        ready = [t for t in todo if not t[3] or state(t[3]).status == 'finished']
+        if not ready:
+          if not active:
+            for cell, path, _, after in todo:
+              echo(f'{cell.name}: not run: {after} did not finish')
+            todo = []
+          break
+        todo.remove(ready[0])
+        cell, path, argv, _ = ready[0]
         echo(f'{cell.name}: starting ({state(path).status}): {shlex.join(argv)}')
         active.append(_Launched(cell, path, argv, python))
       time.sleep(0.5)

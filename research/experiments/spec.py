@@ -30,6 +30,13 @@ class Row:
   source: str = ''  # Paper and table of the published values.
   seeds: tuple[int, ...] | None = None  # None: the experiment's seeds.
   baseline: str = ''  # The row this one is compared with ('': the experiment's).
+  # A compression row (research/compress.py): `compress` is its --method ('int8', 'prune:0.5')
+  # applied to the finished model of row `compress_from` at the same seed, then
+  # `finetune_steps` of training with the zeros held (pruning). `config` and `overrides` are
+  # then unused (the model's own config is read from its workdir).
+  compress: str = ''
+  compress_from: str = ''
+  finetune_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +125,17 @@ def check(experiment: Experiment) -> None:
       )
     if table.plot and not table.plot.endswith('.png'):
       raise ValueError(f'Table {table.title!r}: plot={table.plot!r} must name a .png file.')
+  for row in experiment.rows:
+    if bool(row.compress) != bool(row.compress_from):
+      raise ValueError(
+        f'Row {row.name!r}: a compression row names both compress (the method) and '
+        'compress_from (the row of the float model).'
+      )
+    if row.compress_from and row.compress_from not in names[: names.index(row.name)]:
+      raise ValueError(
+        f'Row {row.name!r}: compress_from={row.compress_from!r} must be a row before it '
+        f'(rows: {names}).'
+      )
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f'Row names must be unique; repeated: {duplicates}.')
