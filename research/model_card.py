@@ -65,7 +65,7 @@ def _compression_lines(c, params) -> list[str]:
       else '; each is dequantised before a float matmul'
     )
     return [
-      f'- Compressed ({c.compress.method}) from `{c.compress.source}`: weight matrices in int8 '
+      f'- Compressed ({c.compress.method}) from `{c.compress.source or "its float model"}`: weight matrices in int8 '
       f'with one scale per output channel (the token embedding per row){inputs}; norms, biases '
       f'and position tables stay float. Stored parameters: {stored:,} bytes.'
     ]
