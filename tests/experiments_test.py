@@ -173,6 +173,22 @@ class SpecTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'must be a row before it'):
       spec_lib.check(spec_lib.Experiment('x', 'x', rows=rows[1:] + rows[:1]))
 
+  def test_a_distilled_row_names_its_same_seed_teacher(self):
+    rows = (
+      spec_lib.Row('big', 'configs/default.py'),
+      spec_lib.Row('small', 'configs/default.py', {'model.hidden_size': 9}, teacher_from='big'),
+    )
+    spec = spec_lib.Experiment('x', 'x', rows=rows, seeds=(0, 1))
+    spec_lib.check(spec)
+    cell = spec_lib.cells(spec)[3]
+    argv = runner.command('root', spec, cell, 'python')
+    self.assertEqual(cell.name, 'small-s1')
+    self.assertIn('--config.distill.teacher=root/x/big-s1', argv)
+    self.assertEqual(runner.source('root', spec, cell), 'root/x/big-s1')
+    self.assertEqual(runner.identity(argv), runner.identity(runner.command('/else', spec, cell)))
+    with self.assertRaisesRegex(ValueError, 'teacher_from.*must be a row before it'):
+      spec_lib.check(spec_lib.Experiment('x', 'x', rows=rows[::-1]))
+
   def test_a_spec_may_not_say_where_the_data_lies(self):
     row = spec_lib.Row('a', self.config, overrides={'data.path': '/x/input.txt'})
     with self.assertRaisesRegex(ValueError, r"sets \['data.path'\].*--data_path"):

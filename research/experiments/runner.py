@@ -76,16 +76,20 @@ def command(
     f'--config.seed={cell.seed}',
   ]
   argv += [f'--config.{k}={_format_value(v)}' for k, v in sorted(cell.row.overrides.items())]
+  if cell.row.teacher_from:
+    argv.append(f'--config.distill.teacher={source(root, experiment, cell)}')
   argv += [f'--config.{k}={v}' for k, v in sorted((locations or {}).items()) if v]
   return argv
 
 
 def source(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> str:
-  """The workdir a compression cell reads: its float row at the same seed ('' : none)."""
-  if not cell.row.compress_from:
+  """The workdir a cell reads and waits for ('' : none): a compression cell's float
+  model, a distilled cell's teacher, each the named row's cell at the same seed."""
+  name = cell.row.compress_from or cell.row.teacher_from
+  if not name:
     return ''
   rows = {r.name: r for r in experiment.rows}
-  return workdir(root, experiment, spec_lib.Cell(rows[cell.row.compress_from], cell.seed))
+  return workdir(root, experiment, spec_lib.Cell(rows[name], cell.seed))
 
 
 def _compress_command(root, experiment, cell, python, locations) -> list[str]:
@@ -129,7 +133,14 @@ def identity(argv: list[str]) -> list[str]:
   if 'research.compress' in argv:  # The method, and the source cell by name.
     kept = [a for a in argv if a.startswith(('--method=', '--finetune_steps='))]
     return kept + [os.path.basename(a) for a in argv if a.startswith('--workdir=')]
-  return [a for a in argv[1:] if a.startswith('--config') and key(a) not in spec_lib.LOCATION_KEYS]
+  kept = [a for a in argv[1:] if a.startswith('--config') and key(a) not in spec_lib.LOCATION_KEYS]
+  # A teacher is the cell it names, wherever the root lies.
+  return [
+    f'--config.distill.teacher={os.path.basename(a.split("=", 1)[1])}'
+    if key(a) == 'distill.teacher'
+    else a
+    for a in kept
+  ]
 
 
 def select(cells: list[spec_lib.Cell], patterns: str) -> list[spec_lib.Cell]:
@@ -293,7 +304,7 @@ def run(
   try:
     while todo or active:
       while todo and len(active) < max(parallel, 1):
-        # A compression cell waits for its float model's cell.
+        # A compression cell waits for its float model's cell, a distilled one for its teacher.
         ready = [t for t in todo if not t[3] or state(t[3]).status == 'finished']
         if not ready:
           if not active:

@@ -37,6 +37,9 @@ class Row:
   compress: str = ''
   compress_from: str = ''
   finetune_steps: int = 0
+  # A distilled row (research/distill.py): its teacher (config.distill.teacher) is the
+  # finished model of row `teacher_from` at the same seed; the runner waits for that cell.
+  teacher_from: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +134,16 @@ def check(experiment: Experiment) -> None:
         f'Row {row.name!r}: a compression row names both compress (the method) and '
         'compress_from (the row of the float model).'
       )
-    if row.compress_from and row.compress_from not in names[: names.index(row.name)]:
+    for key in ('compress_from', 'teacher_from'):
+      earlier = getattr(row, key)
+      if earlier and earlier not in names[: names.index(row.name)]:
+        raise ValueError(
+          f'Row {row.name!r}: {key}={earlier!r} must be a row before it (rows: {names}).'
+        )
+    if row.teacher_from and (row.compress or 'distill.teacher' in row.overrides):
       raise ValueError(
-        f'Row {row.name!r}: compress_from={row.compress_from!r} must be a row before it '
-        f'(rows: {names}).'
+        f'Row {row.name!r}: teacher_from names the teacher of a training row; drop '
+        'distill.teacher from its overrides (and compress: a compression row trains no student).'
       )
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
