@@ -216,14 +216,12 @@ def run(
   method, fraction = parse_method(method_text)
   if finetune_steps and method != 'prune':
     raise ValueError('--finetune_steps applies to pruning (prune:F) only.')
-  config, step = workdir_lib.saved_config(workdir, None)
+  config, step = workdir_lib.saved_config(workdir, None, locations)
   if config.compress.method:
     raise ValueError(
       f'{workdir} is already compressed ({config.compress.method}); compress its float model, '
       f'{config.compress.source}.'
     )
-  with config.unlocked():
-    config.data.update({k: v for k, v in (locations or {}).items() if v})
   name = method_name(method, fraction)
   out = out or os.path.join(workdir, 'compressed', name)
   finetuned = finetune_out or f'{out}-ft{finetune_steps}'

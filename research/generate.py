@@ -126,9 +126,7 @@ def generate(
     raise ValueError(f'--temperature={temperature} must be positive.')
   if not 0 < top_p <= 1:
     raise ValueError(f'--top_p={top_p} must be in (0, 1].')
-  config, step = workdir_lib.saved_config(workdir, step)
-  with config.unlocked():
-    config.data.update({k: v for k, v in (locations or {}).items() if v})
+  config, step = workdir_lib.saved_config(workdir, step, locations)
   parts, step, params = evaluate.restore(config, workdir, 'research.generate', step)
   tokenizer = parts.corpus.tokenizer
   prompt_ids, unknown = encode_prompt(prompt, tokenizer)

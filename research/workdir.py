@@ -103,8 +103,13 @@ def _tuples(value):
   return value
 
 
-def saved_config(workdir: str, step: int | None) -> tuple[ml_collections.ConfigDict, int]:
+def saved_config(
+  workdir: str, step: int | None, locations: dict | None = None
+) -> tuple[ml_collections.ConfigDict, int]:
   """(the config checkpoint `step` (default: the latest) was saved with, step).
+
+  `locations`: config.data keys ('path', 'tfds_dir') giving where the data lies
+  on this machine; they replace the saved ones ('' or None: kept).
 
   Raises:
     FileNotFoundError: the workdir has no checkpoint, or not that step.
@@ -122,7 +127,9 @@ def saved_config(workdir: str, step: int | None) -> tuple[ml_collections.ConfigD
     raise FileNotFoundError(f'--step={step} is not a checkpoint of {workdir}; it has {steps}.')
   saved = _tuples(checkpoint.restore_config(manager, step))
   manager.close()
-  return ml_collections.ConfigDict(with_defaults(saved)), step
+  config = ml_collections.ConfigDict(with_defaults(saved))
+  config.data.update({k: v for k, v in (locations or {}).items() if v})
+  return config, step
 
 
 def with_defaults(saved: dict) -> dict:
