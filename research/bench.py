@@ -39,6 +39,7 @@ import tensorflow_datasets as tfds
 
 from research import cli
 from research import components
+from research import distill
 from research import faults
 from research import flops
 from research import host
@@ -99,8 +100,10 @@ def run(config, steps: int, warmup: int, config_name: str = '', allocator: str =
   the sampled rows of a batch padded to `train_rows`.
   """
   parts = components.build(config)
+  teacher = distill.load(parts, config)  # config.distill's, timed inside the step as it trains.
+  parts = distill.attach(parts, teacher)
   state, shardings = components.create_state(parts, jax.random.key(config.seed), parts.train_rows)
-  step_fn = train.make_train_step(parts, shardings, config)
+  step_fn = train.make_train_step(parts, shardings, config, teacher)
   it = components.train_iterator(parts, config)
   batches = [sharding.global_batch(next(it), parts.mesh) for _ in range(8)]
   key = jax.random.key(1)

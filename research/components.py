@@ -53,6 +53,9 @@ class Components(NamedTuple):
   eval_models: dict[int, models.Model] = {}
   train_rows: int = 0  # Global rows of a training batch (DP: the padded maximum).
   privacy: accounting.Budget | None = None  # A DP run's sampling rate, noise and delta.
+  # The recurrent teacher of a student that reads streams (research/distill.py): the state's
+  # carry is then the pair (the model's, the teacher's).
+  teacher_model: models.Model | None = None
 
 
 def eval_seq_len(config: ml_collections.ConfigDict) -> int:
@@ -176,15 +179,21 @@ def _privacy(config, num_tokens: int, num_steps: int, mesh) -> tuple[int, accoun
 
 
 def init_state(
-  rng: jax.Array, *, model: models.Model, optimizer: optax.GradientTransformation, batch_size: int
+  rng: jax.Array,
+  *,
+  model: models.Model,
+  optimizer: optax.GradientTransformation,
+  batch_size: int,
+  teacher_model: models.Model | None = None,
 ) -> TrainState:
   """The state at step 0 (pure; jitted by `create_state`)."""
   params = model.init(rng)
+  carry = model.init_carry(batch_size)
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
     opt_state=optimizer.init(params),
-    carry=model.init_carry(batch_size),
+    carry=carry if teacher_model is None else (carry, teacher_model.init_carry(batch_size)),
   )
 
 
@@ -212,7 +221,11 @@ def abstract_state(components: Components, batch_size: int) -> tuple[TrainState,
   """Returns (shape/dtype/sharding structs of the state, its shardings)."""
   abstract = jax.eval_shape(
     lambda k: init_state(
-      k, model=components.model, optimizer=components.optimizer, batch_size=batch_size
+      k,
+      model=components.model,
+      optimizer=components.optimizer,
+      batch_size=batch_size,
+      teacher_model=components.teacher_model,
     ),
     jax.random.key(0),
   )
@@ -230,7 +243,11 @@ def create_state(
   _, shardings = abstract_state(components, batch_size)
   init = jax.jit(
     lambda k: init_state(
-      k, model=components.model, optimizer=components.optimizer, batch_size=batch_size
+      k,
+      model=components.model,
+      optimizer=components.optimizer,
+      batch_size=batch_size,
+      teacher_model=components.teacher_model,
     ),
     out_shardings=shardings,
   )

@@ -9,11 +9,12 @@ recorded instead: the teacher's path, step and a sha256 of its parameters, in
 the student's runs.jsonl (`record`), and a resumed run whose teacher changed
 is refused. The objective itself is `losses.Distillation`.
 
-A recurrent teacher reads every row from a fresh carry, which is right for a
-student that reads independent windows (every row starts anew) and wrong for
-one that reads streams (an LSTM student, whose rows continue from batch to
-batch): the teacher would need its own carry kept along each row in the
-checkpointed state, which is not supported yet, so `load` refuses it.
+A recurrent teacher of a student that reads independent windows reads every
+row from a fresh carry, as the student does. A student that reads streams (an
+LSTM, whose rows continue from batch to batch) has its recurrent teacher keep
+its own carry along each row: `attach` puts the teacher's model in the
+components, the train state's carry becomes the pair (student's, teacher's),
+and it is checkpointed with the state, so a resumed run continues both.
 """
 
 import hashlib
@@ -92,8 +93,7 @@ def load(parts: components_lib.Components, config: ml_collections.ConfigDict) ->
     ValueError: naming config.distill.teacher when it is not a finished
       workdir, its tokenizer or vocabulary differs from the student's corpus
       (every difference listed, with the teacher's data keys), it is a
-      Transformer whose context is shorter than data.seq_len, or it is
-      recurrent and the student reads streams (module docstring).
+      Transformer whose context is shorter than data.seq_len.
   """
   if not config.distill.teacher:
     return None
@@ -118,13 +118,6 @@ def load(parts: components_lib.Components, config: ml_collections.ConfigDict) ->
       f"the student's data.seq_len={config.data.seq_len}; set --config.data.seq_len to at "
       f'most {model.context}, or use a teacher trained with a longer context.'
     )
-  if model.recurrent and parts.data_kind == 'stream':
-    raise ValueError(
-      f'{key} is a recurrent ({saved.model.name}) teacher and the student reads streams, '
-      'where the teacher would need its own carry kept along each row in the checkpointed '
-      'state; that is not supported yet. Distil this teacher into a Transformer student, or '
-      'this student from a Transformer teacher.'
-    )
   replicated = sharding.replicated(parts.mesh)
   abstract = jax.tree.map(
     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
@@ -139,7 +132,12 @@ def load(parts: components_lib.Components, config: ml_collections.ConfigDict) ->
   )
   c = config.distill
   teacher = Teacher(
-    distillation=losses.Distillation(model=model, alpha=c.alpha, temperature=c.temperature),
+    distillation=losses.Distillation(
+      model=model,
+      alpha=c.alpha,
+      temperature=c.temperature,
+      carried=model.recurrent and parts.data_kind == 'stream',
+    ),
     params=params,
     path=path,
     step=step,
@@ -184,12 +182,21 @@ def record(workdir: str, teacher: Teacher | None, *, resumed: bool) -> None:
       f.write(json.dumps({**line, 'sha256': teacher.checksum}) + '\n')
 
 
-def for_run(parts, config, workdir: str, manager) -> Teacher | None:
-  """`load`, then `record` in `workdir` (resumed when `manager`, its checkpoint
-  manager, has a checkpoint): what a training run calls before it restores."""
+def attach(parts: components_lib.Components, teacher: Teacher | None) -> components_lib.Components:
+  """`parts` with the teacher's model where the train state keeps its carry
+  (a recurrent teacher of a student that reads streams); else `parts`."""
+  if teacher is None or not teacher.distillation.carried:
+    return parts
+  return parts._replace(teacher_model=teacher.distillation.model)
+
+
+def for_run(parts, config, workdir: str, manager) -> tuple[Teacher | None, Any]:
+  """`load`, `record` in `workdir` (resumed when `manager`, its checkpoint
+  manager, has a checkpoint) and `attach`: what a training run calls before it
+  restores; returns (the teacher, the components to build the state from)."""
   teacher = load(parts, config)
   record(workdir, teacher, resumed=checkpoint.latest_step(manager) is not None)
-  return teacher
+  return teacher, attach(parts, teacher)
 
 
 def bind(step_fn: Callable, teacher: Teacher | None) -> Callable:

@@ -226,6 +226,8 @@ def restore(config: ml_collections.ConfigDict, workdir: str, mode: str, step: in
 
     abstract = compression.abstract_params(parts, structs.params, config.compress)
     params = checkpoint.restore_params(manager, step, abstract)
+  elif config.distill.teacher:  # Its state's carry may hold the teacher's (research/distill.py).
+    params = checkpoint.restore_params(manager, step, structs.params)
   else:
     params = checkpoint.restore(manager, step, structs).params
   manager.close()

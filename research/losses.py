@@ -21,9 +21,11 @@ A new objective is one more entry in OBJECTIVES; how gradients are made from
     loss = ((1 - alpha) * CE_sum + alpha * T^2 * KL_sum) / denominator
 
 KL_sum sums KL(p_teacher^T || p_student^T) over the weighted tokens, p^T =
-softmax(logits / T); the frozen teacher reads the same inputs (no dropout)
-from a fresh carry, its parameters an argument of the step
-(`Objective.with_teacher`), never part of the state.
+softmax(logits / T); the frozen teacher reads the same inputs (no dropout),
+its parameters an argument of the step (`Objective.with_teacher`), never part
+of the state. A recurrent teacher of a student that reads streams keeps its
+own carry along each row (`Distillation.carried`: the state's carry is then
+the pair (student's, teacher's)); otherwise it starts every batch anew.
 """
 
 import functools
@@ -81,6 +83,9 @@ class Distillation(NamedTuple):
   model: models.Model  # The teacher; frozen, run with train=False.
   alpha: float  # Weight of the term; 1 - alpha weighs the data loss.
   temperature: float  # T: both distributions are softmax(logits / T).
+  # The teacher's carry lives beside the student's in `batch['carry']` (a pair), kept from
+  # batch to batch like it; False: the teacher reads every batch from a fresh carry.
+  carried: bool = False
 
 
 def distill_kl_sum(
@@ -158,14 +163,15 @@ def make_objective(
   alpha, temperature = distill.alpha, distill.temperature
 
   def distilled_loss_fn(params, batch: dict, rng: jax.Array, teacher_params):
+    if distill.carried:
+      carry, teacher_carry = batch['carry']
+    else:
+      carry, teacher_carry = batch['carry'], distill.model.init_carry(batch['inputs'].shape[0])
     loss_sum, weight_sum, logits_BxTxV, new_carry = forward(
-      model, params, batch, train=True, rng=rng
+      model, params, dict(batch, carry=carry), train=True, rng=rng
     )
-    # A fresh teacher carry: rows that start anew (research/distill.py
-    # refuses a recurrent teacher for a student that reads streams).
-    teacher_batch = dict(batch, carry=distill.model.init_carry(batch['inputs'].shape[0]))
-    _, _, teacher_logits_BxTxV, _ = forward(
-      distill.model, teacher_params, teacher_batch, train=False, rng=None
+    _, _, teacher_logits_BxTxV, new_teacher_carry = forward(
+      distill.model, teacher_params, dict(batch, carry=teacher_carry), train=False, rng=None
     )
     kl_sum = distill_kl_sum(
       logits_BxTxV, jax.lax.stop_gradient(teacher_logits_BxTxV), batch['weights'], temperature
@@ -174,7 +180,7 @@ def make_objective(
     return value / batch['denominator'], {
       'loss_sum': loss_sum,
       'weight_sum': weight_sum,
-      'carry': new_carry,
+      'carry': (new_carry, new_teacher_carry) if distill.carried else new_carry,
       'distill_kl_sum': kl_sum,
     }
 

@@ -212,7 +212,7 @@ def train_and_evaluate(
     os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
   )
   init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
-  teacher = distill_lib.for_run(parts, config, workdir, manager)  # None unless distilling.
+  teacher, parts = distill_lib.for_run(parts, config, workdir, manager)  # None: not distilling.
   data_iterator = components_lib.train_iterator(parts, config)
   state, state_shardings = restore_or_init(parts, manager, config, init_rng, data_iterator)
   start = int(jax.device_get(state.step))

@@ -22,6 +22,7 @@ from absl.testing import absltest
 from research import checkpoint
 from research import config_checks
 from research import distill
+from research import evaluate
 from research import faults
 from research import gradients
 from research import losses
@@ -95,6 +96,14 @@ def _main(tmp, workdir, teacher, level='char'):
 
 def _value_and_grad(loss_fn):
   return jax.value_and_grad(loss_fn, has_aux=True)  # Eager: quicker than compiling here.
+
+
+def _saved_state(workdir, step):
+  """The train state of checkpoint `step` as saved (nested dicts and lists)."""
+  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=None)
+  saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  return saved['state']
 
 
 def _teachers(workdir):
@@ -190,6 +199,49 @@ class ObjectiveTest(absltest.TestCase):
         )
     self.assertFalse(np.allclose(accum_grads['embed']['embedding'], 0.0))
 
+  def test_a_carried_teacher_reads_from_its_own_carry_and_hands_it_on(self):
+    tmp = self.create_tempdir().full_path
+    B, T, V = 3, 6, 11
+    lstm = models.get_model(config(tmp, model='lstm', **{'model.dropout_rate': 0.0}).model, V, T)
+    params, teacher_params = lstm.init(jax.random.key(1)), lstm.init(jax.random.key(2))
+    rng = np.random.default_rng(3)
+    carry, teacher_carry = (
+      jax.tree.map(lambda c: jnp.asarray(rng.normal(size=c.shape), c.dtype), lstm.init_carry(B))
+      for _ in range(2)
+    )
+    batch = {
+      'inputs': rng.integers(V, size=(B, T)).astype(np.int32),
+      'targets': rng.integers(V, size=(B, T)).astype(np.int32),
+      'weights': np.ones((B, T), np.float32),
+      'reset': np.array([False, True, False]),  # Row 1 starts a new stream: both carries reset.
+    }
+    objective = losses.make_objective(
+      lstm, 'token_mean', losses.Distillation(lstm, 0.5, 2.0, carried=True)
+    )
+    batch['denominator'] = objective.denominator(batch)
+    _, aux = objective.with_teacher(teacher_params)(
+      params, dict(batch, carry=(carry, teacher_carry)), None
+    )
+    # Apart: each model from its own carry, as an evaluation would run it.
+    _, _, logits, want_carry = losses.forward(
+      lstm, params, dict(batch, carry=carry), train=False, rng=None
+    )
+    _, _, teacher_logits, want_teacher_carry = losses.forward(
+      lstm, teacher_params, dict(batch, carry=teacher_carry), train=False, rng=None
+    )
+    got_carry, got_teacher_carry = aux['carry']
+    tol = dict(rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), got_carry, want_carry)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, **tol), got_teacher_carry, want_teacher_carry
+    )
+    kl = losses.distill_kl_sum(logits, teacher_logits, batch['weights'], 2.0)
+    np.testing.assert_allclose(aux['distill_kl_sum'], kl, **tol)
+    # A fresh teacher carry gives another KL: the carry handed in is the one read.
+    fresh = losses.make_objective(lstm, 'token_mean', losses.Distillation(lstm, 0.5, 2.0))
+    _, fresh_aux = fresh.with_teacher(teacher_params)(params, dict(batch, carry=carry), None)
+    self.assertGreater(abs(float(fresh_aux['distill_kl_sum']) / float(kl) - 1), 0.01)
+
   def test_distillation_does_not_combine_with_dp_sgd(self):
     c = config(
       self.create_tempdir().full_path,
@@ -229,9 +281,7 @@ class DistillRunTest(absltest.TestCase):
     self.assertEqual((recorded['path'], recorded['step'], recorded['sha256']), (teacher, 4, want))
     # The student's checkpoint holds the student's state alone.
     distilled = config(tmp, steps=8, **{'distill.teacher': teacher})
-    manager = checkpoint.make_manager(os.path.join(student, 'checkpoints'), max_to_keep=None)
-    saved = manager.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    manager.close()
+    saved = {'state': _saved_state(student, 4)}
     want_state = test_util.final_state(distilled, student)  # As a plain run's state.
     self.assertEqual(
       sorted(np.shape(x) for x in jax.tree.leaves(saved['state'])),
@@ -245,9 +295,22 @@ class DistillRunTest(absltest.TestCase):
     self.assertEqual([r['step'] for r in records if 'distill_kl' in r], [4, 8])
     self.assertLen(_teachers(student), 2)
 
-    # An LSTM (the student) as the teacher of a student reading streams.
-    with self.assertRaisesRegex(ValueError, r'recurrent \(lstm\) teacher .* not supported yet'):
-      _train(config(tmp, **{'distill.teacher': student}), os.path.join(tmp, 'lstm_from_lstm'))
+    # An LSTM (the student) as the teacher of an LSTM student reading streams: the teacher's
+    # carry is kept in the checkpointed state, so a resumed run is the uninterrupted one.
+    from_lstm = {'distill.teacher': student}
+    resumed, whole = (os.path.join(tmp, name) for name in ('lstm_resumed', 'lstm_whole'))
+    _train(config(tmp, steps=2, **from_lstm), resumed)
+    log = _train(config(tmp, steps=4, **from_lstm), resumed)
+    self.assertIn('Resuming from the checkpoint at step 2', log)
+    _train(config(tmp, steps=4, **from_lstm), whole)
+    got, uninterrupted = (_saved_state(path, 4) for path in (resumed, whole))
+    self.assertLen(uninterrupted['carry'], 2)  # (the student's carry, the teacher's)
+    self.assertFalse(all(np.allclose(c, 0) for c in jax.tree.leaves(uninterrupted['carry'][1])))
+    jax.tree.map(np.testing.assert_array_equal, got, uninterrupted)
+    # Its evaluation reads the student's parameters alone.
+    _, step, params = evaluate.restore(config(tmp, steps=4, **from_lstm), whole, 'test')
+    self.assertEqual(step, 4)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), uninterrupted['params'])
 
     # The teacher trains on: the student's checkpoints came from the old one.
     _train(config(tmp, model='transformer', steps=6), teacher)
