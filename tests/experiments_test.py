@@ -173,10 +173,12 @@ class SpecTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'must be a row before it'):
       spec_lib.check(spec_lib.Experiment('x', 'x', rows=rows[1:] + rows[:1]))
 
-  def test_a_distilled_row_names_its_same_seed_teacher(self):
+  def test_a_row_names_the_same_seed_cell_of_another_as_its_teacher(self):
     rows = (
       spec_lib.Row('big', 'configs/default.py'),
-      spec_lib.Row('small', 'configs/default.py', {'model.hidden_size': 9}, teacher_from='big'),
+      spec_lib.Row(
+        'small', 'configs/default.py', {'model.d': 9}, from_cells={'distill.teacher': 'big'}
+      ),
     )
     spec = spec_lib.Experiment('x', 'x', rows=rows, seeds=(0, 1))
     spec_lib.check(spec)
@@ -184,9 +186,13 @@ class SpecTest(absltest.TestCase):
     argv = runner.command('root', spec, cell, 'python')
     self.assertEqual(cell.name, 'small-s1')
     self.assertIn('--config.distill.teacher=root/x/big-s1', argv)
-    self.assertEqual(runner.source('root', spec, cell), 'root/x/big-s1')
+    self.assertEqual(runner.needs('root', spec, cell), ['root/x/big-s1'])
     self.assertEqual(runner.identity(argv), runner.identity(runner.command('/else', spec, cell)))
-    with self.assertRaisesRegex(ValueError, 'teacher_from.*must be a row before it'):
+    tuned = spec_lib.Row('tuned', 'configs/default.py', from_cells={'init_from': 'big'})
+    spec = spec_lib.Experiment('x', 'x', rows=rows + (tuned,), seeds=(0,))
+    argv = runner.command('root', spec, spec_lib.cells(spec)[2], 'python')
+    self.assertIn('--config.init_from=root/x/big-s0', argv)
+    with self.assertRaisesRegex(ValueError, 'distill.teacher=.big. must be a row before it'):
       spec_lib.check(spec_lib.Experiment('x', 'x', rows=rows[::-1]))
 
   def test_a_spec_may_not_say_where_the_data_lies(self):

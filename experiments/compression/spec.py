@@ -38,7 +38,13 @@ SPEC = Experiment(
     Row('student', _FLOAT, _STUDENT),
     # Hinton et al. 2015's objective at the config's defaults (alpha 0.5, temperature 2),
     # fixed before any run; compared with the same student trained alone.
-    Row('student_distilled', _FLOAT, _STUDENT, teacher_from='float', baseline='student'),
+    Row(
+      'student_distilled',
+      _FLOAT,
+      _STUDENT,
+      from_cells={'distill.teacher': 'float'},
+      baseline='student',
+    ),
   ),
   notes=(
     "Design: the float row is nanoGPT's CPU recipe (4 layers, width 128, context 64, 2,000 "

@@ -76,20 +76,35 @@ def command(
     f'--config.seed={cell.seed}',
   ]
   argv += [f'--config.{k}={_format_value(v)}' for k, v in sorted(cell.row.overrides.items())]
-  if cell.row.teacher_from:
-    argv.append(f'--config.distill.teacher={source(root, experiment, cell)}')
+  argv += [
+    f'--config.{k}={path}' for k, path in sorted(_from_cells(root, experiment, cell).items())
+  ]
   argv += [f'--config.{k}={v}' for k, v in sorted((locations or {}).items()) if v]
   return argv
 
 
-def source(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> str:
-  """The workdir a cell reads and waits for ('' : none): a compression cell's float
-  model, a distilled cell's teacher, each the named row's cell at the same seed."""
-  name = cell.row.compress_from or cell.row.teacher_from
-  if not name:
-    return ''
+def _same_seed(root, experiment, cell, row_name: str) -> str:
   rows = {r.name: r for r in experiment.rows}
-  return workdir(root, experiment, spec_lib.Cell(rows[name], cell.seed))
+  return workdir(root, experiment, spec_lib.Cell(rows[row_name], cell.seed))
+
+
+def _from_cells(root, experiment, cell) -> dict[str, str]:
+  """Config key -> the workdir of the row's `from_cells` cell at the same seed."""
+  return {k: _same_seed(root, experiment, cell, r) for k, r in cell.row.from_cells.items()}
+
+
+def source(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> str:
+  """The workdir a compression cell compresses: its float row's cell at the
+  same seed ('' : not a compression cell)."""
+  if not cell.row.compress_from:
+    return ''
+  return _same_seed(root, experiment, cell, cell.row.compress_from)
+
+
+def needs(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> list[str]:
+  """The workdirs whose cells must finish before `cell` starts."""
+  waits = [source(root, experiment, cell), *_from_cells(root, experiment, cell).values()]
+  return [w for w in waits if w]
 
 
 def _compress_command(root, experiment, cell, python, locations) -> list[str]:
@@ -134,11 +149,10 @@ def identity(argv: list[str]) -> list[str]:
     kept = [a for a in argv if a.startswith(('--method=', '--finetune_steps='))]
     return kept + [os.path.basename(a) for a in argv if a.startswith('--workdir=')]
   kept = [a for a in argv[1:] if a.startswith('--config') and key(a) not in spec_lib.LOCATION_KEYS]
-  # A teacher is the cell it names, wherever the root lies.
+  # A key naming another cell (Row.from_cells) is that cell, wherever the root lies.
+  linked = ('distill.teacher', 'init_from')
   return [
-    f'--config.distill.teacher={os.path.basename(a.split("=", 1)[1])}'
-    if key(a) == 'distill.teacher'
-    else a
+    f'--config.{key(a)}={os.path.basename(a.split("=", 1)[1])}' if key(a) in linked else a
     for a in kept
   ]
 
@@ -288,7 +302,7 @@ def run(
     if current.status in ('finished', 'running'):
       echo(f'{cell.name}: {current.status}, skipped')
       continue
-    todo.append((cell, path, argv, source(root, experiment, cell)))
+    todo.append((cell, path, argv, needs(root, experiment, cell)))
 
   python = sys.executable
   active: list[_Launched] = []
@@ -305,11 +319,11 @@ def run(
     while todo or active:
       while todo and len(active) < max(parallel, 1):
         # A compression cell waits for its float model's cell, a distilled one for its teacher.
-        ready = [t for t in todo if not t[3] or state(t[3]).status == 'finished']
+        ready = [t for t in todo if all(state(w).status == 'finished' for w in t[3])]
         if not ready:
           if not active:
             for cell, path, _, after in todo:
-              echo(f'{cell.name}: not run: {after} did not finish')
+              echo(f'{cell.name}: not run: {", ".join(after)} did not finish')
             todo = []
           break
         todo.remove(ready[0])

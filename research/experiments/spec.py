@@ -37,9 +37,10 @@ class Row:
   compress: str = ''
   compress_from: str = ''
   finetune_steps: int = 0
-  # A distilled row (research/distill.py): its teacher (config.distill.teacher) is the
-  # finished model of row `teacher_from` at the same seed; the runner waits for that cell.
-  teacher_from: str = ''
+  # Config keys naming a workdir, each set to the cell of another row at the same seed, which
+  # the runner waits for: {'distill.teacher': 'float'} (a distilled student),
+  # {'init_from': 'pretrain'} (fine-tuning a pre-trained model).
+  from_cells: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,16 +135,17 @@ def check(experiment: Experiment) -> None:
         f'Row {row.name!r}: a compression row names both compress (the method) and '
         'compress_from (the row of the float model).'
       )
-    for key in ('compress_from', 'teacher_from'):
-      earlier = getattr(row, key)
+    earlier_rows = {'compress_from': row.compress_from, **row.from_cells}
+    for key, earlier in earlier_rows.items():
       if earlier and earlier not in names[: names.index(row.name)]:
         raise ValueError(
           f'Row {row.name!r}: {key}={earlier!r} must be a row before it (rows: {names}).'
         )
-    if row.teacher_from and (row.compress or 'distill.teacher' in row.overrides):
+    twice = sorted(set(row.from_cells) & set(row.overrides))
+    if twice or (row.from_cells and row.compress):
       raise ValueError(
-        f'Row {row.name!r}: teacher_from names the teacher of a training row; drop '
-        'distill.teacher from its overrides (and compress: a compression row trains no student).'
+        f'Row {row.name!r}: from_cells sets config keys of a training row; drop {twice} from '
+        'its overrides (and compress: a compression row trains nothing).'
       )
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
