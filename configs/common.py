@@ -18,7 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = 'ptb'  # One of research.data.DATASETS.
   c.data.path = ''  # Local file/folder to read instead of downloading ('' = download or package).
   c.data.tfds_dir = ''  # TFDS data_dir for the built array_record files ('' = TFDS default).
-  c.data.level = 'word'  # 'word', 'char' or 'sentencepiece'; text_file only (ptb is word, tiny_shakespeare char).
+  c.data.level = 'word'  # 'word', 'char', 'byte' or 'sentencepiece'; text_file only (ptb is word, tiny_shakespeare char).
   c.data.split = '0.9,0.05,0.05'  # text_file only: train,valid[,test] fractions by characters.
   c.data.vocab_size = 0  # text_file word level: max vocabulary incl. <unk> (0 = all words); sentencepiece: its pieces (bytes included).
   c.data.spm_model_type = 'bpe'  # sentencepiece level: 'bpe' or 'unigram'.

@@ -162,8 +162,9 @@ def markdown(workdir, config, parts, params, step: int, results: dict, sample: s
       for split, size in parts.corpus.sizes.items()
     )
     + '.',
-    f'- Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size:,} entries, built from the training '
-    f'split (identity `{tokenizer.identity}`).',
+    f'- Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size:,} entries, '
+    + ('the same for every corpus' if tokenizer.kind == 'byte' else 'built from the training split')
+    + f' (identity `{tokenizer.identity}`).',
     '',
     '## Evaluation',
     '',

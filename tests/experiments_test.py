@@ -195,6 +195,23 @@ class SpecTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'distill.teacher=.big. must be a row before it'):
       spec_lib.check(spec_lib.Experiment('x', 'x', rows=rows[::-1]))
 
+  def test_rows_reading_different_data_take_their_own_path(self):
+    rows = (spec_lib.Row('pretrain', self.config), spec_lib.Row('tune', self.config))
+    spec = spec_lib.Experiment('x', 'x', rows=rows, seeds=(0,))
+    pretrain, tune = spec_lib.cells(spec)
+    locations = {'data.path': 'pre*=/d/kjv.txt,*=/d/input.txt', 'data.tfds_dir': '/t'}
+    argv = runner.command('root', spec, pretrain, 'python', locations)
+    self.assertIn('--config.data.path=/d/kjv.txt', argv)
+    self.assertIn('--config.data.tfds_dir=/t', argv)
+    self.assertIn(
+      '--config.data.path=/d/input.txt', runner.command('r', spec, tune, 'p', locations)
+    )
+    only = runner.command('r', spec, tune, 'p', {'data.path': 'pretrain-s0=/d/kjv.txt'})
+    self.assertEqual([a for a in only if 'data.path' in a], [])  # No pattern matches: none.
+    # A plain path is every cell's, '=' in it or not.
+    plain = runner.command('r', spec, tune, 'p', {'data.path': '/d/a=b/input.txt'})
+    self.assertIn('--config.data.path=/d/a=b/input.txt', plain)
+
   def test_a_spec_may_not_say_where_the_data_lies(self):
     row = spec_lib.Row('a', self.config, overrides={'data.path': '/x/input.txt'})
     with self.assertRaisesRegex(ValueError, r"sets \['data.path'\].*--data_path"):

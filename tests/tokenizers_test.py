@@ -46,10 +46,10 @@ def _write(directory: str, name: str, text: str) -> str:
   return path
 
 
-class ByteTokenizer(tokenizers.Tokenizer):
+class TestBytes(tokenizers.Tokenizer):
   """A kind defined in this test alone: one id per UTF-8 byte."""
 
-  kind = 'byte'
+  kind = 'test_bytes'
   headline = 'bpb'
 
   @property
@@ -63,7 +63,7 @@ class ByteTokenizer(tokenizers.Tokenizer):
     return bytes(np.asarray(ids, np.uint8)).decode('utf-8', errors='replace')
 
   @classmethod
-  def fit(cls, text: str, train_text: str, vocab_size: int) -> 'ByteTokenizer':
+  def fit(cls, text: str, train_text: str, vocab_size: int) -> 'TestBytes':
     del text, train_text, vocab_size
     return cls()
 
@@ -105,19 +105,31 @@ class InterfaceTest(absltest.TestCase):
     word = tokenizers.fit('word', text=text, train_text=train_text)
     self.assertEqual(word.decode(word.encode('zz ab\n')), '<unk> ab\n')
     with self.assertRaisesRegex(
-      ValueError, "'piece'.*valid: \\('char', 'word', 'sentencepiece'\\)"
+      ValueError, "'piece'.*valid: \\('char', 'byte', 'word', 'sentencepiece'\\)"
     ):
       tokenizers.fit('piece', text=text, train_text=train_text)
     with self.assertRaisesRegex(ValueError, "'piece'.*valid"):
       tokenizers.tokenizer_from_json('{"kind": "piece", "vocab": ["a"]}')
 
+  def test_bytes_are_one_tokenizer_for_every_corpus(self):
+    text = 'Caf\u00e9 \U0001f600\tend\r\n\x00  two  spaces\n'
+    tok = tokenizers.fit('byte', text=text, train_text=text)
+    self.assertEqual(tok.identity, tokenizers.fit('byte', text='x', train_text='x').identity)
+    ids = tok.encode(text)
+    self.assertEqual(list(ids), list(text.encode('utf-8')))
+    self.assertEqual(tok.decode(ids), text)
+    self.assertEqual(tok.decode(ids[:4]), 'Caf\ufffd')  # Cut inside the 2-byte 'é'.
+    self.assertEqual((tok.vocab_size, tok.headline), (256, 'bpb'))
+    with self.assertRaisesRegex(ValueError, 'byte tokenizer has 256 ids.*vocab_size=100'):
+      tokenizers.fit('byte', text=text, train_text=text, vocab_size=100)
+
   def test_a_new_kind_is_one_class_and_one_registry_entry(self):
     tmp = self.create_tempdir().full_path
     text = 'naïve café\n' * 20  # 2-byte characters: bytes > characters.
     path = _write(tmp, 'utf8.txt', text)
-    with mock.patch.dict(tokenizers.TOKENIZERS, byte=ByteTokenizer):
-      corpus = data.load_corpus(_data_config(tmp, path, 'byte'))
-    self.assertIsInstance(corpus.tokenizer, ByteTokenizer)
+    with mock.patch.dict(tokenizers.TOKENIZERS, test_bytes=TestBytes):
+      corpus = data.load_corpus(_data_config(tmp, path, 'test_bytes'))
+    self.assertIsInstance(corpus.tokenizer, TestBytes)
     self.assertEqual(corpus.headline, 'bpb')
     train_size = corpus.sizes['train']
     self.assertEqual(train_size.tokens, train_size.bytes)

@@ -15,7 +15,8 @@ Config fields (`ml_collections.ConfigDict`, all read directly):
     ptb.{train,valid,test}.txt; tiny_shakespeare: a local input.txt;
     text_file: the file (required).
   tfds_dir: TFDS data_dir; '' = TFDS default.
-  level: the tokenizer kind, 'word' | 'char' (`tokenizers.TOKENIZERS`; text_file
+  level: the tokenizer kind, 'word' | 'char' | 'byte' | 'sentencepiece'
+    (`tokenizers.TOKENIZERS`; text_file
     only: ptb is word level, tiny_shakespeare char level).
   split: 'train,valid[,test]' fractions by characters (text_file only).
   vocab_size: text_file word level: 0 = all train words, N = N-1 + '<unk>'.

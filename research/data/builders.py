@@ -325,8 +325,8 @@ def text_file_config(
   if not data:
     raise ValueError(f'Text file {path!r} is empty.')
   sha256 = hashlib.sha256(data).hexdigest()
-  if level == 'char':
-    vocab_size = 0  # irrelevant: keep one config per char-level cut
+  if level in ('char', 'byte'):
+    vocab_size = 0  # irrelevant: keep one config per char- or byte-level cut
   elif vocab_size < 0 or vocab_size in (1, 2):
     raise ValueError(f'data.vocab_size must be 0 or >= 3, got {vocab_size}.')
   kind = level

@@ -13,7 +13,9 @@ makes any kind from a corpus, and `tokenizer_from_json` reads any kind back.
 Word level follows Mikolov's PTB convention: every line is one sentence, words
 are split on whitespace and every line end becomes '<eos>'; words outside the
 vocabulary become '<unk>'. Character level maps each Unicode code point to an
-id and round-trips text exactly.
+id and round-trips text exactly. Byte level maps each UTF-8 byte to its value:
+its 256 ids are the same for every corpus, so a model pre-trained on one text
+can be fine-tuned on another (`config.init_from` checks the identity).
 
 Shape letters: N = number of tokens (or characters).
 """
@@ -156,6 +158,35 @@ class CharTokenizer(VocabTokenizer):
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     ids_N = self._check_ids(ids)
     return self._codepoints_V[ids_N].tobytes().decode('utf-32-le')
+
+
+class ByteTokenizer(Tokenizer):
+  """One id per UTF-8 byte value, 256 in all, whatever the corpus."""
+
+  kind = 'byte'
+  headline = 'bpb'
+
+  @property
+  def vocab_size(self) -> int:
+    return 256
+
+  @classmethod
+  def fit(cls, text: str, train_text: str, vocab_size: int) -> ByteTokenizer:
+    del text, train_text
+    if vocab_size not in (0, 256):
+      raise ValueError(f'A byte tokenizer has 256 ids, not data.vocab_size={vocab_size}.')
+    return cls()
+
+  def state(self) -> dict[str, Any]:
+    return {}
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode('utf-8'), dtype=np.uint8).astype(np.int32)
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    # Exact for the bytes of any text; a sampled sequence that is not UTF-8
+    # (cut inside a character) shows U+FFFD where its bytes do not decode.
+    return self._check_ids(ids).astype(np.uint8).tobytes().decode('utf-8', errors='replace')
 
 
 class WordTokenizer(VocabTokenizer):
@@ -310,6 +341,7 @@ class SentencePieceTokenizer(Tokenizer):
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {
   'char': CharTokenizer,
+  'byte': ByteTokenizer,
   'word': WordTokenizer,
   'sentencepiece': SentencePieceTokenizer,
 }

@@ -44,7 +44,10 @@ _DATA_PATH = flags.DEFINE_string(
   '',
   'Where the data lies on this machine, given to every '
   "cell as --config.data.path ('' = the config's default: the package or a "
-  "download). Not part of a cell's identity.",
+  'download); or ROWS=PATH,ROWS=PATH,... for experiments whose rows read '
+  'different data: each cell takes the PATH of the first ROWS (a row or cell '
+  "name, shell wildcards) that matches it, none where none does. Not part of a cell's "
+  'identity.',
 )
 _TFDS_DIR = flags.DEFINE_string(
   'tfds_dir',
