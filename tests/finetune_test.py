@@ -9,6 +9,7 @@ import os
 import numpy as np
 from absl.testing import absltest
 
+from experiments.finetune_transfer import prepare_kjv
 from research import config_checks
 from research import train
 from tests import test_util
@@ -60,6 +61,34 @@ class FinetuneTest(absltest.TestCase):
       _run(_config(tmp, init_from=pretrained, **{'model.hidden_size': 24}), tmp + '/wider')
     with self.assertRaisesRegex(ValueError, 'is neither a workdir'):
       _run(_config(tmp, init_from=tmp + '/nowhere'), tmp + '/x')
+
+  def test_bytes_carry_a_model_from_one_corpus_to_another(self):
+    tmp = self.create_tempdir().full_path
+    other = os.path.join(tmp, 'other.txt')
+    with open(other, 'w', encoding='utf-8') as f:
+      f.write('Thou art Zeus; quoth (he) 17 times!\n' * 200)  # Characters the first lacks.
+    pretrained = os.path.join(tmp, 'pre')
+    _run(_config(tmp, **{'data.level': 'byte'}), pretrained)
+    log = _run(
+      _config(tmp, init_from=pretrained, **{'data.level': 'byte', 'data.path': other}),
+      os.path.join(tmp, 'tuned'),
+    )
+    self.assertIn(f'Parameters from {pretrained}/checkpoints step 4 (config.init_from)', log)
+    # At the character level the two corpora have two vocabularies: refused, named.
+    _run(_config(tmp), os.path.join(tmp, 'pre_char'))
+    with self.assertRaisesRegex(ValueError, r"tokenizer: 'char:\w+' -> 'char:\w+'"):
+      _run(
+        _config(tmp, init_from=os.path.join(tmp, 'pre_char'), **{'data.path': other}),
+        os.path.join(tmp, 'tuned_char'),
+      )
+
+  def test_prepare_kjv_keeps_headings_and_verses_without_numbers(self):
+    dump = '\nGenesis 1\n\n  1 In the beginning.\n  2 And the earth.\n\n1 John 5\n\n  21 Amen.\n'
+    text, chapters, verses = prepare_kjv.convert(dump)
+    self.assertEqual(text, 'Genesis 1\nIn the beginning.\nAnd the earth.\n\n1 John 5\nAmen.\n')
+    self.assertEqual((chapters, verses), (2, 3))
+    with self.assertRaisesRegex(ValueError, 'Neither a chapter heading nor a numbered verse'):
+      prepare_kjv.convert('Genesis 1\n  1 In.\n<html>\n')
 
   def test_frozen_patterns_are_checked(self):
     tmp = self.create_tempdir().full_path
