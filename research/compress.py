@@ -129,6 +129,13 @@ def _speed_record(model, params, measured: dict, float_params, float_measured: d
     'float_eval_tokens_per_s': float_measured['eval_tokens_per_s'],
     'float_generate_tokens_per_s': float_measured['generate_tokens_per_s'],
   }
+  # Against the float model measured in the same process, minutes apart: what a table can
+  # compare across cells when other jobs load the machine differently from cell to cell.
+  record['size_ratio'] = record['param_bytes'] / record['float_param_bytes']
+  record['eval_speedup'] = record['eval_tokens_per_s'] / record['float_eval_tokens_per_s']
+  record['generate_speedup'] = (
+    record['generate_tokens_per_s'] / record['float_generate_tokens_per_s']
+  )
   for split, figures in float_measured['results'].items():
     record[f'float_{split}_loss'] = figures['loss']
   return record
@@ -166,10 +173,11 @@ def _prepare(out: str, *, reuse: bool = False) -> bool:
   return False
 
 
-def _write(out, config, parts, params, step, measured, record) -> None:
-  """A compressed run's workdir: config, checkpoint, metrics, model card."""
+def _write(out, config, parts, params, step, measured, record, started: float) -> None:
+  """A compressed run's workdir: config, checkpoint, metrics, model card
+  (runs.jsonl's start at `started`, when the command began)."""
   workdir_lib.check_writable(out)
-  provenance.record_start(out)
+  provenance.record_start(out, started)
   workdir_lib.write_config(out, config)
   manager = checkpoint.make_manager(os.path.join(out, 'checkpoints'), max_to_keep=1)
   checkpoint.save_params(manager, step, params, config, parts.corpus.tokenizer.identity)
@@ -213,6 +221,7 @@ def run(
   (figures per split, speed record)} and writes the compressed run(s)."""
   from research import train  # pylint: disable=g-import-not-at-top
 
+  started = time.time()
   method, fraction = parse_method(method_text)
   if finetune_steps and method != 'prune':
     raise ValueError('--finetune_steps applies to pruning (prune:F) only.')
@@ -248,7 +257,7 @@ def run(
   measured = measure(parts, cparams, cconfig)
   record = _speed_record(parts.model, cparams, measured, params, float_measured)
   if not reuse:
-    _write(out, cconfig, parts, cparams, step, measured, record)
+    _write(out, cconfig, parts, cparams, step, measured, record, started)
   print(_line(name, measured, cparams, headline), flush=True)
   outcome = {'float': float_measured, name: measured | {'record': record, 'workdir': out}}
   if not finetune_steps:

@@ -59,13 +59,14 @@ def hardware() -> str:
   return f'{len(devices)} x {devices[0].device_kind}'
 
 
-def record_start(workdir: str) -> None:
-  """Appends this process's `start` line to the workdir's runs.jsonl."""
+def record_start(workdir: str, started: float | None = None) -> None:
+  """Appends this process's `start` line to the workdir's runs.jsonl, at
+  `started` (a time.time() taken earlier; None: now)."""
   _append(
     workdir,
     {
       'event': 'start',
-      'time': time.time(),
+      'time': time.time() if started is None else started,
       'revision': revision(),
       'hardware': hardware(),
       'argv': sys.argv,

@@ -84,12 +84,26 @@ def _duration(seconds: float) -> str:
 
 # Decimals of a row's mean (a cell's value gets one more): perplexities
 # differ in the first decimal, losses and bits per character in the third.
-_DECIMALS = {'perplexity': 1, 'loss': 3, 'bpc': 3, 'exposure': 2, 'epsilon': 2}
+# Counts (bytes, tokens per second) have none, and thousands separators.
+_DECIMALS = {
+  'perplexity': 1,
+  'loss': 3,
+  'bpc': 3,
+  'exposure': 2,
+  'epsilon': 2,
+  'param_bytes': 0,
+  'eval_tokens_per_s': 0,
+  'generate_tokens_per_s': 0,
+  'float_eval_tokens_per_s': 0,
+  'size_ratio': 3,
+  'eval_speedup': 2,
+  'generate_speedup': 2,
+}
 
 
 def _fmt(mean, half, metric: str) -> str:
   d = _DECIMALS.get(metric, 3)
-  return f'{mean:.{d}f}' if half is None else f'{mean:.{d}f} ± {half:.{d}f}'
+  return f'{mean:,.{d}f}' if half is None else f'{mean:,.{d}f} ± {half:,.{d}f}'
 
 
 def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult]) -> str:
@@ -127,11 +141,13 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
       mean, half, n, done = summary
       planned = sum(1 for r in results if r.cell.row == row)
       walls = [r.wall_seconds for r in done]
-      per_epoch = statistics.fmean(r.wall_seconds / r.epochs for r in done if r.epochs)
+      # A compression cell trains no epochs.
+      per_epoch = [r.wall_seconds / r.epochs for r in done if r.epochs]
       hardware = '; '.join(sorted({r.hardware for r in done}))
       lines.append(
         f'| {row.name} | {split} | {pub} | {_fmt(mean, half, metric)} | {n} of {planned} | '
-        f'{_duration(per_epoch)} | {_duration(statistics.fmean(walls))} | {hardware} |'
+        f'{_duration(statistics.fmean(per_epoch)) if per_epoch else "—"} | '
+        f'{_duration(statistics.fmean(walls))} | {hardware} |'
       )
   sources = sorted({r.source for r in experiment.rows if r.source})
   if sources:
