@@ -96,7 +96,8 @@ class _Stream:
 
   def __call__(self, tokens_B):
     self.ids.append(int(np.asarray(tokens_B)[0]))
-    text = self.tokenizer.decode(self.ids)
+    # A byte-level character still arriving decodes as U+FFFD: shown once complete.
+    text = self.tokenizer.decode(self.ids).rstrip('\ufffd')
     sys.stdout.write(text[self.shown :])
     sys.stdout.flush()
     self.shown = len(text)

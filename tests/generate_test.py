@@ -10,9 +10,11 @@ import sys
 import tempfile
 
 from absl.testing import absltest
+import numpy as np
 
 from research import generate
 from research import train
+from research.data import tokenizers
 from research import workdir as workdir_lib
 from tests import test_util
 
@@ -68,6 +70,15 @@ class GenerateTest(absltest.TestCase):
       )
     self.assertEqual(out.getvalue(), prompt + samples[0] + '\n')
     self.assertEqual(prompt, 'the cat')  # The line goes on: no closing <eos>.
+
+  def test_a_stream_of_bytes_shows_a_character_once_it_is_complete(self):
+    stream = generate._Stream(tokenizers.ByteTokenizer(), list(b'Caf'))
+    shown = []
+    for byte in 'é!'.encode():
+      with contextlib.redirect_stdout(io.StringIO()) as out:
+        stream(np.array([byte]))
+      shown.append(out.getvalue())
+    self.assertEqual(shown, ['', 'é', '!'])
 
   def test_bad_prompts_and_steps_are_refused(self):
     with self.assertRaisesRegex(ValueError, 'The prompt cannot be encoded'):
