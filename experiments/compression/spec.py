@@ -104,7 +104,7 @@ SPEC = Experiment(
       labels=('tokens/s over float tokens/s',),
     ),
     Table(
-      title='Fraction of the weight matrices that is exactly zero',
+      title='Fraction of the weight matrices (the embedding included) that is exactly zero',
       metric='zero_fraction',
       splits=('compress',),
       labels=('zeros',),
