@@ -192,6 +192,9 @@ class SpecTest(absltest.TestCase):
     spec = spec_lib.Experiment('x', 'x', rows=rows + (tuned,), seeds=(0,))
     argv = runner.command('root', spec, spec_lib.cells(spec)[2], 'python')
     self.assertIn('--config.init_from=root/x/big-s0', argv)
+    odd = spec_lib.Row('odd', 'configs/default.py', from_cells={'seed': 'big'})
+    with self.assertRaisesRegex(ValueError, r"from_cells sets \['seed'\], which name no workdir"):
+      spec_lib.check(spec_lib.Experiment('x', 'x', rows=rows + (odd,)))
     with self.assertRaisesRegex(ValueError, 'distill.teacher=.big. must be a row before it'):
       spec_lib.check(spec_lib.Experiment('x', 'x', rows=rows[::-1]))
 

@@ -176,9 +176,10 @@ def identity(argv: list[str]) -> list[str]:
     return kept + [os.path.basename(a) for a in argv if a.startswith('--workdir=')]
   kept = [a for a in argv[1:] if a.startswith('--config') and key(a) not in spec_lib.LOCATION_KEYS]
   # A key naming another cell (Row.from_cells) is that cell, wherever the root lies.
-  linked = ('distill.teacher', 'init_from')
   return [
-    f'--config.{key(a)}={os.path.basename(a.split("=", 1)[1])}' if key(a) in linked else a
+    f'--config.{key(a)}={os.path.basename(a.split("=", 1)[1])}'
+    if key(a) in spec_lib.WORKDIR_KEYS
+    else a
     for a in kept
   ]
 

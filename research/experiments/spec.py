@@ -19,6 +19,8 @@ _NAME = re.compile(r'^[A-Za-z0-9_.]+$')
 # Config keys that say where data lies on one machine, not what a cell
 # trains: the runner takes them (--data_path, --tfds_dir), never a spec.
 LOCATION_KEYS = ('data.path', 'data.tfds_dir')
+# Config keys that name a workdir, which a row may set to another row's cell (Row.from_cells).
+WORKDIR_KEYS = ('distill.teacher', 'init_from')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +143,12 @@ def check(experiment: Experiment) -> None:
         raise ValueError(
           f'Row {row.name!r}: {key}={earlier!r} must be a row before it (rows: {names}).'
         )
+    unknown = sorted(set(row.from_cells) - set(WORKDIR_KEYS))
+    if unknown:
+      raise ValueError(
+        f'Row {row.name!r}: from_cells sets {unknown}, which name no workdir; it may set '
+        f'{list(WORKDIR_KEYS)}.'
+      )
     twice = sorted(set(row.from_cells) & set(row.overrides))
     if twice or (row.from_cells and row.compress):
       raise ValueError(
