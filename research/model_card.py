@@ -82,6 +82,24 @@ def _compression_lines(c, params) -> list[str]:
   return []
 
 
+def _origin_lines(c) -> list[str]:
+  """Where the parameters started, when not from a random draw (fine-tuning,
+  distillation); a pruned model's fine-tuning is `_compression_lines`'."""
+  lines = []
+  if c.init_from and not c.optim.hold_zeros:
+    frozen = f'; parameters matching `{c.optim.frozen}` held fixed' if c.optim.frozen else ''
+    lines.append(
+      f'- Initialised from `{c.init_from}` (its parameters; what it was trained on is in its own '
+      f'{FILE}), then trained here{frozen}.'
+    )
+  if c.distill.teacher:
+    lines.append(
+      f'- Distilled from the teacher `{c.distill.teacher}` (alpha {c.distill.alpha:g}, '
+      f'temperature {c.distill.temperature:g}); its step and parameter sha256 are in runs.jsonl.'
+    )
+  return lines
+
+
 def _fmt(value: float) -> str:
   return f'{value:,.4f}' if isinstance(value, float) else f'{value:,}'
 
@@ -137,6 +155,7 @@ def markdown(workdir, config, parts, params, step: int, results: dict, sample: s
     f'- Family: {c.model.name}; trained for {step:,} steps with seed {c.seed}.',
     f'- Parameters: {total:,} ({non_embedding:,} outside embedding tables).',
     *_compression_lines(c, params),
+    *_origin_lines(c),
     f'- Model config: `{model_keys}`.',
     f'- Objective: {c.optim.loss}; optimizer {c.optim.name}, learning rate '
     f'{c.optim.learning_rate:g}.',

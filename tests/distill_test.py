@@ -277,6 +277,8 @@ class DistillRunTest(absltest.TestCase):
     self.assertLen(kl, 1)
     self.assertTrue(np.isfinite(kl[0]) and kl[0] > 0)
     want = distill.checksum(test_util.final_state(config(tmp, model='transformer'), teacher).params)
+    with open(os.path.join(student, 'MODEL_CARD.md'), encoding='utf-8') as f:
+      self.assertIn(f'Distilled from the teacher `{teacher}` (alpha 0.5, temperature 2)', f.read())
     [recorded] = _teachers(student)
     self.assertEqual((recorded['path'], recorded['step'], recorded['sha256']), (teacher, 4, want))
     # The student's checkpoint holds the student's state alone.

@@ -43,6 +43,8 @@ class FinetuneTest(absltest.TestCase):
     config = _config(tmp, init_from=pretrained, seed=7, **{'optim.frozen': '^embed/'})
     log = _run(config, tuned)
     self.assertIn(f'Parameters from {pretrained}/checkpoints step 4 (config.init_from)', log)
+    with open(os.path.join(tuned, 'MODEL_CARD.md'), encoding='utf-8') as f:
+      self.assertIn(f'Initialised from `{pretrained}`', f.read())
     after = test_util.final_state(config, tuned)
     self.assertEqual(int(after.step), 4)  # Its own steps, from 0.
     np.testing.assert_array_equal(after.params['embed']['embedding'], before['embed']['embedding'])
