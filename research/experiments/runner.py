@@ -20,7 +20,6 @@ import fnmatch
 import json
 import os
 import platform
-import re
 import shlex
 import signal
 import subprocess
@@ -28,6 +27,7 @@ import sys
 import time
 
 from research import provenance
+from research.experiments import locations as locations_lib
 from research.experiments import spec as spec_lib
 
 CELL_FILE = 'cell.json'
@@ -66,7 +66,7 @@ def command(
   `locations` maps `spec_lib.LOCATION_KEYS` to where the data lies on this
   machine (the runner's --data_path and --tfds_dir; '' is left out).
   """
-  locations = cell_locations(locations or {}, cell)
+  locations = locations_lib.for_cell(locations or {}, cell)
   if cell.row.compress:
     return _compress_command(root, experiment, cell, python, locations)
   argv = [
@@ -93,30 +93,6 @@ def _same_seed(root, experiment, cell, row_name: str) -> str:
 def _from_cells(root, experiment, cell) -> dict[str, str]:
   """Config key -> the workdir of the row's `from_cells` cell at the same seed."""
   return {k: _same_seed(root, experiment, cell, r) for k, r in cell.row.from_cells.items()}
-
-
-_ROWS_PATH = re.compile(r'^([A-Za-z0-9_.*?\[\]-]+)=(.+)$')
-
-
-def cell_locations(locations: dict[str, str], cell: spec_lib.Cell) -> dict[str, str]:
-  """`locations` as `cell` takes them: a data.path of the form
-  'ROWS=PATH,ROWS=PATH' (ROWS a row or cell name, shell wildcards) gives the
-  PATH of the first ROWS matching the cell, or none; any other value is every
-  cell's."""
-  value = locations.get('data.path', '')
-  pairs = [_ROWS_PATH.match(item.strip()) for item in value.split(',')] if value else [None]
-  if not all(pairs):
-    return locations
-  path = next(
-    (
-      m.group(2)
-      for m in pairs
-      if fnmatch.fnmatchcase(cell.name, m.group(1))
-      or fnmatch.fnmatchcase(cell.row.name, m.group(1))
-    ),
-    '',
-  )
-  return {**locations, 'data.path': path}
 
 
 def source(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> str:
