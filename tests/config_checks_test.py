@@ -62,7 +62,7 @@ class ConfigChecksTest(parameterized.TestCase):
     ('optim.name', 'lion', r"known optimizers: \['adamw', 'sgd'\]"),
     ('data.batch_size', 0, 'must be at least 1'),
     ('data.seq_len', -5, 'must be at least 1'),
-    ('data.level', 'byte', r"one of \['char', 'word', 'sentencepiece'\]"),
+    ('data.level', 'morpheme', r"one of \['char', 'byte', 'word', 'sentencepiece'\]"),
     ('data.level', 'word', "but data.name='tiny_shakespeare' is char level"),
     ('data.vocab_size', 100, 'only applies to'),
     ('seed', -1, r'must be in \[0, 4294967296\)'),

@@ -318,7 +318,7 @@ class TextFileTest(absltest.TestCase):
       ('abc' * 10, {'split': '0.9,0.2'}, 'sums to 1.1'),
       ('abc' * 10, {'split': '0.9,-0.1'}, 'positive'),
       ('abcde', {'split': '0.9,0.05,0.05'}, "split 'valid' is empty"),
-      ('abc' * 10, {'level': 'byte'}, 'level'),
+      ('abc' * 10, {'level': 'morpheme'}, 'level'),
       ('a b\n' * 10, {'level': 'word', 'vocab_size': 2}, 'vocab_size'),
     ]
     for content, fields, message in cases:
