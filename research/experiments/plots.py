@@ -128,10 +128,14 @@ def write_difference_plot(directory: str, experiment: spec_lib.Experiment, resul
       )
       labelled.add(('pub', split))
   ax.axhline(0.0, color='grey', linewidth=1)
-  ax.set_xticks(range(len(names)), names, rotation=30, ha='right')
-  ax.set_ylabel(f'{experiment.metric} minus {experiment.baseline}')
+  # A row compared with a baseline of its own names it under its label.
+  own = {r.name: r.baseline for r in experiment.rows if r.baseline not in ('', experiment.baseline)}
+  labels = [f'{n}\n(minus {own[n]})' if n in own else n for n in names]
+  ax.set_xticks(range(len(names)), labels, rotation=30, ha='right')
+  ax.set_ylabel(f'{experiment.metric} minus the baseline')
   ax.set_title(
-    f'{experiment.name}: difference from {experiment.baseline}, paired by seed, 95% interval',
+    f'{experiment.name}: difference from {experiment.baseline} (unless a row names its own), '
+    'paired by seed, 95% interval',
     fontsize=9,
   )
   path = _save(plt, fig, ax, os.path.join(directory, 'differences.png'), 8)
