@@ -100,8 +100,8 @@ def run(config, steps: int, warmup: int, config_name: str = '', allocator: str =
   the sampled rows of a batch padded to `train_rows`.
   """
   parts = components.build(config)
-  teacher = distill.load(parts, config)  # config.distill's, timed inside the step as it trains.
-  parts = distill.attach(parts, teacher)
+  # config.distill's teacher, timed inside the step as it trains.
+  teacher, parts = distill.prepare(parts, config)
   state, shardings = components.create_state(parts, jax.random.key(config.seed), parts.train_rows)
   step_fn = train.make_train_step(parts, shardings, config, teacher)
   it = components.train_iterator(parts, config)

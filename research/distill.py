@@ -12,7 +12,7 @@ is refused. The objective itself is `losses.Distillation`.
 A recurrent teacher of a student that reads independent windows reads every
 row from a fresh carry, as the student does. A student that reads streams (an
 LSTM, whose rows continue from batch to batch) has its recurrent teacher keep
-its own carry along each row: `attach` puts the teacher's model in the
+its own carry along each row: `prepare` puts the teacher's model in the
 components, the train state's carry becomes the pair (student's, teacher's),
 and it is checkpointed with the state, so a resumed run continues both.
 """
@@ -182,21 +182,25 @@ def record(workdir: str, teacher: Teacher | None, *, resumed: bool) -> None:
       f.write(json.dumps({**line, 'sha256': teacher.checksum}) + '\n')
 
 
-def attach(parts: components_lib.Components, teacher: Teacher | None) -> components_lib.Components:
-  """`parts` with the teacher's model where the train state keeps its carry
-  (a recurrent teacher of a student that reads streams); else `parts`."""
+def prepare(
+  parts: components_lib.Components, config: ml_collections.ConfigDict
+) -> tuple[Teacher | None, components_lib.Components]:
+  """(`load`'s teacher, `parts` to build the train state from): with the
+  teacher's model where the state keeps its carry (a recurrent teacher of a
+  student that reads streams), else `parts` as they are."""
+  teacher = load(parts, config)
   if teacher is None or not teacher.distillation.carried:
-    return parts
-  return parts._replace(teacher_model=teacher.distillation.model)
+    return teacher, parts
+  return teacher, parts._replace(teacher_model=teacher.distillation.model)
 
 
 def for_run(parts, config, workdir: str, manager) -> tuple[Teacher | None, Any]:
-  """`load`, `record` in `workdir` (resumed when `manager`, its checkpoint
-  manager, has a checkpoint) and `attach`: what a training run calls before it
+  """`prepare`, then `record` in `workdir` (resumed when `manager`, its
+  checkpoint manager, has a checkpoint): what a training run calls before it
   restores; returns (the teacher, the components to build the state from)."""
-  teacher = load(parts, config)
+  teacher, parts = prepare(parts, config)
   record(workdir, teacher, resumed=checkpoint.latest_step(manager) is not None)
-  return teacher, attach(parts, teacher)
+  return teacher, parts
 
 
 def bind(step_fn: Callable, teacher: Teacher | None) -> Callable:

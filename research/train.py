@@ -120,10 +120,9 @@ def make_train_step(parts, state_shardings, config, teacher=None):
   """Jits the run's step once with explicit shardings and a donated state.
 
   Training and the benchmark both call this; everything the step needs comes
-  from `parts`, `config` and config.distill's teacher (loaded unless given).
+  from `parts`, `config` and `teacher` (`distill.prepare`'s; None: not distilling).
   """
   mesh = parts.mesh
-  teacher = teacher or distill_lib.load(parts, config)
   step = step_function(
     model=parts.model,
     optimizer=parts.optimizer,
