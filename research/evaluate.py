@@ -19,6 +19,7 @@ import numpy as np
 
 from research import checkpoint
 from research import components as components_lib
+from research import compression
 from research import losses
 from research import metrics
 from research import model_card
@@ -222,8 +223,6 @@ def restore(config: ml_collections.ConfigDict, workdir: str, mode: str, step: in
   structs, _ = components_lib.abstract_state(parts, parts.train_rows)
   if config.compress.method:
     # research.compress's parameters alone, in their compressed structure.
-    from research import compression  # pylint: disable=g-import-not-at-top
-
     abstract = compression.abstract_params(parts, structs.params, config.compress)
     params = checkpoint.restore_params(manager, step, abstract)
   elif config.distill.teacher:  # Its state's carry may hold the teacher's (research/distill.py).

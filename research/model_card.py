@@ -13,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from research import compression
 from research import metrics
 from research import provenance
 from research import rules
@@ -57,7 +58,7 @@ def _count(params) -> tuple[int, int]:
 
 def _compression_lines(c, params) -> list[str]:
   """What research.compress did to these parameters, if anything."""
-  stored = sum(np.dtype(x.dtype).itemsize * int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  stored = compression.param_bytes(params)
   if c.compress.method in ('int8', 'w8a8'):
     inputs = (
       ' and every matmul input quantised to int8 per row at run time (int8 matmuls)'
