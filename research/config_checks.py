@@ -95,6 +95,7 @@ RULES = {
   'sample.top_k': at_least(0),
   'eval.seq_len': at_least(0),
   'privacy.enabled': boolean(),
+  'privacy.ghost_clipping': boolean(),
   'distill.teacher': anything("a finished workdir ('' : no distillation; checked when loaded)"),
   'distill.alpha': in_range(0, 1, closed_high=True),
   'distill.temperature': positive(),

@@ -69,6 +69,12 @@ class Model(NamedTuple):
       head; one scale per row). Every one of them may be given to the model
       as `layers.Int8`. Anything else (norms, biases, position tables) stays
       float.
+    ghost_layers: `(module name, kind)` pairs naming layers whose per-row
+      gradient norms DP-SGD may compute from their inputs and output
+      gradients instead of per-row gradients (research/privacy/ghost.py:
+      kind 'affine' for x @ kernel + bias, 'lookup' for an embedding). Each
+      is a module at the model's root, called once per forward pass, whose
+      parameters nothing else uses.
   """
 
   init: Callable[..., Any]
@@ -81,6 +87,7 @@ class Model(NamedTuple):
   partition_rules: tuple[tuple[str, tuple], ...] = ()
   flops_per_token: Callable[[Any], float] | None = None
   compressible: tuple[tuple[str, str], ...] = ()
+  ghost_layers: tuple[tuple[str, str], ...] = ()
 
 
 # With scan_layers=True the Transformer keeps its L blocks under this key,

@@ -74,7 +74,12 @@ class LSTMLayer(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, x_TxBxD: jax.Array, carry: LayerCarry) -> tuple[jax.Array, LayerCarry]:
+  def __call__(
+    self, x_TxBxD: jax.Array, carry: LayerCarry, gates_tap_TxBx4H: jax.Array | None = None
+  ) -> tuple[jax.Array, LayerCarry]:
+    """The layer over T steps from `carry`. `gates_tap_TxBx4H` (zeros) is
+    added to the input half of the gates when given: DP-SGD's ghost clipping
+    (research/privacy/ghost.py) takes the gates' gradient from it."""
     T, B, D = x_TxBxD.shape  # pylint: disable=invalid-name
     H = self.config.hidden_size  # pylint: disable=invalid-name
     init = uniform_init(self.config.init_scale)
@@ -87,6 +92,8 @@ class LSTMLayer(nn.Module):
     # over all T*B positions instead of T small ones inside the loop.
     gates_in_TBx4H = layers.matmul(x_TxBxD.reshape(T * B, D), w_in_Dx4H) + b_4H
     gates_in_TxBx4H = gates_in_TBx4H.reshape(T, B, 4 * H)
+    if gates_tap_TxBx4H is not None:
+      gates_in_TxBx4H = gates_in_TxBx4H + gates_tap_TxBx4H
 
     def step(carry: LayerCarry, gates_in_Bx4H: jax.Array) -> tuple[LayerCarry, jax.Array]:
       c_BxH, h_BxH = carry
@@ -194,6 +201,13 @@ COMPRESSIBLE = (
 )
 
 
+# DP-SGD's ghost clipping (research/privacy/ghost.py): every layer is used
+# once per forward pass, so no per-row gradient is formed at all.
+def ghost_layers(config: Config) -> tuple[tuple[str, str], ...]:
+  lstm_layers = tuple((f'lstm_{layer}', 'lstm') for layer in range(config.num_layers))
+  return (('embed', 'lookup'), *lstm_layers, ('softmax', 'affine'))
+
+
 def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
   """The LSTM of `config` over V = `vocab_size` token ids; `seq_len` is
   unused (it runs any T), kept for the registry's signature. Its carry is
@@ -247,4 +261,5 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     partition_rules=PARTITION_RULES,
     flops_per_token=flops_per_token,
     compressible=COMPRESSIBLE,
+    ghost_layers=ghost_layers(config),
   )

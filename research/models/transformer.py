@@ -338,4 +338,8 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     partition_rules=PARTITION_RULES,
     flops_per_token=flops_per_token,
     compressible=COMPRESSIBLE,
+    # DP-SGD's ghost clipping (research/privacy/ghost.py) of the token
+    # embedding and the head when each is used once; a tied head reads the
+    # embedding twice, and is clipped through per-row gradients instead.
+    ghost_layers=() if config.tie_embeddings else (('embed', 'lookup'), ('head', 'linear')),
   )

@@ -12,7 +12,10 @@ zero gradient and add nothing. `microbatch_size` rows are vmapped at a time
 (a `lax.scan` over contiguous groups), which bounds the memory of the per-row
 gradients; a group of padding alone is skipped (`lax.cond`), and the sampler
 puts the sampled rows first, so a step costs about its sampled rows, not the
-padded maximum.
+padded maximum. With `ghost_layers` (a model's `Model.ghost_layers`), those
+layers' part of each row's norm and of the clipped sum comes from what they
+read and the gradient of what they wrote (research/privacy/ghost.py), not
+from per-row gradients of their parameters.
 
 Shape letters: B rows of the padded batch, K groups of M = microbatch_size.
 """
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 
 from research import gradients
 from research import losses
+from research.privacy import ghost
 
 
 def global_norm(tree: Any) -> jax.Array:
@@ -45,6 +49,7 @@ def private(
   denominator: float,
   row_scale: float,
   microbatch_size: int = 0,
+  ghost_layers: tuple[tuple[str, str], ...] = (),
 ) -> Callable:
   """The DP-SGD gradient function (module docstring).
 
@@ -56,6 +61,8 @@ def private(
       gradient is taken (the sequence length for a per-token objective, 1
       for a per-sequence one), so that C bounds a per-row mean.
     microbatch_size: rows vmapped at once; 0 for the whole batch.
+    ghost_layers: (module name, kind) of the layers to clip by their
+      inputs and output gradients (research/privacy/ghost.py); () for none.
 
   Returns:
     `gradient_fn(loss_fn, params, batch, rng) -> (grads, aux)`, `aux` as
@@ -69,14 +76,29 @@ def private(
     dropout_rng, noise_rng = jax.random.split(rng)
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
+    def single(row):  # A batch of one row: the objective's loss on this sequence alone.
+      one = jax.tree.map(lambda x: x[None], row)
+      one['denominator'] = jnp.asarray(row_scale, jnp.float32)
+      return one
+
+    if ghost_layers:
+      first = jax.tree.map(lambda x: x[0], per_row)
+      shapes = ghost.output_shapes(loss_fn, params, ghost_layers, single(first), dropout_rng)
+
     def one_row(row, index):
-      # A batch of one row: the objective's loss on this sequence alone.
-      single = jax.tree.map(lambda x: x[None], row)
-      single['denominator'] = jnp.asarray(row_scale, jnp.float32)
-      grads, aux = grad_fn(params, single, jax.random.fold_in(dropout_rng, index))
+      rng = jax.random.fold_in(dropout_rng, index)
+      if ghost_layers:
+        grads, reads, aux = ghost.row_gradients(
+          loss_fn, params, ghost_layers, shapes, single(row), rng
+        )
+        squares = [ghost.squared_norm(kind, *reads[name]) for name, kind in ghost_layers]
+      else:
+        grads, aux = grad_fn(params, single(row), rng)
+        reads, squares = {}, []
+      norm = jnp.sqrt(jnp.square(global_norm(grads)) + sum(squares))
       real = jnp.sum(row['weights']) > 0
       aux = jax.tree.map(lambda x: x[0] if x.ndim else x, aux)  # Drop the row axis of one.
-      return grads, global_norm(grads), aux, real
+      return grads, reads, norm, aux, real
 
     size = microbatch_size or rows
     if rows % size:
@@ -86,28 +108,35 @@ def private(
       )
     groups = rows // size
 
-    def compute(group, indices):
-      grads_M, norm_M, aux_M, real_M = jax.vmap(one_row)(group, indices)
+    def compute(total, group, indices):  # total + the group's clipped rows.
+      grads_M, reads_M, norm_M, aux_M, real_M = jax.vmap(one_row)(group, indices)
       scale_M = jnp.minimum(1.0, l2_clip_norm / jnp.maximum(norm_M, 1e-12))
       # The clipped rows' sum as one contraction over the row axis: scaling
       # and summing the M gradients elementwise made XLA's CPU backend take
       # 22 s for 8 rows of PTB's LSTM (its 10,000-word embedding and softmax)
       # against 0.4 s this way.
-      summed = jax.tree.map(
-        lambda g: jnp.tensordot(scale_M, g.astype(jnp.float32), axes=(0, 0)), grads_M
-      )
-      return summed, aux_M, jnp.sum((norm_M > l2_clip_norm) & real_M), jnp.sum(real_M)
+      total = dict(total)
+      for name, grads in grads_M.items():
+        total[name] = jax.tree.map(
+          lambda t, g: t + jnp.tensordot(scale_M, g.astype(jnp.float32), axes=(0, 0)),
+          total[name],
+          grads,
+        )
+      for name, kind in ghost_layers:
+        total[name] = ghost.add_clipped(kind, total[name], *reads_M[name], scale_M)
+      return total, aux_M, jnp.sum((norm_M > l2_clip_norm) & real_M), jnp.sum(real_M)
 
     def group_step(total, xs):
+      # A group of padding alone passes the sum through untouched.
       group, indices = xs
-      shapes = jax.eval_shape(compute, group, indices)
-      skip = lambda group, indices: jax.tree.map(  # noqa: E731
-        lambda s: jnp.zeros(s.shape, s.dtype), shapes
+      shapes = jax.eval_shape(compute, total, group, indices)[1:]
+      skip = lambda total, group, indices: (  # noqa: E731
+        total,
+        *jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
       )
-      summed, aux_M, over, real = jax.lax.cond(
-        jnp.any(group['weights'] > 0), compute, skip, group, indices
+      total, aux_M, over, real = jax.lax.cond(
+        jnp.any(group['weights'] > 0), compute, skip, total, group, indices
       )
-      total = jax.tree.map(jnp.add, total, summed)
       return total, (aux_M, over, real)
 
     def contiguous(x_B):  # (B, ...) -> (K, M, ...): group k is rows kM..kM+M-1.
@@ -119,11 +148,16 @@ def private(
     )
     leaves, treedef = jax.tree.flatten(total)
     keys = jax.random.split(noise_rng, len(leaves))
-    noisy = [
-      (g + noise_multiplier * l2_clip_norm * jax.random.normal(k, g.shape, jnp.float32))
-      / denominator
-      for g, k in zip(leaves, keys)
-    ]
+    # JAX's default threefry (partitionable) lets each device draw only its
+    # shard of a sharded array; with one device the other form is faster: 20
+    # against 47 ms for the 4.65M coordinates of PTB's small LSTM on a 2-core
+    # Xeon, where the whole plain step takes about 50 ms.
+    with jax.threefry_partitionable(jax.device_count() > 1):
+      noisy = [
+        (g + noise_multiplier * l2_clip_norm * jax.random.normal(k, g.shape, jnp.float32))
+        / denominator
+        for g, k in zip(leaves, keys)
+      ]
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), jax.tree.unflatten(treedef, noisy), params)
     # Per-row scalars summed; per-row arrays (the carry) back in batch order.
     aux = jax.tree.map(
@@ -148,4 +182,5 @@ def for_run(parts, config) -> Callable | None:
     denominator=config.data.batch_size * row_scale,
     row_scale=row_scale,
     microbatch_size=config.privacy.microbatch_size,
+    ghost_layers=parts.model.ghost_layers if config.privacy.ghost_clipping else (),
   )
