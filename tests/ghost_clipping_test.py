@@ -88,10 +88,9 @@ class DpSgdTest(parameterized.TestCase):
     objective = losses.make_objective(model, 'token_mean')
     batch = self._batch(model)
     t = models_test.T
-    # Every row clipped, some rows (the middle norm), none.
-    for clip_norm, clipped in ((1e-3, 1.0), (middle, fraction), (1e3, 0.0)):
-      results = []
-      for layers in ((), model.ghost_layers):
+
+    def step(layers):  # One compilation each way; the clip norm is an argument.
+      def clipped(params, batch, clip_norm):
         fn = dp_sgd.private(
           l2_clip_norm=clip_norm,
           noise_multiplier=0.0,
@@ -100,8 +99,14 @@ class DpSgdTest(parameterized.TestCase):
           microbatch_size=2,
           ghost_layers=layers,
         )
-        step = jax.jit(lambda p, b: fn(objective.loss_fn, p, b, jax.random.key(5)))  # noqa: B023
-        results.append(step(params, batch))
+        return fn(objective.loss_fn, params, batch, jax.random.key(5))
+
+      return jax.jit(clipped)
+
+    steps = [step(()), step(model.ghost_layers)]
+    # Every row clipped, some rows (the middle norm), none.
+    for clip_norm, clipped in ((1e-3, 1.0), (middle, fraction), (1e3, 0.0)):
+      results = [s(params, batch, jnp.float32(clip_norm)) for s in steps]
       (plain, plain_aux), (ghosted, ghost_aux) = results
       with self.subTest(clip_norm=clip_norm):
         for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(ghosted)):
