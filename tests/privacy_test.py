@@ -176,6 +176,7 @@ class ConfigTest(absltest.TestCase):
       (dict(target_epsilon=3.0), 'set exactly one of privacy.noise_multiplier'),
       (dict(l2_clip_norm=0.0), 'config.privacy.l2_clip_norm=0.0 must be positive'),
       (dict(delta=1.0), 'config.privacy.delta=1.0'),
+      (dict(noise_multiplier=1e-6), r'config.privacy.noise_multiplier=1e-06 is below 0.1'),
     )
     for overrides, message in cases:
       bad = config.copy_and_resolve_references()
