@@ -107,9 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Rows whose per-sequence gradients are held at once (0: all); groups of padding alone are
   # skipped, so small groups make a step cost about its sampled rows.
   c.privacy.microbatch_size = 4
-  # The norms of the layers a model declares (the LSTM's embedding and softmax) from their
-  # inputs and output gradients, without per-sequence gradients of them: the same clipped sum
-  # up to float rounding, faster (README "Privacy"). False: per-sequence gradients of all.
+  # The norms of the layers a model declares (every LSTM layer; an untied Transformer's
+  # embedding and head) from their inputs and output gradients, without per-sequence
+  # gradients of them: the same clipped sum up to float rounding, faster (README "Privacy").
+  # False: per-sequence gradients of all.
   c.privacy.ghost_clipping = True
 
   # Memorisation audit (Carlini et al. 2019; README "Privacy"): canaries, a prefix and a

@@ -118,13 +118,6 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
   train_rows, budget = config.data.batch_size, None
   if config.privacy.enabled:
     train_rows, budget = _privacy(config, len(corpus.splits['train']), num_steps, mesh)
-    ghost = model.ghost_layers if config.privacy.ghost_clipping else ()
-    metrics.console(
-      'DP-SGD per-row norms: %s.',
-      f'ghost clipping of {", ".join(name for name, _ in ghost)}, per-row gradients of any other parameter'
-      if ghost
-      else 'per-row gradients of every parameter',
-    )
   eval_models = {
     n: models.get_model(config.model, vocab_size=corpus.tokenizer.vocab_size, seq_len=n)
     for n in {eval_seq_len(config), *config.eval.extra_seq_lens}

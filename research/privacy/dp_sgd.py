@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from research import gradients
 from research import losses
+from research import metrics
 from research.privacy import ghost
 
 
@@ -176,11 +177,19 @@ def for_run(parts, config) -> Callable | None:
   if parts.privacy is None:
     return None
   row_scale = losses.row_scale(config.optim.loss, config.data.seq_len)
+  ghost_layers = parts.model.ghost_layers if config.privacy.ghost_clipping else ()
+  metrics.console(
+    'DP-SGD per-row norms: %s.',
+    'ghost clipping of %s, per-row gradients of any other parameter'
+    % ', '.join(name for name, _ in ghost_layers)
+    if ghost_layers
+    else 'per-row gradients of every parameter',
+  )
   return private(
     l2_clip_norm=config.privacy.l2_clip_norm,
     noise_multiplier=parts.privacy.noise_multiplier,
     denominator=config.data.batch_size * row_scale,
     row_scale=row_scale,
     microbatch_size=config.privacy.microbatch_size,
-    ghost_layers=parts.model.ghost_layers if config.privacy.ghost_clipping else (),
+    ghost_layers=ghost_layers,
   )

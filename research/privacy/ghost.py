@@ -178,9 +178,9 @@ def add_clipped(kind: str, total: dict, x_M: jax.Array, dy_M: jax.Array, scale_M
     return {'embedding': table.at[x_M.reshape(-1)].add(weighted_MxNxV.reshape(-1, table.shape[1]))}
   x_MxNxD = x_M.reshape(M, -1, x_M.shape[-1]).astype(jnp.float32)
   kernel = jnp.einsum('mnd,mnv->dv', x_MxNxD, weighted_MxNxV)
-  bias = jnp.sum(weighted_MxNxV, axis=(0, 1))
   if kind == 'linear':
     return {'kernel': total['kernel'] + kernel}
+  bias = jnp.sum(weighted_MxNxV, axis=(0, 1))
   if kind == 'affine':
     return {'kernel': total['kernel'] + kernel, 'bias': total['bias'] + bias}
   d = total['input_kernel'].shape[0]  # lstm: the rows of [x, h_prev] split back.
