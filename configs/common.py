@@ -190,6 +190,9 @@ def transformer_model() -> ml_collections.ConfigDict:
   # input projections are d_ff wide each (1.5x the parameters at equal d_ff).
   m.mlp = 'gelu'
   m.tie_embeddings = True  # Output layer reuses the token embedding matrix.
+  # Multiply the looked-up token embeddings by sqrt(d_model) before positions are added (Vaswani
+  # et al. 2017, section 3.4; fairseq's embed_scale). A tied head still reads them unscaled.
+  m.scale_embeddings = False
   m.use_bias = False  # Biases in dense layers and LayerNorms (nanoGPT: False).
   # Speed options (accelerators mostly); the defaults are the exact recipe.
   m.compute_dtype = 'float32'  # 'bfloat16': activations and matmuls in bf16; parameters, optimizer state, softmaxes and the loss stay float32.

@@ -34,6 +34,7 @@ def transformer_config(**overrides) -> ml_collections.ConfigDict:
       dropout_rate=0.0,
       positional='learned',
       tie_embeddings=False,
+      scale_embeddings=False,
       use_bias=True,
       compute_dtype='float32',
       attention='xla',

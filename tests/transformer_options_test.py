@@ -1,5 +1,6 @@
 """Each Transformer option against a formula written here, independently of
-the code under test: RMSNorm, post-norm blocks, RoPE, ALiBi, and every MLP."""
+the code under test: RMSNorm, post-norm blocks, RoPE, ALiBi, the embedding
+scale, and every MLP."""
 
 import math
 
@@ -141,6 +142,25 @@ class AlibiTest(absltest.TestCase):
         params, {}, tokens_BxT, train=False, rng=None, positions_BxT=shifted_BxT
       )
       np.testing.assert_allclose(at_0, at_100, rtol=1e-4, atol=1e-4, err_msg=kind)
+
+
+class EmbeddingScaleTest(absltest.TestCase):
+  def test_scaled_lookups_are_a_table_sqrt_d_larger(self):
+    # Vaswani et al. 2017, section 3.4: the looked-up rows times sqrt(D). With
+    # an untied head that is the unscaled model reading a table sqrt(D) larger;
+    # with a tied head the output layer still reads the table unscaled.
+    tokens_BxT = models_test.random_tokens(11, (B, T))
+    for kind in ('learned', 'sinusoidal'):
+      scaled = models_test.get_model('transformer', positional=kind, scale_embeddings=True)
+      plain = models_test.get_model('transformer', positional=kind)
+      params = models_test.get_params('transformer', positional=kind)
+      grown = jax.tree.map(lambda a: a, params)
+      grown['embed']['embedding'] = params['embed']['embedding'] * math.sqrt(D)
+      got, _ = scaled.apply(params, {}, tokens_BxT, train=False, rng=None)
+      want, _ = plain.apply(grown, {}, tokens_BxT, train=False, rng=None)
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=kind)
+      unscaled, _ = plain.apply(params, {}, tokens_BxT, train=False, rng=None)
+      self.assertGreater(float(jnp.max(jnp.abs(got - unscaled))), 1e-2, kind)
 
 
 class MlpTest(parameterized.TestCase):

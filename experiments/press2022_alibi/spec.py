@@ -10,7 +10,7 @@ nonoverlapping evaluation. Learned positions have no rows beyond 64, so that
 row is scored at 64 only.
 """
 
-from research.experiments.spec import Experiment, grid
+from research.experiments.spec import Experiment, Row, grid
 
 TRAINED_CONTEXT = 64  # configs/shakespeare_char.py:cpu
 LONGER = tuple(TRAINED_CONTEXT * k for k in (2, 4, 8))
@@ -39,17 +39,34 @@ SPEC = Experiment(
     "where its row's change column says higher (sinusoidal, rotary) or lower / no "
     'significant change (ALiBi). The table against sinusoidal compares the kinds at each '
     'length.\n\n'
-    'A caveat on the sinusoidal row: our sinusoidal table is added, at unit amplitude, to '
-    'token embeddings initialised with standard deviation 0.02, without the sqrt(d_model) '
-    'embedding scale of Vaswani et al. (and of the fairseq models Press et al. trained), so '
-    'position dominates the input; the row measures that implementation, and its level at '
-    'context 64 is not a fair comparison with the other kinds.\n\n'
+    'A caveat on the sinusoidal row: its table is added, at unit amplitude, to token '
+    'embeddings initialised with standard deviation 0.02, without the sqrt(d_model) embedding '
+    'scale of Vaswani et al. (and of the fairseq models Press et al. trained), so position '
+    'dominates the input; the row measures that arrangement, and its level at context 64 is '
+    'not a fair comparison with the other kinds. The row sinusoidal_scaled adds the scale '
+    '(model.scale_embeddings: looked-up rows times sqrt(128), so tokens start at standard '
+    'deviation 0.23; fairseq also initialises them at d_model^-0.5, so its start at 1); its '
+    'difference from sinusoidal, seed-paired, is what the scale changes.\n\n'
     'Run log: 2026-12-01 on the development machine (a 2-core Intel Xeon, no GPU), two '
     'cells at a time with the GLU experiment, so wall times are about twice a lone run.'
   ),
-  rows=grid(
-    'configs/shakespeare_char.py:cpu',
-    {'model.positional': ['learned', 'sinusoidal', 'rope', 'alibi', 'none']},
-    derived=lambda o: {} if o['model.positional'] == 'learned' else {'eval.extra_seq_lens': LONGER},
+  rows=(
+    *grid(
+      'configs/shakespeare_char.py:cpu',
+      {'model.positional': ['learned', 'sinusoidal', 'rope', 'alibi', 'none']},
+      derived=lambda o: (
+        {} if o['model.positional'] == 'learned' else {'eval.extra_seq_lens': LONGER}
+      ),
+    ),
+    # Vaswani et al.'s arrangement: token embeddings times sqrt(d_model) before the table.
+    Row(
+      'sinusoidal_scaled',
+      'configs/shakespeare_char.py:cpu',
+      {
+        'model.positional': 'sinusoidal',
+        'model.scale_embeddings': True,
+        'eval.extra_seq_lens': LONGER,
+      },
+    ),
   ),
 )

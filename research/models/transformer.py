@@ -47,6 +47,7 @@ row; vocabulary and position dimensions are never split (they rarely divide).
 """
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -81,6 +82,7 @@ class Config:
   norm_position: str = rules.field(rules.one_of(*NORM_POSITIONS))
   mlp: str = rules.field(rules.registered(MLPS, 'MLP'))
   tie_embeddings: bool = rules.field(rules.boolean())
+  scale_embeddings: bool = rules.field(rules.boolean())
   use_bias: bool = rules.field(rules.boolean())
   compute_dtype: str = rules.field(rules.one_of(*COMPUTE_DTYPES))
   attention: str = rules.field(rules.one_of(*ATTENTION_KINDS))
@@ -171,6 +173,8 @@ class Transformer(nn.Module):
       V, D, embedding_init=nn.initializers.normal(options.INIT_STDDEV), name='embed'
     )
     x_BxTxD = embed(inputs_BxT)
+    if c.scale_embeddings:  # Vaswani et al. 2017, section 3.4; the tied head reads E unscaled.
+      x_BxTxD = x_BxTxD * math.sqrt(D)
     positional = POSITIONAL[c.positional]
     if positional.table is None:
       pass  # Positions act inside attention, or nowhere.
