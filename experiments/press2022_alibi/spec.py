@@ -48,7 +48,8 @@ SPEC = Experiment(
     'deviation 0.23; fairseq also initialises them at d_model^-0.5, so its start at 1); its '
     'difference from sinusoidal, seed-paired, is what the scale changes.\n\n'
     'Run log: 2026-12-01 on the development machine (a 2-core Intel Xeon, no GPU), two '
-    'cells at a time with the GLU experiment, so wall times are about twice a lone run.'
+    'cells at a time with the GLU experiment, so wall times are about twice a lone run; '
+    'the sinusoidal_scaled cells on 2026-12-02, beside one PTB Transformer cell.'
   ),
   rows=(
     *grid(

@@ -134,7 +134,7 @@ def write_difference_plot(directory: str, experiment: spec_lib.Experiment, resul
   ax.set_xticks(range(len(names)), labels, rotation=30, ha='right')
   ax.set_ylabel(f'{experiment.metric} minus the baseline')
   ax.set_title(
-    f'{experiment.name}: difference from {experiment.baseline} (unless a row names its own), '
+    f'{experiment.name}: difference from {experiment.baseline} (unless a row names its own),\n'
     'paired by seed, 95% interval',
     fontsize=9,
   )
