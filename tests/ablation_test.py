@@ -92,7 +92,14 @@ class GridTest(absltest.TestCase):
     rows = spec_lib.grid('configs/default.py', {'model.mlp': ['relu', 'gelu']}) + spec_lib.grid(
       'configs/default.py', {'model.mlp': ['relu', 'gelu']}, prefix='big_', baseline='big_relu'
     )
-    self.assertEqual([r.name for r in rows], ['relu', 'gelu', 'big_relu', 'big_gelu'])
+    # A row that is a baseline of another, while itself compared with the experiment's.
+    rows += (
+      spec_lib.Row('wide', 'configs/default.py'),
+      spec_lib.Row('wide_gelu', 'configs/default.py', baseline='wide'),
+    )
+    self.assertEqual(
+      [r.name for r in rows], ['relu', 'gelu', 'big_relu', 'big_gelu', 'wide', 'wide_gelu']
+    )
     experiment = spec_lib.Experiment(
       'x', 'x', rows=rows, seeds=(0, 1), metric='loss', splits=('valid',), baseline='relu'
     )
@@ -101,8 +108,11 @@ class GridTest(absltest.TestCase):
     compared = {
       row.name: paired.mean for row, _, paired, _ in ablation.comparisons(experiment, results)
     }
-    self.assertEqual(set(compared), {'gelu', 'big_gelu'})  # Baselines are not compared.
+    # relu and big_relu are their own baselines; wide is not.
+    self.assertEqual(set(compared), {'gelu', 'big_gelu', 'wide', 'wide_gelu'})
     self.assertAlmostEqual(compared['big_gelu'], 1.0)  # Against big_relu, not relu.
+    self.assertAlmostEqual(compared['wide'], 4.0)  # Against relu.
+    self.assertAlmostEqual(compared['wide_gelu'], 1.0)  # Against wide.
 
   def test_baseline_must_be_a_row(self):
     experiment = spec_lib.Experiment(

@@ -27,15 +27,17 @@ def seed_values(row: spec_lib.Row, results: list, split: str) -> dict[int, float
 
 def comparisons(experiment: spec_lib.Experiment, results: list) -> list[tuple]:
   """(row, split, stats.Paired or None, published difference or None) for
-  every row but the baselines and every split, in table order; a row is
-  compared with its own baseline where it names one."""
+  every row and split, in table order, but a row that is its own baseline; a
+  row is compared with the baseline it names, else with the experiment's. (A
+  row that another row names as its baseline is still compared with its own:
+  the DP row at rate 8 is paired with the DP row at rate 1, which is itself
+  paired with the non-private row.)"""
   by_name = {r.name: r for r in experiment.rows}
-  baselines = {experiment.baseline} | {r.baseline for r in experiment.rows}
   out = []
   for row in experiment.rows:
-    if row.name in baselines:
-      continue
     base = by_name[row.baseline or experiment.baseline]
+    if base is row:
+      continue
     for split in experiment.splits:
       paired = stats.paired_difference(
         seed_values(row, results, split), seed_values(base, results, split)
