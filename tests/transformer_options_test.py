@@ -147,8 +147,7 @@ class AlibiTest(absltest.TestCase):
 class EmbeddingScaleTest(absltest.TestCase):
   def test_scaled_lookups_are_a_table_sqrt_d_larger(self):
     # Vaswani et al. 2017, section 3.4: the looked-up rows times sqrt(D). With
-    # an untied head that is the unscaled model reading a table sqrt(D) larger;
-    # with a tied head the output layer still reads the table unscaled.
+    # an untied head that is the unscaled model reading a table sqrt(D) larger.
     tokens_BxT = models_test.random_tokens(11, (B, T))
     for kind in ('learned', 'sinusoidal'):
       scaled = models_test.get_model('transformer', positional=kind, scale_embeddings=True)
@@ -161,6 +160,23 @@ class EmbeddingScaleTest(absltest.TestCase):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=kind)
       unscaled, _ = plain.apply(params, {}, tokens_BxT, train=False, rng=None)
       self.assertGreater(float(jnp.max(jnp.abs(got - unscaled))), 1e-2, kind)
+
+  def test_a_tied_head_reads_the_table_unscaled(self):
+    # The tied scaled model is the untied unscaled one whose table is sqrt(D)
+    # larger and whose head is the original table, transposed.
+    tokens_BxT = models_test.random_tokens(12, (B, T))
+    tied = models_test.get_model('transformer', tie_embeddings=True, scale_embeddings=True)
+    params = models_test.get_params('transformer', tie_embeddings=True)
+    self.assertNotIn('head', params)
+    table_VxD = params['embed']['embedding']
+    untied = jax.tree.map(lambda a: a, params)
+    untied['embed']['embedding'] = table_VxD * math.sqrt(D)
+    untied['head'] = {'kernel': table_VxD.T}
+    got, _ = tied.apply(params, {}, tokens_BxT, train=False, rng=None)
+    want, _ = models_test.get_model('transformer').apply(
+      untied, {}, tokens_BxT, train=False, rng=None
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 class MlpTest(parameterized.TestCase):
