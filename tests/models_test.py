@@ -61,9 +61,8 @@ CONFIGS = {'transformer': transformer_config, 'lstm': lstm_config}
 
 
 def rng_key(seed: int) -> jax.Array:
-  # The models accept any key type; on CPU the "rbg" generator compiles ~4x
-  # faster than the default threefry, which otherwise dominates this file's
-  # runtime. Set per key, not globally, so other test files are unaffected.
+  # Any key type works; on CPU "rbg" compiles ~4x faster than the default threefry, which
+  # otherwise dominates this file's runtime. Per key, not global: other tests are unaffected.
   return jax.random.key(seed, impl='rbg')
 
 
