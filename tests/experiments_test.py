@@ -78,6 +78,16 @@ def _wait_for_checkpoint(path: str, process, timeout: float = 240) -> None:
   raise AssertionError('no checkpoint appeared')
 
 
+def _failures(outcome: dict, path) -> str:
+  """Each unexpected failure's reason and the end of its log, for the message."""
+  lines = []
+  for name, state in outcome.items():
+    if state.status == 'failed' and not name.startswith('broken'):
+      with open(os.path.join(path(name), runner.LOG_FILE)) as f:
+        lines.append(f'{name}: {state.reason}\n{f.read()[-2000:]}')
+  return '\n'.join(lines)
+
+
 class StatisticsTest(absltest.TestCase):
   def test_interval_on_known_numbers(self):
     # mean 3, sample sd sqrt(2.5), t_{0.975}(4) = 2.7764.
@@ -203,6 +213,7 @@ class RunnerTest(absltest.TestCase):
         'b-s1': 'finished',
         'broken-s0': 'failed',
       },
+      _failures(outcome, path),
     )
     self.assertIn(
       "config.data.name='nope' must be one of the known datasets", outcome['broken-s0'].reason
