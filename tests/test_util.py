@@ -4,6 +4,7 @@ Nothing here reads ../shared or the network: corpora are generated.
 """
 
 import os
+import tempfile
 
 from absl import flags
 import ml_collections
@@ -31,8 +32,12 @@ def write_corpus(directory: str, num_lines: int = 400, seed: int = 0) -> str:
   words = ['the cat sat', 'on the mat', 'a dog ran', 'to the park', 'and sat down']
   lines = [' '.join(rng.choice(words, size=3)) for _ in range(num_lines)]
   path = os.path.join(directory, 'corpus.txt')
-  with open(path, 'w', encoding='utf-8') as f:
+  # Written whole under another name, then renamed: every process that loads
+  # tiny_config rewrites it, and a cell starting beside another must never
+  # read it half-written (the runner test's parallel cells once read it empty).
+  with tempfile.NamedTemporaryFile('w', encoding='utf-8', dir=directory, delete=False) as f:
     f.write('\n'.join(lines) + '\n')
+  os.replace(f.name, path)
   return path
 
 
