@@ -12,7 +12,8 @@ row is scored at 64 only.
 
 from research.experiments.spec import Experiment, Row, grid
 
-TRAINED_CONTEXT = 64  # configs/shakespeare_char.py:cpu
+RECIPE = 'configs/shakespeare_char.py:cpu'
+TRAINED_CONTEXT = 64  # RECIPE's data.seq_len
 LONGER = tuple(TRAINED_CONTEXT * k for k in (2, 4, 8))
 
 SPEC = Experiment(
@@ -45,7 +46,7 @@ SPEC = Experiment(
     'dominates the input; the row measures that arrangement, and its level at context 64 is '
     'not a fair comparison with the other kinds. The row sinusoidal_scaled adds the scale '
     '(model.scale_embeddings: looked-up rows times sqrt(128), so tokens start at standard '
-    'deviation 0.23; fairseq also initialises them at d_model^-0.5, so its start at 1); its '
+    'deviation 0.23; fairseq also initialises them at d_model^-0.5, so its tokens start at 1); its '
     'difference from sinusoidal, seed-paired, is what the scale changes.\n\n'
     'Run log: 2026-12-01 on the development machine (a 2-core Intel Xeon, no GPU), two '
     'cells at a time with the GLU experiment, so wall times are about twice a lone run; '
@@ -53,7 +54,7 @@ SPEC = Experiment(
   ),
   rows=(
     *grid(
-      'configs/shakespeare_char.py:cpu',
+      RECIPE,
       {'model.positional': ['learned', 'sinusoidal', 'rope', 'alibi', 'none']},
       derived=lambda o: (
         {} if o['model.positional'] == 'learned' else {'eval.extra_seq_lens': LONGER}
@@ -62,7 +63,7 @@ SPEC = Experiment(
     # Vaswani et al.'s arrangement: token embeddings times sqrt(d_model) before the table.
     Row(
       'sinusoidal_scaled',
-      'configs/shakespeare_char.py:cpu',
+      RECIPE,
       {
         'model.positional': 'sinusoidal',
         'model.scale_embeddings': True,
