@@ -3,11 +3,12 @@
 `config.distill.teacher` names a finished workdir. `load` builds the teacher's
 model from the config its latest checkpoint was saved with, on the student's
 vocabulary, and restores only its parameters, replicated on the mesh; they are
-an argument of the jitted step (`bind`), never part of the train state, so the
-student's checkpoints do not hold them. What the student learned from is
-recorded instead: the teacher's path, step and a sha256 of its parameters, in
-the student's runs.jsonl (`record`), and a resumed run whose teacher changed
-is refused. The objective itself is `losses.Distillation`.
+an argument of the jitted step (`train.TrainStep.teacher_params`), never part
+of the train state, so the student's checkpoints do not hold them. What the
+student learned from is recorded instead: the teacher's path, step and a
+sha256 of its parameters, in the student's runs.jsonl (`record`), and a
+resumed run whose teacher changed is refused. The objective itself is
+`losses.Distillation`.
 
 A recurrent teacher of a student that reads independent windows reads every
 row from a fresh carry, as the student does. A student that reads streams (an
@@ -21,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -201,16 +202,3 @@ def for_run(parts, config, workdir: str, manager) -> tuple[Teacher | None, Any]:
   teacher, parts = prepare(parts, config)
   record(workdir, teacher, resumed=checkpoint.latest_step(manager) is not None)
   return teacher, parts
-
-
-def bind(step_fn: Callable, teacher: Teacher | None) -> Callable:
-  """`step_fn(state, batch, key)`: a jitted step taking the teacher's
-  parameters as its fourth argument, given them (and its `lower` likewise)."""
-  if teacher is None:
-    return step_fn
-
-  def call(state, batch, key):
-    return step_fn(state, batch, key, teacher.params)
-
-  call.lower = lambda state, batch, key: step_fn.lower(state, batch, key, teacher.params)
-  return call

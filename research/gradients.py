@@ -1,10 +1,10 @@
-"""How the train step makes a gradient from a loss function: chosen here.
+"""How the train step makes a gradient from a loss function.
 
-`make(grad_accum_steps)` returns `gradient_fn(loss_fn, params, batch, rng)
--> (grads, aux)` for a `losses.Objective.loss_fn`; `aux` is the loss
-function's aux for the whole batch: each leaf is a scalar that sums over the
-batch's rows (`loss_sum`, `weight_sum`) or has the rows as its leading axis
-(`carry`). Two ways today:
+A gradient function is `gradient_fn(loss_fn, params, batch, rng) -> (grads,
+aux)` for a `losses.Objective.loss_fn` and a `losses.Batch`; `aux` is the
+loss function's `losses.Aux` for the whole batch: each leaf is a scalar that
+sums over the batch's rows (`loss_sum`, `weight_sum`) or has the rows as its
+leading axis (`carry`). Three ways:
 
 - `plain`: one `jax.value_and_grad` over the whole batch.
 - `accumulated(K)`: the sum of the gradients of K micro-batches of M = B / K
@@ -15,8 +15,11 @@ batch's rows (`loss_sum`, `weight_sum`) or has the rows as its leading axis
   holds an equal share of every micro-batch and the loop moves no data
   between devices. Each micro-batch divides by the whole batch's
   `denominator`, so the sum is the whole batch's gradient.
+- DP-SGD's per-row clipped and noised sum (`research/privacy/dp_sgd.py`,
+  `private`).
 
-Per-example clipped and noised gradients (DP-SGD) will be a third.
+`make(grad_accum_steps)` gives one of the first two; `train.make_train_step`
+takes DP-SGD's instead for a private run.
 
 Shape letters: B batch rows, K micro-batches, M = B / K rows per micro-batch.
 """
@@ -26,13 +29,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from research import losses
 from research import sharding
 
-# batch keys that are not per row (scalars shared by every micro-batch).
-SHARED_KEYS = ('denominator',)
 
-
-def plain(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array):
+def plain(loss_fn: Callable, params: Any, batch: losses.Batch, rng: jax.Array):
   """The gradient of `loss_fn` over the whole batch, and its aux."""
   (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
   return grads, aux
@@ -64,26 +65,25 @@ def accumulated(num_micro_batches: int) -> Callable:
   result is an equally distributed draw, not the same one).
   """
 
-  def gradient_fn(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array):
-    rows = batch['inputs'].shape[0]
-    if num_micro_batches < 1 or rows % num_micro_batches:
+  def gradient_fn(loss_fn: Callable, params: Any, batch: losses.Batch, rng: jax.Array):
+    num_rows = batch.rows['inputs'].shape[0]
+    if num_micro_batches < 1 or num_rows % num_micro_batches:
       raise ValueError(
         f'optim.grad_accum_steps={num_micro_batches} must be a '
-        f'positive divisor of the {rows} rows of the batch.'
+        f'positive divisor of the {num_rows} rows of the batch.'
       )
-    shared = {k: batch[k] for k in SHARED_KEYS if k in batch}
-    per_row = {k: v for k, v in batch.items() if k not in shared}
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro_step(grads_sum, xs):
-      micro_batch, index = xs
-      (_, aux), grads = grad_fn(params, {**micro_batch, **shared}, jax.random.fold_in(rng, index))
+      micro_rows, index = xs
+      micro_batch = batch._replace(rows=micro_rows)
+      (_, aux), grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, index))
       grads_sum = jax.tree.map(lambda s, g: s + g.astype(jnp.float32), grads_sum, grads)
       return grads_sum, aux
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     grads, aux_K = jax.lax.scan(
-      micro_step, zeros, (split(per_row, num_micro_batches), jnp.arange(num_micro_batches))
+      micro_step, zeros, (split(batch.rows, num_micro_batches), jnp.arange(num_micro_batches))
     )
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     # A scalar of each micro-batch (now K of them) is a sum over its rows;

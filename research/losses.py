@@ -3,20 +3,21 @@ evaluation, and the loss functions the train step differentiates.
 
 Shape letters: B batch rows, T time steps, V vocabulary.
 
-A batch holds `inputs`, `targets`, `weights` (BxT) and `reset` (B: the rows
-that start a new stream). The train step adds `carry` (the model's recurrent
-state per row; `{}` for the Transformer) and `denominator` (a scalar: what
-the objective divides the summed token losses by, computed once for the
-whole step's batch by the objective, so the gradients of micro-batches or of
-single rows add up to the whole batch's).
+A data batch holds `inputs`, `targets`, `weights` (BxT) and `reset` (B: the
+rows that start a new stream). The train step adds `carry` (the model's
+recurrent state per row; `{}` for the Transformer) to make the `rows` of a
+`Batch`, and the objective's `denominator` (what it divides the summed token
+losses by), computed once for the whole step's batch, so the gradients of
+micro-batches or of single rows add up to the whole batch's:
 
     objective = make_objective(model, 'token_mean')
-    batch = dict(batch, carry=carry, denominator=objective.denominator(batch))
-    value, aux = objective.loss_fn(params, batch, rng)
+    rows = dict(batch, carry=carry)
+    value, aux = objective.loss_fn(params, Batch(rows, objective.denominator(rows)), rng)
 
-A new objective is one more entry in OBJECTIVES; how gradients are made from
-`loss_fn` is chosen in research/gradients.py. Knowledge distillation
-(`Distillation`, Hinton et al. 2015) adds a term to any of them:
+`aux` is an `Aux`. A new objective is one more entry in OBJECTIVES; how
+gradients are made from `loss_fn` is chosen in research/gradients.py.
+Knowledge distillation (`Distillation`, Hinton et al. 2015) adds a term to
+any of them:
 
     loss = ((1 - alpha) * CE_sum + alpha * T^2 * KL_sum) / denominator
 
@@ -38,18 +39,52 @@ from research import metrics
 from research import models
 
 
-def forward(model: models.Model, params: Any, batch: dict, *, train: bool, rng: jax.Array | None):
-  """The model on `batch` from `batch['carry']`, rows in `reset` started anew.
+class Batch(NamedTuple):
+  """What a loss function reads (module docstring)."""
+
+  # The batch's rows: inputs, targets, weights (BxT), reset (B) and carry (a
+  # pytree whose leaves have the rows as their leading axis).
+  rows: dict
+  # What the summed token losses are divided by: the whole step's batch's, so
+  # the same for every micro-batch or row the gradient is taken over.
+  denominator: jax.Array
+
+
+class Aux(NamedTuple):
+  """What a loss function returns beside the value it differentiates, for a
+  batch or (research/gradients.py) summed over its micro-batches or rows.
+
+  Attributes:
+    carry: the model's state after the batch, the rows its leading axis; a
+      carried teacher's (`Distillation.carried`) makes it the pair
+      (student's, teacher's).
+    distill_kl_sum: a distilled objective's summed KL of its tokens (for the
+      step's `distill_kl`), in nats; None for any other.
+    loss_sum: the batch's summed weighted token losses in nats (the data
+      loss, without a distillation term).
+    weight_sum: the sum of its weights, its token count.
+    clipped_fraction: set by DP-SGD's gradient function
+      (research/privacy/dp_sgd.py): the fraction of rows with any weight whose
+      gradient norm exceeded the clip; None for the others.
+  """
+
+  carry: Any
+  distill_kl_sum: jax.Array | None
+  loss_sum: jax.Array
+  weight_sum: jax.Array
+  clipped_fraction: jax.Array | None = None
+
+
+def forward(model: models.Model, params: Any, rows: dict, *, train: bool, rng: jax.Array | None):
+  """The model on `rows` from `rows['carry']`, rows in `reset` started anew.
 
   Returns:
     (sum of the weighted token losses in nats, sum of the weights,
     logits_BxTxV, the carry after the batch).
   """
-  carry = models.reset_carry(batch['carry'], batch['reset'])
-  logits_BxTxV, new_carry = model.apply(params, carry, batch['inputs'], train=train, rng=rng)
-  loss_sum, weight_sum = metrics.cross_entropy_sums(
-    logits_BxTxV, batch['targets'], batch['weights']
-  )
+  carry = models.reset_carry(rows['carry'], rows['reset'])
+  logits_BxTxV, new_carry = model.apply(params, carry, rows['inputs'], train=train, rng=rng)
+  loss_sum, weight_sum = metrics.cross_entropy_sums(logits_BxTxV, rows['targets'], rows['weights'])
   return loss_sum, weight_sum, logits_BxTxV, new_carry
 
 
@@ -57,20 +92,17 @@ class Objective(NamedTuple):
   """What the train step minimises.
 
   Attributes:
-    loss_fn: `loss_fn(params, batch, rng) -> (value, aux)`; `value` is
-      differentiated, `aux` holds `loss_sum` and `weight_sum` (the batch's
-      summed token losses in nats and its token count, for the metrics) and
-      `carry` (the state after the batch); a distilled objective's also
-      `distill_kl_sum` (the summed KL of its tokens, for `step_metrics`) and
-      its `loss_fn` takes the teacher's parameters as a fourth argument.
-    denominator: `denominator(batch)`, what `value` divides the summed
-      token losses by; given the whole step's batch.
+    loss_fn: `loss_fn(params, batch, rng) -> (value, aux)` for a `Batch`;
+      `value` is differentiated, `aux` is an `Aux`. A distilled objective's
+      also takes the teacher's parameters (`with_teacher`).
+    denominator: `denominator(rows)`, the `Batch.denominator` of the whole
+      step's batch.
   """
 
-  loss_fn: Callable[..., tuple[jax.Array, dict]]
+  loss_fn: Callable[..., tuple[jax.Array, Aux]]
   denominator: Callable[[dict], jax.Array]
 
-  def with_teacher(self, teacher_params: Any | None) -> Callable[..., tuple[jax.Array, dict]]:
+  def with_teacher(self, teacher_params: Any | None) -> Callable[..., tuple[jax.Array, Aux]]:
     """`loss_fn(params, batch, rng)`, a teacher's parameters bound (None: none)."""
     if teacher_params is None:
       return self.loss_fn
@@ -83,7 +115,7 @@ class Distillation(NamedTuple):
   model: models.Model  # The teacher; frozen, run with train=False.
   alpha: float  # Weight of the term; 1 - alpha weighs the data loss.
   temperature: float  # T: both distributions are softmax(logits / T).
-  # The teacher's carry lives beside the student's in `batch['carry']` (a pair), kept from
+  # The teacher's carry lives beside the student's in `rows['carry']` (a pair), kept from
   # batch to batch like it; False: the teacher reads every batch from a fresh carry.
   carried: bool = False
 
@@ -102,42 +134,35 @@ def distill_kl_sum(
   return jnp.sum(kl_BxT * weights_BxT)
 
 
-# The step metrics an objective's aux may give beyond the loss (`step_metrics`).
-STEP_METRICS = ('clipped_fraction', 'distill_kl')
+class Reduction(NamedTuple):
+  """An entry of OBJECTIVES: how an objective scales a batch's summed token losses."""
+
+  # `denominator(rows)`: what the summed token losses of the step's batch are divided by.
+  denominator: Callable[[dict], Any]
+  # `row_scale(seq_len)`: what one full row's summed token losses are divided by to give
+  # its share of the objective (DP-SGD clips each row's gradient at that scale).
+  row_scale: Callable[[int], float]
 
 
-def step_metrics(aux: dict) -> dict:
-  """The step's STEP_METRICS from the aux of its whole batch: DP-SGD's
-  `clipped_fraction` (research/privacy/dp_sgd.py) as it is, and a distilled
-  objective's `distill_kl`, the mean KL per token (its summed KL over the
-  token count, so micro-batches add up)."""
-  out = {k: aux[k] for k in ('clipped_fraction',) if k in aux}
-  if 'distill_kl_sum' in aux:
-    out['distill_kl'] = aux['distill_kl_sum'] / aux['weight_sum']
-  return out
-
-
-# name -> the denominator of the summed token losses.
-OBJECTIVES: dict[str, Callable[[dict], Any]] = {
+# config.optim.loss -> its reduction.
+OBJECTIVES: dict[str, Reduction] = {
   # The mean loss per token.
-  'token_mean': lambda batch: jnp.sum(batch['weights']),
+  'token_mean': Reduction(denominator=lambda rows: jnp.sum(rows['weights']), row_scale=float),
   # Summed over time, averaged over rows: Zaremba et al.'s scale, for which
   # SGD at rate 1 is right.
-  'sequence_sum': lambda batch: batch['inputs'].shape[0],
+  'sequence_sum': Reduction(
+    denominator=lambda rows: rows['inputs'].shape[0], row_scale=lambda seq_len: 1.0
+  ),
 }
 
 
-# name -> what one full row's summed token losses are divided by to give its
-# share of the objective (T tokens: a per-token mean; 1: a per-sequence sum);
-# DP-SGD clips each row's gradient at that scale.
-_ROW_SCALES: dict[str, Callable[[int], float]] = {
-  'token_mean': float,
-  'sequence_sum': lambda seq_len: 1.0,
-}
-
-
-def row_scale(name: str, seq_len: int) -> float:
-  return _ROW_SCALES[name](seq_len)
+def reduction(name: str) -> Reduction:
+  """OBJECTIVES[name]; a ValueError listing the valid names for another."""
+  if name not in OBJECTIVES:
+    raise ValueError(
+      f'Unknown objective {name!r} (config key optim.loss); valid names: {sorted(OBJECTIVES)}.'
+    )
+  return OBJECTIVES[name]
 
 
 def make_objective(
@@ -145,43 +170,38 @@ def make_objective(
 ) -> Objective:
   """The objective `name` (a key of OBJECTIVES) for `model`, with `distill`'s
   term when given (module docstring)."""
-  if name not in OBJECTIVES:
-    raise ValueError(
-      f'Unknown objective {name!r} (config key optim.loss); valid names: {sorted(OBJECTIVES)}.'
-    )
+  denominator = reduction(name).denominator
 
-  def loss_fn(params, batch: dict, rng: jax.Array):
-    loss_sum, weight_sum, _, new_carry = forward(model, params, batch, train=True, rng=rng)
-    return loss_sum / batch['denominator'], {
-      'loss_sum': loss_sum,
-      'weight_sum': weight_sum,
-      'carry': new_carry,
-    }
+  def loss_fn(params, batch: Batch, rng: jax.Array):
+    loss_sum, weight_sum, _, new_carry = forward(model, params, batch.rows, train=True, rng=rng)
+    aux = Aux(carry=new_carry, distill_kl_sum=None, loss_sum=loss_sum, weight_sum=weight_sum)
+    return loss_sum / batch.denominator, aux
 
   if distill is None:
-    return Objective(loss_fn=loss_fn, denominator=OBJECTIVES[name])
+    return Objective(loss_fn=loss_fn, denominator=denominator)
   alpha, temperature = distill.alpha, distill.temperature
 
-  def distilled_loss_fn(params, batch: dict, rng: jax.Array, teacher_params):
+  def distilled_loss_fn(params, batch: Batch, rng: jax.Array, teacher_params):
+    rows = batch.rows
     if distill.carried:
-      carry, teacher_carry = batch['carry']
+      carry, teacher_carry = rows['carry']
     else:
-      carry, teacher_carry = batch['carry'], distill.model.init_carry(batch['inputs'].shape[0])
+      carry, teacher_carry = rows['carry'], distill.model.init_carry(rows['inputs'].shape[0])
     loss_sum, weight_sum, logits_BxTxV, new_carry = forward(
-      model, params, dict(batch, carry=carry), train=True, rng=rng
+      model, params, dict(rows, carry=carry), train=True, rng=rng
     )
     _, _, teacher_logits_BxTxV, new_teacher_carry = forward(
-      distill.model, teacher_params, dict(batch, carry=teacher_carry), train=False, rng=None
+      distill.model, teacher_params, dict(rows, carry=teacher_carry), train=False, rng=None
     )
     kl_sum = distill_kl_sum(
-      logits_BxTxV, jax.lax.stop_gradient(teacher_logits_BxTxV), batch['weights'], temperature
+      logits_BxTxV, jax.lax.stop_gradient(teacher_logits_BxTxV), rows['weights'], temperature
     )
     value = (1 - alpha) * loss_sum + alpha * temperature**2 * kl_sum
-    return value / batch['denominator'], {
-      'loss_sum': loss_sum,
-      'weight_sum': weight_sum,
-      'carry': (new_carry, new_teacher_carry) if distill.carried else new_carry,
-      'distill_kl_sum': kl_sum,
-    }
+    return value / batch.denominator, Aux(
+      carry=(new_carry, new_teacher_carry) if distill.carried else new_carry,
+      distill_kl_sum=kl_sum,
+      loss_sum=loss_sum,
+      weight_sum=weight_sum,
+    )
 
-  return Objective(loss_fn=distilled_loss_fn, denominator=OBJECTIVES[name])
+  return Objective(loss_fn=distilled_loss_fn, denominator=denominator)

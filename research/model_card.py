@@ -183,7 +183,9 @@ def markdown(workdir, config, parts, params, step: int, results: dict, sample: s
     )
     + '.',
     f'- Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size:,} entries, '
-    + ('the same for every corpus' if tokenizer.kind == 'byte' else 'built from the training split')
+    + (
+      'the same for every corpus' if tokenizer.fixed_vocabulary else 'built from the training split'
+    )
     + f' (identity `{tokenizer.identity}`).',
     '',
     '## Evaluation',

@@ -1,11 +1,14 @@
 """Optimizers and learning-rate schedules built from the config.
 
-Two recipes:
+`OPTIMIZERS` is the registry of `optim.name`, each entry its update rule and
+its schedule:
   * `sgd`: constant rate for `decay_after_epochs` epochs, then multiplied by
     `decay_factor` once per epoch (Zaremba et al. 2014).
   * `adamw`: linear warmup to the peak, cosine decay to `min_learning_rate`
     (nanoGPT / GPT-2), weight decay on matrices only.
-Both clip the global gradient norm first when `grad_clip_norm > 0`.
+`make_optimizer` chains around any rule the same way: the global gradient
+norm clipped first when `grad_clip_norm > 0`, then `optim.frozen` and
+`optim.hold_zeros`. A new optimizer is one entry (use optax's rule).
 """
 
 import re
@@ -18,7 +21,16 @@ import optax
 
 from research import models
 
-OPTIMIZERS = ('adamw', 'sgd')
+
+class Optimizer(NamedTuple):
+  """An entry of OPTIMIZERS."""
+
+  # `rule(optim_config, schedule)`: the optax update rule, given the learning rate schedule.
+  rule: Callable[[ml_collections.ConfigDict, optax.Schedule], optax.GradientTransformation]
+  # `schedule(optim_config, num_train_steps=, steps_per_epoch=)`: the learning rate by step.
+  schedule: Callable[..., optax.Schedule]
+  # Its schedule ends at optim.min_learning_rate (config_checks refuses a minimum above the peak).
+  ends_at_min_learning_rate: bool
 
 
 def validate(optim_config: ml_collections.ConfigDict) -> None:
@@ -26,7 +38,7 @@ def validate(optim_config: ml_collections.ConfigDict) -> None:
   if optim_config.name not in OPTIMIZERS:
     raise ValueError(
       f'Unknown optimizer {optim_config.name!r} (config key '
-      f'optim.name); valid names: {list(OPTIMIZERS)}.'
+      f'optim.name); valid names: {sorted(OPTIMIZERS)}.'
     )
 
 
@@ -47,15 +59,15 @@ def epoch_decay_schedule(
   return schedule
 
 
-def make_schedule(
-  optim_config: ml_collections.ConfigDict, *, num_train_steps: int, steps_per_epoch: int
-) -> optax.Schedule:
-  """Returns the learning rate as a function of the step."""
-  c = optim_config
-  if c.name == 'sgd':
-    return epoch_decay_schedule(
-      c.learning_rate, steps_per_epoch, c.decay_after_epochs, c.decay_factor
-    )
+def _epoch_decay(c: ml_collections.ConfigDict, *, num_train_steps: int, steps_per_epoch: int):
+  del num_train_steps
+  return epoch_decay_schedule(
+    c.learning_rate, steps_per_epoch, c.decay_after_epochs, c.decay_factor
+  )
+
+
+def _warmup_cosine(c: ml_collections.ConfigDict, *, num_train_steps: int, steps_per_epoch: int):
+  del steps_per_epoch
   decay_steps = c.decay_steps if c.decay_steps > 0 else num_train_steps
   return optax.warmup_cosine_decay_schedule(
     init_value=0.0,
@@ -63,6 +75,33 @@ def make_schedule(
     warmup_steps=c.warmup_steps,
     decay_steps=max(decay_steps, c.warmup_steps + 1),
     end_value=c.min_learning_rate,
+  )
+
+
+# config.optim.name -> its entry.
+OPTIMIZERS: dict[str, Optimizer] = {
+  'adamw': Optimizer(
+    rule=lambda c, schedule: optax.adamw(
+      schedule, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=_matrices_only
+    ),
+    schedule=_warmup_cosine,
+    ends_at_min_learning_rate=True,
+  ),
+  'sgd': Optimizer(
+    rule=lambda c, schedule: optax.sgd(schedule),
+    schedule=_epoch_decay,
+    ends_at_min_learning_rate=False,
+  ),
+}
+
+
+def make_schedule(
+  optim_config: ml_collections.ConfigDict, *, num_train_steps: int, steps_per_epoch: int
+) -> optax.Schedule:
+  """Returns the learning rate as a function of the step."""
+  validate(optim_config)
+  return OPTIMIZERS[optim_config.name].schedule(
+    optim_config, num_train_steps=num_train_steps, steps_per_epoch=steps_per_epoch
   )
 
 
@@ -123,10 +162,7 @@ def make_optimizer(
   the clipping norm is over the others' gradients."""
   c = optim_config
   validate(c)
-  if c.name == 'sgd':
-    rule = optax.sgd(schedule)
-  else:
-    rule = optax.adamw(schedule, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=_matrices_only)
+  rule = OPTIMIZERS[c.name].rule(c, schedule)
   if c.grad_clip_norm > 0:
     rule = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), rule)
   if c.frozen:

@@ -2,14 +2,17 @@
 
 Shape letters: B batch rows, T time steps, V vocabulary.
 
-`train_step` is a pure function of (state, batch, key); `train_and_evaluate`
-wires data, checkpoints, evaluation and logging around it and resumes from the
-workdir's latest checkpoint automatically.
+`train_step` is a pure function of (state, batch, key), the teacher's
+parameters of a distilled run beside them; `make_train_step` jits it once
+(`TrainStep`). `train_and_evaluate` wires data, checkpoints, evaluation and
+logging around it (`Run`, `_train_loop`) and resumes from the workdir's
+latest checkpoint automatically.
 """
 
+import dataclasses
 import functools
 import os
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,11 +39,26 @@ from research.privacy import canaries
 from research.privacy import dp_sgd
 
 
+class StepMetrics(NamedTuple):
+  """The scalars a train step reports; the step returns them as a dict
+  (`as_dict`) without the fields its run does not have (None)."""
+
+  loss: jax.Array  # Nats per token of the data, whatever the objective.
+  grad_norm: jax.Array  # The global norm of the gradient.
+  learning_rate: jax.Array  # The schedule's rate at this step.
+  nonfinite: jax.Array  # 1.0 when the loss or the gradient norm is inf or NaN.
+  clipped_fraction: jax.Array | None = None  # DP-SGD's (`losses.Aux.clipped_fraction`).
+  distill_kl: jax.Array | None = None  # A distilled run's mean KL per token, nats.
+
+  def as_dict(self) -> dict[str, jax.Array]:
+    return {k: v for k, v in self._asdict().items() if v is not None}
+
+
 def train_step(
   state: TrainState,
   batch: dict,
   key: jax.Array,
-  teacher_params=None,
+  teacher_params: Any = None,
   *,
   objective: losses.Objective,
   gradient_fn: Callable,
@@ -48,31 +66,29 @@ def train_step(
   schedule: optax.Schedule,
   skip_nonfinite: bool = False,
 ):
-  """One optimizer step. Returns (new state, scalar metrics).
+  """One optimizer step. Returns (new state, `StepMetrics.as_dict()`).
 
-  The gradient of `objective.loss_fn` comes from `gradient_fn` (plain or
-  accumulated: research/gradients.py), from the state's carry and `teacher_params`. Metrics
-  report nats per token whatever the objective, and `nonfinite` (1.0 when
-  the loss or the gradient norm is inf or NaN). With `skip_nonfinite`, such
-  a step leaves parameters, optimizer state and carry as they were (the step
-  counter and the data still advance).
+  The gradient of `objective.loss_fn` comes from `gradient_fn` (plain,
+  accumulated or DP-SGD's: research/gradients.py), from the state's carry and
+  `teacher_params` (None: not distilling). With `skip_nonfinite`, a step
+  whose loss or gradient norm is not finite leaves parameters, optimizer
+  state and carry as they were (the step counter and the data still advance).
   """
   key = jax.random.fold_in(key, state.step)
-  batch = dict(batch, carry=state.carry, denominator=objective.denominator(batch))
-  grads, aux = gradient_fn(objective.with_teacher(teacher_params), state.params, batch, key)
-  loss = aux['loss_sum'] / aux['weight_sum']
+  rows = dict(batch, carry=state.carry)
+  step_batch = losses.Batch(rows=rows, denominator=objective.denominator(batch))
+  grads, aux = gradient_fn(objective.with_teacher(teacher_params), state.params, step_batch, key)
+  loss = aux.loss_sum / aux.weight_sum
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # Truncated backpropagation through time: the carry is data, not a graph.
   new_state = state._replace(
-    step=state.step + 1,
-    params=params,
-    opt_state=opt_state,
-    carry=jax.lax.stop_gradient(aux['carry']),
+    step=state.step + 1, params=params, opt_state=opt_state, carry=jax.lax.stop_gradient(aux.carry)
   )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  extra = losses.step_metrics(aux)  # DP-SGD's clipped_fraction, distillation's distill_kl.
+  # Summed KL over the token count, so micro-batches add up.
+  distill_kl = None if aux.distill_kl_sum is None else aux.distill_kl_sum / aux.weight_sum
   if skip_nonfinite:
 
     def keep(new, old):
@@ -83,13 +99,14 @@ def train_step(
       opt_state=keep(new_state.opt_state, state.opt_state),
       carry=keep(new_state.carry, state.carry),
     )
-  return new_state, {
-    'loss': loss,
-    'grad_norm': grad_norm,
-    'learning_rate': schedule(state.step),
-    'nonfinite': 1.0 - finite.astype(jnp.float32),
-    **extra,
-  }
+  return new_state, StepMetrics(
+    loss=loss,
+    grad_norm=grad_norm,
+    learning_rate=schedule(state.step),
+    nonfinite=1.0 - finite.astype(jnp.float32),
+    clipped_fraction=aux.clipped_fraction,
+    distill_kl=distill_kl,
+  ).as_dict()
 
 
 def step_function(
@@ -116,7 +133,32 @@ def step_function(
   )
 
 
-def make_train_step(parts, state_shardings, config, teacher=None):
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainStep:
+  """The run's jitted step: `step(state, batch, key) -> (state, metrics)`, and
+  `step.lower(state, batch, key)` for the benchmark's compile.
+
+  `teacher_params` is passed to `jitted` at every call, an argument of the
+  compiled program (not a constant in it). jax.jit takes no keyword argument
+  where shardings are explicit, so `jitted` takes it in the fourth place.
+  """
+
+  jitted: Callable  # `train_step` jitted (under the mesh): (state, batch, key, teacher_params).
+  teacher_params: Any = None  # `distill.Teacher.params`; None when not distilling.
+
+  def __call__(self, state: TrainState, batch: dict, key: jax.Array):
+    return self.jitted(state, batch, key, self.teacher_params)
+
+  def lower(self, state: TrainState, batch: dict, key: jax.Array):
+    return self.jitted.lower(state, batch, key, self.teacher_params)
+
+
+def make_train_step(
+  parts: components_lib.Components,
+  state_shardings: Any,
+  config: ml_collections.ConfigDict,
+  teacher: distill_lib.Teacher | None = None,
+) -> TrainStep:
   """Jits the run's step once with explicit shardings and a donated state.
 
   Training and the benchmark both call this; everything the step needs comes
@@ -133,14 +175,16 @@ def make_train_step(parts, state_shardings, config, teacher=None):
     gradient_fn=dp_sgd.for_run(parts, config),
     distill=teacher and teacher.distillation,
   )
-  in_shardings = (state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh))
+  replicated = sharding.replicated(mesh)
   jitted = jax.jit(
     step,
-    in_shardings=in_shardings + (in_shardings[-1:] if teacher else ()),  # The teacher's params.
-    out_shardings=(state_shardings, sharding.replicated(mesh)),
+    # The key and the teacher's parameters (None, no leaves, when not distilling) replicated.
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated, replicated),
+    out_shardings=(state_shardings, replicated),
     donate_argnames=('state',),
   )
-  return distill_lib.bind(sharding.under_mesh(jitted, mesh), teacher)
+  teacher_params = teacher.params if teacher else None
+  return TrainStep(sharding.under_mesh(jitted, mesh), teacher_params=teacher_params)
 
 
 def restore_or_init(parts, manager, config, rng, data_iterator):
@@ -169,22 +213,36 @@ def restore_or_init(parts, manager, config, rng, data_iterator):
   return state, shardings
 
 
-def _evaluate_and_sample(
-  evaluator, parts, params, step, splits, config, writer, sample_rng, final=False
-):
+class Run(NamedTuple):
+  """What a training run is made of, built once by `train_and_evaluate`."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  parts: components_lib.Components
+  step_fn: TrainStep
+  data_iterator: Any  # The checkpointable grain iterator of training batches.
+  evaluator: evaluate.Evaluator
+  writer: metrics.MetricWriter
+  manager: Any  # The workdir's Orbax checkpoint manager.
+  dropout_rng: jax.Array  # Folded with the step inside the step.
+  sample_rng: jax.Array  # Folded with the step for each sample.
+
+
+def _evaluate_and_sample(run: Run, params, step: int, splits, *, final: bool = False):
   """Scores `splits` (at the end of training also at eval.extra_seq_lens),
   writes and prints the figures, and samples; returns (figures, the sample)."""
+  config, parts, writer = run.config, run.parts, run.writer
   if final:
-    results = evaluate.score_contexts(evaluator, parts, params, splits, config)
+    results = evaluate.score_contexts(run.evaluator, parts, params, splits, config)
   else:
-    results = evaluator.splits(params, splits)
+    results = run.evaluator.splits(params, splits)
   for split, figures in results.items():
     writer.write(step, split, {**figures, 'epoch': step / parts.steps_per_epoch})
   evaluate.log_figures(step, results, parts.corpus.headline)
   text = ''
   if config.sample.num_tokens > 0:
     text = evaluate.generate(
-      parts, params, jax.random.fold_in(sample_rng, step), config.sample, config.data.seq_len
+      parts, params, jax.random.fold_in(run.sample_rng, step), config.sample, config.data.seq_len
     )
     metrics.console('sample at step %d:\n%s', step, text)
     writer.write_text(step, 'sample', text)
@@ -201,12 +259,39 @@ def train_and_evaluate(
   any other mesh restores onto it.
   """
   workdir_lib.check_writable(workdir)
-  parts = components_lib.build(config, devices)
+  run, state = _start(config, workdir, devices)
   is_lead = jax.process_index() == 0
-  if is_lead:
+  status = 'failed'
+  try:
+    state = _train_loop(run, state)
+    results = _finish(run, state)
+    status = 'finished'
+  except faults.Preempted:
+    status = 'preempted'
+    raise
+  finally:
+    # Commit saves already started, even when the loop was interrupted.
+    try:
+      checkpoint.wait(run.manager)
+      run.manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      if status == 'finished':
+        raise
+      metrics.console('warning: an unfinished checkpoint save failed too: %s', e)
+    run.writer.close()
+    if is_lead:
+      provenance.record_end(workdir, status)
+  return results
+
+
+def _start(config: ml_collections.ConfigDict, workdir: str, devices) -> tuple[Run, TrainState]:
+  """Builds the run in `workdir` (recording its start) and its state, restored
+  from the latest checkpoint or fresh."""
+  parts = components_lib.build(config, devices)
+  if jax.process_index() == 0:
     workdir_lib.write_config(workdir, config)
     provenance.record_start(workdir)
-  writer = metrics.MetricWriter(workdir, enabled=is_lead)
+  writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
   manager = checkpoint.make_manager(
     os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
   )
@@ -216,100 +301,74 @@ def train_and_evaluate(
   state, state_shardings = restore_or_init(parts, manager, config, init_rng, data_iterator)
   start = int(jax.device_get(state.step))
   writer.truncate_after(start)
-  step_fn = make_train_step(parts, state_shardings, config, teacher)
-  evaluator = evaluate.Evaluator(
-    parts, batch_size=config.data.eval_batch_size, seq_len=components_lib.eval_seq_len(config)
+  run = Run(
+    config=config,
+    workdir=workdir,
+    parts=parts,
+    step_fn=make_train_step(parts, state_shardings, config, teacher),
+    data_iterator=data_iterator,
+    evaluator=evaluate.Evaluator(
+      parts, batch_size=config.data.eval_batch_size, seq_len=components_lib.eval_seq_len(config)
+    ),
+    writer=writer,
+    manager=manager,
+    dropout_rng=dropout_rng,
+    sample_rng=sample_rng,
   )
-  total = parts.num_train_steps
   metrics.console(
     'Training %s on %s: %d steps (%d per epoch), mesh %s, from step %d.',
     config.model.name,
     config.data.name,
-    total,
+    parts.num_train_steps,
     parts.steps_per_epoch,
     dict(parts.mesh.shape),
     start,
   )
-  status = 'failed'
-  try:
-    state = _train_loop(
-      config,
-      parts,
-      state,
-      start,
-      step_fn,
-      data_iterator,
-      evaluator,
-      writer,
-      manager,
-      dropout_rng,
-      sample_rng,
+  return run, state
+
+
+def _finish(run: Run, state: TrainState) -> dict[str, dict[str, float]]:
+  """After the last step: the final evaluation and sample, the canary audit,
+  the privacy spent and the model card; returns the final figures."""
+  config, parts, writer = run.config, run.parts, run.writer
+  total = parts.num_train_steps
+  workdir_lib.wait(run.manager, total)
+  splits = ('valid', 'test') if config.eval_on_test else ('valid',)
+  # A re-run re-scores.
+  writer.truncate_after(total, also_at_step=tuple(evaluate.context_splits(splits, config)))
+  results, sample = _evaluate_and_sample(run, state.params, total, splits, final=True)
+  if config.audit.enabled:
+    audit = canaries.run(parts.model, state.params, config, parts.corpus.tokenizer)
+    writer.truncate_after(total, also_at_step=tuple(sorted({r['split'] for r in audit})))
+    canaries.log(total, audit, writer)
+    writer.flush()
+  if parts.privacy is not None:
+    spent = parts.privacy.figures(total)
+    metrics.console(
+      'DP-SGD spent epsilon %.4f (PLD accountant; RDP bound %.4f) at delta %g: %d steps, '
+      'sampling rate %.6g, noise multiplier %.4g.',
+      spent['epsilon'],
+      spent['rdp_epsilon'],
+      spent['delta'],
+      total,
+      spent['sampling_rate'],
+      spent['noise_multiplier'],
     )
-    workdir_lib.wait(manager, total)
-    splits = ('valid', 'test') if config.eval_on_test else ('valid',)
-    # A re-run re-scores.
-    writer.truncate_after(total, also_at_step=tuple(evaluate.context_splits(splits, config)))
-    results, sample = _evaluate_and_sample(
-      evaluator, parts, state.params, total, splits, config, writer, sample_rng, final=True
-    )
-    if config.audit.enabled:
-      audit = canaries.run(parts.model, state.params, config, parts.corpus.tokenizer)
-      writer.truncate_after(total, also_at_step=tuple(sorted({r['split'] for r in audit})))
-      canaries.log(total, audit, writer)
-      writer.flush()
-    if parts.privacy is not None:
-      spent = parts.privacy.figures(total)
-      metrics.console(
-        'DP-SGD spent epsilon %.4f (PLD accountant; RDP bound %.4f) at delta %g: %d steps, '
-        'sampling rate %.6g, noise multiplier %.4g.',
-        spent['epsilon'],
-        spent['rdp_epsilon'],
-        spent['delta'],
-        total,
-        spent['sampling_rate'],
-        spent['noise_multiplier'],
-      )
-    if is_lead:
-      model_card.write(workdir, config, parts, state.params, total, results, sample)
-    status = 'finished'
-  except faults.Preempted:
-    status = 'preempted'
-    raise
-  finally:
-    # Commit saves already started, even when the loop was interrupted.
-    try:
-      checkpoint.wait(manager)
-      manager.close()
-    except Exception as e:  # pylint: disable=broad-except
-      if status == 'finished':
-        raise
-      metrics.console('warning: an unfinished checkpoint save failed too: %s', e)
-    writer.close()
-    if is_lead:
-      provenance.record_end(workdir, status)
+  if jax.process_index() == 0:
+    model_card.write(run.workdir, config, parts, state.params, total, results, sample)
   return results
 
 
-def _train_loop(
-  config,
-  parts,
-  state,
-  start,
-  step_fn,
-  data_iterator,
-  evaluator,
-  writer,
-  manager,
-  dropout_rng,
-  sample_rng,
-):
-  """Runs steps start+1..total with logging, evaluation and checkpoints.
+def _train_loop(run: Run, state: TrainState) -> TrainState:
+  """Runs the steps after the state's to the last, with logging, evaluation
+  and checkpoints.
 
   Non-finite steps are caught at every log line and before every save, so a
   broken state is never written; a stop signal ends the loop after the
   current step with a checkpoint (faults.Preempted).
   """
-  total = parts.num_train_steps
+  config, parts, manager = run.config, run.parts, run.manager
+  start, total = int(jax.device_get(state.step)), parts.num_train_steps
   peak, peak_source = flops.total_peak()
   if peak:
     metrics.console('MFU below is against a peak of %.1f GFLOP/s (%s).', peak / 1e9, peak_source)
@@ -325,28 +384,26 @@ def _train_loop(
   on_device, fetched = [], []
   with faults.StopSignal() as stop:
     for step in range(start + 1, total + 1):
-      batch = sharding.global_batch(next(data_iterator), parts.mesh)
-      state, step_metrics = step_fn(state, batch, dropout_rng)
+      batch = sharding.global_batch(next(run.data_iterator), parts.mesh)
+      state, step_metrics = run.step_fn(state, batch, run.dropout_rng)
       on_device.append((step, step_metrics))
       if step % config.log_every_steps == 0 or step == total:
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
         on_device = []
-        _log_train(writer, step, total, fetched, throughput, parts)
+        _log_train(run, step, fetched, throughput)
         fetched = []
       if step % parts.eval_every == 0 and step != total:
-        _evaluate_and_sample(
-          evaluator, parts, state.params, step, ('valid',), config, writer, sample_rng
-        )
+        _evaluate_and_sample(run, state.params, step, ('valid',))
         throughput.reset(step)
       if step % parts.checkpoint_every == 0 or step == total or stop.received:
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
         on_device = []
         workdir_lib.save(
-          manager, step, state, data_iterator, config, parts.corpus.tokenizer.identity
+          manager, step, state, run.data_iterator, config, parts.corpus.tokenizer.identity
         )
       if stop.received and step != total:
         workdir_lib.wait(manager, step)
-        writer.flush()
+        run.writer.flush()
         raise faults.Preempted(
           f'{stop.name} received: stopped after step {step} of {total} and '
           f'saved a checkpoint there. Run the same command to continue.'
@@ -378,9 +435,10 @@ def _fetch_checked(on_device, manager, skip: bool) -> list[dict]:
   return [m for _, m in host]
 
 
-def _log_train(writer, step, total, host, throughput, parts):
+def _log_train(run: Run, step: int, host: list[dict], throughput: metrics.Throughput):
   """Writes the means of the host step metrics since the last log line (and
   a DP run's privacy spent so far)."""
+  parts, writer = run.parts, run.writer
   corpus, per_epoch = parts.corpus, parts.steps_per_epoch
   # Means over the steps that counted (all of them unless steps were skipped).
   good = [m for m in host if not m['nonfinite']] or host
@@ -391,9 +449,10 @@ def _log_train(writer, step, total, host, throughput, parts):
   figures['learning_rate'] = float(host[-1]['learning_rate'])
   figures.update(throughput.update(step))
   figures['epoch'] = step / per_epoch
-  extra = [k for k in losses.STEP_METRICS if k in host[0]]
+  # The step metrics only some runs have (DP-SGD's, distillation's).
+  extra = [k for k in StepMetrics._field_defaults if k in host[0]]
   figures.update({k: float(np.mean([m[k] for m in good])) for k in extra})
   if parts.privacy is not None:
     figures.update(parts.privacy.figures(step))
   writer.write(step, 'train', figures)
-  writer.log_train(step, total, figures, corpus.headline)
+  writer.log_train(step, parts.num_train_steps, figures, corpus.headline)

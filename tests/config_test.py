@@ -2,12 +2,15 @@
 
 import glob
 import os
+import re
 
 from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
 
 from research import components
+from research import data
+from research import optim
 from research import sharding
 from tests import test_util
 
@@ -91,8 +94,8 @@ class ConfigTest(parameterized.TestCase):
 
   @parameterized.parameters(
     ('model.name', 'gru', r"known models: \['lstm', 'transformer'\]"),
-    ('data.name', 'wikitext', r"known datasets: \['ptb', 'text_file', 'tiny_shakespeare'\]"),
-    ('optim.name', 'lion', r"known optimizers: \['adamw', 'sgd'\]"),
+    ('data.name', 'wikitext', 'known datasets: ' + re.escape(str(sorted(data.DATASETS)))),
+    ('optim.name', 'no_such_rule', 'known optimizers: ' + re.escape(str(sorted(optim.OPTIMIZERS)))),
     ('model.positional', 'rotary', 'sinusoidal'),
   )
   def test_unknown_names_list_the_valid_ones(self, key, value, message):

@@ -16,10 +16,12 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from absl.testing import absltest
 
 from research import checkpoint
+from research import components
 from research import config_checks
 from research import distill
 from research import evaluate
@@ -46,7 +48,18 @@ def _fixed_logits_model(name):
     del inputs_BxT, train, rng, positions_BxT
     return params[name], carry
 
-  return models.Model(init=None, apply=apply, init_carry=lambda rows: {}, recurrent=False)
+  return models.Model(
+    init=None,
+    apply=apply,
+    init_carry=lambda rows: {},
+    recurrent=False,
+    init_cache=None,
+    decode=None,
+    context=None,
+    partition_rules=(),
+    flops_per_token=None,
+    compressible=(),
+  )
 
 
 def config(tmp, model='lstm', level='char', steps=4, **keys):
@@ -135,25 +148,37 @@ class ObjectiveTest(absltest.TestCase):
       'carry': {},
     }
     distillation = losses.Distillation(_fixed_logits_model('teacher'), alpha, temp)
+    params = {'student': jnp.asarray(student_BxTxV)}
+    teacher_params = {'teacher': jnp.asarray(teacher_BxTxV)}
     for name, denominator in (('token_mean', weights_BxT.sum()), ('sequence_sum', B)):
       with self.subTest(name):
         objective = losses.make_objective(_fixed_logits_model('student'), name, distillation)
-        loss_fn = objective.with_teacher({'teacher': jnp.asarray(teacher_BxTxV)})
+        loss_fn = objective.with_teacher(teacher_params)
         (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          {'student': jnp.asarray(student_BxTxV)},
-          dict(batch, denominator=objective.denominator(batch)),
-          jax.random.key(0),
+          params, losses.Batch(batch, objective.denominator(batch)), jax.random.key(0)
         )
         tol = dict(rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(
           value, ((1 - alpha) * ce_sum + alpha * temp**2 * kl_sum) / denominator, **tol
         )
         np.testing.assert_allclose(grads['student'], grad_BxTxV / denominator, **tol)
-        np.testing.assert_allclose(aux['loss_sum'], ce_sum, **tol)  # The data loss, reported.
-        np.testing.assert_allclose(aux['distill_kl_sum'], kl_sum, **tol)
-        np.testing.assert_allclose(
-          losses.step_metrics(aux)['distill_kl'], kl_sum / weights_BxT.sum(), **tol
+        np.testing.assert_allclose(aux.loss_sum, ce_sum, **tol)  # The data loss, reported.
+        np.testing.assert_allclose(aux.distill_kl_sum, kl_sum, **tol)
+        # The step reports the mean KL per token, the teacher's parameters its keyword.
+        optimizer = optax.sgd(0.0)
+        state = components.TrainState(jnp.int32(0), params, optimizer.init(params), {})
+        _, step_metrics = train.train_step(
+          state,
+          {k: v for k, v in batch.items() if k != 'carry'},
+          jax.random.key(0),
+          teacher_params=teacher_params,
+          objective=objective,
+          gradient_fn=gradients.plain,
+          optimizer=optimizer,
+          schedule=lambda step: 0.0,
         )
+        np.testing.assert_allclose(step_metrics['distill_kl'], kl_sum / weights_BxT.sum(), **tol)
+        np.testing.assert_allclose(step_metrics['loss'], ce_sum / weights_BxT.sum(), **tol)
     self.assertGreater(kl_sum, 0.1)  # The teacher's term is not vanishing.
 
   def test_alpha_zero_is_the_plain_objective_and_micro_batches_add_up(self):
@@ -176,7 +201,7 @@ class ObjectiveTest(absltest.TestCase):
     }
     key = jax.random.key(4)
     plain = losses.make_objective(student, 'token_mean')
-    batch = dict(batch, denominator=plain.denominator(batch))
+    batch = losses.Batch(batch, plain.denominator(batch))
     (want, _), want_grads = _value_and_grad(plain.loss_fn)(params, batch, key)
     for alpha in (0.0, 0.5):
       distilled = losses.make_objective(
@@ -187,13 +212,13 @@ class ObjectiveTest(absltest.TestCase):
       if alpha == 0.0:
         np.testing.assert_array_equal(got, want)
         jax.tree.map(np.testing.assert_array_equal, grads, want_grads)
-        self.assertGreater(float(aux['distill_kl_sum']), 0.0)  # Computed, weighted 0.
+        self.assertGreater(float(aux.distill_kl_sum), 0.0)  # Computed, weighted 0.
       else:
         self.assertNotAlmostEqual(float(got), float(want), places=3)
         # Two micro-batches give the whole batch's gradient and summed KL.
         accum_grads, accum_aux = gradients.accumulated(2)(loss_fn, params, batch, key)
         for name in ('loss_sum', 'weight_sum', 'distill_kl_sum'):
-          np.testing.assert_allclose(accum_aux[name], aux[name], rtol=1e-5)
+          np.testing.assert_allclose(getattr(accum_aux, name), getattr(aux, name), rtol=1e-5)
         jax.tree.map(
           lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), accum_grads, grads
         )
@@ -218,9 +243,9 @@ class ObjectiveTest(absltest.TestCase):
     objective = losses.make_objective(
       lstm, 'token_mean', losses.Distillation(lstm, 0.5, 2.0, carried=True)
     )
-    batch['denominator'] = objective.denominator(batch)
+    denominator = objective.denominator(batch)
     _, aux = objective.with_teacher(teacher_params)(
-      params, dict(batch, carry=(carry, teacher_carry)), None
+      params, losses.Batch(dict(batch, carry=(carry, teacher_carry)), denominator), None
     )
     # Apart: each model from its own carry, as an evaluation would run it.
     _, _, logits, want_carry = losses.forward(
@@ -229,18 +254,20 @@ class ObjectiveTest(absltest.TestCase):
     _, _, teacher_logits, want_teacher_carry = losses.forward(
       lstm, teacher_params, dict(batch, carry=teacher_carry), train=False, rng=None
     )
-    got_carry, got_teacher_carry = aux['carry']
+    got_carry, got_teacher_carry = aux.carry
     tol = dict(rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), got_carry, want_carry)
     jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, **tol), got_teacher_carry, want_teacher_carry
     )
     kl = losses.distill_kl_sum(logits, teacher_logits, batch['weights'], 2.0)
-    np.testing.assert_allclose(aux['distill_kl_sum'], kl, **tol)
+    np.testing.assert_allclose(aux.distill_kl_sum, kl, **tol)
     # A fresh teacher carry gives another KL: the carry handed in is the one read.
     fresh = losses.make_objective(lstm, 'token_mean', losses.Distillation(lstm, 0.5, 2.0))
-    _, fresh_aux = fresh.with_teacher(teacher_params)(params, dict(batch, carry=carry), None)
-    self.assertGreater(abs(float(fresh_aux['distill_kl_sum']) / float(kl) - 1), 0.01)
+    _, fresh_aux = fresh.with_teacher(teacher_params)(
+      params, losses.Batch(dict(batch, carry=carry), denominator), None
+    )
+    self.assertGreater(abs(float(fresh_aux.distill_kl_sum) / float(kl) - 1), 0.01)
 
   def test_distillation_does_not_combine_with_dp_sgd(self):
     c = config(

@@ -62,13 +62,17 @@ class DpSgdTest(parameterized.TestCase):
   def _batch(self, model):
     rng = np.random.default_rng(3)
     rows, t = 6, models_test.T
-    return {
-      'inputs': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
-      'targets': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
-      'weights': jnp.asarray(np.repeat([[1.0]] * 4 + [[0.0]] * 2, t, axis=1), jnp.float32),
-      'reset': jnp.ones((rows,), bool),
-      'carry': model.init_carry(rows),
-    }
+    # DP-SGD reads no batch denominator: each row's is the row scale.
+    return losses.Batch(
+      rows={
+        'inputs': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
+        'targets': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
+        'weights': jnp.asarray(np.repeat([[1.0]] * 4 + [[0.0]] * 2, t, axis=1), jnp.float32),
+        'reset': jnp.ones((rows,), bool),
+        'carry': model.init_carry(rows),
+      },
+      denominator=jnp.float32(np.nan),
+    )
 
   def test_the_models_declare_the_layers_used_once(self):
     self.assertEqual(
@@ -111,9 +115,9 @@ class DpSgdTest(parameterized.TestCase):
       with self.subTest(clip_norm=clip_norm):
         for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(ghosted)):
           np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
-        self.assertEqual(float(plain_aux['clipped_fraction']), clipped)
-        self.assertEqual(float(ghost_aux['clipped_fraction']), clipped)
-        self.assertEqual(float(ghost_aux['loss_sum']), float(plain_aux['loss_sum']))
+        self.assertEqual(float(plain_aux.clipped_fraction), clipped)
+        self.assertEqual(float(ghost_aux.clipped_fraction), clipped)
+        self.assertEqual(float(ghost_aux.loss_sum), float(plain_aux.loss_sum))
 
   def test_a_layer_used_twice_is_refused(self):
     # The Transformer's tied head reads the embedding again through `attend`.

@@ -90,20 +90,22 @@ class AccumulateTest(parameterized.TestCase):
     # The loss "model" writes its key's uniform draw into its carry rows, so
     # the merged carry shows which key each row's micro-batch got.
     def loss_fn(params, batch, key):
-      draw_M = jax.random.uniform(key, batch['inputs'].shape)
-      return jnp.sum(params * draw_M), {
-        'loss_sum': jnp.sum(draw_M),
-        'weight_sum': jnp.float32(1.0),
-        'carry': {'draw': draw_M},
-      }
+      draw_M = jax.random.uniform(key, batch.rows['inputs'].shape)
+      return jnp.sum(params * draw_M) / batch.denominator, losses.Aux(
+        carry={'draw': draw_M},
+        distill_kl_sum=None,
+        loss_sum=jnp.sum(draw_M),
+        weight_sum=jnp.float32(1.0),
+      )
 
     key = jax.random.key(7)
+    rows = {'inputs': jnp.zeros(_B), 'carry': {'draw': jnp.zeros(_B)}}
     _, aux = gradients.accumulated(3)(
-      loss_fn, jnp.float32(1.0), {'inputs': jnp.zeros(_B), 'carry': {'draw': jnp.zeros(_B)}}, key
+      loss_fn, jnp.float32(1.0), losses.Batch(rows, jnp.float32(1.0)), key
     )
     for j in range(3):
       np.testing.assert_array_equal(
-        aux['carry']['draw'][j::3], jax.random.uniform(jax.random.fold_in(key, j), (_B // 3,))
+        aux.carry['draw'][j::3], jax.random.uniform(jax.random.fold_in(key, j), (_B // 3,))
       )
 
   @parameterized.parameters(
@@ -146,20 +148,21 @@ class AccumulateTest(parameterized.TestCase):
     model, _, _, state, seq_len = _setup(self.create_tempdir().full_path, 'lstm', 'token_mean')
     batch = _batch(10, seq_len)
     objective = losses.make_objective(model, 'token_mean')
-    batch = dict(batch, carry=state.carry, denominator=objective.denominator(batch))
+    batch = losses.Batch(dict(batch, carry=state.carry), objective.denominator(batch))
     key = jax.random.key(3)
     want, want_aux = gradients.plain(objective.loss_fn, state.params, batch, key)
     got, got_aux = gradients.accumulated(2)(objective.loss_fn, state.params, batch, key)
     _assert_close(got, want)
-    np.testing.assert_allclose(got_aux['loss_sum'], want_aux['loss_sum'], **_TOL)
+    np.testing.assert_allclose(got_aux.loss_sum, want_aux.loss_sum, **_TOL)
 
     # What that test would catch: each micro-batch's own token mean (summed,
     # or averaged over the micro-batches) is not the whole batch's gradient,
     # because the micro-batches hold different numbers of tokens.
-    self.assertNotEqual(batch['weights'][0::2].sum(), batch['weights'][1::2].sum())
+    weights = batch.rows['weights']
+    self.assertNotEqual(weights[0::2].sum(), weights[1::2].sum())
 
     def own(p, b, k):  # Each micro-batch divides by its own token count.
-      return objective.loss_fn(p, dict(b, denominator=jnp.sum(b['weights'])), k)
+      return objective.loss_fn(p, b._replace(denominator=jnp.sum(b.rows['weights'])), k)
 
     wrong, _ = gradients.accumulated(2)(own, state.params, batch, key)
     for scale in (1.0, 0.5):

@@ -94,13 +94,17 @@ class ClippingTest(parameterized.TestCase):
     objective = losses.make_objective(model, 'token_mean')
     rng = np.random.default_rng(3)
     rows, t = 6, models_test.T
-    batch = {
-      'inputs': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
-      'targets': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
-      'weights': jnp.asarray(np.repeat([[1.0]] * 4 + [[0.0]] * 2, t, axis=1), jnp.float32),
-      'reset': jnp.ones((rows,), bool),
-      'carry': model.init_carry(rows),
-    }
+    batch = losses.Batch(
+      rows={
+        'inputs': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
+        'targets': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
+        'weights': jnp.asarray(np.repeat([[1.0]] * 4 + [[0.0]] * 2, t, axis=1), jnp.float32),
+        'reset': jnp.ones((rows,), bool),
+        'carry': model.init_carry(rows),
+      },
+      # DP-SGD reads no batch denominator: each row's is the row scale.
+      denominator=jnp.float32(np.nan),
+    )
     return objective, params, batch
 
   @parameterized.parameters('lstm', 'transformer')
@@ -111,8 +115,7 @@ class ClippingTest(parameterized.TestCase):
     want = jax.tree.map(jnp.zeros_like, params)
     row_grad = jax.jit(jax.grad(lambda p, row: objective.loss_fn(p, row, None)[0]))
     for i in range(4):
-      row = jax.tree.map(lambda x: x[i : i + 1], batch)
-      row['denominator'] = jnp.float32(t)
+      row = losses.Batch(jax.tree.map(lambda x: x[i : i + 1], batch.rows), jnp.float32(t))
       g = row_grad(params, row)
       norm = np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
       self.assertGreater(norm, clip_norm)  # Every row is clipped here.
@@ -132,12 +135,13 @@ class ClippingTest(parameterized.TestCase):
       )
       for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
         np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-7)
-      self.assertEqual(float(aux['clipped_fraction']), 1.0)
-      self.assertEqual(float(aux['weight_sum']), 4.0 * t)
+      self.assertEqual(float(aux.clipped_fraction), 1.0)
+      self.assertEqual(float(aux.weight_sum), 4.0 * t)
 
   def test_noise_has_the_stated_spread(self):
     objective, params, batch = self._setup('transformer')
-    batch['weights'] = jnp.zeros_like(batch['weights'])  # Padding only: noise alone.
+    # Padding only: noise alone.
+    batch.rows['weights'] = jnp.zeros_like(batch.rows['weights'])
     fn = dp_sgd.private(
       l2_clip_norm=2.0, noise_multiplier=3.0, denominator=10.0, row_scale=1.0, microbatch_size=2
     )

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from typing import Any
 from unittest import mock
@@ -74,8 +75,8 @@ class TestBytes(tokenizers.Tokenizer):
 class InterfaceTest(absltest.TestCase):
   def test_every_kind_round_trips_through_its_json_form(self):
     text = 'to be, or not\nto be\n'
-    for kind in tokenizers.KINDS:
-      size = 270 if kind == 'sentencepiece' else 0  # Subwords: 256 bytes, <unk>, characters.
+    for kind, cls in tokenizers.TOKENIZERS.items():
+      size = 270 if cls.sized else 0  # Subwords: 256 bytes, <unk>, characters.
       tok = tokenizers.fit(kind, text=text, train_text=text, vocab_size=size)
       back = tokenizers.tokenizer_from_json(tok.to_json())
       self.assertIs(type(back), type(tok))
@@ -104,9 +105,8 @@ class InterfaceTest(absltest.TestCase):
     self.assertEqual(char.vocab, ('\n', ' ', 'a', 'b', 'z'))
     word = tokenizers.fit('word', text=text, train_text=train_text)
     self.assertEqual(word.decode(word.encode('zz ab\n')), '<unk> ab\n')
-    with self.assertRaisesRegex(
-      ValueError, "'piece'.*valid: \\('char', 'byte', 'word', 'sentencepiece'\\)"
-    ):
+    valid = re.escape(str(tuple(tokenizers.TOKENIZERS)))
+    with self.assertRaisesRegex(ValueError, f"'piece'.*valid: {valid}"):
       tokenizers.fit('piece', text=text, train_text=train_text)
     with self.assertRaisesRegex(ValueError, "'piece'.*valid"):
       tokenizers.tokenizer_from_json('{"kind": "piece", "vocab": ["a"]}')
@@ -149,7 +149,8 @@ class SplitSizeTest(absltest.TestCase):
     for level, headline in (('char', 'bpc'), ('word', 'perplexity')):
       corpus = data.load_corpus(_data_config(tmp, path, level))
       self.assertEqual(corpus.headline, headline)
-      pieces = builders.split_text(text, parts, whole_words=level == 'word')
+      whole_words = tokenizers.TOKENIZERS[level].whole_words
+      pieces = builders.split_text(text, parts, whole_words=whole_words)
       for split, piece in pieces.items():
         self.assertEqual(
           corpus.sizes[split],

@@ -10,14 +10,13 @@ into bits per character or byte with, whatever the tokenizer.
 Batching of those streams is in `research.data.pipeline`.
 
 Config fields (`ml_collections.ConfigDict`, all read directly):
-  name: one of `DATASETS`.
+  name: a name in `DATASETS`.
   path: '' = the packaged/downloaded source; ptb: a folder with Mikolov's
     ptb.{train,valid,test}.txt; tiny_shakespeare: a local input.txt;
     text_file: the file (required).
   tfds_dir: TFDS data_dir; '' = TFDS default.
-  level: the tokenizer kind, 'word' | 'char' | 'byte' | 'sentencepiece'
-    (`tokenizers.TOKENIZERS`; text_file
-    only: ptb is word level, tiny_shakespeare char level).
+  level: the tokenizer kind, a name in `tokenizers.TOKENIZERS` (text_file
+    only: the packaged corpora fix theirs, `Dataset.tokenizer`).
   split: 'train,valid[,test]' fractions by characters (text_file only).
   vocab_size: text_file word level: 0 = all train words, N = N-1 + '<unk>'.
 """
@@ -84,24 +83,27 @@ def _tfds_args(data: ml_collections.ConfigDict) -> dict[str, object]:
   return {'data_dir': data.tfds_dir or None, 'file_format': 'array_record'}
 
 
-_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], object]] = {
-  'ptb': _ptb,
-  'text_file': _text_file,
-  'tiny_shakespeare': _tiny_shakespeare,
-}
-DATASETS = tuple(_BUILDERS)
-# The packaged corpora fix their tokenizer; text_file takes data.level.
-_FIXED_TOKENIZERS = {
-  'ptb': builders.ResearchPtb.TOKENIZER,
-  'tiny_shakespeare': builders.ResearchTinyShakespeare.TOKENIZER,
+class Dataset(NamedTuple):
+  """An entry of DATASETS."""
+
+  builder: Callable[[ml_collections.ConfigDict], object]  # Its TFDS builder for config.data.
+  # (tokenizer kind, vocab_size) it always has; None where data.level chooses.
+  tokenizer: tuple[str, int] | None = None
+
+
+# config.data.name -> its entry.
+DATASETS: dict[str, Dataset] = {
+  'ptb': Dataset(_ptb, builders.ResearchPtb.TOKENIZER),
+  'text_file': Dataset(_text_file),
+  'tiny_shakespeare': Dataset(_tiny_shakespeare, builders.ResearchTinyShakespeare.TOKENIZER),
 }
 
 
 def fixed_level(name: str) -> str | None:
   """The tokenizer kind dataset `name` always has, or None where
-  `data.level` chooses it (text_file)."""
-  spec = _FIXED_TOKENIZERS.get(name)
-  return spec[0] if spec else None
+  `data.level` chooses it."""
+  entry = DATASETS.get(name)
+  return entry.tokenizer[0] if entry and entry.tokenizer else None
 
 
 def _prepare_once(make_builder: Callable[[], object]):
@@ -125,9 +127,9 @@ def _prepare_once(make_builder: Callable[[], object]):
 
 def load_corpus(data_config: ml_collections.ConfigDict) -> Corpus:
   """Prepares (once) and loads the corpus named by `data_config.name`."""
-  if data_config.name not in _BUILDERS:
-    raise ValueError(f'Unknown dataset {data_config.name!r}; valid names: {DATASETS}')
-  builder = _prepare_once(lambda: _BUILDERS[data_config.name](data_config))
+  if data_config.name not in DATASETS:
+    raise ValueError(f'Unknown dataset {data_config.name!r}; valid names: {sorted(DATASETS)}')
+  builder = _prepare_once(lambda: DATASETS[data_config.name].builder(data_config))
   metadata = builder.info.metadata
   streams = read_token_streams(builder)
   return Corpus(

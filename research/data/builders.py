@@ -325,12 +325,12 @@ def text_file_config(
   if not data:
     raise ValueError(f'Text file {path!r} is empty.')
   sha256 = hashlib.sha256(data).hexdigest()
-  if level in ('char', 'byte'):
-    vocab_size = 0  # irrelevant: keep one config per char- or byte-level cut
+  if not tokenizers.TOKENIZERS[level].sized:
+    vocab_size = 0  # Irrelevant to a kind without a size: one config per cut.
   elif vocab_size < 0 or vocab_size in (1, 2):
     raise ValueError(f'data.vocab_size must be 0 or >= 3, got {vocab_size}.')
   kind = level
-  if level == 'sentencepiece':
+  if tokenizers.TOKENIZERS[level].model_types:
     kind = f'{level}_{spm_model_type}'
   else:
     spm_model_type = ''
@@ -373,8 +373,8 @@ class ResearchTextFile(_TokenStreamBuilder):
     text = read_utf8(self._path)
     if hashlib.sha256(text.encode('utf-8')).hexdigest() != config.sha256:
       raise ValueError(f'{self._path!r} changed while it was being prepared.')
-    word = config.level == 'word'
-    pieces = split_text(text, parse_split(config.split), whole_words=word)
+    whole_words = tokenizers.TOKENIZERS[config.level].whole_words
+    pieces = split_text(text, parse_split(config.split), whole_words=whole_words)
     for name, piece in pieces.items():
       if not piece:
         raise ValueError(

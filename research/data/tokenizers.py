@@ -9,6 +9,8 @@ so a run never resumes on other token ids.
 
 A new kind is one `Tokenizer` subclass plus one entry in `TOKENIZERS`; `fit`
 makes any kind from a corpus, and `tokenizer_from_json` reads any kind back.
+The config rules and the data builders ask a kind's class attributes
+(`sized`, `whole_words`, ...), never its name.
 
 Word level follows Mikolov's PTB convention: every line is one sentence, words
 are split on whitespace and every line end becomes '<eos>'; words outside the
@@ -43,6 +45,20 @@ class Tokenizer(abc.ABC):
   # The figure a run on these tokens reports first ('bpc' or 'perplexity',
   # see `research.metrics.split_figures`), as the literature on such corpora.
   headline: str
+  # data.vocab_size applies: it sets how many ids `fit` makes (0: every symbol seen).
+  sized: bool = False
+  # Its ids are the same for every corpus (not built from the training split).
+  fixed_vocabulary: bool = False
+  # A corpus is cut into splits at word boundaries, so no split starts inside a word.
+  whole_words: bool = False
+  # The model types `fit` takes (its `model_type` option, data.spm_model_type); () for none.
+  model_types: tuple[str, ...] = ()
+
+  @classmethod
+  def check_vocab_size(cls, vocab_size: int) -> None:
+    """Raises ValueError naming data.vocab_size where this kind cannot be fit
+    with it (checked with the config, before any data is read)."""
+    del vocab_size
 
   @property
   @abc.abstractmethod
@@ -165,6 +181,7 @@ class ByteTokenizer(Tokenizer):
 
   kind = 'byte'
   headline = 'bpb'
+  fixed_vocabulary = True
 
   @property
   def vocab_size(self) -> int:
@@ -194,6 +211,8 @@ class WordTokenizer(VocabTokenizer):
 
   kind = 'word'
   headline = 'perplexity'
+  sized = True
+  whole_words = True
 
   def __init__(self, vocab: Sequence[str]):
     super().__init__(vocab)
@@ -278,6 +297,16 @@ class SentencePieceTokenizer(Tokenizer):
 
   kind = 'sentencepiece'
   headline = 'bpc'
+  sized = True
+  model_types = ('bpe', 'unigram')
+
+  @classmethod
+  def check_vocab_size(cls, vocab_size: int) -> None:
+    if vocab_size < 260:
+      raise ValueError(
+        f"data.level='sentencepiece' needs config.data.vocab_size of at least 260 (its 256 "
+        f'byte pieces, <unk> and some subwords); got {vocab_size}. Try 1024.'
+      )
 
   def __init__(self, model: str):
     import sentencepiece  # pylint: disable=g-import-not-at-top
@@ -350,7 +379,7 @@ KINDS = tuple(TOKENIZERS)
 
 def _kind(kind: str) -> type[Tokenizer]:
   if kind not in TOKENIZERS:
-    raise ValueError(f'Unknown tokenizer kind {kind!r}; valid: {KINDS}')
+    raise ValueError(f'Unknown tokenizer kind {kind!r}; valid: {tuple(TOKENIZERS)}')
   return TOKENIZERS[kind]
 
 

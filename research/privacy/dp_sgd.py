@@ -25,7 +25,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from research import gradients
 from research import losses
 from research import metrics
 from research.privacy import ghost
@@ -66,21 +65,21 @@ def private(
       inputs and output gradients (research/privacy/ghost.py); () for none.
 
   Returns:
-    `gradient_fn(loss_fn, params, batch, rng) -> (grads, aux)`, `aux` as
-    `gradients.plain`'s plus `clipped_fraction` (rows whose norm exceeded C,
-    among rows with any weight).
+    `gradient_fn(loss_fn, params, batch, rng) -> (grads, aux)` for a
+    `losses.Batch` (whose `denominator` it does not read: a row's is
+    `row_scale`, the sum's `denominator`), `aux` a `losses.Aux` with
+    `clipped_fraction` set.
   """
 
-  def gradient_fn(loss_fn: Callable, params: Any, batch: dict, rng: jax.Array):
-    rows = batch['inputs'].shape[0]
-    per_row = {k: v for k, v in batch.items() if k not in gradients.SHARED_KEYS}
+  def gradient_fn(loss_fn: Callable, params: Any, batch: losses.Batch, rng: jax.Array):
+    per_row = batch.rows
+    rows = per_row['inputs'].shape[0]
     dropout_rng, noise_rng = jax.random.split(rng)
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
     def single(row):  # A batch of one row: the objective's loss on this sequence alone.
       one = jax.tree.map(lambda x: x[None], row)
-      one['denominator'] = jnp.asarray(row_scale, jnp.float32)
-      return one
+      return losses.Batch(rows=one, denominator=jnp.asarray(row_scale, jnp.float32))
 
     if ghost_layers:
       first = jax.tree.map(lambda x: x[0], per_row)
@@ -164,8 +163,8 @@ def private(
     aux = jax.tree.map(
       lambda x: jnp.sum(x) if x.ndim == 2 else x.reshape((rows,) + x.shape[2:]), aux_KxM
     )
-    aux['clipped_fraction'] = jnp.sum(over_K) / jnp.maximum(jnp.sum(real_K), 1)
-    return grads, aux
+    clipped_fraction = jnp.sum(over_K) / jnp.maximum(jnp.sum(real_K), 1)
+    return grads, aux._replace(clipped_fraction=clipped_fraction)
 
   return gradient_fn
 
@@ -176,7 +175,7 @@ def for_run(parts, config) -> Callable | None:
   expected rows of a step times the objective's row scale."""
   if parts.privacy is None:
     return None
-  row_scale = losses.row_scale(config.optim.loss, config.data.seq_len)
+  row_scale = losses.reduction(config.optim.loss).row_scale(config.data.seq_len)
   ghost_layers = parts.model.ghost_layers if config.privacy.ghost_clipping else ()
   metrics.console(
     'DP-SGD per-row norms: %s.',

@@ -46,6 +46,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research import losses
+
 KINDS = ('affine', 'linear', 'lookup', 'lstm')
 
 
@@ -105,7 +107,7 @@ def _interceptor(layers: dict, taps: dict | None, seen: dict) -> Callable:
   return intercept
 
 
-def output_shapes(loss_fn: Callable, params: Any, layers: tuple, batch: dict, rng) -> dict:
+def output_shapes(loss_fn: Callable, params: Any, layers: tuple, batch: losses.Batch, rng) -> dict:
   """{name: shape struct of the layer's tap} for a `batch` of one row."""
   for _, kind in layers:
     _check_kind(kind)
@@ -123,13 +125,14 @@ def output_shapes(loss_fn: Callable, params: Any, layers: tuple, batch: dict, rn
 
 
 def row_gradients(
-  loss_fn: Callable, params: Any, layers: tuple, shapes: dict, batch: dict, rng: jax.Array
+  loss_fn: Callable, params: Any, layers: tuple, shapes: dict, batch: losses.Batch, rng: jax.Array
 ):
   """For a `batch` of one row: the gradient of the parameters outside
   `layers`, and {name: (what the layer read, dy)} for each layer in it.
 
   Returns:
-    (grads of the other parameters, {name: (x or ids, dy)}, the loss's aux).
+    (grads of the other parameters, {name: (x or ids, dy)}, the loss's
+    `losses.Aux`).
   """
   names = tuple(name for name, _ in layers)
   rest = {k: v for k, v in params.items() if k not in names}
