@@ -2,8 +2,9 @@
 
 Family files (`ptb_lstm.py`, `shakespeare_char.py`, ...) start from
 `base_config()` and override; code never reads a key that is not set here or
-in a family file. Model keys live in `lstm_model()` / `transformer_model()`
-because the two families have different hyperparameters.
+in a family file. A model family's keys live in its `{name}_model()` (the
+families have different hyperparameters), found by `model_defaults(name)`.
+Comments that offer a choice name the registry that lists the choices.
 """
 
 import ml_collections
@@ -18,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = 'ptb'  # One of research.data.DATASETS.
   c.data.path = ''  # Local file/folder to read instead of downloading ('' = download or package).
   c.data.tfds_dir = ''  # TFDS data_dir for the built array_record files ('' = TFDS default).
-  c.data.level = 'word'  # 'word', 'char', 'byte' or 'sentencepiece'; text_file only (ptb is word, tiny_shakespeare char).
+  c.data.level = 'word'  # Tokenizer, a name in research/data/tokenizers.py KINDS; text_file only (ptb and tiny_shakespeare fix theirs).
   c.data.split = '0.9,0.05,0.05'  # text_file only: train,valid[,test] fractions by characters.
   c.data.vocab_size = 0  # text_file word level: max vocabulary incl. <unk> (0 = all words); sentencepiece: its pieces (bytes included).
   c.data.spm_model_type = 'bpe'  # sentencepiece level: 'bpe' or 'unigram'.
@@ -42,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ''
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = 'adamw'  # 'adamw' (warmup + cosine) or 'sgd' (constant, then per-epoch decay).
+  c.optim.name = 'adamw'  # A name in research/optim.py OPTIMIZERS; the keys each reads are below.
   c.optim.learning_rate = 1e-3  # Peak learning rate.
   c.optim.grad_clip_norm = 1.0  # Global gradient-norm clip (<= 0: no clipping).
   c.optim.grad_accum_steps = 1  # Micro-batches per optimizer step: gradients of data.batch_size / k rows each are summed inside the jitted step (1 = none).
@@ -52,7 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Pruned fine-tuning: weights that are exactly zero in config.init_from's parameters stay
   # exactly zero (their gradients and updates are masked); research.compress sets it.
   c.optim.hold_zeros = False
-  c.optim.loss = 'token_mean'  # Objective: 'token_mean' or 'sequence_sum' (sum over time, mean over batch; Zaremba).
+  # Objective, a name in research/losses.py OBJECTIVES (each says what it averages over).
+  c.optim.loss = 'token_mean'
   # adamw only.
   c.optim.warmup_steps = 100  # Linear warmup from 0 to learning_rate, in steps.
   c.optim.decay_steps = (
@@ -88,8 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   # Context of every evaluation, in tokens (0 = data.seq_len, the training context). A
   # Transformer scores non-overlapping windows of this length: longer than it was trained on
-  # for a length-extrapolation study (not with positional='learned', which has no rows
-  # beyond its training length). The LSTM reads whole rows whatever this is.
+  # for a length-extrapolation study (not with a positional kind whose table has the training
+  # length: `fixed_length` in research/models/positional.py). The LSTM reads whole rows.
   c.eval.seq_len = 0
   # More contexts at which the final model is scored, e.g. (512, 1024): each adds the records
   # 'valid@N' (and 'test@N' when eval_on_test) to metrics.jsonl, under the same rules.
@@ -160,7 +162,7 @@ def base_config() -> ml_collections.ConfigDict:
 def lstm_model() -> ml_collections.ConfigDict:
   """Returns the LSTM hyperparameters (Zaremba et al. 2014 small by default)."""
   m = ml_collections.ConfigDict()
-  m.name = 'lstm'  # Model family, one of research.models.MODELS.
+  m.name = 'lstm'  # Model family, a name in research/models/__init__.py MODELS.
   m.num_layers = 2  # Stacked LSTM layers.
   m.hidden_size = 200  # Units per layer; also the embedding width.
   m.dropout_rate = 0.0  # Dropout on non-recurrent connections.
@@ -171,23 +173,21 @@ def lstm_model() -> ml_collections.ConfigDict:
 def transformer_model() -> ml_collections.ConfigDict:
   """Returns the Transformer hyperparameters (nanoGPT shakespeare_char by default)."""
   m = ml_collections.ConfigDict()
-  m.name = 'transformer'  # Model family, one of research.models.MODELS.
+  m.name = 'transformer'  # Model family, a name in research/models/__init__.py MODELS.
   m.num_layers = 6  # Transformer blocks.
   m.num_heads = 6  # Attention heads per block.
   m.d_model = 384  # Residual stream width.
   m.d_ff = 1536  # MLP hidden width.
   m.dropout_rate = 0.2  # Dropout on embeddings, attention weights and residual branches.
-  # Positions: 'learned' or 'sinusoidal' (a table added to the embeddings), 'rope' (rotary, on
-  # queries and keys), 'alibi' (linear attention biases) or 'none' (research/models/positional.py).
+  # Positional information, a name in research/models/positional.py POSITIONAL (a table added
+  # to the embeddings, a rotation of queries and keys, or attention biases; each kind says).
   m.positional = 'learned'
-  # Norm, one of transformer_options.NORMS: 'layernorm' (GPT-2's, epsilon 1e-5) or 'rmsnorm'.
-  m.norm = 'layernorm'
-  # 'pre': norm at each block's two inputs and before the head (GPT-2); 'post': after each
-  # residual sum, no final norm (Vaswani et al. 2017).
+  m.norm = 'layernorm'  # A name in research/models/transformer_options.py NORMS.
+  # Where the norms sit, a name in research/models/transformer_options.py NORM_POSITIONS: 'pre'
+  # at each block's two inputs and before the head (GPT-2); 'post' after each residual sum.
   m.norm_position = 'pre'
-  # Each block's MLP, D -> d_ff -> D, one of transformer_options.MLPS: 'gelu' (exact), 'relu',
-  # 'swish', or gated (Shazeer 2020) 'glu', 'bilinear', 'reglu', 'geglu', 'swiglu', whose two
-  # input projections are d_ff wide each (1.5x the parameters at equal d_ff).
+  # Each block's MLP, D -> d_ff -> D, a name in research/models/transformer_options.py MLPS. A
+  # gated one has two input projections d_ff wide each (1.5x the parameters at equal d_ff).
   m.mlp = 'gelu'
   m.tie_embeddings = True  # Output layer reuses the token embedding matrix.
   # Multiply the looked-up token embeddings by sqrt(d_model) before positions are added (Vaswani
@@ -195,11 +195,19 @@ def transformer_model() -> ml_collections.ConfigDict:
   m.scale_embeddings = False
   m.use_bias = False  # Biases in dense layers and LayerNorms (nanoGPT: False).
   # Speed options (accelerators mostly); the defaults are the exact recipe.
-  m.compute_dtype = 'float32'  # 'bfloat16': activations and matmuls in bf16; parameters, optimizer state, softmaxes and the loss stay float32.
-  m.attention = 'xla'  # 'dot_product': jax.nn.dot_product_attention (cuDNN flash attention on GPU); needs no dropout on attention weights.
+  m.compute_dtype = 'float32'  # A name in research/models/transformer.py COMPUTE_DTYPES: activations and matmuls in it; parameters, optimizer state, softmaxes and the loss stay float32.
+  m.attention = 'xla'  # A name in research/models/attention.py ATTENTION_KINDS (a fused kind uses cuDNN flash attention on GPU; each says whether it drops attention weights).
   m.remat = False  # Recompute each block's activations in the backward pass: less memory, about a third more compute.
   m.scan_layers = False  # One lax.scan over stacked block weights (params under 'blocks', leading axis L): compile time independent of depth; same function.
   return m
+
+
+def model_defaults(name) -> ml_collections.ConfigDict | None:
+  """The defaults of model family `name` (a name in research.models.MODELS): its
+  `{name}_model()` here, or None for a name without one. A new family adds that
+  function, and every tool that fills a saved config's missing keys finds it."""
+  make = globals().get(f'{name}_model') if isinstance(name, str) else None
+  return make() if callable(make) else None
 
 
 def select_variant(variants: dict, arg: str | None, default: str) -> ml_collections.ConfigDict:

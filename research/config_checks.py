@@ -46,7 +46,7 @@ RULES = {
   'data.level': one_of(*tokenizers.KINDS),
   'data.split': anything('train,valid[,test] fractions (checked below)'),
   'data.vocab_size': Rule(lambda v: v == 0 or v >= 3, '0 (all words) or at least 3'),
-  'data.spm_model_type': one_of('bpe', 'unigram'),
+  'data.spm_model_type': one_of(*tokenizers.SentencePieceTokenizer.model_types),
   'data.seq_len': at_least(1),
   'data.batch_size': at_least(1),
   'data.eval_batch_size': at_least(1),
@@ -144,20 +144,22 @@ def check(config: ml_collections.ConfigDict) -> None:
   """
   # The family's config object checks its keys and how they combine (heads
   # dividing the width, ...); building it runs nothing.
-  models.get_config(config.model)
+  model_config = models.get_config(config.model)
   for key, rule in RULES.items():
     rules.check(key, get(config, key), rule)
-  _check_relations(config)
+  _check_relations(config, model_config)
   _check_paths(config.data)
 
 
-def _check_relations(config: ml_collections.ConfigDict) -> None:
+def _check_relations(config: ml_collections.ConfigDict, model_config) -> None:
+  """`model_config`: the family's config object of `config.model`."""
   c = config
   if c.num_train_steps <= 0 and c.num_epochs <= 0:
     raise ValueError(
       'Set config.num_train_steps or config.num_epochs to a positive number (both are <= 0).'
     )
-  if c.optim.name == 'adamw' and c.optim.min_learning_rate > c.optim.learning_rate:
+  ends_at_minimum = optim.OPTIMIZERS[c.optim.name].ends_at_min_learning_rate
+  if ends_at_minimum and c.optim.min_learning_rate > c.optim.learning_rate:
     raise ValueError(
       f'config.optim.min_learning_rate={c.optim.min_learning_rate} is above '
       f'the peak config.optim.learning_rate={c.optim.learning_rate}; the '
@@ -183,20 +185,11 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
       "the teacher's outputs depend on the training data outside DP-SGD's accounting, so the "
       "guarantee would not hold. Set --config.distill.teacher='' or --config.privacy.enabled=False."
     )
+  # Whether the model can score a context longer than it trained on is the
+  # family's to say (a table of data.seq_len positions cannot).
   longest = max((c.eval.seq_len, *c.eval.extra_seq_lens))
-  if (
-    c.model.name == 'transformer'
-    and longest > c.data.seq_len
-    and models.transformer.POSITIONAL[c.model.positional].fixed_length
-  ):
-    key = 'eval.seq_len' if longest == c.eval.seq_len else 'eval.extra_seq_lens'
-    raise ValueError(
-      f'config.{key} asks for context {longest}, longer than the context '
-      f'model.positional={c.model.positional!r} was trained on (data.seq_len='
-      f'{c.data.seq_len}): its position table has no rows beyond {c.data.seq_len}. Set '
-      f'--config.{key} to at most {c.data.seq_len}, or train with positions that '
-      'extrapolate (sinusoidal, rope, alibi, none).'
-    )
+  key = 'eval.seq_len' if longest == c.eval.seq_len else 'eval.extra_seq_lens'
+  models.MODELS[c.model.name].check_context(model_config, c.data.seq_len, longest, key)
   if c.data.name == 'text_file':
     builders.parse_split(c.data.split)  # Its errors name the key and the fix.
   level = data.fixed_level(c.data.name)
@@ -206,19 +199,15 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
       f'{level} level; set --config.data.level={level}, or use '
       "data.name='text_file' with data.path to choose the level."
     )
-  if c.data.vocab_size and not (
-    c.data.name == 'text_file' and c.data.level in ('word', 'sentencepiece')
-  ):
+  kind = tokenizers.TOKENIZERS[c.data.level]
+  if c.data.vocab_size and not (c.data.name == 'text_file' and kind.sized):
+    sized = ' or '.join(repr(k) for k, t in tokenizers.TOKENIZERS.items() if t.sized)
     raise ValueError(
       f'config.data.vocab_size={c.data.vocab_size} only applies to '
-      "data.name='text_file' at data.level='word' or 'sentencepiece' (ptb has its 10,000 "
+      f"data.name='text_file' at data.level={sized} (ptb has its 10,000 "
       'words, characters take every character); set it to 0.'
     )
-  if c.data.level == 'sentencepiece' and c.data.vocab_size < 260:
-    raise ValueError(
-      f"data.level='sentencepiece' needs config.data.vocab_size of at least 260 (its 256 "
-      f'byte pieces, <unk> and some subwords); got {c.data.vocab_size}. Try 1024.'
-    )
+  kind.check_vocab_size(c.data.vocab_size)
 
 
 # The least privacy.noise_multiplier a run may set (README "Privacy").

@@ -29,7 +29,18 @@ def _bigram_model() -> models.Model:
     del train, rng
     return params['table'][inputs_BxT], carry
 
-  return models.Model(init=None, apply=apply, init_carry=lambda b: {}, recurrent=False)
+  return models.Model(
+    init=None,
+    apply=apply,
+    init_carry=lambda b: {},
+    recurrent=False,
+    init_cache=None,
+    decode=None,
+    context=None,
+    partition_rules=(),
+    flops_per_token=None,
+    compressible=(),
+  )
 
 
 def _setup(seed=0):

@@ -6,6 +6,8 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from research.models import positional
+from research.models import transformer
 from tests import models_test
 
 V, T, B = models_test.V, models_test.T, models_test.B
@@ -19,6 +21,15 @@ CASES = (
   ('transformer', dict(positional='none', norm_position='post')),
   ('transformer', dict(scan_layers=True, positional='rope')),
   ('transformer', dict(scan_layers=True, remat=True, attention='dot_product', positional='alibi')),
+)
+# Every registered positional kind and norm decodes as it reads: one case
+# each for those the cases above do not cover (a newly registered one).
+_COVERED = [models_test.transformer_config(**overrides) for _, overrides in CASES[1:]]
+CASES += tuple(
+  ('transformer', {key: name})
+  for key, registry in (('positional', positional.POSITIONAL), ('norm', transformer.NORMS))
+  for name in registry
+  if all(c[key] != name for c in _COVERED)
 )
 
 

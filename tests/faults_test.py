@@ -284,6 +284,13 @@ class InProcessFaultTest(absltest.TestCase):
       apply=apply,
       init_carry=lambda _: {},
       recurrent=False,
+      # Unused here: the step reads only the four above.
+      init_cache=None,
+      decode=None,
+      context=None,
+      partition_rules=(),
+      flops_per_token=None,
+      compressible=(),
     )
     schedule = lambda _: 0.01
     optimizer = optim.make_optimizer(common.base_config().optim, schedule)

@@ -91,18 +91,27 @@ class StrictShardingTest(absltest.TestCase):
 
   def test_every_parameter_of_every_family_has_a_rule(self):
     mesh = _one_device_mesh()
-    lstm = common.lstm_model()
+    # Every registered option, in blocks and stacked: its parameters need rules.
+    options = [
+      {key: name}
+      for key, registry in (
+        ('positional', positional.POSITIONAL),
+        ('norm', transformer.NORMS),
+        ('mlp', transformer.MLPS),
+        ('norm_position', transformer.NORM_POSITIONS),
+      )
+      for name in registry
+    ]
     for model_config in (
       common.transformer_model(),
-      models_test.transformer_config(),  # Biases, an untied head.
-      models_test.transformer_config(scan_layers=True),
-      models_test.transformer_config(positional='sinusoidal'),
-      models_test.transformer_config(norm='rmsnorm', norm_position='post', positional='rope'),
-      models_test.transformer_config(mlp='swiglu', positional='alibi', scan_layers=True),
-      lstm,
+      models_test.lstm_config(),
+      common.lstm_model(),
+      *(models_test.transformer_config(**o) for o in options),  # Biases, an untied head.
+      *(models_test.transformer_config(scan_layers=True, **o) for o in options),
     ):
-      model, params = self._abstract_params(model_config)
-      sharding.param_shardings(params, mesh, model.partition_rules)
+      with self.subTest(model=dict(model_config)):
+        model, params = self._abstract_params(model_config)
+        sharding.param_shardings(params, mesh, model.partition_rules)
 
   def test_a_gated_mlp_splits_both_input_projections_by_column(self):
     model, params = self._abstract_params(models_test.transformer_config(mlp='geglu'))
@@ -129,7 +138,7 @@ class PositionsTest(parameterized.TestCase):
     logits, _ = apply(params, {}, tokens, rng=None, positions_BxT=positions)
     return np.asarray(logits)
 
-  @parameterized.parameters('learned', 'sinusoidal', 'rope', 'alibi')
+  @parameterized.parameters(*positional.POSITIONAL)  # Every kind, a new one too.
   def test_default_positions_are_0_to_t_minus_1(self, positional):
     params = models_test.get_params('transformer', positional=positional)
     tokens = models_test.random_tokens(1, (B, T))

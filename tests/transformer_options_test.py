@@ -3,6 +3,7 @@ the code under test: RMSNorm, post-norm blocks, RoPE, ALiBi, the embedding
 scale, and every MLP."""
 
 import math
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +111,21 @@ class RopeTest(absltest.TestCase):
   def test_an_odd_head_width_is_refused_naming_the_keys(self):
     with self.assertRaisesRegex(ValueError, "positional='rope'.*head is d_model / num_heads = 3"):
       _config(positional='rope', d_model=6, num_heads=2)
+
+  def test_any_rotating_kind_is_refused_an_odd_head_width_when_the_config_is_built(self):
+    # The rule asks the kind (`rotates`), so a new rope-like kind is refused
+    # before anything is traced, naming it.
+    rope_like = positional.Positional(rotate=lambda x_BxTxNxK, positions_BxT: x_BxTxNxK)
+    self.assertTrue(rope_like.rotates)
+    self.assertFalse(positional.POSITIONAL['learned'].rotates)
+    with mock.patch.dict(positional.POSITIONAL, rope_like=rope_like):
+      with self.assertRaisesRegex(
+        ValueError,
+        r"^config\.model\.positional='rope_like' rotates pairs of features, but a head is "
+        r'd_model / num_heads = 3 wide \(odd\); choose [^\n]*\.$',
+      ):
+        _config(positional='rope_like', d_model=6, num_heads=2)
+      self.assertEqual(_config(positional='rope_like', d_model=8, num_heads=2).d_model, 8)
 
 
 class AlibiTest(absltest.TestCase):

@@ -12,7 +12,7 @@ token per call; the logits equal the full pass's at every position.
 """
 
 import functools
-from typing import TYPE_CHECKING
+from typing import NamedTuple, Protocol
 
 import flax.linen as nn
 import jax
@@ -24,10 +24,34 @@ from research.models import transformer_options as options
 from research.models.positional import POSITIONAL
 from research.sharding import BATCH
 
-if TYPE_CHECKING:  # Annotations only: transformer.py imports this module.
-  from research.models import transformer
 
-ATTENTION_KINDS = ('xla', 'dot_product')
+class Attention(NamedTuple):
+  """How attention is computed (the same function either way).
+
+  Attributes:
+    fused: one `jax.nn.dot_product_attention` call (cuDNN flash attention on
+      GPU where it applies, XLA elsewhere) instead of explicit einsums.
+    weight_dropout: whether it can drop attention weights (model.dropout_rate).
+  """
+
+  fused: bool
+  weight_dropout: bool
+
+
+ATTENTION_KINDS: dict[str, Attention] = {
+  'xla': Attention(fused=False, weight_dropout=True),
+  'dot_product': Attention(fused=True, weight_dropout=False),
+}
+
+
+class AttentionConfig(options.OptionConfig, Protocol):
+  """The fields of `transformer.Config` that attention reads."""
+
+  num_heads: int
+  positional: str  # A name in POSITIONAL.
+  attention: str  # A name in ATTENTION_KINDS.
+
+
 # From this context length on, the XLA attention path works on heads-major
 # (B, N, T, K) operands; below it on (B, T, N, K) as the projection yields
 # them. Measured on a 2-core Intel Xeon VM (research.bench, float32):
@@ -111,7 +135,7 @@ class CausalSelfAttention(nn.Module):
   Returns (x_BxTxD, the updated cache, or None when not decoding).
   """
 
-  config: 'transformer.Config'
+  config: AttentionConfig
 
   @nn.compact
   def __call__(
@@ -159,7 +183,7 @@ class CausalSelfAttention(nn.Module):
       return project_out(out_BxTxNxK), cache
     # Keys are the segment's own positions.
     bias_BxNxTxS = bias_fn and bias_fn(positions_BxT, positions_BxT)
-    if c.attention == 'dot_product':
+    if ATTENTION_KINDS[c.attention].fused:
       # One fused op: cuDNN flash attention on GPU where it applies, XLA
       # elsewhere. Same math; no dropout on the attention weights.
       out_BxTxNxK = jax.nn.dot_product_attention(

@@ -35,9 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research import models
 from research import rules
 from research import sharding
+from research.models import contract
 from research.models import layers
 from research.sharding import BATCH
 
@@ -208,7 +208,7 @@ def ghost_layers(config: Config) -> tuple[tuple[str, str], ...]:
   return (('embed', 'lookup'), *lstm_layers, ('softmax', 'affine'))
 
 
-def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
+def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
   """The LSTM of `config` over V = `vocab_size` token ids; `seq_len` is
   unused (it runs any T), kept for the registry's signature. Its carry is
   described in the module docstring."""
@@ -235,7 +235,7 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     positions_BxT: jax.Array | None = None,
   ) -> tuple[jax.Array, Carry]:
     del positions_BxT  # The carry holds where each row is.
-    rngs = models.dropout_rngs(train, config.dropout_rate, rng)
+    rngs = contract.dropout_rngs(train, config.dropout_rate, rng)
     return module.apply({'params': params}, carry, inputs_BxT, train=train, rngs=rngs)
 
   def decode(
@@ -247,10 +247,10 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
   def flops_per_token(params) -> float:
     """6 N, N = L x 4H x (D + H) + H V: exactly the gate and softmax
     matmuls (the embedding is only indexed)."""
-    return 6.0 * models.matmul_params(params, ('embed/embedding',))
+    return 6.0 * contract.matmul_params(params, ('embed/embedding',))
 
   # The decoding cache is the carry: the state after the tokens read so far.
-  return models.Model(
+  return contract.Model(
     init=init,
     apply=apply,
     init_carry=init_carry,

@@ -1,25 +1,23 @@
 """How the Transformer knows where a token is: `POSITIONAL`, by name.
 
-A kind may add a table to the token embeddings (`learned`, `sinusoidal`),
-rotate queries and keys by their positions (`rope`), add a bias to the
-attention logits that falls with distance (`alibi`), or do nothing (`none`:
-causal masking alone, which still leaks position, Haviv et al. 2022). Only
-`learned` has parameters whose shape is the context length, so only it
-cannot score a context longer than it was trained on.
+A kind (a `Positional`) may add a table to the token embeddings, rotate
+queries and keys by their positions, add a bias to the attention logits that
+falls with distance, or do nothing (causal masking alone, which still leaks
+position, Haviv et al. 2022). A kind whose parameters have the context length
+as their shape (`fixed_length`) cannot score a context longer than it was
+trained on. A new kind is one entry of `POSITIONAL`; the rules that relate it
+to other keys ask its fields (`rotates`, `fixed_length`), never its name.
 
 Shape letters as in research/models/transformer.py; L is a table's length.
 """
 
 import math
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-if TYPE_CHECKING:  # Annotations only: transformer.py imports this module.
-  from research.models import transformer
 
 INIT_STDDEV = 0.02
 ROPE_BASE = 10000.0  # Su et al. 2021, as in Vaswani et al.'s sinusoids.
@@ -27,13 +25,14 @@ ROPE_BASE = 10000.0  # Su et al. 2021, as in Vaswani et al.'s sinusoids.
 
 class Positional(NamedTuple):
   """One kind of positional information; a field is None where the kind does
-  not act there.
+  not act there. Rules ask a kind these fields and properties, never its name.
 
   Attributes:
-    table: `table(module, config, length) -> LxD`, row t added to the
+    table: `table(module, d_model, length) -> LxD`, row t added to the
       embedding at position t (parameters made with `module.param`).
     rotate: `rotate(x_BxTxNxK, positions_BxT) -> x_BxTxNxK`, applied to the
-      queries and to the keys.
+      queries and to the keys; it turns pairs of a head's features, so a kind
+      with one needs an even head width (`rotates`).
     bias: `bias(num_heads, q_positions_BxT, k_positions_BxS) -> BxNxTxS`
       (float32), added to the attention logits; a leading 1 broadcasts.
     fixed_length: True when the parameters' shape is the context length (a
@@ -44,6 +43,11 @@ class Positional(NamedTuple):
   rotate: Callable | None = None
   bias: Callable | None = None
   fixed_length: bool = False
+
+  @property
+  def rotates(self) -> bool:
+    """True when it rotates pairs of features: the head width must be even."""
+    return self.rotate is not None
 
 
 def sinusoidal_positions(num_positions: int, d_model: int) -> np.ndarray:
@@ -59,8 +63,8 @@ def sinusoidal_positions(num_positions: int, d_model: int) -> np.ndarray:
   return table_TxD
 
 
-def learned_positions(module: nn.Module, config: 'transformer.Config', length: int):
-  return module.param('pos_embed', nn.initializers.normal(INIT_STDDEV), (length, config.d_model))
+def learned_positions(module: nn.Module, d_model: int, length: int):
+  return module.param('pos_embed', nn.initializers.normal(INIT_STDDEV), (length, d_model))
 
 
 def rope(x_BxTxNxK: jax.Array, positions_BxT: jax.Array) -> jax.Array:
@@ -72,7 +76,7 @@ def rope(x_BxTxNxK: jax.Array, positions_BxT: jax.Array) -> jax.Array:
   """
   K = x_BxTxNxK.shape[-1]  # pylint: disable=invalid-name
   if K % 2:
-    raise ValueError(f"positional='rope' rotates pairs of features; the head width {K} is odd.")
+    raise ValueError(f'RoPE rotates pairs of features; the head width {K} is odd.')
   inv_freq_H = ROPE_BASE ** (-jnp.arange(0, K, 2, dtype=jnp.float32) / K)
   angle_BxTxH = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_H
   cos_BxTx1xH = jnp.cos(angle_BxTxH)[:, :, None, :]
@@ -115,9 +119,7 @@ def alibi_bias(num_heads: int, q_positions_BxT: jax.Array, k_positions_BxS: jax.
 
 POSITIONAL: dict[str, Positional] = {
   'learned': Positional(table=learned_positions, fixed_length=True),
-  'sinusoidal': Positional(
-    table=lambda _, config, length: sinusoidal_positions(length, config.d_model)
-  ),
+  'sinusoidal': Positional(table=lambda _, d_model, length: sinusoidal_positions(length, d_model)),
   'rope': Positional(rotate=rope),
   'alibi': Positional(bias=alibi_bias),
   'none': Positional(),

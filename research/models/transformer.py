@@ -3,12 +3,12 @@
 Blocks of causal multi-head self-attention and an MLP (pre-norm with a final
 norm by default, as GPT-2; or post-norm, as Vaswani et al. 2017) and an
 output head that is either the transposed token embedding (tied) or a
-separate bias-free Dense. The options are named functions in small
-registries chosen by `Config`: `NORMS` (layernorm, rmsnorm) and `MLPS` (gelu,
-relu, swish and Shazeer's gated glu, bilinear, reglu, geglu, swiglu) in
-transformer_options.py, and `POSITIONAL` (learned, sinusoidal, rope, alibi,
-none) in positional.py. A new option is one field of `Config` (where it is a
-new key) plus one registered function. Attention, and its decoding cache, is
+separate bias-free Dense. The options are named entries of small registries
+chosen by `Config`, each documented where it is registered: `NORMS` and
+`MLPS` in transformer_options.py, `POSITIONAL` in positional.py and
+`ATTENTION_KINDS` in attention.py. A new option is one registry entry (plus
+one field of `Config` where it is a new key); the rules below ask an option's
+properties, never its name. Attention, and its decoding cache, is
 attention.py.
 
 Shape letters (a joined pair such as BT is one flattened axis of size B*T):
@@ -24,7 +24,7 @@ Shape letters (a joined pair such as BT is one flattened axis of size B*T):
 
 Parameter tree (`Model.init` output; the norms' as for norm='layernorm'):
   embed/embedding           VxD
-  pos_embed                 PxD   (only for positional='learned')
+  pos_embed                 PxD   (only for a positional kind with a learned table)
   block_{i}/ln_1, ln_2      scale D, bias D (bias only if use_bias)
   block_{i}/attn/qkv        kernel Dx3D, bias 3D; columns head-major (N, 3, K):
                             head n's q, k, v side by side, so a contiguous
@@ -53,10 +53,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research import models
 from research import rules
 from research import sharding
 from research.models import attention
+from research.models import contract
 from research.models import layers
 from research.models import transformer_options as options
 from research.models.attention import ATTENTION_KINDS
@@ -85,29 +85,47 @@ class Config:
   scale_embeddings: bool = rules.field(rules.boolean())
   use_bias: bool = rules.field(rules.boolean())
   compute_dtype: str = rules.field(rules.one_of(*COMPUTE_DTYPES))
-  attention: str = rules.field(rules.one_of(*ATTENTION_KINDS))
+  attention: str = rules.field(rules.registered(ATTENTION_KINDS, 'attention kind'))
   remat: bool = rules.field(rules.boolean())
   scan_layers: bool = rules.field(rules.boolean())
 
   def __post_init__(self):
     rules.check_fields(self, 'model')
-    if self.attention == 'dot_product' and self.dropout_rate:
+    if not ATTENTION_KINDS[self.attention].weight_dropout and self.dropout_rate:
+      dropping = [name for name, kind in ATTENTION_KINDS.items() if kind.weight_dropout]
       raise ValueError(
-        "config.model.attention='dot_product' has no dropout on the attention"
+        f'config.model.attention={self.attention!r} has no dropout on the attention'
         f' weights but model.dropout_rate={self.dropout_rate}; set '
-        '--config.model.dropout_rate=0 or --config.model.attention=xla.'
+        '--config.model.dropout_rate=0 or '
+        + ' or '.join(f'--config.model.attention={name}' for name in dropping)
+        + '.'
       )
     if self.d_model % self.num_heads:
       raise ValueError(
         f'config.model.d_model={self.d_model} is not divisible by '
         f'config.model.num_heads={self.num_heads}; heads split the width.'
       )
-    if self.positional == 'rope' and (self.d_model // self.num_heads) % 2:
+    if POSITIONAL[self.positional].rotates and (self.d_model // self.num_heads) % 2:
       raise ValueError(
-        f"config.model.positional='rope' rotates pairs of features, but a head is "
-        f'd_model / num_heads = {self.d_model // self.num_heads} wide (odd); choose '
+        f'config.model.positional={self.positional!r} rotates pairs of features, but a head '
+        f'is d_model / num_heads = {self.d_model // self.num_heads} wide (odd); choose '
         'model.d_model and model.num_heads that give an even head width.'
       )
+
+
+def check_context(config: Config, trained: int, asked: int, key: str) -> None:
+  """Refuses `config.KEY` asking to score contexts of `asked` positions when
+  the positional kind's parameters have the `trained` length (a `Family`
+  hook: research/config_checks.py calls it without knowing the family)."""
+  if asked <= trained or not POSITIONAL[config.positional].fixed_length:
+    return
+  extrapolating = ', '.join(name for name, kind in POSITIONAL.items() if not kind.fixed_length)
+  raise ValueError(
+    f'config.{key} asks for context {asked}, longer than the context '
+    f'model.positional={config.positional!r} was trained on (data.seq_len={trained}): its '
+    f'position table has no rows beyond {trained}. Set --config.{key} to at most {trained}, '
+    f'or train with positions that extrapolate ({extrapolating}).'
+  )
 
 
 class Block(nn.Module):
@@ -179,11 +197,11 @@ class Transformer(nn.Module):
     if positional.table is None:
       pass  # Positions act inside attention, or nowhere.
     elif positions_BxT is None:  # Rows 0..T-1, a static slice.
-      table_PxD = positional.table(self, c, self.seq_len)
+      table_PxD = positional.table(self, D, self.seq_len)
       x_BxTxD = x_BxTxD + table_PxD[:T].astype(x_BxTxD.dtype)
     else:
       # A position outside the table reads NaN rather than a clamped row.
-      table_PxD = positional.table(self, c, self.seq_len)
+      table_PxD = positional.table(self, D, self.seq_len)
       pos_BxTxD = jnp.asarray(table_PxD).at[positions_BxT].get(mode='fill', fill_value=jnp.nan)
       x_BxTxD = x_BxTxD + pos_BxTxD.astype(x_BxTxD.dtype)
     x_BxTxD = layers.Dropout(c.dropout_rate)(x_BxTxD, deterministic=not train)
@@ -201,7 +219,7 @@ class Transformer(nn.Module):
         in_axes=(nn.broadcast, nn.broadcast, 0),
         length=c.num_layers,
       )
-      x_BxTxD, cache = stack(c, name=models.STACKED_BLOCKS)(x_BxTxD, train, positions_BxT, cache)
+      x_BxTxD, cache = stack(c, name=contract.STACKED_BLOCKS)(x_BxTxD, train, positions_BxT, cache)
     else:
       layer_caches = []
       for i in range(c.num_layers):
@@ -241,7 +259,7 @@ _BLOCK_RULES = (
 # the token embedding by row (it is looked up, and is the tied head).
 COMPRESSIBLE = (
   ('embed/embedding', 'rows'),
-  (rf'(block_\d+|{models.STACKED_BLOCKS})/(attn|mlp)/\w+/kernel', 'columns'),
+  (rf'(block_\d+|{contract.STACKED_BLOCKS})/(attn|mlp)/\w+/kernel', 'columns'),
   ('head/kernel', 'columns'),
 )
 
@@ -252,13 +270,13 @@ PARTITION_RULES = (
   ('pos_embed', (None, 'fsdp')),  # PxD
   *((rf'block_\d+/{name}', spec) for name, spec in _BLOCK_RULES),
   # scan_layers=True: the same weights stacked on a leading layer axis.
-  *((rf'{models.STACKED_BLOCKS}/{name}', (None, *spec)) for name, spec in _BLOCK_RULES),
+  *((rf'{contract.STACKED_BLOCKS}/{name}', (None, *spec)) for name, spec in _BLOCK_RULES),
   ('ln_f/(scale|bias)', ()),
   ('head/kernel', ('fsdp', None)),  # DxV
 )
 
 
-def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
+def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
   """The Transformer of `config` over V = `vocab_size` token ids with
   context length P = `seq_len` (`apply` takes any T <= P); its carry is
   always the empty dict `{}` and its decoding cache holds P positions."""
@@ -297,7 +315,7 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     rng: jax.Array | None,
     positions_BxT: jax.Array | None = None,
   ) -> tuple[jax.Array, dict]:
-    rngs = models.dropout_rngs(train, config.dropout_rate, rng)
+    rngs = contract.dropout_rngs(train, config.dropout_rate, rng)
     logits_BxTxV, _ = run(
       params, inputs_BxT, train=train, rngs=rngs, positions_BxT=positions_BxT, cache=None
     )
@@ -327,11 +345,11 @@ def build(config: Config, vocab_size: int, seq_len: int) -> models.Model:
     12 L P D for QK^T and AV forward and backward (PaLM, Chowdhery et al.
     2022, App. B), all of it though the causal mask wastes half."""
     lookups = ('pos_embed',) + (() if config.tie_embeddings else ('embed/embedding',))
-    flops = 6.0 * models.matmul_params(params, lookups)
+    flops = 6.0 * contract.matmul_params(params, lookups)
     flops += 12.0 * config.num_layers * seq_len * config.d_model
     return flops
 
-  return models.Model(
+  return contract.Model(
     init=init,
     apply=apply,
     init_carry=init_carry,

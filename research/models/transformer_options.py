@@ -4,13 +4,14 @@ modules) that `transformer.Config` chooses from by name.
 A new option is one function registered here (and, where it is a new kind of
 choice, one field of `Config`): `NORMS` (`norm(config, name)`) and `MLPS`
 (`mlp(config, name=...)`); positional information is research/models/
-positional.py's `POSITIONAL`.
+positional.py's `POSITIONAL`. An option reads the fields of `OptionConfig`
+(`transformer.Config` has them); this module does not import the family.
 Shape letters as in research/models/transformer.py.
 """
 
 import functools
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import flax.linen as nn
 import jax
@@ -18,9 +19,6 @@ import jax
 from research import sharding
 from research.models import layers
 from research.sharding import BATCH
-
-if TYPE_CHECKING:  # Annotations only: transformer.py imports this module.
-  from research.models import transformer
 
 # GPT-2 and nanoGPT use 1e-5; Flax's default is 1e-6.
 _LAYER_NORM_EPSILON = 1e-5
@@ -39,7 +37,16 @@ def gelu(x: jax.Array) -> jax.Array:
   return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
-def residual_init(config: 'transformer.Config') -> nn.initializers.Initializer:
+class OptionConfig(Protocol):
+  """The fields of `transformer.Config` that the options here read."""
+
+  num_layers: int
+  d_ff: int
+  dropout_rate: float
+  use_bias: bool
+
+
+def residual_init(config: OptionConfig) -> nn.initializers.Initializer:
   """GPT-2: projections into the residual stream start at std 0.02 / sqrt(2 L),
   so its variance does not grow with depth (two such writes per block)."""
   return nn.initializers.normal(INIT_STDDEV / math.sqrt(2 * config.num_layers))
@@ -47,11 +54,11 @@ def residual_init(config: 'transformer.Config') -> nn.initializers.Initializer:
 
 # Norms: norm(config, name) -> a module mapping x_BxTxD to x_BxTxD, at the
 # three sites ln_1, ln_2 (each block) and ln_f (the output).
-def layernorm(config: 'transformer.Config', name: str) -> nn.Module:
+def layernorm(config: OptionConfig, name: str) -> nn.Module:
   return nn.LayerNorm(epsilon=_LAYER_NORM_EPSILON, use_bias=config.use_bias, name=name)
 
 
-def rmsnorm(config: 'transformer.Config', name: str) -> nn.Module:
+def rmsnorm(config: OptionConfig, name: str) -> nn.Module:
   """Zhang and Sennrich 2019: x / sqrt(mean(x^2) + eps) * g; no mean
   subtraction and no bias whatever use_bias says."""
   del config
@@ -72,7 +79,7 @@ class Mlp(nn.Module):
   d_ff to 2/3 of the ungated one's (as Shazeer does).
   """
 
-  config: 'transformer.Config'
+  config: OptionConfig
   activation: Callable[[jax.Array], jax.Array]
   gated: bool = False
 
