@@ -18,6 +18,7 @@ from typing import Callable
 
 from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
 from research import config_checks
 from research import faults
@@ -33,8 +34,21 @@ def fail(message: str) -> None:
   sys.exit(faults.EXIT_BAD_INPUT)
 
 
+# `--config.KEY=VALUE` arguments given without --config (`flags_parser`'s
+# optional_config_keys): kept for the config the program reads elsewhere.
+_held_overrides: list[str] = []
+
+
+def held_overrides() -> list[str]:
+  """The `--config.KEY=VALUE` arguments given without --config, as typed."""
+  return list(_held_overrides)
+
+
 def flags_parser(
-  config_flag: str | None = 'config', *, positional: bool = False
+  config_flag: str | None = 'config',
+  *,
+  positional: bool = False,
+  optional_config_keys: tuple[str, ...] | None = None,
 ) -> Callable[[list[str]], list[str]]:
   """An `app.run` flags parser: any failure is one `error:` line, exit 2.
 
@@ -44,6 +58,9 @@ def flags_parser(
       mesh against the device count is checked once the devices are known).
     positional: the program takes positional arguments (it checks them);
       otherwise any is refused.
+    optional_config_keys: the config flag may be left out (the program reads
+      a saved config instead); then `--config.KEY=VALUE` may set only keys at
+      or under these, and is kept for the program (`held_overrides`).
 
   Returns:
     A function of argv returning the arguments left after the flags.
@@ -51,6 +68,8 @@ def flags_parser(
 
   def parse(argv: list[str]) -> list[str]:
     config = None
+    if optional_config_keys is not None and _config_spec(argv, config_flag) is None:
+      argv = _hold_overrides(argv, config_flag, optional_config_keys)
     try:
       if config_flag:
         _check_config_file(_config_spec(argv, config_flag), config_flag)
@@ -77,6 +96,51 @@ def flags_parser(
   return parse
 
 
+def _hold_overrides(argv: list[str], name: str, allowed: tuple[str, ...]) -> list[str]:
+  """argv without its `--name.KEY...` arguments, which go to `_held_overrides`;
+  fails on a key not at or under one of `allowed`."""
+  held = [a for a in argv[1:] if a.startswith((f'--{name}.', f'--no{name}.'))]
+  for arg, key in zip(held, _override_keys(['', *held], name)):
+    if not any(key == k or key.startswith(k + '.') for k in allowed):
+      fail(
+        f'{arg.split("=", 1)[0]} needs --{name}: without it the config is the one the run '
+        'was trained with, read from the workdir, and only these keys may change (where the '
+        'data lies, how the model is scored and on which devices): '
+        f'{", ".join(k if "." in k else k + ".*" for k in allowed)}. Give the config file '
+        f'with --{name} (training always needs it) to set other keys.'
+      )
+  _held_overrides[:] = held
+  return [a for a in argv if a not in held]
+
+
+def override_config(
+  config: ml_collections.ConfigDict, overrides: list[str], name: str = 'config'
+) -> ml_collections.ConfigDict:
+  """`config` with `--name.KEY=VALUE` arguments applied as ml_collections
+  applies them to a config file's (each value typed like the one it replaces),
+  locked.
+
+  Raises:
+    ValueError: one line, for a key `config` lacks or a value of the wrong type.
+  """
+  argv = ['override', *overrides]
+  valid = list(rules.flatten(config))
+  nodes = {k.rsplit('.', i)[0] for k in valid for i in range(1, k.count('.') + 1)}
+  for key in _override_keys(argv, name):
+    if key not in valid and key not in nodes:
+      raise ValueError(
+        f"--{name}.{key}: the run's config has no key {key!r}. Closest valid keys: "
+        f'{", ".join(closest_keys(key, valid))}.'
+      )
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_dict(name, config, flag_values=values, lock_config=True, sys_argv=argv)
+  try:
+    values(argv)
+  except flags.Error as e:
+    raise ValueError(_type_message(e, name, config) or ' '.join(str(e).split())) from e
+  return values[name].value
+
+
 def _config_spec(argv: list[str], name: str) -> str | None:
   """The value of --name in argv ('path[:variant]'), or None."""
   spec = None
@@ -89,12 +153,18 @@ def _config_spec(argv: list[str], name: str) -> str | None:
 
 
 def _known_config_files() -> str:
+  """The shipped config files, as paths from here (absolute outside the repository)."""
   names = sorted(
-    os.path.relpath(p)
+    _from_here(p)
     for p in glob.glob(os.path.join(_CONFIGS_DIR, '*.py'))
     if os.path.basename(p) not in ('__init__.py', 'common.py')
   )
   return ', '.join(names)
+
+
+def _from_here(path: str) -> str:
+  relative = os.path.relpath(path)
+  return path if relative.startswith('..') else relative
 
 
 def _check_config_file(spec: str | None, name: str) -> None:
@@ -107,6 +177,10 @@ def _check_config_file(spec: str | None, name: str) -> None:
     problem = 'names no file'
   elif not os.path.exists(path):
     problem = 'does not exist'
+    shipped = os.path.join(os.path.dirname(_CONFIGS_DIR), path)
+    if not os.path.isabs(path) and os.path.isfile(shipped):
+      # Config paths are read from the current folder (absl's config_flags).
+      problem += f' here (paths are from the current folder; this one is {shipped})'
   elif not os.path.isfile(path):
     problem = 'is not a file'
   elif not os.access(path, os.R_OK):
@@ -183,15 +257,29 @@ def _unknown_key_message(argv, name, spec) -> str | None:
   return None
 
 
-def _type_message(error: flags.Error, name: str, spec: str | None) -> str | None:
-  """For `flag --config.KEY=VALUE: reason`, names the key's type and default."""
+def required_message(flag: str, name: str | None = 'config') -> str:
+  """'FLAG is required, e.g. ...' for a required flag left out (`name`: the
+  config-file flag)."""
+  default = _from_here(os.path.join(_CONFIGS_DIR, 'default.py'))
+  example = {
+    f'--{name}': f'--{name}={default} (config files: {_known_config_files()})',
+    '--workdir': '--workdir=workdirs/NAME (checkpoints, logs and '
+    'metrics go there; an existing one resumes)',
+  }
+  return f'{flag} is required, e.g. {example.get(flag, flag + "=...")}.'
+
+
+def _type_message(
+  error: flags.Error, name: str, config: ml_collections.ConfigDict | None
+) -> str | None:
+  """For `flag --config.KEY=VALUE: reason`, names the key's type and its
+  default in `config`."""
   text = str(error)
   head = f'flag --{name}.'
   if not text.startswith(head) or '=' not in text:
     return None
   key, rest = text[len(head) :].split('=', 1)
   value, _, reason = rest.partition(': ')
-  config = _load(spec) if spec else None
   if config is None:
     return None
   try:
@@ -231,15 +319,9 @@ def describe(error: Exception, argv: list[str], name: str | None) -> str:
     return str(root)  # _check_config_file's message, already with the fix.
   if isinstance(error, flags.IllegalFlagValueError):
     if 'must have a value other than None' in text:
-      flag = text.split(':', 1)[0].removeprefix('flag ').split('=')[0]
-      example = {
-        f'--{name}': f'--{name}=configs/default.py (config files: {_known_config_files()})',
-        '--workdir': '--workdir=workdirs/NAME (checkpoints, logs and '
-        'metrics go there; an existing one resumes)',
-      }
-      return f'{flag} is required, e.g. {example.get(flag, flag + "=...")}.'
+      return required_message(text.split(':', 1)[0].removeprefix('flag ').split('=')[0], name)
     if text.startswith(f'flag --{name}.'):
-      return _type_message(error, name, spec) or text
+      return _type_message(error, name, _load(spec) if spec else None) or text
   if (
     spec
     and not isinstance(root, flags.Error)

@@ -218,7 +218,8 @@ def restore(config: ml_collections.ConfigDict, workdir: str, mode: str, step: in
     config,
     parts.corpus.tokenizer.identity,
     remedy=f'{mode} reads a model with the config it was trained with: '
-    'use the original values (or the workdir that matches this config).',
+    + ('leave --config out (the workdir holds it) or ' if mode.startswith('--mode=') else '')
+    + 'use the original values (or the workdir that matches this config).',
   )
   structs, _ = components_lib.abstract_state(parts, parts.train_rows)
   if config.compress.method:

@@ -103,6 +103,67 @@ def _tuples(value):
   return value
 
 
+# What a tool reading a finished run may set (--config.KEY=VALUE) without the run's config
+# file: where the data lies on this machine, how the model is scored and sampled, and on which
+# devices. Everything else is the config the run was trained with, read from its checkpoint.
+READ_ONLY_KEYS = (
+  'data.path',
+  'data.tfds_dir',
+  'data.eval_batch_size',
+  'eval',
+  'sample',
+  'mesh',
+  'distributed',
+)
+
+
+def readable_workdir(path: str, step: int | None = None, *, flag: str = '--workdir') -> int:
+  """The checkpoint step that a tool reading the finished run in `path` reads:
+  `step`, or the latest. The one check of every such tool (research.generate,
+  research.compress, --mode=eval, --mode=audit); it creates nothing.
+
+  Raises:
+    ValueError: one line naming what makes `path` unusable and the fix: it does
+      not exist, is not a folder, cannot be read, holds no checkpoint, or not `step`.
+  """
+  name = f'{flag}={path}'
+  train = f'python -m research.main --config=... --workdir={path}'
+  if not os.path.exists(path):
+    raise ValueError(
+      f'{name} does not exist. Point {flag} at the folder of a trained run (`{train}` trains one).'
+    )
+  if not os.path.isdir(path):
+    raise ValueError(
+      f"{name} is a file, not a run's folder. Point {flag} at the folder that --workdir "
+      'named in training.'
+    )
+  checkpoints = os.path.join(path, 'checkpoints')
+  for folder in (path, checkpoints):
+    if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
+      raise ValueError(
+        f'{name}: {folder} cannot be read (permissions). Fix them (e.g. chmod -R u+rX '
+        f'{path}) or run as the user who trained it.'
+      )
+  steps = []
+  if os.path.isdir(checkpoints):
+    manager = checkpoint.make_manager(checkpoints, max_to_keep=None)
+    steps = sorted(manager.all_steps())
+    manager.close()
+  if not steps:
+    raise ValueError(
+      f'{name} holds no checkpoint ({checkpoints} is missing or empty). Train first '
+      f'(`{train}`) or point {flag} at a trained run.'
+    )
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise ValueError(
+      f'--step={step} is not a checkpoint of {path}; it has steps '
+      f'{", ".join(map(str, steps))}. Choose one of them, or leave --step out for the latest.'
+    )
+  return step
+
+
 def saved_config(
   workdir: str, step: int | None, locations: dict | None = None
 ) -> tuple[ml_collections.ConfigDict, int]:
@@ -112,21 +173,20 @@ def saved_config(
   on this machine; they replace the saved ones ('' or None: kept).
 
   Raises:
-    FileNotFoundError: the workdir has no checkpoint, or not that step.
+    ValueError: `readable_workdir`'s, or the checkpoint's config does not read back.
   """
+  step = readable_workdir(workdir, step)
   manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=None)
-  steps = sorted(manager.all_steps())
-  if not steps:
-    raise FileNotFoundError(
-      f'No checkpoint in {workdir}/checkpoints: train first (python -m research.main '
-      f'--config=... --workdir={workdir}).'
-    )
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise FileNotFoundError(f'--step={step} is not a checkpoint of {workdir}; it has {steps}.')
-  saved = _tuples(checkpoint.restore_config(manager, step))
-  manager.close()
+  try:
+    saved = _tuples(checkpoint.restore_config(manager, step))
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [''])[0]
+    raise ValueError(
+      f'The checkpoint at step {step} in {workdir} cannot be read ({type(e).__name__}: '
+      f'{first}). Check its files and permissions, or choose another step (--step).'
+    ) from e
+  finally:
+    manager.close()
   config = ml_collections.ConfigDict(with_defaults(saved))
   config.data.update({k: v for k, v in (locations or {}).items() if v})
   return config, step
@@ -138,9 +198,9 @@ def with_defaults(saved: dict) -> dict:
   from configs import common  # pylint: disable=g-import-not-at-top
 
   defaults = common.base_config().to_dict()
-  family = saved.get('model', {}).get('name')
-  if family in ('lstm', 'transformer'):
-    defaults['model'] = getattr(common, f'{family}_model')().to_dict()
+  model = common.model_defaults(saved.get('model', {}).get('name'))
+  if model is not None:  # An unknown family is refused later, naming the known ones.
+    defaults['model'] = model.to_dict()
 
   def merge(into: dict, default: dict) -> dict:
     out = dict(into)

@@ -49,7 +49,7 @@ class MatmulTest(absltest.TestCase):
     bound = np.abs(np.asarray(x)).sum(1, keepdims=True) * np.abs(np.asarray(w)).max(0) / 254
     for quantize_inputs, factor in ((False, 1.0), (True, 2.0 + 1 / 127)):
       q = compression.quantize(
-        models.Model(None, None, None, False, compressible=(('w', 'columns'),)),
+        models.Model(None, None, None, False, None, None, None, (), None, (('w', 'columns'),)),
         {'w': w},
         quantize_inputs=quantize_inputs,
       )['w']
@@ -61,7 +61,9 @@ class MatmulTest(absltest.TestCase):
       self.assertGreater(np.abs(got - exact).max(), 0)  # It did quantise.
 
   def test_prune_is_global_and_exact(self):
-    model = models.Model(None, None, None, False, compressible=(('a', 'columns'), ('e', 'rows')))
+    model = models.Model(
+      None, None, None, False, None, None, None, (), None, (('a', 'columns'), ('e', 'rows'))
+    )
     params = {
       'a': jnp.arange(1.0, 13.0).reshape(3, 4),
       'b': jnp.ones(4) * 0.01,  # A bias: never pruned.
@@ -109,18 +111,18 @@ class CompressRunTest(absltest.TestCase):
     # Nothing is replaced: a second compression into the same folder stops.
     with self.assertRaisesRegex(ValueError, 'already holds a run'):
       _compress(workdir, 'w8a8')
-    script = (
-      'import sys; sys.path.insert(0, %r)\n'
-      'from research import evaluate, workdir\n'
-      'config, _ = workdir.saved_config(%r, None)\n'
-      'print(evaluate.evaluate_checkpoint(config, %r)["valid"]["loss"])\n'
-    ) % (_ROOT, out, out)
+    # --mode=eval with no --config: the compressed workdir's own config says how it was made
+    # (without compress.method its checkpoint, parameters alone, would not restore).
     result = subprocess.run(
-      [sys.executable, '-c', script], capture_output=True, text=True, cwd=_ROOT, check=False
+      [sys.executable, '-m', 'research.main', '--mode=eval', f'--workdir={out}'],
+      capture_output=True,
+      text=True,
+      cwd=_ROOT,
+      check=False,
     )
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
-    loss = float(result.stdout.strip().splitlines()[-1])
-    self.assertAlmostEqual(loss, outcome['w8a8']['results']['valid']['loss'], places=5)
+    loss = outcome['w8a8']['results']['valid']['loss']
+    self.assertIn(f'valid: loss {loss:.4f},', result.stdout)
 
   def test_pruning_and_finetuning_hold_zeros(self):
     tmp = self.create_tempdir().full_path

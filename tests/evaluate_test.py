@@ -25,7 +25,18 @@ def _lookup_model(recurrent: bool = False) -> models.Model:
       return params['logits'], carry
     return params['table'][inputs_BxT], carry
 
-  return models.Model(init=None, apply=apply, init_carry=lambda b: {}, recurrent=recurrent)
+  return models.Model(
+    init=None,
+    apply=apply,
+    init_carry=lambda b: {},
+    recurrent=recurrent,
+    init_cache=None,
+    decode=None,
+    context=None,
+    partition_rules=(),
+    flops_per_token=None,
+    compressible=(),
+  )
 
 
 class AccuracyTest(absltest.TestCase):
