@@ -38,7 +38,12 @@ _FORCE = flags.DEFINE_boolean(
   'Rewrite the table even where it would drop results of '
   'cells whose workdirs are not under --root.',
 )
-_ROOT = flags.DEFINE_string('root', 'workdirs', 'Cell workdirs go to ROOT/EXPERIMENT/ROW-sSEED.')
+_ROOT = flags.DEFINE_string(
+  'root',
+  'workdirs',
+  'Cell workdirs go to ROOT/EXPERIMENT/ROW-sSEED; RESULTS.md gives ROOT relative '
+  'to the current folder (the repository root), never as an absolute path.',
+)
 _DATA_PATH = flags.DEFINE_string(
   'data_path',
   '',

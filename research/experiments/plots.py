@@ -1,5 +1,6 @@
 """The PNG plots of an experiment's table (research/experiments/report.py)."""
 
+import math
 import os
 
 from research.experiments import ablation
@@ -22,41 +23,127 @@ def _save(plt, fig, ax, path: str, legend_size) -> str:
   """Adds the legend (if anything is labelled), writes `path`, closes."""
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=legend_size)
+  return _write(plt, fig, path)
+
+
+def _write(plt, fig, path: str) -> str:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
 
 
-def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) -> list[str]:
-  """Writes valid_per_epoch.png and final.png from `results`
-  (report.CellResult); returns their paths."""
-  plt = _pyplot()
+def _row_colors(plt, n: int) -> list:
+  """One colour per row: matplotlib's ten, then their lighter pairs (tab20),
+  so up to 20 rows never share one (a shared colour made two rows' dotted
+  published lines one row's)."""
+  tab20 = list(plt.get_cmap('tab20').colors)
+  colors = tab20[0::2] + tab20[1::2]
+  return [colors[i % len(colors)] for i in range(n)]
 
-  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+
+# Label spacings on a log axis, coarse to fine: powers of ten, 1-2-5, then
+# finer steps for an axis spanning less than a decade.
+_LOG_MANTISSAS = ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
+# Labels closer than this fraction of the axis would touch (10-point labels on
+# a 3.5-inch axis).
+_MIN_LABEL_GAP = 1 / 14
+
+
+def readable_log_axis(ax) -> None:
+  """Labels the log-scaled y axis of `ax` at round values across its view.
+
+  matplotlib labels the powers of ten, and on an axis shorter than a decade
+  only a few minor ticks (an axis from 78 to 250 read 80, 90, 100): here the
+  finest round values whose labels keep apart are the labelled ticks, written
+  plainly (2.5, not 2.5 x 10^0); unlabelled minor ticks stay at 2..9 x 10^k.
+  """
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+  low, high = sorted(ax.get_ylim())  # Not yaxis.get_view_interval(): it skips pending autoscaling.
+  axis = ax.yaxis
+  span = math.log10(high / low)
+  ticks = None
+  for mantissas in _LOG_MANTISSAS:
+    candidates = [
+      m * 10.0**k
+      for k in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+      for m in mantissas
+    ]
+    inside = [v for v in candidates if low <= v <= high]
+    gaps = [math.log10(b / a) for a, b in zip(inside, inside[1:])]
+    if len(inside) >= 2 and min(gaps) < _MIN_LABEL_GAP * span:
+      break
+    ticks = inside
+  if ticks is None:  # Many decades: matplotlib's own thinned powers of ten.
+    return
+  if len(ticks) < 3:  # Too short a range for round values: evenly spaced ones.
+    ticks = [v for v in ticker.MaxNLocator(5).tick_values(low, high) if low <= v <= high]
+  axis.set_major_locator(ticker.FixedLocator(ticks))
+  axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+  axis.set_minor_locator(ticker.LogLocator(subs=tuple(range(2, 10))))
+  axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def valid_figure(experiment: spec_lib.Experiment, results: list):
+  """The figure of valid_per_epoch.png: every cell's validation curve in its
+  row's colour, each published validation value a dotted line; one legend
+  entry per row names both. Returns (figure, axes)."""
+  plt = _pyplot()
+  from matplotlib.legend_handler import HandlerTuple  # pylint: disable=g-import-not-at-top
+
+  colors = _row_colors(plt, len(experiment.rows))
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for i, row in enumerate(experiment.rows):
-    for j, r in enumerate(x for x in results if x.cell.row == row and x.history):
+  handles, labels = [], []
+  for row, color in zip(experiment.rows, colors):
+    drawn = []
+    for r in (x for x in results if x.cell.row == row and x.history):
       epochs, values = zip(*r.history)
-      ax.plot(
-        epochs,
-        values,
-        marker='.',
-        color=colors[i % len(colors)],
-        label=row.name if j == 0 else None,
-      )
+      (line,) = ax.plot(epochs, values, marker='.', color=color)
+      drawn = drawn or [line]  # One seed's curve stands for the row's.
+    ran = bool(drawn)
     if 'valid' in row.published:
-      ax.axhline(row.published['valid'], color=colors[i % len(colors)], linestyle=':', linewidth=1)
+      drawn.append(ax.axhline(row.published['valid'], color=color, linestyle=':', linewidth=1))
+    if drawn:
+      handles.append(tuple(drawn))
+      labels.append(row.name if ran else f'{row.name}: published')
   ax.set_xlabel('epoch')
   ax.set_ylabel(f'validation {experiment.metric}')
   ax.set_yscale('log')
+  readable_log_axis(ax)
   ax.set_title(
     f'{experiment.name}: validation {experiment.metric} per epoch (dotted: published)', fontsize=9
   )
-  curve = _save(plt, fig, ax, os.path.join(directory, 'valid_per_epoch.png'), None)
+  if handles:
+    # Many rows go beside the plot, where they cover no curve.
+    outside = len(handles) > 8
+    if outside:  # Wider, so the plot keeps its width beside the legend.
+      fig.set_size_inches(9, 4.5)
+    ax.legend(
+      handles,
+      labels,
+      handler_map={tuple: HandlerTuple(ndivide=None)},
+      fontsize=7 if outside else None,
+      **({'loc': 'upper left', 'bbox_to_anchor': (1.01, 1.0)} if outside else {}),
+    )
+  return fig, ax
 
+
+def final_figure(experiment: spec_lib.Experiment, results: list):
+  """The figure of final.png: each row's final figure per split, mean and 95%
+  interval, and the published values. Returns (figure, axes)."""
+  plt = _pyplot()
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
   fig, ax = plt.subplots(figsize=(7, 4.5))
   width = 0.8 / max(len(experiment.splits), 1)
+  labelled = set()
+
+  def once(label):  # The first point of a kind carries its legend entry.
+    if label in labelled:
+      return None
+    labelled.add(label)
+    return label
+
   for k, split in enumerate(experiment.splits):
     for i, row in enumerate(experiment.rows):
       x = i + (k - (len(experiment.splits) - 1) / 2) * width
@@ -68,9 +155,9 @@ def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) 
           mean,
           yerr=half or 0.0,
           fmt='o',
-          color=colors[k],
+          color=colors[k % len(colors)],
           capsize=4,
-          label=f'ours ({split})' if i == 0 else None,
+          label=once(f'ours ({split})'),
         )
       if split in row.published:
         ax.plot(
@@ -78,16 +165,28 @@ def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) 
           row.published[split],
           marker='x',
           linestyle='none',
-          color=colors[k],
+          color=colors[k % len(colors)],
           markersize=9,
-          label=f'published ({split})' if i == 0 else None,
+          label=once(f'published ({split})'),
         )
   ax.set_xticks(range(len(experiment.rows)), [row.name for row in experiment.rows])
   ax.set_ylabel(experiment.metric)
   ax.set_title(
     f'{experiment.name}: final {experiment.metric}, mean and 95% interval over seeds', fontsize=9
   )
-  final = _save(plt, fig, ax, os.path.join(directory, 'final.png'), 8)
+  if labelled:
+    ax.legend(fontsize=8)
+  return fig, ax
+
+
+def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) -> list[str]:
+  """Writes valid_per_epoch.png and final.png from `results`
+  (report.CellResult); returns their paths."""
+  plt = _pyplot()
+  fig, _ = valid_figure(experiment, results)
+  curve = _write(plt, fig, os.path.join(directory, 'valid_per_epoch.png'))
+  fig, _ = final_figure(experiment, results)
+  final = _write(plt, fig, os.path.join(directory, 'final.png'))
   return [curve, final]
 
 

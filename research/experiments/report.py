@@ -38,7 +38,17 @@ class CellResult:
   extra: dict = dataclasses.field(default_factory=dict)
 
 
+def shown_root(root: str) -> str:
+  """`root` as the table's commands give it: relative to the current folder
+  (the repository root, where the commands run), so a page written on one
+  machine carries no absolute folder of it: --root=/work/workdirs run from
+  /work/main shows ../workdirs, --root=workdirs/ shows workdirs."""
+  return os.path.relpath(root)
+
+
 def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
+  """Each cell's state and figures from its workdir under `root`; its command
+  names the workdir under `shown_root(root)`."""
   out = []
   for cell in spec_lib.cells(experiment):
     path = runner.workdir(root, experiment, cell)
@@ -64,7 +74,7 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
         cell=cell,
         status=cell_state.status,
         reason=cell_state.reason,
-        command=shlex.join(runner.command(root, experiment, cell, python='python')),
+        command=shlex.join(runner.command(shown_root(root), experiment, cell, python='python')),
         final=final,
         extra=extra,
         history=history,
@@ -141,12 +151,14 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
       mean, half, n, done = summary
       planned = sum(1 for r in results if r.cell.row == row)
       walls = [r.wall_seconds for r in done]
-      # A compression cell trains no epochs.
-      per_epoch = [r.wall_seconds / r.epochs for r in done if r.epochs]
+      # Only cells that ran a whole epoch: a shorter run (a fine-tuning of a
+      # tenth of an epoch, a compression cell that trains none) would
+      # extrapolate its start-up and evaluations to an epoch it never ran.
+      per_epoch = [r.wall_seconds / r.epochs for r in done if r.epochs >= 1]
       hardware = '; '.join(sorted({r.hardware for r in done}))
       lines.append(
         f'| {row.name} | {split} | {pub} | {_fmt(mean, half, metric)} | {n} of {planned} | '
-        f'{_duration(statistics.fmean(per_epoch)) if per_epoch else "—"} | '
+        f'{_duration(statistics.fmean(per_epoch)) if per_epoch else ""} | '
         f'{_duration(statistics.fmean(walls))} | {hardware} |'
       )
   sources = sorted({r.source for r in experiment.rows if r.source})
