@@ -97,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   # 'valid@N' (and 'test@N' when eval_on_test) to metrics.jsonl, under the same rules.
   c.eval.extra_seq_lens = ()
 
-  # Differentially private training (DP-SGD; README "Privacy"). The unit of privacy is one
+  # Differentially private training (DP-SGD; docs/privacy.md). The unit of privacy is one
   # training sequence of data.seq_len tokens; data.batch_size becomes the expected rows of a
   # step, each sequence sampled with probability batch_size / N (Poisson sampling).
   c.privacy = ml_collections.ConfigDict()
@@ -111,11 +111,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.privacy.microbatch_size = 4
   # The norms of the layers a model declares (every LSTM layer; an untied Transformer's
   # embedding and head) from their inputs and output gradients, without per-sequence
-  # gradients of them: the same clipped sum up to float rounding, faster (README "Privacy").
+  # gradients of them: the same clipped sum up to float rounding, faster (docs/privacy.md).
   # False: per-sequence gradients of all.
   c.privacy.ghost_clipping = True
 
-  # Memorisation audit (Carlini et al. 2019; README "Privacy"): canaries, a prefix and a
+  # Memorisation audit (Carlini et al. 2019; docs/privacy.md): canaries, a prefix and a
   # secret of secret_length tokens from alphabet_size vocabulary tokens, inserted into the
   # training split `repetitions` times each (canaries_per_count per count, and as many held
   # out), scored after training (and by --mode=audit) against reference_size candidates.
@@ -129,7 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.audit.reference_size = 10000  # All of R when a^k is at most this; else a uniform sample.
   c.audit.seed = 0
 
-  # Knowledge distillation (Hinton et al. 2015; README "Distillation"): the student trains on
+  # Knowledge distillation (Hinton et al. 2015; docs/compression.md): the student trains on
   #   loss = (1 - alpha) * CE(data) + alpha * T^2 * KL(p_teacher^T || p_student^T),
   # p^T = softmax(logits / T), both on the same inputs; the T^2 keeps the term's gradients at
   # a comparable scale across temperatures. The teacher is frozen and not checkpointed (its
@@ -139,7 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.alpha = 0.5  # Weight of the distillation term, in [0, 1] (0 = the data loss alone).
   c.distill.temperature = 2.0  # T > 0: softens both distributions (1 = as they are).
 
-  # Post-training compression (README "Compression"). research.compress writes these into the
+  # Post-training compression (docs/compression.md). research.compress writes these into the
   # config of the run it makes; a training config leaves them empty. method: 'int8' (weights,
   # per output channel), 'w8a8' (int8 weights and activations), 'prune' (global magnitude
   # pruning of the weight matrices to prune_fraction zeros; the embeddings too with

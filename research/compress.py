@@ -58,7 +58,7 @@ from research import workdir as workdir_lib
 
 
 def parse_method(text: str) -> tuple[str, float]:
-  """('int8' | 'w8a8' | 'prune', pruned fraction) of a --method value."""
+  """(a name in compression.METHODS, pruned fraction) of a --method value."""
   if text in compression.QUANTIZE:
     return text, 0.0
   if text.startswith('prune:'):
@@ -69,7 +69,8 @@ def parse_method(text: str) -> tuple[str, float]:
     if 0 < fraction < 1:
       return 'prune', fraction
   raise ValueError(
-    f'--method={text!r} is not a method; use int8, w8a8 or prune:F with F in (0, 1), e.g. prune:0.5.'
+    f'--method={text!r} is not a method; use {", ".join(compression.QUANTIZE)} or prune:F '
+    'with F in (0, 1), e.g. prune:0.5.'
   )
 
 

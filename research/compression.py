@@ -15,6 +15,8 @@ from research import sharding
 from research.models import layers
 
 QUANTIZE = {'int8': False, 'w8a8': True}  # method -> quantise the matmul inputs too
+# Every config.compress.method: the quantisations, then magnitude pruning.
+METHODS = (*QUANTIZE, 'prune')
 
 
 def _kind(model: models.Model, path) -> str | None:
@@ -58,6 +60,11 @@ def prune(model: models.Model, params, fraction: float, *, embeddings: bool = Fa
   global ranking (ties broken by position)."""
   leaves, treedef = jax.tree.flatten(params)
   chosen = [i for i, ok in enumerate(prunable(model, params, embeddings)) if ok]
+  if not chosen:
+    raise ValueError(
+      'The model declares no weight matrix that pruning may touch (Model.compressible is '
+      'empty); declare its matmul kernels there (research/models/contract.py) to prune it.'
+    )
   host_leaves = [np.asarray(jax.device_get(leaves[i])) for i in chosen]
   magnitudes = np.concatenate([np.abs(x).ravel() for x in host_leaves])
   k = round(fraction * magnitudes.size)

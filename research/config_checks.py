@@ -16,6 +16,7 @@ import os
 
 import ml_collections
 
+from research import compression
 from research import data
 from research import losses
 from research import models
@@ -43,7 +44,7 @@ RULES = {
   'data.name': registered(data.DATASETS, 'dataset'),
   'data.path': anything('a path (checked below)'),
   'data.tfds_dir': anything('a directory (checked below)'),
-  'data.level': one_of(*tokenizers.KINDS),
+  'data.level': registered(tokenizers.TOKENIZERS, 'tokenizer'),
   'data.split': anything('train,valid[,test] fractions (checked below)'),
   'data.vocab_size': Rule(lambda v: v == 0 or v >= 3, '0 (all words) or at least 3'),
   'data.spm_model_type': one_of(*tokenizers.SentencePieceTokenizer.model_types),
@@ -68,7 +69,7 @@ RULES = {
   ),
   'init_from': anything("a workdir or a checkpoint step folder ('' : none)"),
   'optim.hold_zeros': boolean(),
-  'compress.method': one_of('', 'int8', 'w8a8', 'prune'),
+  'compress.method': one_of('', *compression.METHODS),
   'compress.source': anything("the float model's workdir ('' : not compressed)"),
   'compress.prune_fraction': Rule(lambda v: number(v) and 0 <= v < 1, 'in [0, 1)'),
   'compress.prune_embeddings': boolean(),
@@ -210,7 +211,7 @@ def _check_relations(config: ml_collections.ConfigDict, model_config) -> None:
   kind.check_vocab_size(c.data.vocab_size)
 
 
-# The least privacy.noise_multiplier a run may set (README "Privacy").
+# The least privacy.noise_multiplier a run may set (docs/privacy.md).
 MIN_NOISE_MULTIPLIER = 0.1
 
 

@@ -1,6 +1,6 @@
 """What a run does when something goes wrong: errors, exit statuses, signals.
 
-Exit statuses of `python -m research.main` (README, "What happens when..."):
+Exit statuses of `python -m research.main` (docs/faq.md):
 
   0   finished.
   2   bad input: config, data, workdir, a checkpoint that cannot be used, a

@@ -117,7 +117,7 @@ class ConfigChecksTest(parameterized.TestCase):
   @parameterized.parameters(
     ('optim.name', optim.OPTIMIZERS),
     ('optim.loss', losses.OBJECTIVES),
-    ('data.level', tokenizers.KINDS),
+    ('data.level', tokenizers.TOKENIZERS),
     ('model.name', models.MODELS),
     ('model.positional', positional.POSITIONAL),
     ('model.norm', transformer.NORMS),

@@ -374,7 +374,6 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {
   'word': WordTokenizer,
   'sentencepiece': SentencePieceTokenizer,
 }
-KINDS = tuple(TOKENIZERS)
 
 
 def _kind(kind: str) -> type[Tokenizer]:
