@@ -115,7 +115,7 @@ def load(parts: components_lib.Components, config: ml_collections.ConfigDict) ->
   model = models.get_model(saved.model, vocab_size=tokenizer.vocab_size, seq_len=d.seq_len)
   if model.context is not None and model.context < config.data.seq_len:
     raise ValueError(
-      f'{key} decodes at most {model.context} positions (its data.seq_len), fewer than '
+      f'{key} has context {model.context} (its data.seq_len), shorter than '
       f"the student's data.seq_len={config.data.seq_len}; set --config.data.seq_len to at "
       f'most {model.context}, or use a teacher trained with a longer context.'
     )

@@ -29,18 +29,7 @@ def _bigram_model() -> models.Model:
     del train, rng
     return params['table'][inputs_BxT], carry
 
-  return models.Model(
-    init=None,
-    apply=apply,
-    init_carry=lambda b: {},
-    recurrent=False,
-    init_cache=None,
-    decode=None,
-    context=None,
-    partition_rules=(),
-    flops_per_token=None,
-    compressible=(),
-  )
+  return test_util.apply_only_model(apply)
 
 
 def _setup(seed=0):

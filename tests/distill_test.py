@@ -48,18 +48,7 @@ def _fixed_logits_model(name):
     del inputs_BxT, train, rng, positions_BxT
     return params[name], carry
 
-  return models.Model(
-    init=None,
-    apply=apply,
-    init_carry=lambda rows: {},
-    recurrent=False,
-    init_cache=None,
-    decode=None,
-    context=None,
-    partition_rules=(),
-    flops_per_token=None,
-    compressible=(),
-  )
+  return test_util.apply_only_model(apply)
 
 
 def config(tmp, model='lstm', level='char', steps=4, **keys):

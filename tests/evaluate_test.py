@@ -25,18 +25,7 @@ def _lookup_model(recurrent: bool = False) -> models.Model:
       return params['logits'], carry
     return params['table'][inputs_BxT], carry
 
-  return models.Model(
-    init=None,
-    apply=apply,
-    init_carry=lambda b: {},
-    recurrent=recurrent,
-    init_cache=None,
-    decode=None,
-    context=None,
-    partition_rules=(),
-    flops_per_token=None,
-    compressible=(),
-  )
+  return test_util.apply_only_model(apply, recurrent=recurrent)
 
 
 class AccuracyTest(absltest.TestCase):

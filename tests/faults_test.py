@@ -18,7 +18,6 @@ from configs import common
 from research import checkpoint
 from research import components
 from research import faults
-from research import models
 from research import optim
 from research import sharding
 from research import train
@@ -279,18 +278,8 @@ class InProcessFaultTest(absltest.TestCase):
 
     rng = np.random.default_rng(0)
     table = rng.normal(size=(v, v)).astype(np.float32)
-    model = models.Model(
-      init=lambda _: {'table': jnp.asarray(table), 'root': jnp.zeros(())},
-      apply=apply,
-      init_carry=lambda _: {},
-      recurrent=False,
-      # Unused here: the step reads only the four above.
-      init_cache=None,
-      decode=None,
-      context=None,
-      partition_rules=(),
-      flops_per_token=None,
-      compressible=(),
+    model = test_util.apply_only_model(
+      apply, init=lambda _: {'table': jnp.asarray(table), 'root': jnp.zeros(())}
     )
     schedule = lambda _: 0.01
     optimizer = optim.make_optimizer(common.base_config().optim, schedule)

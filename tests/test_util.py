@@ -90,3 +90,23 @@ def final_state(config: ml_collections.ConfigDict, workdir: str, devices=None):
   state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
   manager.close()
   return jax.device_get(state)
+
+
+def apply_only_model(apply, *, init=None, recurrent: bool = False):
+  """A `Model` test double for code that calls only `apply` (and `init` and
+  `init_carry`): the fields such a test never reaches are None or empty, so
+  a call to one of them fails loudly instead of doing something plausible."""
+  from research import models  # pylint: disable=g-import-not-at-top
+
+  return models.Model(
+    init=init,
+    apply=apply,
+    init_carry=lambda rows: {},
+    recurrent=recurrent,
+    init_cache=None,
+    decode=None,
+    context=None,
+    partition_rules=(),
+    flops_per_token=None,
+    compressible=(),
+  )
