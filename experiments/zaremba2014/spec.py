@@ -22,11 +22,14 @@ SPEC = Experiment(
     'the loss summed over the unroll, averaged over the batch, its '
     'gradient clipped; validation and test scored at batch 1 with the '
     'LSTM state carried through the whole split, dropout off.\n\n'
-    'Run log: small-s0 ran on 2026-11-23 on the development machine (a '
-    '2-core AMD EPYC CPU, no GPU), which test suites shared for part of '
-    'the run, so its wall time is an upper bound (about 82 ms per step '
-    'with the CPU to itself). This task had no GPU, so medium and large '
-    'and the other seeds are not run; their commands are listed below.'
+    'Run log: small-s0 ran on 2026-12-06 at revision 246b07a on the '
+    'development machine (a 2-core AMD EPYC CPU, no GPU), alone on the CPU '
+    'but for light editing: 30 min 45 s for 30,199 steps and 13 '
+    'evaluations. Its earlier run (2026-11-23, revision 7afeb2a, before the '
+    'LSTM gate axis became unit-major: the same model, another draw of the '
+    'initial weights) gave 120.28 / 114.98. This task had no GPU, so medium '
+    'and large and the other seeds are not run; their commands are listed '
+    'below.'
   ),
   rows=(
     Row(
