@@ -104,11 +104,12 @@ def _run(config, from_workdir: bool, workdir, allocator):
     allocator,
   )
   if _MODE.value in ('eval', 'audit'):
-    workdir_lib.readable_workdir(workdir)
-    if from_workdir:
+    if from_workdir:  # saved_config checks the workdir first.
       config, _ = workdir_lib.saved_config(workdir, None)
       config = cli.override_config(config, cli.held_overrides())
       config_checks.check(config)
+    else:
+      workdir_lib.readable_workdir(workdir)
     if _MODE.value == 'eval':
       return evaluate.evaluate_checkpoint(config, workdir)
     return evaluate.audit_checkpoint(config, workdir)
