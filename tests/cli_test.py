@@ -7,27 +7,13 @@ absl flags are process-global, and the point is what the user sees.
 import concurrent.futures
 import os
 import subprocess
-import sys
 
 from absl.testing import absltest
 
 from tests import test_util
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-  """`python -m MODULE ARGS...` from the repository root."""
-  env = dict(os.environ, RESEARCH_KEEP_MALLOC='1', JAX_PLATFORMS='cpu')
-  return subprocess.run(
-    [sys.executable, '-m', *args],
-    cwd=_ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+_run = test_util.run_module
 
 
 def _run_main(args: list[str]) -> subprocess.CompletedProcess:

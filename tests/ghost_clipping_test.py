@@ -11,6 +11,7 @@ from research import losses
 from research.privacy import dp_sgd
 from research.privacy import ghost
 from tests import models_test
+from tests import privacy_test
 
 
 class FormulaTest(absltest.TestCase):
@@ -59,21 +60,6 @@ class FormulaTest(absltest.TestCase):
 
 
 class DpSgdTest(parameterized.TestCase):
-  def _batch(self, model):
-    rng = np.random.default_rng(3)
-    rows, t = 6, models_test.T
-    # DP-SGD reads no batch denominator: each row's is the row scale.
-    return losses.Batch(
-      rows={
-        'inputs': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
-        'targets': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
-        'weights': jnp.asarray(np.repeat([[1.0]] * 4 + [[0.0]] * 2, t, axis=1), jnp.float32),
-        'reset': jnp.ones((rows,), bool),
-        'carry': model.init_carry(rows),
-      },
-      denominator=jnp.float32(np.nan),
-    )
-
   def test_the_models_declare_the_layers_used_once(self):
     self.assertEqual(
       models_test.get_model('lstm').ghost_layers,
@@ -90,7 +76,7 @@ class DpSgdTest(parameterized.TestCase):
     model = models_test.get_model(name, dropout_rate=0.3)
     params = models_test.get_params(name, dropout_rate=0.3)
     objective = losses.make_objective(model, 'token_mean')
-    batch = self._batch(model)
+    batch = privacy_test.dp_batch(model)
     t = models_test.T
 
     def step(layers):  # One compilation each way; the clip norm is an argument.
@@ -134,7 +120,7 @@ class DpSgdTest(parameterized.TestCase):
       fn(
         objective.loss_fn,
         models_test.get_params('transformer'),
-        self._batch(model),
+        privacy_test.dp_batch(model),
         jax.random.key(0),
       )
 

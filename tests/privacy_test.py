@@ -87,25 +87,30 @@ def _train_tokens(config):
   return len(data.load_corpus(config.data).splits['train'])
 
 
+def dp_batch(model) -> losses.Batch:
+  """Six rows of `models_test`'s tiny shapes for DP-SGD: four real rows and
+  two all-padding ones (weights 0), random tokens."""
+  rng = np.random.default_rng(3)
+  rows, t = 6, models_test.T
+  return losses.Batch(
+    rows={
+      'inputs': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
+      'targets': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
+      'weights': jnp.asarray(np.repeat([[1.0]] * 4 + [[0.0]] * 2, t, axis=1), jnp.float32),
+      'reset': jnp.ones((rows,), bool),
+      'carry': model.init_carry(rows),
+    },
+    # DP-SGD reads no batch denominator: each row's is the row scale.
+    denominator=jnp.float32(np.nan),
+  )
+
+
 class ClippingTest(parameterized.TestCase):
   def _setup(self, name):
     model = models_test.get_model(name)
     params = models_test.get_params(name)
     objective = losses.make_objective(model, 'token_mean')
-    rng = np.random.default_rng(3)
-    rows, t = 6, models_test.T
-    batch = losses.Batch(
-      rows={
-        'inputs': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
-        'targets': jnp.asarray(rng.integers(0, models_test.V, (rows, t)), jnp.int32),
-        'weights': jnp.asarray(np.repeat([[1.0]] * 4 + [[0.0]] * 2, t, axis=1), jnp.float32),
-        'reset': jnp.ones((rows,), bool),
-        'carry': model.init_carry(rows),
-      },
-      # DP-SGD reads no batch denominator: each row's is the row scale.
-      denominator=jnp.float32(np.nan),
-    )
-    return objective, params, batch
+    return objective, params, dp_batch(model)
 
   @parameterized.parameters('lstm', 'transformer')
   def test_sum_of_clipped_per_sequence_gradients(self, name):

@@ -4,6 +4,8 @@ Nothing here reads ../shared or the network: corpora are generated.
 """
 
 import os
+import subprocess
+import sys
 import tempfile
 
 from absl import flags
@@ -90,6 +92,25 @@ def final_state(config: ml_collections.ConfigDict, workdir: str, devices=None):
   state = checkpoint.restore(manager, checkpoint.latest_step(manager), structs)
   manager.close()
   return jax.device_get(state)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(args: list[str], cwd: str = ROOT) -> subprocess.CompletedProcess:
+  """`python -m ARGS...` run from `cwd` (default: the repository root), the
+  repository importable from anywhere (as after `pip install -e .`), on the
+  CPU with the stock allocator; output captured, never raising."""
+  env = dict(os.environ, PYTHONPATH=ROOT, RESEARCH_KEEP_MALLOC='1', JAX_PLATFORMS='cpu')
+  return subprocess.run(
+    [sys.executable, '-m', *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
 
 
 def apply_only_model(apply, *, init=None, recurrent: bool = False):

@@ -9,8 +9,6 @@ import contextlib
 import io
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from unittest import mock
 
@@ -25,22 +23,8 @@ from research import train
 from research import workdir as workdir_lib
 from tests import test_util
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _tool(args: list[str], cwd: str) -> subprocess.CompletedProcess:
-  """`python -m ARGS...` run from `cwd`, the repository importable (as after
-  `pip install -e .`)."""
-  env = dict(os.environ, PYTHONPATH=_ROOT, RESEARCH_KEEP_MALLOC='1', JAX_PLATFORMS='cpu')
-  return subprocess.run(
-    [sys.executable, '-m', *args],
-    cwd=cwd,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+_tool = test_util.run_module
 
 
 def _errors(text: str) -> list[str]:
