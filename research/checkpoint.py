@@ -286,7 +286,7 @@ def restore_latest_good(
     moved = _quarantine(manager, step)
     reason = f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}'
     failures.append(f'step {step} ({reason})')
-    metrics.console(
+    metrics.warn(
       'warning: checkpoint at step %d is unreadable (%s); moved to %s.', step, reason, moved
     )
   if failures:

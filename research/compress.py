@@ -31,6 +31,7 @@ Norms, biases and learned position tables stay float in every method; the
 model card and the `compress` record in metrics.jsonl say so with the bytes.
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -55,6 +56,7 @@ from research import model_card
 from research import provenance
 from research import sampling
 from research import workdir as workdir_lib
+from research import workdir_lock
 
 
 def parse_method(text: str) -> tuple[str, float]:
@@ -208,18 +210,35 @@ def _finetune_config(config, pruned_dir: str, steps: int, learning_rate: float):
 
 
 def run(
+  workdir: str, method_text: str, *, out: str = '', finetune_steps: int = 0, **kwargs
+) -> dict:
+  """Compresses `workdir`'s latest checkpoint; returns {'float', NAME[, NAME-ftN]:
+  (figures per split, speed record)} and writes the compressed run(s), holding
+  their workdirs' locks (research.workdir_lock) meanwhile. `kwargs`: `_run`'s."""
+  method, fraction = parse_method(method_text)
+  workdir_lib.readable_workdir(workdir)  # Before a lock makes a folder inside it.
+  out = out or os.path.join(workdir, 'compressed', method_name(method, fraction))
+  written = [out]
+  if finetune_steps:
+    kwargs['finetune_out'] = kwargs.get('finetune_out') or f'{out}-ft{finetune_steps}'
+    written.append(kwargs['finetune_out'])
+  with contextlib.ExitStack() as held:
+    for folder in written:
+      held.enter_context(workdir_lock.held(folder, warn=metrics.warn))
+    return _run(workdir, method_text, out=out, finetune_steps=finetune_steps, **kwargs)
+
+
+def _run(
   workdir: str,
   method_text: str,
   *,
-  out: str = '',
+  out: str,
   finetune_steps: int = 0,
   finetune_out: str = '',
   finetune_learning_rate: float = 0.0,
   prune_embeddings: bool = False,
   locations: dict | None = None,
 ) -> dict:
-  """Compresses `workdir`'s latest checkpoint; returns {'float', NAME[, NAME-ftN]:
-  (figures per split, speed record)} and writes the compressed run(s)."""
   from research import train  # pylint: disable=g-import-not-at-top
 
   started = time.time()
@@ -233,7 +252,6 @@ def run(
       f'{config.compress.source}.'
     )
   name = method_name(method, fraction)
-  out = out or os.path.join(workdir, 'compressed', name)
   finetuned = finetune_out or f'{out}-ft{finetune_steps}'
   if finetune_steps and _finished(finetuned):
     raise ValueError(f'{finetuned} already holds a finished fine-tuning; nothing is replaced.')

@@ -6,8 +6,6 @@ was trained with (its checkpoint holds it), where only the keys of
 workdir.READ_ONLY_KEYS may be set (--config.eval.seq_len=N, ...).
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -78,17 +76,17 @@ def main(argv):
   try:
     results = _run(config, _CONFIG.value is None, _WORKDIR.value, allocator)
   except faults.Preempted as e:
-    print(f'preempted: {e}', file=sys.stderr, flush=True)
+    metrics.warn('preempted: %s', e)
     return faults.EXIT_PREEMPTED
   except faults.NonFiniteError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    metrics.warn('error: %s', e)
     return faults.EXIT_NONFINITE
   except (faults.RunError, ValueError, FileNotFoundError) as e:
-    # Bad config, data or workdir: the message names the problem and the fix.
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    # Bad config, data or workdir (or one in use): the message names the problem and the fix.
+    metrics.warn('error: %s', e)
     return faults.EXIT_BAD_INPUT
   for split, figures in results.items():
-    print(f'{split}: ' + ', '.join(f'{k} {v:.4f}' for k, v in figures.items()), flush=True)
+    metrics.console(f'{split}: ' + ', '.join(f'{k} {v:.4f}' for k, v in figures.items()))
   return 0
 
 
@@ -110,14 +108,17 @@ def _run(config, from_workdir: bool, workdir, allocator):
       config_checks.check(config)
     else:
       workdir_lib.readable_workdir(workdir)
-    if _MODE.value == 'eval':
-      return evaluate.evaluate_checkpoint(config, workdir)
-    return evaluate.audit_checkpoint(config, workdir)
-  if _FRESH.value and jax.process_index() == 0:
-    moved = workdir_lib.move_aside(workdir)
-    if moved:
-      metrics.console('--fresh: moved the previous run to %s.', moved)
-  return train.train_and_evaluate(config, workdir)
+    # They write metrics and the model card: one process per workdir, like training.
+    with distributed.workdir_held(workdir):
+      if _MODE.value == 'eval':
+        return evaluate.evaluate_checkpoint(config, workdir)
+      return evaluate.audit_checkpoint(config, workdir)
+  with distributed.workdir_held(workdir):
+    if _FRESH.value and jax.process_index() == 0:
+      moved = workdir_lib.move_aside(workdir)
+      if moved:
+        metrics.console('--fresh: moved the previous run to %s.', moved)
+    return train.train_and_evaluate(config, workdir)
 
 
 if __name__ == '__main__':

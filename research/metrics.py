@@ -10,6 +10,7 @@ object per line with at least `step`, `split` and `time` (Unix seconds).
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -130,13 +131,31 @@ class Throughput:
     return figures
 
 
+def process_prefix() -> str:
+  """'' in process 0 or a one-process run, else '[process I] '.
+
+  Asked only once jax.distributed is initialized: asking earlier would start
+  JAX's backend before the processes have joined.
+  """
+  index = jax.process_index() if jax.distributed.is_initialized() else 0
+  return f'[process {index}] ' if index else ''
+
+
 def console(message: str, *args) -> None:
   """A line for the person watching the run (stdout, flushed at once).
 
   Library chatter goes through absl logging at WARNING and above; these lines
-  are the run's own report.
+  are the run's own report. In a multi-process run only process 0 prints
+  them: every process would print the same line.
   """
-  print(message % args if args else message, flush=True)
+  if not process_prefix():
+    print(message % args if args else message, flush=True)
+
+
+def warn(message: str, *args) -> None:
+  """A warning or error line (stderr, flushed at once), from every process:
+  a follower's starts with its index ('[process 1] warning: ...')."""
+  print(process_prefix() + (message % args if args else message), file=sys.stderr, flush=True)
 
 
 def hours_minutes_seconds(seconds: float) -> tuple[int, int, int]:

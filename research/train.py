@@ -277,7 +277,7 @@ def train_and_evaluate(
     except Exception as e:  # pylint: disable=broad-except
       if status == 'finished':
         raise
-      metrics.console('warning: an unfinished checkpoint save failed too: %s', e)
+      metrics.warn('warning: an unfinished checkpoint save failed too: %s', e)
     run.writer.close()
     if is_lead:
       provenance.record_end(workdir, status)

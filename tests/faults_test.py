@@ -148,9 +148,16 @@ class KillAndResumeTest(absltest.TestCase):
       ('killeval:0', -signal.SIGKILL),  # in the final evaluation
       ('', 0),
     ]
+    previous = 0
     for fault, status in faults_in_order:
       out = _drive(tmp, chained, fault)
       self.assertEqual(out.returncode, status, f'{fault}: {out.stderr[-3000:]}')
+      # A killed run leaves its workdir lock behind; the next run takes it over
+      # (research.workdir_lock), a run that stopped by itself released it.
+      self.assertEqual(
+        'taking over the lock' in out.stderr, previous == -signal.SIGKILL, out.stderr[-3000:]
+      )
+      previous = status
       if status == faults.EXIT_PREEMPTED:
         self.assertIn('preempted: SIGTERM received: stopped after step', out.stderr)
         self.assertIn(
@@ -191,8 +198,8 @@ class DamagedCheckpointTest(absltest.TestCase):
       os.rmdir(d)
     out = _drive(tmp, work)
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])
-    self.assertIn('warning: checkpoint at step 35 is unreadable', out.stdout)
-    self.assertIn('warning: checkpoint at step 30 is unreadable', out.stdout)
+    self.assertIn('warning: checkpoint at step 35 is unreadable', out.stderr)
+    self.assertIn('warning: checkpoint at step 30 is unreadable', out.stderr)
     self.assertIn('Resuming from the checkpoint at step 20.', out.stdout)
     self.assertLen(os.listdir(os.path.join(work, 'unreadable_checkpoints')), 2)
     config = long_config(tmp)

@@ -80,6 +80,18 @@ def tiny_config(
   return c
 
 
+def tiny_config_file(directory: str, model: str = 'lstm') -> str:
+  """A config file (DIRECTORY/tiny_MODEL.py) whose get_config() is
+  `tiny_config(directory, model)`, for tests that run a command."""
+  path = os.path.join(directory, f'tiny_{model}.py')
+  with open(path, 'w') as f:
+    f.write(
+      'from tests import test_util\n\n\ndef get_config():\n'
+      f'  return test_util.tiny_config({directory!r}, model={model!r})\n'
+    )
+  return path
+
+
 def final_state(config: ml_collections.ConfigDict, workdir: str, devices=None):
   """The state of the workdir's latest checkpoint, restored onto `devices`
   (default: all) under `config`'s mesh and fetched to the host."""
