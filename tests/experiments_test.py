@@ -7,7 +7,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 from absl.testing import absltest
@@ -17,6 +16,7 @@ from research.experiments import report
 from research.experiments import runner
 from research.experiments import spec as spec_lib
 from research.experiments import stats
+from tests import test_util
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,19 +47,6 @@ def _tiny_spec(config_path: str) -> spec_lib.Experiment:
       spec_lib.Row('broken', config_path, overrides={'data.name': 'nope'}, seeds=(0,)),
     ),
   )
-
-
-def _write_config_file(directory: str) -> str:
-  path = os.path.join(directory, 'tiny_config.py')
-  with open(path, 'w') as f:
-    f.write(
-      textwrap.dedent(f"""\
-        from tests import test_util
-        def get_config():
-          return test_util.tiny_config({directory!r})
-        """)
-    )
-  return path
 
 
 def _wait_for_checkpoint(path: str, process, timeout: float = 240) -> None:
@@ -109,7 +96,7 @@ class StatisticsTest(absltest.TestCase):
 class SpecTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
-    self.config = _write_config_file(self.create_tempdir().full_path)
+    self.config = test_util.tiny_config_file(self.create_tempdir().full_path)
     self.spec = _tiny_spec(self.config)
 
   def test_cells_expand_rows_by_seeds(self):
@@ -172,19 +159,12 @@ class SpecTest(absltest.TestCase):
         )
       )
 
-  def test_slurm_script_has_one_task_per_cell(self):
-    cells = spec_lib.cells(self.spec)
-    script = runner.slurm_script('root', self.spec, cells, '/repo')
-    self.assertIn('#SBATCH --array=0-4', script)
-    for cell in cells:
-      self.assertIn(f'--workdir={os.path.join("root", "tiny", cell.name)}', script)
-
 
 class RunnerTest(absltest.TestCase):
   def test_run_skip_resume_fail_and_report(self):
     os.chdir(_REPO)  # Cells run `python -m research.main` from the repo root.
     tmp = self.create_tempdir().full_path
-    spec = _tiny_spec(_write_config_file(tmp))
+    spec = _tiny_spec(test_util.tiny_config_file(tmp))
     root = os.path.join(tmp, 'cells')
     cells = spec_lib.cells(spec)
     path = lambda name: os.path.join(root, 'tiny', name)

@@ -15,6 +15,7 @@ from absl import flags
 from research import cli
 from research.experiments import report
 from research.experiments import runner
+from research.experiments import slurm
 from research.experiments import spec as spec_lib
 
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Cells run at once (each is its own process).')
@@ -26,6 +27,28 @@ _EMIT_SLURM = flags.DEFINE_string(
   None,
   'Write a Slurm job-array script of the selected cells to this file; run nothing.',
 )
+_SLURM_GPUS = flags.DEFINE_integer(
+  'slurm_gpus_per_task', 0, '--emit-slurm: GPUs per cell (0: no GPU line).', lower_bound=0
+)
+_SLURM_CPUS = flags.DEFINE_integer(
+  'slurm_cpus_per_task',
+  0,
+  "--emit-slurm: CPUs per cell (0: a whole node's, as sinfo lists them, or a share of them "
+  'in proportion to the GPUs asked for).',
+  lower_bound=0,
+)
+_SLURM_PARTITION = flags.DEFINE_string(
+  'slurm_partition', '', "--emit-slurm: partition ('' : the cluster's default)."
+)
+_SLURM_TIME = flags.DEFINE_string(
+  'slurm_time',
+  '',
+  "--emit-slurm: time limit per cell (MINUTES, HH:MM:SS, D-HH:MM:SS; '' : the partition's); "
+  'a cell is told to save and stop 2 minutes before it.',
+)
+_SLURM_EXTRA = flags.DEFINE_multi_string(
+  'slurm_extra', [], '--emit-slurm: a further #SBATCH option, e.g. --account=lm (repeatable).'
+)
 _CELLS = flags.DEFINE_string(
   'cells',
   '',
@@ -36,7 +59,8 @@ _FORCE = flags.DEFINE_boolean(
   'force',
   False,
   'Rewrite the table even where it would drop results of '
-  'cells whose workdirs are not under --root.',
+  'cells whose workdirs are not under --root; with --emit-slurm, emit the finished and '
+  'running cells too.',
 )
 _ROOT = flags.DEFINE_string(
   'root',
@@ -63,7 +87,7 @@ _TFDS_DIR = flags.DEFINE_string(
 
 _USAGE = (
   'usage: python -m research.experiments run|report experiments/NAME '
-  '[--parallel=N] [--dry-run] [--emit-slurm=FILE] [--cells=...] [--force] '
+  '[--parallel=N] [--dry-run] [--emit-slurm=FILE [--slurm_*=...]] [--cells=...] [--force] '
   '[--data_path=...] [--tfds_dir=...]'
 )
 
@@ -84,19 +108,23 @@ def _main(argv):
   cells = runner.select(spec_lib.cells(experiment), _CELLS.value)
   root = _ROOT.value
   locations = {'data.path': _DATA_PATH.value, 'data.tfds_dir': _TFDS_DIR.value}
+  if _DRY_RUN.value:
+    for cell in cells:
+      path = runner.workdir(root, experiment, cell)
+      print(
+        f'{cell.name} [{runner.state(path).describe()}]\n  '
+        f'{shlex.join(runner.command(root, experiment, cell, locations=locations))}'
+      )
+  if _EMIT_SLURM.value:
+    _emit_slurm(directory, root, experiment, cells, locations)
   if _DRY_RUN.value or _EMIT_SLURM.value:
-    if _DRY_RUN.value:
-      for cell in cells:
-        path = runner.workdir(root, experiment, cell)
-        print(
-          f'{cell.name} [{runner.state(path).status}]\n  '
-          f'{shlex.join(runner.command(root, experiment, cell, locations=locations))}'
-        )
-    if _EMIT_SLURM.value:
-      with open(_EMIT_SLURM.value, 'w') as f:
-        f.write(runner.slurm_script(root, experiment, cells, os.getcwd(), locations))
-      print(f'Wrote {_EMIT_SLURM.value}: a job array of {len(cells)} cells.')
     return 0
+  if argv[1] == 'report' and not report.finished_cells(root, experiment):
+    raise ValueError(
+      f'No finished cell of {experiment.name} under --root={root} (looked in '
+      f'{os.path.join(root, experiment.name)}/CELL); nothing is written. Point --root at the '
+      'folder the cells ran in.'
+    )
   if argv[1] == 'run':
     if not _FORCE.value:  # Before hours of runs, not after.
       report.check_nothing_dropped(
@@ -114,6 +142,34 @@ def _main(argv):
       print(f'Not finished: {failed} (see RESULTS.md).', file=sys.stderr)
       return 1
   return 0
+
+
+def _emit_slurm(directory, root, experiment, cells, locations) -> None:
+  """Writes the job array of the cells not finished (all with --force)."""
+  if not _FORCE.value:
+    states = {c.name: runner.state(runner.workdir(root, experiment, c)) for c in cells}
+    for cell in cells:
+      if states[cell.name].status in ('finished', 'running'):
+        print(f'{cell.name}: {states[cell.name].describe()}, left out (--force keeps it)')
+    cells = [c for c in cells if states[c.name].status not in ('finished', 'running')]
+  if not cells:
+    print(f'No cell to run: nothing written to {_EMIT_SLURM.value}.')
+    return
+  asked = slurm.Resources(
+    gpus_per_task=_SLURM_GPUS.value,
+    cpus_per_task=_SLURM_CPUS.value,
+    partition=_SLURM_PARTITION.value,
+    time=_SLURM_TIME.value,
+    extra=tuple(_SLURM_EXTRA.value),
+  )
+  resources, chosen = slurm.default_resources(asked)
+  text = slurm.script(directory, root, experiment, cells, os.getcwd(), locations, resources, chosen)
+  slurm.write(_EMIT_SLURM.value, text, root, experiment)
+  print(
+    f'Wrote {_EMIT_SLURM.value}: a job array of {len(cells)} cells, '
+    f'{resources.cpus_per_task} CPUs and {resources.gpus_per_task} GPUs each. '
+    f'Submit it with: sbatch {os.path.abspath(_EMIT_SLURM.value)}'
+  )
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ import re
 
 from research.experiments import spec as spec_lib
 
-_ROWS_PATH = re.compile(r'^([A-Za-z0-9_.*?\[\]-]+)=(.+)$')
+ROWS_PATH = re.compile(r'^([A-Za-z0-9_.*?\[\]-]+)=(.+)$')
 
 
 def for_cell(locations: dict[str, str], cell: spec_lib.Cell) -> dict[str, str]:
@@ -21,7 +21,7 @@ def for_cell(locations: dict[str, str], cell: spec_lib.Cell) -> dict[str, str]:
   PATH of the first ROWS matching the cell, or none; any other value is every
   cell's."""
   value = locations.get('data.path', '')
-  pairs = [_ROWS_PATH.match(item.strip()) for item in value.split(',')] if value else [None]
+  pairs = [ROWS_PATH.match(item.strip()) for item in value.split(',')] if value else [None]
   if not all(pairs):
     return locations
   path = next(
