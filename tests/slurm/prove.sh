@@ -12,7 +12,8 @@
 # then:
 #   1. `report` on a root without finished cells exits non-zero;
 #   2. `run --emit-slurm` writes a 4-cell job array, which `sbatch` takes
-#      unedited, from another folder;
+#      unedited, from another folder; every experiment's script passes
+#      `sbatch --test-only`;
 #   3. while a cell runs, a second runner skips it as running and a
 #      `research.main` on its workdir exits 2 with one error line naming the job;
 #   4. `scancel --signal=TERM` preempts that cell after its first checkpoint; the
@@ -143,6 +144,15 @@ grep -q -- '--gpus' "$WORK/array.sbatch" && fail "a GPU line on a CPU-only clust
 [[ -d $WORK/cells/slurm_proof ]] || fail "the --output folder was not created"
 JOB=$(cd / && sbatch --parsable "$WORK/array.sbatch")
 echo "submitted job array $JOB"
+
+step "2b. every experiment of the repository emits a script sbatch accepts (sbatch --test-only)"
+for spec in "$REPO"/experiments/*/spec.py; do
+  NAME=$(basename "$(dirname "$spec")")
+  "$PY" -m research.experiments run "experiments/$NAME" --root="$WORK/emitted" --force \
+    --emit-slurm="$WORK/emitted/$NAME.sbatch" > /dev/null
+  (cd / && sbatch --test-only "$WORK/emitted/$NAME.sbatch" 2>&1 | sed "s|^|$NAME: |") \
+    || fail "sbatch refused the script of $NAME"
+done
 
 step "3. while long-s0 runs: a second runner and a second research.main"
 CELL0=$WORK/cells/slurm_proof/long-s0
