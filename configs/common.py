@@ -55,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.hold_zeros = False
   # Objective, a name in research/losses.py OBJECTIVES (each says what it averages over).
   c.optim.loss = 'token_mean'
+  # Coefficient of PaLM's z-loss (Chowdhery et al. 2022, section 5; docs/stability.md): adds
+  # z_loss * z^2 per weighted token to the objective, z = log sum exp(logits) in nats, divided
+  # like the cross-entropy; PaLM and Wortsman et al. 2024 use 1e-4. 0 = off. Dimensionless.
+  c.optim.z_loss = 0.0
   # adamw only.
   c.optim.warmup_steps = 100  # Linear warmup from 0 to learning_rate, in steps.
   c.optim.decay_steps = (
@@ -66,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = (
     0.1  # Decoupled weight decay, applied to matrices only (not biases, norms).
   )
+  # How weight_decay is applied, a name in research/optim.py WEIGHT_DECAY_MODES: 'coupled'
+  # (optax.adamw) decays by lr_t * weight_decay per step, 'independent' (Wortsman et al. 2024)
+  # by (lr_t / learning_rate) * weight_decay; docs/stability.md converts one to the other.
+  c.optim.weight_decay_mode = 'coupled'
   # sgd only.
   c.optim.decay_after_epochs = 4  # Epochs at the constant rate before the per-epoch decay starts.
   c.optim.decay_factor = 0.5  # Multiplier applied to the rate once per epoch after that.
@@ -194,6 +202,15 @@ def transformer_model() -> ml_collections.ConfigDict:
   # et al. 2017, section 3.4; fairseq's embed_scale). A tied head still reads them unscaled.
   m.scale_embeddings = False
   m.use_bias = False  # Biases in dense layers and LayerNorms (nanoGPT: False).
+  # Training stability (docs/stability.md). qk-norm: 'none', or a norm of NORMS applied to each
+  # head's queries and keys over its head_dim features, before RoPE and the 1/sqrt(head_dim)
+  # (Dehghani et al. 2023; Wortsman et al. 2024's qk-layernorm); a name in
+  # research/models/transformer_options.py QK_NORMS. Its gain (and bias, with use_bias) is one
+  # vector of head_dim per layer for queries and one for keys, shared by the heads.
+  m.qk_norm = 'none'
+  # Output logits become c * tanh(logits / c), bounded by c in absolute value (Gemma 2, Gemma
+  # Team 2024, section 2; Gemma 2 uses c = 30), in training, evaluation and sampling. 0 = off.
+  m.logit_softcap = 0.0
   # Speed options (accelerators mostly); the defaults are the exact recipe.
   m.compute_dtype = 'float32'  # A name in research/models/transformer.py COMPUTE_DTYPES: activations and matmuls in it; parameters, optimizer state, softmaxes and the loss stay float32.
   m.attention = 'xla'  # A name in research/models/attention.py ATTENTION_KINDS (a fused kind uses cuDNN flash attention on GPU; each says whether it drops attention weights).

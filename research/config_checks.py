@@ -79,6 +79,8 @@ RULES = {
   'optim.b1': in_range(0, 1),
   'optim.b2': in_range(0, 1),
   'optim.weight_decay': at_least(0),
+  'optim.weight_decay_mode': registered(optim.WEIGHT_DECAY_MODES, 'weight decay mode'),
+  'optim.z_loss': Rule(lambda v: number(v) and v >= 0, 'a finite number >= 0 (0: off)'),
   'optim.decay_after_epochs': at_least(0),
   'optim.decay_factor': Rule(lambda v: number(v) and 0 < v <= 1, 'in (0, 1]'),
   'mesh.data': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
@@ -159,6 +161,8 @@ def _check_relations(config: ml_collections.ConfigDict, model_config) -> None:
     raise ValueError(
       'Set config.num_train_steps or config.num_epochs to a positive number (both are <= 0).'
     )
+  # A weight-decay mode that changes the decay needs an optimizer with one.
+  optim.validate(c.optim)
   ends_at_minimum = optim.OPTIMIZERS[c.optim.name].ends_at_min_learning_rate
   if ends_at_minimum and c.optim.min_learning_rate > c.optim.learning_rate:
     raise ValueError(

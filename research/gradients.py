@@ -3,8 +3,8 @@
 A gradient function is `gradient_fn(loss_fn, params, batch, rng) -> (grads,
 aux)` for a `losses.Objective.loss_fn` and a `losses.Batch`; `aux` is the
 loss function's `losses.Aux` for the whole batch: each leaf is a scalar that
-sums over the batch's rows (`loss_sum`, `weight_sum`) or has the rows as its
-leading axis (`carry`). Three ways:
+sums over the batch's rows (`loss_sum`, `weight_sum`, `log_z_sum`) or has
+the rows as its leading axis (`carry`). Three ways:
 
 - `plain`: one `jax.value_and_grad` over the whole batch.
 - `accumulated(K)`: the sum of the gradients of K micro-batches of M = B / K

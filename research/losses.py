@@ -27,6 +27,16 @@ its parameters an argument of the step (`Objective.with_teacher`), never part
 of the state. A recurrent teacher of a student that reads streams keeps its
 own carry along each row (`Distillation.carried`: the state's carry is then
 the pair (student's, teacher's)); otherwise it starts every batch anew.
+
+Every objective can add the z-loss of PaLM (Chowdhery et al. 2022, section
+5; `optim.z_loss`, docs/stability.md), on the student's logits:
+
+    loss = (objective's sum + z_loss * sum_t w_t z_t^2) / denominator
+
+z_t = log sum_v exp(logits_tv) in float32, w_t the token's weight; divided by
+the same denominator, so micro-batches and DP-SGD's rows still add up.
+With z_loss = 0 the term is not built at all. `Aux.log_z_sum` (the sum of
+w_t z_t, for the step's `log_z`) is reported either way.
 """
 
 import functools
@@ -66,6 +76,9 @@ class Aux(NamedTuple):
     clipped_fraction: set by DP-SGD's gradient function
       (research/privacy/dp_sgd.py): the fraction of rows with any weight whose
       gradient norm exceeded the clip; None for the others.
+    log_z_sum: the sum over the weighted tokens of z = logsumexp(logits)
+      (the student's), in nats, for the step's `log_z`; None where a loss
+      function does not compute it.
   """
 
   carry: Any
@@ -73,19 +86,29 @@ class Aux(NamedTuple):
   loss_sum: jax.Array
   weight_sum: jax.Array
   clipped_fraction: jax.Array | None = None
+  log_z_sum: jax.Array | None = None
 
 
-def forward(model: models.Model, params: Any, rows: dict, *, train: bool, rng: jax.Array | None):
+def forward_sums(
+  model: models.Model, params: Any, rows: dict, *, train: bool, rng: jax.Array | None
+) -> tuple[metrics.CrossEntropySums, jax.Array, Any]:
   """The model on `rows` from `rows['carry']`, rows in `reset` started anew.
 
   Returns:
-    (sum of the weighted token losses in nats, sum of the weights,
-    logits_BxTxV, the carry after the batch).
+    (the batch's `metrics.CrossEntropySums`, logits_BxTxV, the carry after
+    the batch).
   """
   carry = models.reset_carry(rows['carry'], rows['reset'])
   logits_BxTxV, new_carry = model.apply(params, carry, rows['inputs'], train=train, rng=rng)
-  loss_sum, weight_sum = metrics.cross_entropy_sums(logits_BxTxV, rows['targets'], rows['weights'])
-  return loss_sum, weight_sum, logits_BxTxV, new_carry
+  sums = metrics.cross_entropy_token_sums(logits_BxTxV, rows['targets'], rows['weights'])
+  return sums, logits_BxTxV, new_carry
+
+
+def forward(model: models.Model, params: Any, rows: dict, *, train: bool, rng: jax.Array | None):
+  """`forward_sums` as (sum of the weighted token losses in nats, sum of the
+  weights, logits_BxTxV, the carry after the batch)."""
+  sums, logits_BxTxV, new_carry = forward_sums(model, params, rows, train=train, rng=rng)
+  return sums.loss, sums.weight, logits_BxTxV, new_carry
 
 
 class Objective(NamedTuple):
@@ -166,16 +189,27 @@ def reduction(name: str) -> Reduction:
 
 
 def make_objective(
-  model: models.Model, name: str, distill: Distillation | None = None
+  model: models.Model, name: str, distill: Distillation | None = None, *, z_loss: float = 0.0
 ) -> Objective:
   """The objective `name` (a key of OBJECTIVES) for `model`, with `distill`'s
-  term when given (module docstring)."""
+  term when given and the z-loss at coefficient `z_loss` (0: none; module
+  docstring)."""
   denominator = reduction(name).denominator
 
+  def with_z_loss(value_sum, sums: metrics.CrossEntropySums):
+    # A Python test, not a multiplication by 0: off, the graph is today's.
+    return value_sum + z_loss * sums.log_z_squared if z_loss else value_sum
+
   def loss_fn(params, batch: Batch, rng: jax.Array):
-    loss_sum, weight_sum, _, new_carry = forward(model, params, batch.rows, train=True, rng=rng)
-    aux = Aux(carry=new_carry, distill_kl_sum=None, loss_sum=loss_sum, weight_sum=weight_sum)
-    return loss_sum / batch.denominator, aux
+    sums, _, new_carry = forward_sums(model, params, batch.rows, train=True, rng=rng)
+    aux = Aux(
+      carry=new_carry,
+      distill_kl_sum=None,
+      loss_sum=sums.loss,
+      weight_sum=sums.weight,
+      log_z_sum=sums.log_z,
+    )
+    return with_z_loss(sums.loss, sums) / batch.denominator, aux
 
   if distill is None:
     return Objective(loss_fn=loss_fn, denominator=denominator)
@@ -187,7 +221,7 @@ def make_objective(
       carry, teacher_carry = rows['carry']
     else:
       carry, teacher_carry = rows['carry'], distill.model.init_carry(rows['inputs'].shape[0])
-    loss_sum, weight_sum, logits_BxTxV, new_carry = forward(
+    sums, logits_BxTxV, new_carry = forward_sums(
       model, params, dict(rows, carry=carry), train=True, rng=rng
     )
     _, _, teacher_logits_BxTxV, new_teacher_carry = forward(
@@ -196,12 +230,13 @@ def make_objective(
     kl_sum = distill_kl_sum(
       logits_BxTxV, jax.lax.stop_gradient(teacher_logits_BxTxV), rows['weights'], temperature
     )
-    value = (1 - alpha) * loss_sum + alpha * temperature**2 * kl_sum
-    return value / batch.denominator, Aux(
+    value = (1 - alpha) * sums.loss + alpha * temperature**2 * kl_sum
+    return with_z_loss(value, sums) / batch.denominator, Aux(
       carry=(new_carry, new_teacher_carry) if distill.carried else new_carry,
       distill_kl_sum=kl_sum,
-      loss_sum=loss_sum,
-      weight_sum=weight_sum,
+      loss_sum=sums.loss,
+      weight_sum=sums.weight,
+      log_z_sum=sums.log_z,
     )
 
   return Objective(loss_fn=distilled_loss_fn, denominator=denominator)

@@ -5,7 +5,8 @@ its schedule:
   * `sgd`: constant rate for `decay_after_epochs` epochs, then multiplied by
     `decay_factor` once per epoch (Zaremba et al. 2014).
   * `adamw`: linear warmup to the peak, cosine decay to `min_learning_rate`
-    (nanoGPT / GPT-2), weight decay on matrices only.
+    (nanoGPT / GPT-2), weight decay on matrices only, applied as
+    `weight_decay_mode` says (`WEIGHT_DECAY_MODES`, docs/stability.md).
 `make_optimizer` chains around any rule the same way: the global gradient
 norm clipped first when `grad_clip_norm > 0`, then `optim.frozen` and
 `optim.hold_zeros`. A new optimizer is one entry (use optax's rule).
@@ -31,15 +32,66 @@ class Optimizer(NamedTuple):
   schedule: Callable[..., optax.Schedule]
   # Its schedule ends at optim.min_learning_rate (config_checks refuses a minimum above the peak).
   ends_at_min_learning_rate: bool
+  # It reads optim.weight_decay (through `weight_decay_rate`), so a weight-decay mode that
+  # `changes_decay` means something for it; one that does not is refused such a mode.
+  decays_weights: bool = False
+
+
+class WeightDecayMode(NamedTuple):
+  """An entry of WEIGHT_DECAY_MODES."""
+
+  # `rate(weight_decay, peak_learning_rate)`: the coefficient handed to optax.adamw, which
+  # multiplies it by the schedule's lr_t and the parameter: theta -= lr_t * rate * theta.
+  rate: Callable[[float, float], float]
+  # False for optax's own decay, which every optimizer runs with (sgd: none, as always).
+  changes_decay: bool
+
+
+# config.optim.weight_decay_mode -> its entry; lambda = optim.weight_decay, eta = the peak
+# optim.learning_rate, lr_t the schedule's rate at step t, s_t = lr_t / eta its shape.
+WEIGHT_DECAY_MODES: dict[str, WeightDecayMode] = {
+  # theta <- theta - lr_t * adam_t - lr_t * lambda * theta: optax.adamw as it is.
+  'coupled': WeightDecayMode(rate=lambda weight_decay, peak: weight_decay, changes_decay=False),
+  # theta <- theta - lr_t * adam_t - s_t * lambda * theta (Wortsman et al. 2024, section 3.2.2,
+  # after Loshchilov and Hutter 2019): the schedule's shape, not the peak rate, scales the decay.
+  'independent': WeightDecayMode(
+    rate=lambda weight_decay, peak: weight_decay / peak, changes_decay=True
+  ),
+}
 
 
 def validate(optim_config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for an unknown optimizer name (objectives: research/losses.py)."""
-  if optim_config.name not in OPTIMIZERS:
+  """Raises ValueError for an unknown optimizer name or weight-decay mode, or a
+  mode that changes the decay of an optimizer without one (objectives:
+  research/losses.py)."""
+  c = optim_config
+  if c.name not in OPTIMIZERS:
     raise ValueError(
-      f'Unknown optimizer {optim_config.name!r} (config key '
-      f'optim.name); valid names: {sorted(OPTIMIZERS)}.'
+      f'Unknown optimizer {c.name!r} (config key optim.name); valid names: {sorted(OPTIMIZERS)}.'
     )
+  if c.weight_decay_mode not in WEIGHT_DECAY_MODES:
+    raise ValueError(
+      f'Unknown weight decay mode {c.weight_decay_mode!r} (config key optim.weight_decay_mode); '
+      f'valid names: {sorted(WEIGHT_DECAY_MODES)}.'
+    )
+  if (
+    WEIGHT_DECAY_MODES[c.weight_decay_mode].changes_decay and not OPTIMIZERS[c.name].decays_weights
+  ):
+    plain = sorted(name for name, m in WEIGHT_DECAY_MODES.items() if not m.changes_decay)
+    with_decay = sorted(name for name, o in OPTIMIZERS.items() if o.decays_weights)
+    raise ValueError(
+      f'config.optim.weight_decay_mode={c.weight_decay_mode!r} changes how weight decay is '
+      f'applied, but optim.name={c.name!r} has no weight decay; set '
+      f'--config.optim.weight_decay_mode to one of {plain}, or --config.optim.name to an '
+      f'optimizer with weight decay: {with_decay}.'
+    )
+
+
+def weight_decay_rate(optim_config: ml_collections.ConfigDict) -> float:
+  """The weight decay handed to optax, which multiplies it by the schedule's
+  rate: optim.weight_decay as optim.weight_decay_mode says (WEIGHT_DECAY_MODES)."""
+  c = optim_config
+  return WEIGHT_DECAY_MODES[c.weight_decay_mode].rate(c.weight_decay, c.learning_rate)
 
 
 def epoch_decay_schedule(
@@ -82,10 +134,11 @@ def _warmup_cosine(c: ml_collections.ConfigDict, *, num_train_steps: int, steps_
 OPTIMIZERS: dict[str, Optimizer] = {
   'adamw': Optimizer(
     rule=lambda c, schedule: optax.adamw(
-      schedule, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=_matrices_only
+      schedule, b1=c.b1, b2=c.b2, weight_decay=weight_decay_rate(c), mask=_matrices_only
     ),
     schedule=_warmup_cosine,
     ends_at_min_learning_rate=True,
+    decays_weights=True,
   ),
   'sgd': Optimizer(
     rule=lambda c, schedule: optax.sgd(schedule),

@@ -49,6 +49,8 @@ class StepMetrics(NamedTuple):
   nonfinite: jax.Array  # 1.0 when the loss or the gradient norm is inf or NaN.
   clipped_fraction: jax.Array | None = None  # DP-SGD's (`losses.Aux.clipped_fraction`).
   distill_kl: jax.Array | None = None  # A distilled run's mean KL per token, nats.
+  # Mean over the weighted tokens of z = logsumexp(logits), nats (`losses.Aux.log_z_sum`).
+  log_z: jax.Array | None = None
 
   def as_dict(self) -> dict[str, jax.Array]:
     return {k: v for k, v in self._asdict().items() if v is not None}
@@ -89,6 +91,7 @@ def train_step(
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   # Summed KL over the token count, so micro-batches add up.
   distill_kl = None if aux.distill_kl_sum is None else aux.distill_kl_sum / aux.weight_sum
+  log_z = None if aux.log_z_sum is None else aux.log_z_sum / aux.weight_sum
   if skip_nonfinite:
 
     def keep(new, old):
@@ -106,6 +109,7 @@ def train_step(
     nonfinite=1.0 - finite.astype(jnp.float32),
     clipped_fraction=aux.clipped_fraction,
     distill_kl=distill_kl,
+    log_z=log_z,
   ).as_dict()
 
 
@@ -119,13 +123,14 @@ def step_function(
   skip_nonfinite: bool = False,
   gradient_fn: Callable | None = None,
   distill: losses.Distillation | None = None,
+  z_loss: float = 0.0,
 ):
   """`train_step` with everything static bound: the one place that picks the
-  objective (`losses.OBJECTIVES`, `distill`'s term added) and how gradients are made
-  from it (`gradient_fn`, default `gradients.make(grad_accum_steps)`)."""
+  objective (`losses.OBJECTIVES`, `distill`'s term and `z_loss`'s added) and how
+  gradients are made from it (`gradient_fn`, default `gradients.make(grad_accum_steps)`)."""
   return functools.partial(
     train_step,
-    objective=losses.make_objective(model, objective, distill),
+    objective=losses.make_objective(model, objective, distill, z_loss=z_loss),
     gradient_fn=gradient_fn or gradients.make(grad_accum_steps),
     optimizer=optimizer,
     schedule=schedule,
@@ -174,6 +179,7 @@ def make_train_step(
     skip_nonfinite=config.skip_nonfinite_steps,
     gradient_fn=dp_sgd.for_run(parts, config),
     distill=teacher and teacher.distillation,
+    z_loss=config.optim.z_loss,
   )
   replicated = sharding.replicated(mesh)
   jitted = jax.jit(
@@ -268,6 +274,9 @@ def train_and_evaluate(
     status = 'finished'
   except faults.Preempted:
     status = 'preempted'
+    raise
+  except faults.NonFiniteError:
+    status = 'diverged'  # A result, not a fault: the experiment runner counts it so.
     raise
   finally:
     # Commit saves already started, even when the loop was interrupted.
@@ -449,7 +458,7 @@ def _log_train(run: Run, step: int, host: list[dict], throughput: metrics.Throug
   figures['learning_rate'] = float(host[-1]['learning_rate'])
   figures.update(throughput.update(step))
   figures['epoch'] = step / per_epoch
-  # The step metrics only some runs have (DP-SGD's, distillation's).
+  # The step metrics a loss function may leave out (DP-SGD's, distillation's, log_z).
   extra = [k for k in StepMetrics._field_defaults if k in host[0]]
   figures.update({k: float(np.mean([m[k] for m in good])) for k in extra})
   if parts.privacy is not None:

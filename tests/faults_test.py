@@ -19,6 +19,7 @@ from research import checkpoint
 from research import components
 from research import faults
 from research import optim
+from research import provenance
 from research import sharding
 from research import train
 from research import workdir as workdir_lib
@@ -261,6 +262,8 @@ class InProcessFaultTest(absltest.TestCase):
       train.train_and_evaluate(test_util.tiny_config(tmp), work)
     manager = checkpoint.make_manager(os.path.join(work, 'checkpoints'), max_to_keep=10)
     self.assertEqual(manager.all_steps(), [4])
+    # A result for the experiment runner (a diverged cell), not a failure.
+    self.assertEqual(provenance.read_runs(work)[-1]['status'], 'diverged')
 
   def test_nonfinite_steps_can_be_skipped_and_counted(self):
     tmp = self.create_tempdir().full_path

@@ -21,11 +21,13 @@ _OPTION_REGISTRIES = (
   ('model.name', 'research.models', 'MODELS'),
   ('model.norm', 'research.models.transformer_options', 'NORMS'),
   ('model.norm_position', 'research.models.transformer_options', 'NORM_POSITIONS'),
+  ('model.qk_norm', 'research.models.transformer_options', 'QK_NORMS'),
   ('model.positional', 'research.models.positional', 'POSITIONAL'),
   ('model.mlp', 'research.models.transformer_options', 'MLPS'),
   ('model.attention', 'research.models.attention', 'ATTENTION_KINDS'),
   ('optim.name', 'research.optim', 'OPTIMIZERS'),
   ('optim.loss', 'research.losses', 'OBJECTIVES'),
+  ('optim.weight_decay_mode', 'research.optim', 'WEIGHT_DECAY_MODES'),
   ('data.name', 'research.data', 'DATASETS'),
   ('data.level', 'research.data.tokenizers', 'TOKENIZERS'),
 )
