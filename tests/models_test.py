@@ -44,6 +44,8 @@ def transformer_config(**overrides) -> ml_collections.ConfigDict:
       norm='layernorm',
       norm_position='pre',
       mlp='gelu',
+      qk_norm='none',
+      logit_softcap=0.0,
     )
   )
   config.update(overrides)

@@ -221,21 +221,28 @@ def _run(call: str) -> dict:
   return json.loads(line[len('RESULT ') :])
 
 
+def assert_meshes_train_like_one_device(test: absltest.TestCase, result: dict) -> None:
+  """`mesh_worker`'s result: every mesh's losses and state as the one-device
+  run's (float32 rounding), its shardings the partition rules' throughout,
+  and a mesh with fsdp or tensor axes really splitting parameters."""
+  one = result['one']['losses']
+  test.assertNotEqual(one[0], one[-1])  # The steps did train.
+  for name, r in result.items():
+    with test.subTest(mesh=name):
+      np.testing.assert_allclose(r['losses'], one, rtol=1e-5)
+      test.assertLess(r['max_state_diff'], 1e-5)
+      test.assertTrue(r['rules_before'], 'initial shardings differ from the rules')
+      test.assertTrue(r['rules_after'], 'shardings changed during a step')
+      if 'fsdp' in name or 'tensor' in name:
+        test.assertGreater(r['sharded_params'], 0)
+
+
 class MultiDeviceTest(parameterized.TestCase):
   @parameterized.parameters(('lstm', False), ('transformer', False), ('transformer', True))
   def test_every_mesh_trains_like_one_device(self, model, scan_layers):
     with tempfile.TemporaryDirectory() as tmp:
       result = _run(f'mesh_worker({model!r}, {tmp!r}, {scan_layers})')
-    one = result['one']['losses']
-    self.assertNotEqual(one[0], one[-1])  # The steps did train.
-    for name, r in result.items():
-      with self.subTest(mesh=name):
-        np.testing.assert_allclose(r['losses'], one, rtol=1e-5)
-        self.assertLess(r['max_state_diff'], 1e-5)
-        self.assertTrue(r['rules_before'], 'initial shardings differ from the rules')
-        self.assertTrue(r['rules_after'], 'shardings changed during a step')
-        if 'fsdp' in name or 'tensor' in name:
-          self.assertGreater(r['sharded_params'], 0)
+    assert_meshes_train_like_one_device(self, result)
 
   def test_checkpoint_moves_between_meshes(self):
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,6 +9,10 @@ segment's positions <= t. Decoding (`cache` given) writes the new tokens' keys
 and values into the cache at their positions and attends over every slot at
 or before each query's position, so a prompt is read in one pass and then one
 token per call; the logits equal the full pass's at every position.
+
+Queries and keys go through the config's qk-norm first (`qk_norm`, a name in
+transformer_options.QK_NORMS), then the positional kind's rotation; the cache
+holds keys as they enter the dot product (normalised, rotated).
 """
 
 import functools
@@ -50,6 +54,7 @@ class AttentionConfig(options.OptionConfig, Protocol):
   num_heads: int
   positional: str  # A name in POSITIONAL.
   attention: str  # A name in ATTENTION_KINDS.
+  qk_norm: str  # A name in transformer_options.QK_NORMS.
 
 
 # From this context length on, the XLA attention path works on heads-major
@@ -161,6 +166,17 @@ class CausalSelfAttention(nn.Module):
       qkv_BTx3D.reshape(B, T, N, 3, K), BATCH, None, 'tensor', None, None
     )
     q_BxTxNxK, k_BxTxNxK, v_BxTxNxK = (qkv_BxTxNx3xK[:, :, :, j] for j in range(3))
+    qk_norm = options.QK_NORMS[c.qk_norm]
+    if qk_norm is not None:
+      # Dehghani et al. 2023 (qk-layernorm, as Wortsman et al. 2024 section
+      # 3.1.1): each head's query and key normalised over its K features,
+      # before positions rotate them and before the 1/sqrt(K), so the logits
+      # are bounded by the norms' gains rather than by the weights' growth.
+      # One gain (and bias) of K per layer for all queries and one for all
+      # keys, shared by the heads (as flax's MultiHeadDotProductAttention
+      # `normalize_qk`); the cache below then holds normalised keys.
+      q_BxTxNxK = qk_norm(c, 'q_norm')(q_BxTxNxK)
+      k_BxTxNxK = qk_norm(c, 'k_norm')(k_BxTxNxK)
 
     def project_out(out_BxTxNxK):
       out_BTxD = layers.Dense(
@@ -198,7 +214,7 @@ class CausalSelfAttention(nn.Module):
       heads_major = T >= HEADS_MAJOR_MIN_CONTEXT
       if not heads_major:
         q, k, v = q_BxTxNxK, k_BxTxNxK, v_BxTxNxK
-      elif positional.rotate:
+      elif positional.rotate or qk_norm is not None:  # q and k are no longer the projection's.
         q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BxTxNxK, k_BxTxNxK, v_BxTxNxK))
       else:  # One transpose of the fused projection gives heads-major q, k, v.
         q, k, v = qkv_BxTxNx3xK.transpose(3, 0, 2, 1, 4)

@@ -6,7 +6,8 @@ output head that is either the transposed token embedding (tied) or a
 separate bias-free Dense. The options are named entries of small registries
 chosen by `Config`, each documented where it is registered: `NORMS` and
 `MLPS` in transformer_options.py, `POSITIONAL` in positional.py and
-`ATTENTION_KINDS` in attention.py. A new option is one registry entry (plus
+`ATTENTION_KINDS` in attention.py; `QK_NORMS` (transformer_options.py) are
+'none' and the norms of `NORMS`. A new option is one registry entry (plus
 one field of `Config` where it is a new key); the rules below ask an option's
 properties, never its name. Attention, and its decoding cache, is
 attention.py.
@@ -29,6 +30,9 @@ Parameter tree (`Model.init` output; the norms' as for norm='layernorm'):
   block_{i}/attn/qkv        kernel Dx3D, bias 3D; columns head-major (N, 3, K):
                             head n's q, k, v side by side, so a contiguous
                             split over `tensor` hands out whole heads
+  block_{i}/attn/q_norm, k_norm  scale K, bias K (only for qk_norm other than
+                            'none'; the bias as for ln_1): one of each per
+                            layer, shared by the N heads
   block_{i}/attn/out        kernel DxD, bias D
   block_{i}/mlp/fc          kernel DxF, bias F
   block_{i}/mlp/gate        kernel DxF, bias F (only for a gated MLP)
@@ -61,7 +65,7 @@ from research.models import layers
 from research.models import transformer_options as options
 from research.models.attention import ATTENTION_KINDS
 from research.models.positional import POSITIONAL
-from research.models.transformer_options import MLPS, NORM_POSITIONS, NORMS
+from research.models.transformer_options import MLPS, NORM_POSITIONS, NORMS, QK_NORMS
 from research.sharding import BATCH
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -80,9 +84,11 @@ class Config:
   positional: str = rules.field(rules.registered(POSITIONAL, 'positional encoding'))
   norm: str = rules.field(rules.registered(NORMS, 'norm'))
   norm_position: str = rules.field(rules.one_of(*NORM_POSITIONS))
+  qk_norm: str = rules.field(rules.registered(QK_NORMS, 'qk-norm'))
   mlp: str = rules.field(rules.registered(MLPS, 'MLP'))
   tie_embeddings: bool = rules.field(rules.boolean())
   scale_embeddings: bool = rules.field(rules.boolean())
+  logit_softcap: float = rules.field(rules.at_least(0))
   use_bias: bool = rules.field(rules.boolean())
   compute_dtype: str = rules.field(rules.one_of(*COMPUTE_DTYPES))
   attention: str = rules.field(rules.registered(ATTENTION_KINDS, 'attention kind'))
@@ -240,7 +246,13 @@ class Transformer(nn.Module):
       logits_BTxV = layers.Dense(
         V, use_bias=False, kernel_init=nn.initializers.normal(options.INIT_STDDEV), name='head'
       )(x_BTxD)
-    return logits_BTxV.reshape(B, T, V).astype(jnp.float32), cache
+    logits_BxTxV = logits_BTxV.reshape(B, T, V).astype(jnp.float32)
+    if c.logit_softcap:
+      # Gemma 2 (Gemma Team 2024, section 2): cap * tanh(logits / cap) keeps
+      # every logit within [-cap, cap], about the identity well below it.
+      # Here, so training, evaluation and decoding all see the capped logits.
+      logits_BxTxV = c.logit_softcap * jnp.tanh(logits_BxTxV / c.logit_softcap)
+    return logits_BxTxV, cache
 
 
 # Specs inside a block, by the parameter's path there.
@@ -253,6 +265,7 @@ _BLOCK_RULES = (
   # Vectors of D: the outputs of reduced matmul pairs, and the norms'.
   ('(attn/out|mlp/proj)/bias', ()),
   ('ln_[12]/(scale|bias)', ()),
+  ('attn/[qk]_norm/(scale|bias)', ()),  # Vectors of K, shared by the heads.
 )
 
 # Compression (research/compress.py): every matmul kernel by output column;
@@ -343,7 +356,9 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
   def flops_per_token(params) -> float:
     """6 N (the embedding counts once, as the output layer, when tied) plus
     12 L P D for QK^T and AV forward and backward (PaLM, Chowdhery et al.
-    2022, App. B), all of it though the causal mask wastes half."""
+    2022, App. B), all of it though the causal mask wastes half. Norms (the
+    qk-norm's included), softmaxes and the logit soft-cap are elementwise and
+    not counted, as in PaLM's count (their scales are not matrices)."""
     lookups = ('pos_embed',) + (() if config.tie_embeddings else ('embed/embedding',))
     flops = 6.0 * contract.matmul_params(params, lookups)
     flops += 12.0 * config.num_layers * seq_len * config.d_model

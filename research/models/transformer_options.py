@@ -2,13 +2,14 @@
 modules) that `transformer.Config` chooses from by name.
 
 A new option is one function registered here (and, where it is a new kind of
-choice, one field of `Config`): `NORMS` (`norm(config, name)`) and `MLPS`
-(`mlp(config, name=...)`); positional information is research/models/
-positional.py's `POSITIONAL`. An option reads the fields of `OptionConfig`
-(`transformer.Config` has them); this module does not import the family.
-Shape letters as in research/models/transformer.py.
+choice, one field of `Config`): `NORMS` (`norm(config, name)`; also the
+choices of `QK_NORMS`) and `MLPS` (`mlp(config, name=...)`); positional
+information is research/models/positional.py's `POSITIONAL`. An option reads
+the fields of `OptionConfig` (`transformer.Config` has them); this module
+does not import the family. Shape letters as in research/models/transformer.py.
 """
 
+import collections
 import functools
 import math
 from typing import Callable, Protocol
@@ -67,6 +68,14 @@ def rmsnorm(config: OptionConfig, name: str) -> nn.Module:
 
 NORMS: dict[str, Callable[..., nn.Module]] = {'layernorm': layernorm, 'rmsnorm': rmsnorm}
 NORM_POSITIONS = ('pre', 'post')
+
+# qk-norm (Dehghani et al. 2023, "Scaling Vision Transformers to 22 Billion
+# Parameters", its architecture's "QK Normalization"; Wortsman et al. 2024,
+# section 3.1.1, "qk-layernorm"): 'none', or a norm of NORMS applied over the
+# K features of each head's queries and keys (research/models/attention.py).
+# A live view of NORMS, not a copy, so that a norm registered there later (a
+# user's, a test's) is a qk-norm too.
+QK_NORMS: collections.ChainMap = collections.ChainMap({'none': None}, NORMS)
 
 
 class Mlp(nn.Module):
