@@ -108,7 +108,7 @@ class CliTest(absltest.TestCase):
 
   def test_the_experiment_runner_fails_in_one_line_too(self):
     cases = [
-      (['run'], r'expected run\|report and an experiment folder'),
+      (['run'], r'expected run\|report\|status and an experiment folder'),
       (
         ['run', 'experiments/zaremba2014', '--no_such_flag'],
         r"Unknown command line flag 'no_such_flag'\. Flags: --cells",

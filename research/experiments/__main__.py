@@ -1,10 +1,12 @@
-"""`python -m research.experiments run|report experiments/NAME [flags]`.
+"""`python -m research.experiments run|report|status experiments/NAME [flags]`.
 
 run: runs the spec's cells that are not finished (resuming interrupted ones),
 then writes RESULTS.md, results.csv and the plots into the experiment folder.
 report: only writes the table and plots from the cells' workdirs.
+status: prints each cell's state; runs and writes nothing.
 """
 
+import collections
 import os
 import shlex
 import sys
@@ -59,7 +61,8 @@ _FORCE = flags.DEFINE_boolean(
   'force',
   False,
   'Rewrite the table even where it would drop results of '
-  'cells whose workdirs are not under --root; with --emit-slurm, emit the finished and '
+  'cells whose workdirs are not under --root; run: also re-run diverged cells (resuming '
+  'from their last checkpoint); with --emit-slurm, emit the finished, diverged and '
   'running cells too.',
 )
 _ROOT = flags.DEFINE_string(
@@ -86,15 +89,16 @@ _TFDS_DIR = flags.DEFINE_string(
 )
 
 _USAGE = (
-  'usage: python -m research.experiments run|report experiments/NAME '
+  'usage: python -m research.experiments run|report|status experiments/NAME '
   '[--parallel=N] [--dry-run] [--emit-slurm=FILE [--slurm_*=...]] [--cells=...] [--force] '
-  '[--data_path=...] [--tfds_dir=...]'
+  '[--root=...] [--data_path=...] [--tfds_dir=...]'
 )
+_STATES = ('finished', 'diverged', 'failed', 'running', 'interrupted', 'not run')
 
 
 def main(argv):
-  if len(argv) != 3 or argv[1] not in ('run', 'report'):
-    cli.fail(f'expected run|report and an experiment folder, got {argv[1:]}; ' + _USAGE)
+  if len(argv) != 3 or argv[1] not in ('run', 'report', 'status'):
+    cli.fail(f'expected run|report|status and an experiment folder, got {argv[1:]}; ' + _USAGE)
   try:
     return _main(argv)
   except (ValueError, FileNotFoundError) as e:
@@ -108,6 +112,9 @@ def _main(argv):
   cells = runner.select(spec_lib.cells(experiment), _CELLS.value)
   root = _ROOT.value
   locations = {'data.path': _DATA_PATH.value, 'data.tfds_dir': _TFDS_DIR.value}
+  if argv[1] == 'status':
+    _print_status(root, experiment, cells)
+    return 0
   if _DRY_RUN.value:
     for cell in cells:
       path = runner.workdir(root, experiment, cell)
@@ -133,15 +140,35 @@ def _main(argv):
         experiment,
         report.finished_cells(root, experiment) | {c.name for c in cells},
       )
-    outcome = runner.run(root, experiment, cells, parallel=_PARALLEL.value, locations=locations)
+    outcome = runner.run(
+      root,
+      experiment,
+      cells,
+      parallel=_PARALLEL.value,
+      locations=locations,
+      rerun_diverged=_FORCE.value,
+    )
   written = report.write(directory, root, experiment, force=_FORCE.value)
   print('Wrote ' + ', '.join(written))
   if argv[1] == 'run':
-    failed = [n for n, s in outcome.items() if s.status != 'finished']
+    # A diverged cell is a result (its divergence), not a cell left to run.
+    failed = [n for n, s in outcome.items() if s.status not in ('finished', 'diverged')]
     if failed:
       print(f'Not finished: {failed} (see RESULTS.md).', file=sys.stderr)
       return 1
   return 0
+
+
+def _print_status(root, experiment, cells) -> None:
+  """One line per cell with its state (runner.state), then the count per state."""
+  states = {c.name: runner.state(runner.workdir(root, experiment, c)) for c in cells}
+  width = max(len(n) for n in states)
+  print(f'{"cell":<{width}}  state')
+  for name, state in states.items():
+    print(f'{name:<{width}}  {state.describe()}')
+  counts = collections.Counter(s.status for s in states.values())
+  shown = ', '.join(f'{counts[s]} {s}' for s in _STATES if counts[s])
+  print(f'{len(cells)} cells under {os.path.join(root, experiment.name)}: {shown}')
 
 
 def _emit_slurm(directory, root, experiment, cells, locations) -> None:
@@ -149,9 +176,9 @@ def _emit_slurm(directory, root, experiment, cells, locations) -> None:
   if not _FORCE.value:
     states = {c.name: runner.state(runner.workdir(root, experiment, c)) for c in cells}
     for cell in cells:
-      if states[cell.name].status in ('finished', 'running'):
+      if states[cell.name].status in ('finished', 'diverged', 'running'):
         print(f'{cell.name}: {states[cell.name].describe()}, left out (--force keeps it)')
-    cells = [c for c in cells if states[c.name].status not in ('finished', 'running')]
+    cells = [c for c in cells if states[c.name].status not in ('finished', 'diverged', 'running')]
   if not cells:
     print(f'No cell to run: nothing written to {_EMIT_SLURM.value}.')
     return

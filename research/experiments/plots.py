@@ -6,6 +6,10 @@ import os
 from research.experiments import ablation
 from research.experiments import spec as spec_lib
 from research.experiments import stats
+from research.experiments import sweep as sweep_lib
+
+
+SWEEP_PLOT = 'lr_sweep.png'
 
 
 def _pyplot():
@@ -298,3 +302,84 @@ def write_table_plot(
     table.metric,
     table.references,
   )
+
+
+def sweep_figure(experiment: spec_lib.Experiment, results: list):
+  """The figure of lr_sweep.png: each sweep group's counted final figure
+  (research/experiments/sweep.py) against the swept value on a log axis, mean
+  and 95% interval over seeds, one line per group; a ring marks a value where
+  a seed diverged (counted at the initial figure). Returns (figure, axes)."""
+  plt = _pyplot()
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+  sweep = experiment.sweep
+  found = sweep_lib.groups(experiment, results)
+  colors = _row_colors(plt, len(found))
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ringed = False
+  for group, color in zip(found, colors):
+    points = [p for p in group.points if p.counted]
+    if not points:
+      continue
+    intervals = [stats.confidence_interval(list(p.counted.values())) for p in points]
+    xs = [p.value for p in points]
+    ax.errorbar(
+      xs,
+      [m for m, _ in intervals],
+      yerr=[h or 0.0 for _, h in intervals],
+      marker='o',
+      capsize=3,
+      color=color,
+      label=group.name,
+    )
+    diverged = [(p.value, m) for p, (m, _) in zip(points, intervals) if p.diverged]
+    if diverged:
+      ax.plot(
+        *zip(*diverged),
+        marker='o',
+        markersize=12,
+        markerfacecolor='none',
+        linestyle='none',
+        color=color,
+      )
+      ringed = True
+  if ringed:  # One legend entry for the rings of every group, in no group's colour.
+    ax.plot(
+      [],
+      [],
+      marker='o',
+      markersize=12,
+      markerfacecolor='none',
+      linestyle='none',
+      color='black',
+      label='a seed diverged (counted at the initial figure)',
+    )
+  if sweep.initial is not None:
+    ax.axhline(sweep.initial, color='grey', linestyle=':', linewidth=1, label='at initialisation')
+  values = sorted({p.value for g in found for p in g.points})
+  ax.set_xscale('log')
+  ax.xaxis.set_major_locator(ticker.FixedLocator(values))
+  ax.xaxis.set_major_formatter(ticker.FixedFormatter([sweep_lib.rate_label(v) for v in values]))
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
+  ax.set_xlabel(f'{sweep.label} ({sweep.key})')
+  ax.set_ylabel(f'final {experiment.metric} ({experiment.splits[0]})')
+  ax.set_title(
+    f'{experiment.name}: final {experiment.metric} per {sweep.label}, mean and 95% interval '
+    'over seeds',
+    fontsize=9,
+  )
+  if ax.get_legend_handles_labels()[0]:
+    outside = len(found) > 8  # Many groups go beside the plot, where they cover no line.
+    if outside:
+      fig.set_size_inches(9, 4.5)
+    ax.legend(
+      fontsize=7 if outside else 8,
+      **({'loc': 'upper left', 'bbox_to_anchor': (1.01, 1.0)} if outside else {}),
+    )
+  return fig, ax
+
+
+def write_sweep_plot(directory: str, experiment: spec_lib.Experiment, results: list) -> str:
+  """lr_sweep.png (`sweep_figure`); returns its path."""
+  fig, _ = sweep_figure(experiment, results)
+  return _write(_pyplot(), fig, os.path.join(directory, SWEEP_PLOT))

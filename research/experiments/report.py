@@ -3,7 +3,8 @@
 Everything here is read from the cells' workdirs (metrics.jsonl, runs.jsonl,
 cell.json), never typed in: `write` regenerates the three outputs from
 whatever cells exist, listing cells not run with the command that runs them
-and failed cells with their reason.
+and failed and diverged cells with their reason; a spec's sweep groups get
+their section (sweep.py) and plot.
 """
 
 import csv
@@ -20,6 +21,7 @@ from research.experiments import plots
 from research.experiments import runner
 from research.experiments import spec as spec_lib
 from research.experiments import stats
+from research.experiments import sweep
 
 
 @dataclasses.dataclass
@@ -36,6 +38,8 @@ class CellResult:
   revision: str
   # (split, metric) -> value at the end, for the spec's further tables.
   extra: dict = dataclasses.field(default_factory=dict)
+  # split -> metric value of an evaluation at step 0 (before training), if any.
+  initial: dict = dataclasses.field(default_factory=dict)
 
 
 def shown_root(root: str) -> str:
@@ -69,6 +73,11 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
       (r.get('epoch', float('nan')), r[experiment.metric]) for r in records if r['split'] == 'valid'
     ]
     starts = [r for r in runs if r['event'] == 'start']
+    initial = {
+      r['split']: r[experiment.metric]
+      for r in records
+      if r['step'] == 0 and r['split'] in experiment.splits and experiment.metric in r
+    }
     out.append(
       CellResult(
         cell=cell,
@@ -77,6 +86,7 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
         command=shlex.join(runner.command(shown_root(root), experiment, cell, python='python')),
         final=final,
         extra=extra,
+        initial=initial,
         history=history,
         epochs=max([r.get('epoch', 0.0) for r in records], default=0.0),
         wall_seconds=provenance.wall_seconds(runs, [r['time'] for r in records if 'time' in r]),
@@ -85,6 +95,10 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
       )
     )
   return out
+
+
+# States of a cell that has a result: a diverged cell's is its divergence.
+_RESULTS = ('finished', 'diverged')
 
 
 def _duration(seconds: float) -> str:
@@ -171,10 +185,13 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
     lines += ablation.markdown(experiment, results)
   if experiment.split_baseline:
     lines += ablation.split_markdown(experiment, results)
+  if experiment.sweep:
+    lines += sweep.markdown(experiment, results)
+  # A diverged cell is a result (re-running it diverges again), not a row to run.
   missing = [
     row.name
     for row in experiment.rows
-    if not any(r.cell.row == row and r.status == 'finished' for r in results)
+    if not any(r.cell.row == row and r.status in _RESULTS for r in results)
   ]
   if missing:
     lines += [
@@ -196,7 +213,7 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
   for r in results:
     d = _DECIMALS.get(metric, 3) + 1
     values = ' | '.join(f'{r.final[s]:.{d}f}' if s in r.final else '' for s in experiment.splits)
-    detail = r.reason if r.status == 'failed' else f'`{r.command}`'
+    detail = r.reason if r.status in ('failed', 'diverged') else f'`{r.command}`'
     wall = _duration(r.wall_seconds) if r.wall_seconds else ''
     lines.append(
       f'| {r.cell.name} | {r.status} | {values} | '
@@ -213,6 +230,11 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
       else ''
     )
     + (', `splits.png` (each row per split)' if experiment.split_baseline else '')
+    + (
+      f', `{plots.SWEEP_PLOT}` (each sweep group per {experiment.sweep.label})'
+      if experiment.sweep
+      else ''
+    )
     + ''.join(f', `{t.plot}` ({t.title.lower()})' for t in experiment.tables if t.plot)
     + '.',
     '',
@@ -249,7 +271,7 @@ def table_markdown(
 
 def write_csv(path: str, experiment: spec_lib.Experiment, results: list[CellResult]) -> None:
   """One line per cell, split and metric; published values with seed
-  'published'."""
+  'published'; a diverged cell's figure on the first split is 'nan'."""
   with open(path, 'w', newline='') as f:
     out = csv.writer(f)
     out.writerow(['row', 'seed', 'split', 'metric', 'value', 'wall_seconds', 'hardware'])
@@ -273,6 +295,18 @@ def write_csv(path: str, experiment: spec_lib.Experiment, results: list[CellResu
               r.hardware,
             ]
           )
+      if r.status == 'diverged':  # Stopped on a non-finite loss: its final figure is NaN.
+        out.writerow(
+          [
+            r.cell.row.name,
+            r.cell.seed,
+            experiment.splits[0],
+            experiment.metric,
+            'nan',
+            f'{r.wall_seconds:.1f}',
+            r.hardware,
+          ]
+        )
       for (split, metric), value in sorted(r.extra.items()):
         out.writerow(
           [
@@ -300,11 +334,12 @@ def recorded_cells(table: str) -> set[str]:
 
 
 def finished_cells(root: str, experiment: spec_lib.Experiment) -> set[str]:
-  """Names of the cells whose workdirs under `root` hold a finished run."""
+  """Names of the cells whose workdirs under `root` hold a result: a finished
+  run, or a diverged one."""
   return {
     cell.name
     for cell in spec_lib.cells(experiment)
-    if runner.state(runner.workdir(root, experiment, cell)).status == 'finished'
+    if runner.state(runner.workdir(root, experiment, cell)).status in _RESULTS
   }
 
 
@@ -346,7 +381,7 @@ def write(
   results = collect(root, experiment)
   if not force:
     check_nothing_dropped(
-      directory, root, experiment, {r.cell.name for r in results if r.status == 'finished'}
+      directory, root, experiment, {r.cell.name for r in results if r.status in _RESULTS}
     )
   table = os.path.join(directory, 'results.csv')
   markdown = os.path.join(directory, 'RESULTS.md')
@@ -361,4 +396,6 @@ def write(
   for table in experiment.tables:
     if table.plot:
       written.append(plots.write_table_plot(directory, table, experiment, results))
+  if experiment.sweep:
+    written.append(plots.write_sweep_plot(directory, experiment, results))
   return written

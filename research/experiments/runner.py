@@ -12,12 +12,18 @@ by hand or by Slurm with the printed commands count the same:
   to be gone (a live pid on this host, a Slurm job squeue still lists, a
   process on another host), or cell.json names a live process on this host
   that has not taken the lock yet;
-- failed: the last attempt exited non-zero (cell.json holds the reason);
+- diverged: the last attempt stopped on a non-finite loss or gradient norm
+  (research.main's exit status 3, faults.EXIT_NONFINITE, recorded in cell.json;
+  or runs.jsonl ending with status 'diverged'): a result, which a re-run would
+  only repeat from the same checkpoint, so `run` skips it unless told to
+  re-run diverged cells;
+- failed: the last attempt exited non-zero otherwise (cell.json holds the reason);
 - interrupted: started, neither finished nor failed (re-running resumes it
   from its latest checkpoint);
 - not run: nothing there yet.
 """
 
+import collections
 import dataclasses
 import fnmatch
 import json
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import time
 
+from research import faults
 from research import provenance
 from research import workdir_lock
 from research.experiments import locations as locations_lib
@@ -214,7 +221,7 @@ def _alive(pid: int) -> bool:
 
 @dataclasses.dataclass
 class CellState:
-  status: str  # 'finished', 'running', 'failed', 'interrupted', 'not run'.
+  status: str  # 'finished', 'running', 'diverged', 'failed', 'interrupted', 'not run'.
   reason: str = ''  # Why it failed; who runs it.
 
   def describe(self) -> str:
@@ -235,6 +242,9 @@ def state(path: str) -> CellState:
   record = _read_cell_file(path)
   if record.get('pid') and record.get('host') == platform.node() and _alive(record['pid']):
     return CellState('running', f'host {record["host"]}, pid {record["pid"]}')
+  ended_diverged = runs and runs[-1]['event'] == 'end' and runs[-1]['status'] == 'diverged'
+  if record.get('status') == 'diverged' or ended_diverged:
+    return CellState('diverged', record.get('reason', ''))
   if record.get('status') == 'failed':
     return CellState('failed', record.get('reason', ''))
   if runs or record:
@@ -273,37 +283,64 @@ class _Launched:
     }
     _write_cell_file(path, self.record)
 
-  def finish(self) -> bool:
+  def finish(self) -> str:
+    """Records how the process ended in cell.json; returns the cell's status:
+    'finished', 'diverged' (exit status 3: a non-finite loss) or 'failed'."""
     code = self.process.returncode
     self.log.close()
     self.record.update(pid=None, ended=time.time())
     if code == 0:
       self.record.update(status='finished', reason='')
     else:
+      status = 'diverged' if code == faults.EXIT_NONFINITE else 'failed'
       self.record.update(
-        status='failed', reason=_failure_reason(os.path.join(self.path, LOG_FILE), code)
+        status=status, reason=_failure_reason(os.path.join(self.path, LOG_FILE), code)
       )
     _write_cell_file(self.path, self.record)
-    return code == 0
+    return self.record['status']
+
+  @property
+  def wall_seconds(self) -> float:
+    return self.record['ended'] - self.record['started']
 
 
-def run(
-  root: str,
-  experiment: spec_lib.Experiment,
-  cells: list[spec_lib.Cell],
-  parallel: int = 1,
-  echo=print,
-  locations: dict[str, str] | None = None,
-) -> dict[str, CellState]:
-  """Runs the cells that are not finished, at most `parallel` at once.
+def progress_line(
+  counts: dict[str, int], total: int, walls: list[float], remaining: int, parallel: int
+) -> str:
+  """'progress: F finished, D diverged, X failed, R remaining of N; ETA H:MM:SS'.
 
-  Finished cells are skipped; interrupted and failed ones are run again with
-  the same command, which resumes from their latest checkpoint. A cell whose
-  workdir was made by a command that trains something else (`identity`)
-  stops the run before anything starts: its results would not be the row's.
-  `locations`: see `command`.
+  Args:
+    counts: status -> cells ('finished', 'diverged', 'failed'; others are not read).
+    total: N, the cells asked for; R = N - F - D - X.
+    walls: wall seconds of the cells that finished in this run.
+    remaining: cells this runner has still to end (queued or running here).
+    parallel: cells run at once.
+
+  The ETA is mean(walls) * remaining / parallel ('ETA unknown' before a cell
+  finished in this run).
   """
-  todo = []
+  f, d, x = (counts.get(k, 0) for k in ('finished', 'diverged', 'failed'))
+  line = (
+    f'progress: {f} finished, {d} diverged, {x} failed, {total - f - d - x} remaining of {total}'
+  )
+  if not walls:
+    return line + '; ETA unknown'
+  seconds = round(sum(walls) / len(walls) * remaining / max(parallel, 1))
+  return line + f'; ETA {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def _skipped(current: CellState, rerun_diverged: bool) -> bool:
+  """Whether `run` leaves a cell in this state alone."""
+  return current.status in ('finished', 'running') or (
+    current.status == 'diverged' and not rerun_diverged
+  )
+
+
+def _plan(root, experiment, cells, locations, rerun_diverged, echo) -> tuple[list, dict]:
+  """`run`'s cells to start, as (cell, workdir, argv, workdirs it waits for), and
+  those skipped that have a result, name -> 'finished' or 'diverged'; raises
+  ValueError for a workdir made by another command."""
+  todo, ended = [], {}
   for cell in cells:
     path = workdir(root, experiment, cell)
     argv = command(root, experiment, cell, locations=locations)
@@ -315,14 +352,39 @@ def run(
         f'now gives\n  {shlex.join(argv)}\nMove or delete {path} to run the '
         'new command, or restore the spec.'
       )
-    if current.status in ('finished', 'running'):
+    if _skipped(current, rerun_diverged):
       echo(f'{cell.name}: {current.describe()}, skipped')
+      if current.status != 'running':
+        ended[cell.name] = current.status
       continue
     todo.append((cell, path, argv, needs(root, experiment, cell)))
+  return todo, ended
 
+
+def run(
+  root: str,
+  experiment: spec_lib.Experiment,
+  cells: list[spec_lib.Cell],
+  parallel: int = 1,
+  echo=print,
+  locations: dict[str, str] | None = None,
+  rerun_diverged: bool = False,
+) -> dict[str, CellState]:
+  """Runs the cells that are not finished, at most `parallel` at once.
+
+  Finished cells are skipped, and diverged ones (a result: the same command
+  resumes from the same checkpoint and diverges again) unless
+  `rerun_diverged`; interrupted and failed ones are run again with the same
+  command, which resumes from their latest checkpoint. A cell whose workdir
+  was made by a command that trains something else (`identity`) stops the run
+  before anything starts: its results would not be the row's. As each cell
+  ends, a `progress_line` follows its own. `locations`: see `command`.
+  """
+  todo, ended = _plan(root, experiment, cells, locations, rerun_diverged, echo)
+  # ended: cell name -> 'finished', 'diverged' or 'failed', for the progress line.
   python = sys.executable
   active: list[_Launched] = []
-  outcome = {}
+  walls = []  # Wall seconds of the cells finished in this run.
 
   def stop(signum, frame):
     del frame
@@ -345,7 +407,7 @@ def run(
         todo.remove(ready[0])
         cell, path, argv, _ = ready[0]
         current = state(path)
-        if current.status in ('finished', 'running'):  # Slurm or another runner took it since.
+        if _skipped(current, rerun_diverged):  # Slurm or another runner took it since.
           echo(f'{cell.name}: {current.describe()}, skipped')
           continue
         echo(f'{cell.name}: starting ({current.status}): {shlex.join(argv)}')
@@ -353,16 +415,16 @@ def run(
       time.sleep(0.5)
       for launched in [l for l in active if l.process.poll() is not None]:
         active.remove(launched)
-        ok = launched.finish()
-        echo(
-          f'{launched.cell.name}: ' + ('finished' if ok else 'failed: ' + launched.record['reason'])
-        )
+        status = ended[launched.cell.name] = launched.finish()
+        walls += [launched.wall_seconds] if status == 'finished' else []
+        reason = launched.record['reason']
+        echo(f'{launched.cell.name}: {status}' + (f': {reason}' if reason else ''))
+        counts = collections.Counter(ended.values())
+        echo(progress_line(counts, len(cells), walls, len(todo) + len(active), parallel))
   finally:
     for launched in active:
       launched.process.wait()
       launched.finish()
     for s, handler in previous.items():
       signal.signal(s, handler)
-  for cell in cells:
-    outcome[cell.name] = state(workdir(root, experiment, cell))
-  return outcome
+  return {cell.name: state(workdir(root, experiment, cell)) for cell in cells}

@@ -10,6 +10,7 @@ the paper and table it comes from.
 import dataclasses
 import importlib.util
 import itertools
+import math
 import os
 import re
 from typing import Callable, Sequence
@@ -43,6 +44,43 @@ class Row:
   # the runner waits for: {'distill.teacher': 'float'} (a distilled student),
   # {'init_from': 'pretrain'} (fine-tuning a pre-trained model).
   from_cells: dict = dataclasses.field(default_factory=dict)
+  # The sweep group of this row (Experiment.sweep; '': in none): the rows of a group differ in
+  # the swept key, whose value is `overrides[sweep.key]`.
+  group: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """Rows that form sweeps of one config key, the learning rate by default.
+
+  A row of a sweep names its group (`Row.group`, e.g. 'default', 'qk_norm_w128'); its swept
+  value is its override of `key`. RESULTS.md then gives, per group, the final figure (the
+  experiment's metric on its first split) against the value, the best value, and the LR
+  sensitivity of Wortsman et al. 2024 (Section 2.2) over seeds, each group paired with
+  `baseline` by seed (research/experiments/sweep.py).
+  """
+
+  key: str = 'optim.learning_rate'  # The swept config key; its values must be > 0 (log axis).
+  baseline: str = ''  # The group the others' sensitivity is compared with ('' : none).
+  # The metric at initialisation, in the experiment's metric (nats per token for 'loss'), for
+  # a cell whose metrics.jsonl holds no evaluation at step 0 (the trainer evaluates first at
+  # eval_every_steps): for 'loss', ln V is the uniform prediction over a V-token vocabulary,
+  # which a model whose initial logits are near 0 gives (math.log(65) for tiny-shakespeare's
+  # characters). None: only cells evaluated at step 0 have one.
+  initial: float | None = None
+  label: str = 'learning rate'  # The swept key as the table and plot name it.
+
+  def value(self, row: Row) -> float:
+    """`row`'s swept value."""
+    return float(row.overrides[self.key])
+
+  def groups(self, rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """Group -> its rows by swept value, groups in the order of their first row."""
+    out = {}
+    for row in rows:
+      if row.group:
+        out.setdefault(row.group, []).append(row)
+    return {g: sorted(members, key=self.value) for g, members in out.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +120,7 @@ class Experiment:
   # row's figure per split.
   split_baseline: str = ''
   tables: tuple[Table, ...] = ()  # Further tables after the main one.
+  sweep: Sweep | None = None  # Rows naming a `group` form sweeps of `sweep.key`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +197,7 @@ def check(experiment: Experiment) -> None:
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f'Row names must be unique; repeated: {duplicates}.')
+  _check_sweep(experiment)
   for row in experiment.rows:
     path = row.config.split(':', 1)[0]
     if not os.path.exists(path):
@@ -181,6 +221,39 @@ def check(experiment: Experiment) -> None:
       )
     if row.published and not row.source:
       raise ValueError(f'Row {row.name!r}: published values need a source (paper and table).')
+
+
+def _check_sweep(experiment: Experiment) -> None:
+  """Raises ValueError for sweep groups the sweep table cannot read."""
+  grouped = [r for r in experiment.rows if r.group]
+  sweep = experiment.sweep
+  if sweep is None:
+    if grouped:
+      raise ValueError(
+        f'Rows {[r.name for r in grouped]} name a sweep group but the experiment has no '
+        'sweep; set Experiment(sweep=Sweep(...)) or drop their group.'
+      )
+    return
+  if not grouped:
+    raise ValueError('The experiment has a sweep but no row names a group (Row.group).')
+  for row in grouped:
+    value = row.overrides.get(sweep.key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+      raise ValueError(
+        f'Row {row.name!r} of sweep group {row.group!r}: overrides[{sweep.key!r}] is '
+        f'{value!r}; a swept value must be a number > 0 (it is drawn on a log axis).'
+      )
+  for group, rows in sweep.groups(experiment.rows).items():
+    values = [sweep.value(r) for r in rows]
+    if len(set(values)) != len(values):
+      raise ValueError(f'Sweep group {group!r} has the value {sweep.key} twice: {values}.')
+    if len(values) < 2:
+      raise ValueError(f'Sweep group {group!r} has one row; a sweep needs two values or more.')
+  groups = list(sweep.groups(experiment.rows))
+  if sweep.baseline and sweep.baseline not in groups:
+    raise ValueError(f'Sweep baseline={sweep.baseline!r} is not a group; groups are {groups}.')
+  if sweep.initial is not None and not math.isfinite(sweep.initial):
+    raise ValueError(f'Sweep initial={sweep.initial!r} must be a finite number or None.')
 
 
 def load(directory: str) -> Experiment:
@@ -212,6 +285,7 @@ def grid(
   prefix: str = '',
   baseline: str = '',
   seeds: tuple[int, ...] | None = None,
+  group: str = '',
 ) -> tuple[Row, ...]:
   """Rows for every combination of the `axes` values, in order.
 
@@ -225,9 +299,11 @@ def grid(
     prefix: put before every row's name ('gpu_'), to hold two grids apart.
     baseline: the row these rows are compared with ('': the experiment's).
     seeds: these rows' seeds (None: the experiment's).
+    group: every row's sweep group (Row.group; '' : none).
 
   Returns:
-    Rows named by their values joined with '_' ('swiglu', 'rope_rmsnorm').
+    Rows named by their values joined with '_' ('swiglu', 'rope_rmsnorm'; a
+    float without exponent: 0.0003, not 3e-04).
   """
   published = published or {}
   keys = list(axes)
@@ -235,7 +311,7 @@ def grid(
   for values in itertools.product(*(axes[k] for k in keys)):
     overrides = {**(common or {}), **dict(zip(keys, values))}
     overrides.update(derived(overrides) if derived else {})
-    name = prefix + '_'.join(str(v) for v in values)
+    name = prefix + '_'.join(_value_name(v) for v in values)
     rows.append(
       Row(
         name,
@@ -245,9 +321,56 @@ def grid(
         source=source if name in published else '',
         baseline=baseline,
         seeds=seeds,
+        group=group,
       )
     )
   unknown = sorted(set(published) - {r.name for r in rows})
   if unknown:
     raise ValueError(f'Published values for {unknown}, which the grid does not make.')
+  return tuple(rows)
+
+
+def _value_name(value) -> str:
+  """A value as a row name's part: str(), but a float positionally (3e-05 would
+  put '-' in the name, which cell names use as a separator)."""
+  if isinstance(value, float) and 'e' in str(value):
+    return f'{value:.15f}'.rstrip('0').rstrip('.')
+  return str(value)
+
+
+def sweep_rows(
+  config: str,
+  groups: dict[str, dict],
+  values: Sequence[float],
+  *,
+  key: str = 'optim.learning_rate',
+  derived: Callable[[dict], dict] | None = None,
+  seeds: tuple[int, ...] | None = None,
+) -> tuple[Row, ...]:
+  """The rows of sweep groups: each group's overrides at every value of `key`.
+
+  Args:
+    config: every row's base config ('configs/x.py[:variant]').
+    groups: group name -> its overrides ({'qk_norm': {'model.qk_norm': 'layernorm'}});
+      a width makes its own group ({'default_w64': {...}, 'default_w128': {...}}).
+    values: the swept values, e.g. (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1).
+    key: the swept key (Sweep.key).
+    derived: `derived(overrides) -> more overrides`, as in `grid`.
+    seeds: these rows' seeds (None: the experiment's).
+
+  Returns:
+    Rows named GROUP_lrVALUE ('qk_norm_lr0.0003'), each with `group` set; the
+    report reads the group and value from the row, never from its name.
+  """
+  rows = []
+  for group, overrides in groups.items():
+    rows += grid(
+      config,
+      {key: list(values)},
+      common=overrides,
+      derived=derived,
+      prefix=f'{group}_lr' if key == 'optim.learning_rate' else f'{group}_',
+      seeds=seeds,
+      group=group,
+    )
   return tuple(rows)

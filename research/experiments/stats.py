@@ -141,3 +141,23 @@ def ordering_reproduced(paired: Paired | None, published_difference: float | Non
   if published_difference == 0:
     return 'no'  # The paper saw no difference; we see a significant one.
   return 'yes' if (paired.mean > 0) == (published_difference > 0) else 'no'
+
+
+def counted_loss(loss: float | None, initial: float) -> tuple[float, bool]:
+  """(the loss a sweep counts, whether the run diverged): min(loss, initial),
+  and a loss that is missing (the run stopped on a non-finite step), not
+  finite or above the loss at initialisation counts at `initial` and is
+  diverged (Wortsman et al. 2024, Section 2.2)."""
+  if loss is None or not math.isfinite(loss) or loss > initial:
+    return initial, True
+  return loss, False
+
+
+def lr_sensitivity(counted: list[float]) -> float:
+  """LR sensitivity of Wortsman et al. 2024 (Section 2.2) of one sweep at one
+  seed: E_eta[min(loss(eta), loss_0)] - min_eta loss(eta), the mean over the
+  swept values (their expectation over a log-uniform range, for values evenly
+  spaced in log) of the counted losses (`counted_loss`) minus the best one."""
+  if not counted:
+    raise ValueError('no values')
+  return statistics.fmean(counted) - min(counted)
