@@ -63,8 +63,11 @@ def _specs_match_rules(state, parts) -> bool:
   return ok and all(jax.tree.leaves(moments))
 
 
-def mesh_worker(model: str, directory: str, scan_layers: bool = False) -> dict:
-  """Runs 3 steps under every mesh of MESHES from the same initial state."""
+def mesh_worker(
+  model: str, directory: str, scan_layers: bool = False, options: dict | None = None
+) -> dict:
+  """Runs 3 steps under every mesh of MESHES from the same initial state
+  (`options`: config.model keys to set)."""
   import jax  # pylint: disable=g-import-not-at-top
   from research import components, sharding, train  # pylint: disable=g-import-not-at-top
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -74,6 +77,7 @@ def mesh_worker(model: str, directory: str, scan_layers: bool = False) -> dict:
   config = test_util.tiny_config(directory, model=model)
   if scan_layers:
     config.model.scan_layers = True
+  config.model.update(options or {})
   runs = {}
   # Scanned layers change no partition rule: the meshes that combine axes.
   names = ('one', 'data_tensor', 'fsdp_tensor') if scan_layers else tuple(MESHES)
@@ -238,10 +242,16 @@ def assert_meshes_train_like_one_device(test: absltest.TestCase, result: dict) -
 
 
 class MultiDeviceTest(parameterized.TestCase):
-  @parameterized.parameters(('lstm', False), ('transformer', False), ('transformer', True))
-  def test_every_mesh_trains_like_one_device(self, model, scan_layers):
+  @parameterized.parameters(
+    ('lstm', False, {}),
+    ('transformer', False, {}),
+    # Scanned, with the options whose parameters have their own partition rules
+    # or change the attention's layout (qk-norm's gains, RoPE, the soft-cap).
+    ('transformer', True, {'qk_norm': 'layernorm', 'positional': 'rope', 'logit_softcap': 2.0}),
+  )
+  def test_every_mesh_trains_like_one_device(self, model, scan_layers, options):
     with tempfile.TemporaryDirectory() as tmp:
-      result = _run(f'mesh_worker({model!r}, {tmp!r}, {scan_layers})')
+      result = _run(f'mesh_worker({model!r}, {tmp!r}, {scan_layers}, {options!r})')
     assert_meshes_train_like_one_device(self, result)
 
   def test_checkpoint_moves_between_meshes(self):

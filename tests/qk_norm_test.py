@@ -2,17 +2,11 @@
 against formulas written here: the attention block computed by hand (norms,
 RoPE, softmax), c * tanh(x / c), and the model with both options at their
 defaults giving the logits recorded before the options existed. Then what
-they must work with: the decoding cache, scan/remat, bf16, the partition rules
-and an 8-device sharded step (in a subprocess: XLA fixes the device count when
-JAX starts)."""
+they must work with: the decoding cache, scan/remat, bf16 and the partition
+rules. The 8-device sharded step with both options on is one of
+tests/multidevice_test.py's cases."""
 
-import json
 import math
-import os
-import subprocess
-import sys
-import tempfile
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +26,6 @@ V, T, B = models_test.V, models_test.T, models_test.B
 # GPT-2's epsilon, as the repository's norms (tests/norms_test.py checks it there).
 EPSILON = 1e-5
 ROPE_BASE = 10000.0  # Su et al. 2021.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _layernorm(x, p):
@@ -328,54 +321,6 @@ class SoftcapTest(absltest.TestCase):
     self.assertGreater(np.abs(plain).max(), 1e3)
     self.assertTrue(np.isfinite(capped).all())
     self.assertLessEqual(np.abs(capped).max(), 30.0)
-
-
-def sharded_worker(directory: str) -> dict:
-  """multidevice_test's worker (3 train steps under meshes one, data 4 x
-  tensor 2 and fsdp 4 x tensor 2, scanned layers) on its tiny Transformer
-  with qk-layernorm, RoPE and the soft-cap on."""
-  from tests import multidevice_test  # pylint: disable=g-import-not-at-top
-  from tests import test_util  # pylint: disable=g-import-not-at-top
-
-  tiny = test_util.tiny_config
-
-  def with_options(*args, **kwargs):
-    config = tiny(*args, **kwargs)
-    config.model.update(qk_norm='layernorm', positional='rope', logit_softcap=2.0)
-    return config
-
-  with mock.patch.object(test_util, 'tiny_config', with_options):
-    return multidevice_test.mesh_worker('transformer', directory, scan_layers=True)
-
-
-class ShardedTest(absltest.TestCase):
-  def test_sharded_steps_equal_the_single_device_steps(self):
-    env = dict(
-      os.environ,
-      XLA_FLAGS='--xla_force_host_platform_device_count=8',
-      JAX_PLATFORMS='cpu',
-      JAX_ENABLE_COMPILATION_CACHE='false',  # As tests/multidevice_test.py, which says why.
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-      code = (
-        'import json; from tests import qk_norm_test as m; '
-        f'print("RESULT", json.dumps(m.sharded_worker({tmp!r})))'
-      )
-      out = subprocess.run(
-        [sys.executable, '-c', code],
-        cwd=_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-      )
-    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
-    line = [l for l in out.stdout.splitlines() if l.startswith('RESULT')][-1]
-    result = json.loads(line[len('RESULT ') :])
-    self.assertEqual(set(result), {'one', 'data_tensor', 'fsdp_tensor'})
-    from tests import multidevice_test  # pylint: disable=g-import-not-at-top
-
-    multidevice_test.assert_meshes_train_like_one_device(self, result)
 
 
 if __name__ == '__main__':
