@@ -152,7 +152,7 @@ def _main(argv):
   print('Wrote ' + ', '.join(written))
   if argv[1] == 'run':
     # A diverged cell is a result (its divergence), not a cell left to run.
-    failed = [n for n, s in outcome.items() if s.status not in ('finished', 'diverged')]
+    failed = [n for n, s in outcome.items() if s.status not in runner.RESULTS]
     if failed:
       print(f'Not finished: {failed} (see RESULTS.md).', file=sys.stderr)
       return 1
@@ -176,9 +176,9 @@ def _emit_slurm(directory, root, experiment, cells, locations) -> None:
   if not _FORCE.value:
     states = {c.name: runner.state(runner.workdir(root, experiment, c)) for c in cells}
     for cell in cells:
-      if states[cell.name].status in ('finished', 'diverged', 'running'):
+      if runner.skipped(states[cell.name]):
         print(f'{cell.name}: {states[cell.name].describe()}, left out (--force keeps it)')
-    cells = [c for c in cells if states[c.name].status not in ('finished', 'diverged', 'running')]
+    cells = [c for c in cells if not runner.skipped(states[c.name])]
   if not cells:
     print(f'No cell to run: nothing written to {_EMIT_SLURM.value}.')
     return

@@ -97,10 +97,6 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
   return out
 
 
-# States of a cell that has a result: a diverged cell's is its divergence.
-_RESULTS = ('finished', 'diverged')
-
-
 def _duration(seconds: float) -> str:
   h, m, s = metrics.hours_minutes_seconds(seconds)
   return f'{h} h {m:02d} min' if h else f'{m} min {s:02d} s'
@@ -191,7 +187,7 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
   missing = [
     row.name
     for row in experiment.rows
-    if not any(r.cell.row == row and r.status in _RESULTS for r in results)
+    if not any(r.cell.row == row and r.status in runner.RESULTS for r in results)
   ]
   if missing:
     lines += [
@@ -339,7 +335,7 @@ def finished_cells(root: str, experiment: spec_lib.Experiment) -> set[str]:
   return {
     cell.name
     for cell in spec_lib.cells(experiment)
-    if runner.state(runner.workdir(root, experiment, cell)).status in _RESULTS
+    if runner.state(runner.workdir(root, experiment, cell)).status in runner.RESULTS
   }
 
 
@@ -381,7 +377,7 @@ def write(
   results = collect(root, experiment)
   if not force:
     check_nothing_dropped(
-      directory, root, experiment, {r.cell.name for r in results if r.status in _RESULTS}
+      directory, root, experiment, {r.cell.name for r in results if r.status in runner.RESULTS}
     )
   table = os.path.join(directory, 'results.csv')
   markdown = os.path.join(directory, 'RESULTS.md')

@@ -329,7 +329,11 @@ def progress_line(
   return line + f'; ETA {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
-def _skipped(current: CellState, rerun_diverged: bool) -> bool:
+# States of a cell that has a result; a diverged cell's result is its divergence.
+RESULTS = ('finished', 'diverged')
+
+
+def skipped(current: CellState, rerun_diverged: bool = False) -> bool:
   """Whether `run` leaves a cell in this state alone."""
   return current.status in ('finished', 'running') or (
     current.status == 'diverged' and not rerun_diverged
@@ -352,7 +356,7 @@ def _plan(root, experiment, cells, locations, rerun_diverged, echo) -> tuple[lis
         f'now gives\n  {shlex.join(argv)}\nMove or delete {path} to run the '
         'new command, or restore the spec.'
       )
-    if _skipped(current, rerun_diverged):
+    if skipped(current, rerun_diverged):
       echo(f'{cell.name}: {current.describe()}, skipped')
       if current.status != 'running':
         ended[cell.name] = current.status
@@ -407,7 +411,7 @@ def run(
         todo.remove(ready[0])
         cell, path, argv, _ = ready[0]
         current = state(path)
-        if _skipped(current, rerun_diverged):  # Slurm or another runner took it since.
+        if skipped(current, rerun_diverged):  # Slurm or another runner took it since.
           echo(f'{cell.name}: {current.describe()}, skipped')
           continue
         echo(f'{cell.name}: starting ({current.status}): {shlex.join(argv)}')

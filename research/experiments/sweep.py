@@ -20,11 +20,11 @@ seed (stats.paired_difference).
 import dataclasses
 import statistics
 
+from research.experiments import runner
 from research.experiments import spec as spec_lib
 from research.experiments import stats
 
 DAGGER = '†'
-_DONE = ('finished', 'diverged')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,7 @@ def groups(experiment: spec_lib.Experiment, results: list) -> list[Group]:
       for r in (x for x in results if x.cell.row == row):
         planned += 1
         seeds.add(r.cell.seed)
-        if r.status not in _DONE or (r.status == 'finished' and split not in r.final):
+        if r.status not in runner.RESULTS or (r.status == 'finished' and split not in r.final):
           continue
         initial = r.initial.get(split, sweep.initial)
         if initial is None:
