@@ -12,7 +12,14 @@ import re
 
 from research.experiments import spec as spec_lib
 
-ROWS_PATH = re.compile(r'^([A-Za-z0-9_.*?\[\]-]+)=(.+)$')
+_ROWS_PATH = re.compile(r'^([A-Za-z0-9_.*?\[\]-]+)=(.+)$')
+
+
+def row_paths(value: str) -> list[tuple[str, str]] | None:
+  """[(ROWS, PATH), ...] of a data.path of the form 'ROWS=PATH,ROWS=PATH';
+  None for any other value (one path for every cell, or '')."""
+  pairs = [_ROWS_PATH.match(item.strip()) for item in value.split(',')] if value else [None]
+  return [(m.group(1), m.group(2)) for m in pairs] if all(pairs) else None
 
 
 def for_cell(locations: dict[str, str], cell: spec_lib.Cell) -> dict[str, str]:
@@ -20,16 +27,14 @@ def for_cell(locations: dict[str, str], cell: spec_lib.Cell) -> dict[str, str]:
   'ROWS=PATH,ROWS=PATH' (ROWS a row or cell name, shell wildcards) gives the
   PATH of the first ROWS matching the cell, or none; any other value is every
   cell's."""
-  value = locations.get('data.path', '')
-  pairs = [ROWS_PATH.match(item.strip()) for item in value.split(',')] if value else [None]
-  if not all(pairs):
+  pairs = row_paths(locations.get('data.path', ''))
+  if pairs is None:
     return locations
   path = next(
     (
-      m.group(2)
-      for m in pairs
-      if fnmatch.fnmatchcase(cell.name, m.group(1))
-      or fnmatch.fnmatchcase(cell.row.name, m.group(1))
+      path
+      for rows, path in pairs
+      if fnmatch.fnmatchcase(cell.name, rows) or fnmatch.fnmatchcase(cell.row.name, rows)
     ),
     '',
   )

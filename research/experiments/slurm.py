@@ -87,11 +87,11 @@ def absolute_locations(locations: dict[str, str]) -> dict[str, str]:
   gs:// and other URLs as given)."""
   out = {}
   for key, value in locations.items():
-    pairs = [locations_lib.ROWS_PATH.match(item.strip()) for item in value.split(',')]
-    if value and all(pairs):
-      out[key] = ','.join(f'{m.group(1)}={_absolute(m.group(2))}' for m in pairs)
-    else:
+    pairs = locations_lib.row_paths(value)
+    if pairs is None:
       out[key] = _absolute(value)
+    else:
+      out[key] = ','.join(f'{rows}={_absolute(path)}' for rows, path in pairs)
   return out
 
 
