@@ -67,6 +67,17 @@ def _process_start(pid: int) -> str:
   return fields[19] if fields[0] != 'Z' else 'zombie'
 
 
+def pid_alive(pid: int) -> bool:
+  """Whether a process `pid` exists on this host (another user's counts)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # Another user's live process.
+  return True
+
+
 def _slurm_job() -> str:
   array, task = os.environ.get('SLURM_ARRAY_JOB_ID'), os.environ.get('SLURM_ARRAY_TASK_ID')
   if array and task:
@@ -129,12 +140,8 @@ def gone(holder: Holder) -> str:
       holder.pid == os.getpid()
     ):  # This very process holds it (refused like anyone), or reuses its pid.
       return '' if holder.process_start == now else f'pid {holder.pid} is this new process'
-    try:
-      os.kill(holder.pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(holder.pid):
       return f'pid {holder.pid} is gone'
-    except PermissionError:
-      pass  # Another user's live process.
     if now == 'zombie':
       return f'pid {holder.pid} has exited'
     if holder.process_start and now and now != holder.process_start:

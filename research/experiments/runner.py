@@ -209,16 +209,6 @@ def _write_cell_file(path: str, record: dict) -> None:
   os.replace(tmp, os.path.join(path, CELL_FILE))
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 @dataclasses.dataclass
 class CellState:
   status: str  # 'finished', 'running', 'diverged', 'failed', 'interrupted', 'not run'.
@@ -240,7 +230,11 @@ def state(path: str) -> CellState:
   if holder is not None and not workdir_lock.gone(holder):
     return CellState('running', holder.describe())
   record = _read_cell_file(path)
-  if record.get('pid') and record.get('host') == platform.node() and _alive(record['pid']):
+  if (
+    record.get('pid')
+    and record.get('host') == platform.node()
+    and workdir_lock.pid_alive(record['pid'])
+  ):
     return CellState('running', f'host {record["host"]}, pid {record["pid"]}')
   ended_diverged = runs and runs[-1]['event'] == 'end' and runs[-1]['status'] == 'diverged'
   if record.get('status') == 'diverged' or ended_diverged:
