@@ -33,6 +33,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_train_steps = 1000  # Optimizer steps; <= 0 means num_epochs * steps per epoch.
   c.log_every_steps = 100  # Steps between console/TensorBoard/metrics.jsonl train lines.
   c.eval_every_steps = 1000  # Steps between evaluations on the valid split (<= 0: once per epoch).
+  c.eval_at_start = False  # Also score the valid split before the first step (the loss at init).
+  # With each train line, the model's activation statistics (`Model.stats`; Transformer: largest
+  # attention logit and block-output RMS per layer) from one extra forward pass on that step's batch.
+  c.model_stats = True
   c.checkpoint_every_steps = 1000  # Steps between checkpoints (<= 0: once per epoch).
   c.keep_checkpoints = 3  # Number of most recent checkpoints kept on disk.
   c.skip_nonfinite_steps = False  # True: a step with a non-finite loss/gradient leaves the state unchanged (counted in metrics); False: stop the run.

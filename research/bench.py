@@ -130,6 +130,7 @@ def run(config, steps: int, warmup: int, config_name: str = '', allocator: str =
   tokens = config.data.batch_size * config.data.seq_len
   per_token = parts.model.flops_per_token(state.params)
   summary = flops.describe(times)
+  stats = _stats_figures(parts, config, state, batches, summary)
   device = jax.devices()[0]
   peak_total, peak_source = flops.total_peak()
   flops_per_s = per_token * tokens / summary['step_time_median_s']
@@ -156,6 +157,27 @@ def run(config, steps: int, warmup: int, config_name: str = '', allocator: str =
     'page_faults_per_step': faults / steps,
     'host_allocator': allocator,
     'data_tokens_per_s': data_tokens_per_s(parts, config),
+    **stats,
+  }
+
+
+def _stats_figures(parts, config, state, batches, summary: dict, calls: int = 10) -> dict:
+  """The cost of the train lines' statistics pass (`train.stats_function`):
+  its median time and that time as a share of the `log_every_steps` steps
+  it is taken once per; {} where the run takes none."""
+  stats_fn = train.stats_function(parts, config)
+  if stats_fn is None:
+    return {}
+  jax.block_until_ready(stats_fn(state.params, state.carry, batches[0]['inputs']))
+  times = []
+  for i in range(calls):
+    t0 = time.perf_counter()
+    jax.block_until_ready(stats_fn(state.params, state.carry, batches[i % len(batches)]['inputs']))
+    times.append(time.perf_counter() - t0)
+  pass_s = float(np.median(times))
+  return {
+    'stats_pass_s': pass_s,
+    'stats_cost_per_step': pass_s / (config.log_every_steps * summary['step_time_median_s']),
   }
 
 
@@ -237,7 +259,13 @@ def _print(figures: dict) -> None:
     f'({figures["peak_memory_kind"]})\n'
     f'  page faults        {figures["page_faults_per_step"]:,.0f} per step '
     f'(host allocator {figures["host_allocator"]})\n'
-    f'  data pipeline      {figures["data_tokens_per_s"]:,.0f} tokens/s',
+    f'  data pipeline      {figures["data_tokens_per_s"]:,.0f} tokens/s'
+    + (
+      f'\n  model statistics   {ms(figures["stats_pass_s"])} a pass, once per log line: '
+      f'{100 * figures["stats_cost_per_step"]:.2f}% of the step time'
+      if 'stats_pass_s' in figures
+      else ''
+    ),
     flush=True,
   )
 

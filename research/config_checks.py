@@ -59,6 +59,8 @@ RULES = {
   'keep_checkpoints': at_least(1),
   'skip_nonfinite_steps': boolean(),
   'eval_on_test': boolean(),
+  'eval_at_start': boolean(),
+  'model_stats': boolean(),
   'optim.name': registered(optim.OPTIMIZERS, 'optimizer'),
   'optim.learning_rate': positive(),
   'optim.grad_clip_norm': Rule(number, 'a finite number (<= 0: no clipping)'),

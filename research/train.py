@@ -232,6 +232,9 @@ class Run(NamedTuple):
   manager: Any  # The workdir's Orbax checkpoint manager.
   dropout_rng: jax.Array  # Folded with the step inside the step.
   sample_rng: jax.Array  # Folded with the step for each sample.
+  # `model.stats` jitted under the mesh, `(params, carry, inputs_BxT) -> {name: scalar}`, for the
+  # train lines (config.model_stats); None when off or the family has none.
+  stats_fn: Callable | None = None
 
 
 def _evaluate_and_sample(run: Run, params, step: int, splits, *, final: bool = False):
@@ -323,6 +326,7 @@ def _start(config: ml_collections.ConfigDict, workdir: str, devices) -> tuple[Ru
     manager=manager,
     dropout_rng=dropout_rng,
     sample_rng=sample_rng,
+    stats_fn=stats_function(parts, config),
   )
   metrics.console(
     'Training %s on %s: %d steps (%d per epoch), mesh %s, from step %d.',
@@ -334,6 +338,15 @@ def _start(config: ml_collections.ConfigDict, workdir: str, devices) -> tuple[Ru
     start,
   )
   return run, state
+
+
+def stats_function(parts: components_lib.Components, config) -> Callable | None:
+  """`Run.stats_fn`: the model's statistics pass, jitted once, its figures
+  replicated; None when config.model_stats is off or the family has none."""
+  if not config.model_stats or parts.model.stats is None:
+    return None
+  jitted = jax.jit(parts.model.stats, out_shardings=sharding.replicated(parts.mesh))
+  return sharding.under_mesh(jitted, parts.mesh)
 
 
 def _finish(run: Run, state: TrainState) -> dict[str, dict[str, float]]:
@@ -388,6 +401,13 @@ def _train_loop(run: Run, state: TrainState) -> TrainState:
     peak,
   )
   throughput.reset(start)
+  if start == 0 and config.eval_at_start:
+    # The loss at initialisation (a learning-rate sweep's reference); no sample.
+    run.writer.truncate_after(0, also_at_step=('valid',))
+    initial = run.evaluator.splits(state.params, ('valid',))
+    run.writer.write(0, 'valid', {**initial['valid'], 'epoch': 0.0})
+    evaluate.log_figures(0, initial, parts.corpus.headline)
+    throughput.reset(start)
   # Step metrics still on the device, and fetched (and checked) ones not yet
   # logged: each is fetched once, at the next log line or save.
   on_device, fetched = [], []
@@ -397,9 +417,11 @@ def _train_loop(run: Run, state: TrainState) -> TrainState:
       state, step_metrics = run.step_fn(state, batch, run.dropout_rng)
       on_device.append((step, step_metrics))
       if step % config.log_every_steps == 0 or step == total:
+        # The statistics of the parameters after this step, on its batch.
+        model_stats = run.stats_fn and run.stats_fn(state.params, state.carry, batch['inputs'])
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
         on_device = []
-        _log_train(run, step, fetched, throughput)
+        _log_train(run, step, fetched, throughput, model_stats)
         fetched = []
       if step % parts.eval_every == 0 and step != total:
         _evaluate_and_sample(run, state.params, step, ('valid',))
@@ -444,9 +466,12 @@ def _fetch_checked(on_device, manager, skip: bool) -> list[dict]:
   return [m for _, m in host]
 
 
-def _log_train(run: Run, step: int, host: list[dict], throughput: metrics.Throughput):
+def _log_train(
+  run: Run, step: int, host: list[dict], throughput: metrics.Throughput, model_stats=None
+):
   """Writes the means of the host step metrics since the last log line (and
-  a DP run's privacy spent so far)."""
+  a DP run's privacy spent so far, and `model_stats`, the model's statistics
+  at this step, when given)."""
   parts, writer = run.parts, run.writer
   corpus, per_epoch = parts.corpus, parts.steps_per_epoch
   # Means over the steps that counted (all of them unless steps were skipped).
@@ -463,5 +488,7 @@ def _log_train(run: Run, step: int, host: list[dict], throughput: metrics.Throug
   figures.update({k: float(np.mean([m[k] for m in good])) for k in extra})
   if parts.privacy is not None:
     figures.update(parts.privacy.figures(step))
+  if model_stats is not None:
+    figures.update({k: float(v) for k, v in jax.device_get(model_stats).items()})
   writer.write(step, 'train', figures)
   writer.log_train(step, parts.num_train_steps, figures, corpus.headline)

@@ -57,7 +57,10 @@ def check_every_field(test: absltest.TestCase, name: str) -> None:
   """Builds family `name` and calls every field of its `Model`."""
   test.assertIsNotNone(common.model_defaults(name), f'configs/common.py lacks {name}_model()')
   model = models.get_model(_model_config(name), V, T)
-  test.assertEqual([f for f in model._fields if getattr(model, f) is None and f != 'context'], [])
+  optional = ('context', 'stats')  # No context limit (LSTM); no statistics pass.
+  test.assertEqual(
+    [f for f in model._fields if getattr(model, f) is None and f not in optional], []
+  )
   test.assertIsInstance(model.recurrent, bool)
   params = jax.jit(model.init)(jax.random.key(0))
   structs = jax.eval_shape(model.init, jax.random.key(0))
@@ -95,6 +98,14 @@ def check_every_field(test: absltest.TestCase, name: str) -> None:
     )
     steps.append(logits_Bx1xV)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), logits_BxTxV, rtol=1e-5, atol=1e-5)
+
+  # stats: named finite scalars of one forward pass, where the family has them.
+  if model.stats is not None:
+    figures = jax.jit(model.stats)(params, carry, tokens_BxT)
+    test.assertNotEmpty(figures)
+    for value in figures.values():
+      test.assertEqual(jnp.shape(value), ())
+      test.assertTrue(np.isfinite(value))
 
   # flops_per_token: of the parameters or of their shapes alike.
   test.assertGreater(model.flops_per_token(params), 0)

@@ -13,6 +13,10 @@ token per call; the logits equal the full pass's at every position.
 Queries and keys go through the config's qk-norm first (`qk_norm`, a name in
 transformer_options.QK_NORMS), then the positional kind's rotation; the cache
 holds keys as they enter the dot product (normalised, rotated).
+
+When the flax collection `intermediates` is mutable (the model's `stats`, never
+the train step), the layer also sows `logit_max`: its largest pre-softmax
+logit over the batch, the heads and the visible (query, key) pairs.
 """
 
 import functools
@@ -81,6 +85,18 @@ def _masked_softmax(logits_BxNxTxS: jax.Array, visible_TxS: jax.Array, dtype) ->
     visible_TxS, logits_BxNxTxS.astype(jnp.float32), jnp.finfo(jnp.float32).min
   )
   return jax.nn.softmax(logits_BxNxTxS, axis=-1).astype(dtype)
+
+
+def logit_max(q_BxTxNxK, k_BxTxNxK, bias_BxNxTxS=None) -> jax.Array:
+  """The largest logit q.k (+ bias) over every row, head and causal pair
+  (s <= t): the attention-logit growth Wortsman et al. 2024 (section 3.1.1)
+  watch. `q` already carries the 1/sqrt(K). Float32, forward only."""
+  T = q_BxTxNxK.shape[1]  # pylint: disable=invalid-name
+  logits_BxNxTxS = jnp.einsum('btnk,bsnk->bnts', q_BxTxNxK, k_BxTxNxK).astype(jnp.float32)
+  if bias_BxNxTxS is not None:
+    logits_BxNxTxS = logits_BxNxTxS + bias_BxNxTxS
+  causal_TxS = jnp.tril(jnp.ones((T, T), dtype=bool))
+  return jnp.max(jnp.where(causal_TxS, logits_BxNxTxS, -jnp.inf))
 
 
 def causal_attention(q, k, v, dropout, heads_major: bool, bias_BxNxTxS=None):
@@ -199,6 +215,12 @@ class CausalSelfAttention(nn.Module):
       return project_out(out_BxTxNxK), cache
     # Keys are the segment's own positions.
     bias_BxNxTxS = bias_fn and bias_fn(positions_BxT, positions_BxT)
+    if self.is_mutable_collection('intermediates'):
+      # Statistics only (a separate forward pass): the logits once more, so
+      # neither attention path changes for them.
+      self.sow(
+        'intermediates', 'logit_max', logit_max(q_BxTxNxK * K**-0.5, k_BxTxNxK, bias_BxNxTxS)
+      )
     if ATTENTION_KINDS[c.attention].fused:
       # One fused op: cuDNN flash attention on GPU where it applies, XLA
       # elsewhere. Same math; no dropout on the attention weights.

@@ -17,7 +17,7 @@ from research.models import layers
 class Model(NamedTuple):
   """A model family instance as pure functions.
 
-  Every field but `ghost_layers` is required: training, evaluation, the
+  Every field but `ghost_layers` and `stats` is required: training, evaluation, the
   sampler, the benchmark, the model card and the partitioner call them all.
 
   Attributes:
@@ -65,6 +65,11 @@ class Model(NamedTuple):
       is a module at the model's root, called once per forward pass, whose
       parameters nothing else uses. Optional: with none, DP-SGD forms every
       per-row gradient (research/privacy/dp_sgd.py).
+    stats: `stats(params, carry, inputs_BxT) -> {name: scalar}`, statistics of
+      the activations of one forward pass with train=False (the Transformer:
+      attention-logit maxima and block-output RMS per layer), which training
+      logs beside the step's metrics every `log_every_steps` (a separate
+      pass, so the step's program is unchanged). Optional: None for none.
   """
 
   init: Callable[..., Any]
@@ -78,6 +83,7 @@ class Model(NamedTuple):
   flops_per_token: Callable[[Any], float]
   compressible: tuple[tuple[str, str], ...]
   ghost_layers: tuple[tuple[str, str], ...] = ()
+  stats: Callable[..., dict] | None = None
 
 
 # With scan_layers=True the Transformer keeps its L blocks under this key,

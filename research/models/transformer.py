@@ -165,6 +165,10 @@ class Block(nn.Module):
       x_BxTxD = norm_2(x_BxTxD + mlp(x_BxTxD, train))
     # The residual stream is split by batch only, whole features per device.
     x_BxTxD = sharding.constrain(x_BxTxD, BATCH, None, None)
+    if self.is_mutable_collection('intermediates'):  # The model's `stats` only.
+      self.sow(
+        'intermediates', 'out_rms', jnp.sqrt(jnp.mean(jnp.square(x_BxTxD.astype(jnp.float32))))
+      )
     return x_BxTxD, cache
 
 
@@ -220,7 +224,7 @@ class Transformer(nn.Module):
       # cache, and its own dropout key.
       stack = nn.scan(
         block,
-        variable_axes={'params': 0},
+        variable_axes={'params': 0, 'intermediates': 0},
         split_rngs={'params': True, 'dropout': True},
         in_axes=(nn.broadcast, nn.broadcast, 0),
         length=c.num_layers,
@@ -301,7 +305,7 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
     variables = module.init({'params': rng}, jnp.zeros((1, 1), jnp.int32), train=False)
     return variables['params']
 
-  def run(params, inputs_BxT, *, train, rngs, positions_BxT, cache):
+  def run(params, inputs_BxT, *, train, rngs, positions_BxT, cache, mutable=False):
     if compute_dtype != jnp.float32:
       # Mixed precision: the float32 parameters (and so the optimizer state)
       # are cast on the way in, so gradients come back in float32; the
@@ -317,6 +321,7 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
       positions_BxT=positions_BxT,
       cache=cache,
       rngs=rngs,
+      mutable=mutable,
     )
 
   def apply(
@@ -353,6 +358,35 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
   ) -> tuple[jax.Array, dict]:
     return run(params, inputs_BxT, train=False, rngs={}, positions_BxT=positions_BxT, cache=cache)
 
+  def stats(params: dict, carry: dict, inputs_BxT: jax.Array) -> dict[str, jax.Array]:
+    """Per layer i, `attn_logit_max/layer_i` (the largest pre-softmax
+    attention logit over the batch's heads and causal pairs) and
+    `block_rms/layer_i` (the root mean square of block i's output, the
+    residual stream after it); `attn_logit_max`, the largest over layers."""
+    del carry
+    _, variables = run(
+      params,
+      inputs_BxT,
+      train=False,
+      rngs={},
+      positions_BxT=None,
+      cache=None,
+      mutable=['intermediates'],
+    )
+    sown = variables['intermediates']
+    if config.scan_layers:  # One array of L per statistic, layers on its leading axis.
+      blocks = sown[contract.STACKED_BLOCKS]
+      logit_max_L, rms_L = blocks['attn']['logit_max'][0], blocks['out_rms'][0]
+    else:
+      layers_ = [sown[f'block_{i}'] for i in range(config.num_layers)]
+      logit_max_L = jnp.stack([b['attn']['logit_max'][0] for b in layers_])
+      rms_L = jnp.stack([b['out_rms'][0] for b in layers_])
+    figures = {'attn_logit_max': jnp.max(logit_max_L)}
+    for i in range(config.num_layers):
+      figures[f'attn_logit_max/layer_{i}'] = logit_max_L[i]
+      figures[f'block_rms/layer_{i}'] = rms_L[i]
+    return figures
+
   def flops_per_token(params) -> float:
     """6 N (the embedding counts once, as the output layer, when tied) plus
     12 L P D for QK^T and AV forward and backward (PaLM, Chowdhery et al.
@@ -375,6 +409,7 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
     partition_rules=PARTITION_RULES,
     flops_per_token=flops_per_token,
     compressible=COMPRESSIBLE,
+    stats=stats,
     # DP-SGD's ghost clipping (research/privacy/ghost.py) of the token
     # embedding and the head when each is used once; a tied head reads the
     # embedding twice, and is clipped through per-row gradients instead.
