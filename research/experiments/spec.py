@@ -61,7 +61,9 @@ class Sweep:
   """
 
   key: str = 'optim.learning_rate'  # The swept config key; its values must be > 0 (log axis).
-  baseline: str = ''  # The group the others' sensitivity is compared with ('' : none).
+  # The group the others' sensitivity is compared with ('' : none), or group -> its own
+  # baseline group ({'qk_norm_w128': 'default_w128'}; a group not named is compared with none).
+  baseline: str | dict = ''
   # The metric at initialisation, in the experiment's metric (nats per token for 'loss'), for
   # a cell whose metrics.jsonl holds no evaluation at step 0 (the trainer evaluates first at
   # eval_every_steps): for 'loss', ln V is the uniform prediction over a V-token vocabulary,
@@ -69,6 +71,11 @@ class Sweep:
   # characters). None: only cells evaluated at step 0 have one.
   initial: float | None = None
   label: str = 'learning rate'  # The swept key as the table and plot name it.
+
+  def baseline_of(self, group: str) -> str:
+    """The group `group` is compared with ('' : none; never itself)."""
+    base = self.baseline.get(group, '') if isinstance(self.baseline, dict) else self.baseline
+    return '' if base == group else base
 
   def value(self, row: Row) -> float:
     """`row`'s swept value."""
@@ -250,8 +257,12 @@ def _check_sweep(experiment: Experiment) -> None:
     if len(values) < 2:
       raise ValueError(f'Sweep group {group!r} has one row; a sweep needs two values or more.')
   groups = list(sweep.groups(experiment.rows))
-  if sweep.baseline and sweep.baseline not in groups:
-    raise ValueError(f'Sweep baseline={sweep.baseline!r} is not a group; groups are {groups}.')
+  named = sweep.baseline if isinstance(sweep.baseline, dict) else {'': sweep.baseline}
+  for group, base in named.items():
+    if group and group not in groups:
+      raise ValueError(f'Sweep baseline names group {group!r}, which is not one: {groups}.')
+    if base and base not in groups:
+      raise ValueError(f'Sweep baseline={base!r} is not a group; groups are {groups}.')
   if sweep.initial is not None and not math.isfinite(sweep.initial):
     raise ValueError(f'Sweep initial={sweep.initial!r} must be a finite number or None.')
 

@@ -162,34 +162,42 @@ def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
       f'no `Sweep.initial`): {", ".join(missing)}.',
     ]
   lines += ['']
-  if sweep.baseline:
-    lines += _paired_lines(sweep.baseline, found, d)
+  if any(sweep.baseline_of(g.name) for g in found):
+    lines += _paired_lines(sweep, found, d)
   return lines
 
 
-def _paired_lines(baseline: str, found: list[Group], d: int) -> list[str]:
-  """Each group's LR sensitivity minus the baseline group's, paired by seed."""
-  base = next(g for g in found if g.name == baseline)
+def _paired_lines(sweep: spec_lib.Sweep, found: list[Group], d: int) -> list[str]:
+  """Each group's LR sensitivity minus its baseline group's, paired by seed."""
+  by_name = {g.name: g for g in found}
+  single = isinstance(sweep.baseline, str)
   lines = [
-    f'LR sensitivity minus that of {baseline}, paired by seed: mean of the per-seed '
+    (
+      f'LR sensitivity minus that of {sweep.baseline}'
+      if single
+      else "LR sensitivity minus that of the group's baseline"
+    )
+    + ', paired by seed: mean of the per-seed '
     'differences ± half-width of its 95% Student-t interval, the two-sided paired t-test '
     'p-value, and the smallest true difference this design would find significant at 5% '
     'four times out of five (detectable).',
     '',
-    '| group | minus baseline | p | detectable | n |',
-    '| --- | --- | --- | --- | --- |',
+    '| group | minus baseline | p | detectable | n |'
+    if single
+    else '| group | baseline | minus baseline | p | detectable | n |',
+    '| --- | --- | --- | --- | --- |' + ('' if single else ' --- |'),
   ]
   for group in found:
-    if group is base:
+    base = by_name.get(sweep.baseline_of(group.name))
+    if base is None:
       continue
+    cells = f'| {group.name} |' + ('' if single else f' {base.name} |')
     paired = stats.paired_difference(group.sensitivity, base.sensitivity)
     if paired is None:
-      lines.append(f'| {group.name} | — | | | 0 |')
+      lines.append(f'{cells} — | | | 0 |')
       continue
     half = '' if paired.half is None else f' ± {paired.half:.{d + 1}f}'
     p = '' if paired.p_value is None else f'{paired.p_value:.3f}'
     detectable = '' if paired.detectable is None else f'{paired.detectable:.{d + 1}f}'
-    lines.append(
-      f'| {group.name} | {paired.mean:+.{d + 1}f}{half} | {p} | {detectable} | {paired.n} |'
-    )
+    lines.append(f'{cells} {paired.mean:+.{d + 1}f}{half} | {p} | {detectable} | {paired.n} |')
   return lines + ['']
