@@ -219,6 +219,15 @@ def transformer_model() -> ml_collections.ConfigDict:
   m.compute_dtype = 'float32'  # A name in research/models/transformer.py COMPUTE_DTYPES: activations and matmuls in it; parameters, optimizer state, softmaxes and the loss stay float32.
   m.attention = 'xla'  # A name in research/models/attention.py ATTENTION_KINDS (a fused kind uses cuDNN flash attention on GPU; each says whether it drops attention weights).
   m.remat = False  # Recompute each block's activations in the backward pass: less memory, about a third more compute.
+  # How initial scales and learning rates follow the width, a name in research/models/mup.py
+  # PARAMETRIZATIONS: 'standard' (as always), or 'mup' (Wortsman et al. 2024's muParam (simple),
+  # section 3.2.4; docs/stability.md): with r = d_model / mup_base_width, every attention and MLP
+  # kernel and the untied head start at std times 1/sqrt(r) and take Adam's rate times 1/r;
+  # embeddings, norms and biases keep theirs. Needs tie_embeddings=False and optim.name adamw.
+  m.parametrization = 'standard'
+  # 'mup' only: the width (d_model, in features) the learning rate was tuned at, r = 1 there;
+  # 0 = unset ('mup' refuses it; 'standard' ignores the key).
+  m.mup_base_width = 0
   m.scan_layers = False  # One lax.scan over stacked block weights (params under 'blocks', leading axis L): compile time independent of depth; same function.
   return m
 

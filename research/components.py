@@ -126,7 +126,7 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
   return Components(
     corpus=corpus,
     model=model,
-    optimizer=optim.make_optimizer(config.optim, schedule),
+    optimizer=optim.make_optimizer(config.optim, schedule, model.rate_multipliers),
     schedule=schedule,
     mesh=mesh,
     data_kind=kind,

@@ -23,6 +23,7 @@ from research import models
 from research import optim
 from research import rules
 from research.data import builders
+from research.models import mup
 from research.data import tokenizers
 from research.rules import (
   Rule,
@@ -166,6 +167,10 @@ def _check_relations(config: ml_collections.ConfigDict, model_config) -> None:
   # A weight-decay mode that changes the decay needs an optimizer with one.
   optim.validate(c.optim)
   ends_at_minimum = optim.OPTIMIZERS[c.optim.name].ends_at_min_learning_rate
+  # Per-parameter learning rates (a family with model.parametrization, research/models/mup.py)
+  # need an optimizer that takes them.
+  if 'parametrization' in c.model and mup.PARAMETRIZATIONS[c.model.parametrization].rates:
+    optim.check_takes_rates(c.optim)
   if ends_at_minimum and c.optim.min_learning_rate > c.optim.learning_rate:
     raise ValueError(
       f'config.optim.min_learning_rate={c.optim.min_learning_rate} is above '

@@ -10,6 +10,14 @@ its schedule:
 `make_optimizer` chains around any rule the same way: the global gradient
 norm clipped first when `grad_clip_norm > 0`, then `optim.frozen` and
 `optim.hold_zeros`. A new optimizer is one entry (use optax's rule).
+
+A model whose parametrization gives parameters their own learning rates
+(`model.parametrization='mup'`, research/models/mup.py) hands its
+`rate_multipliers` to `make_optimizer`: each parameter's update is multiplied
+by its factor where the learning rate acts (`Optimizer.rated_rule`), so
+schedules, clipping, `frozen`, `hold_zeros` and the weight-decay modes work
+as they do without it; without multipliers the chain is built exactly as
+before (no extra step, not even a multiplication by 1).
 """
 
 import re
@@ -35,6 +43,11 @@ class Optimizer(NamedTuple):
   # It reads optim.weight_decay (through `weight_decay_rate`), so a weight-decay mode that
   # `changes_decay` means something for it; one that does not is refused such a mode.
   decays_weights: bool = False
+  # `rated_rule(optim_config, schedule, scale)`: the rule with `scale` (each parameter's update
+  # times its learning-rate factor, `scale_by_rates`) where its learning rate acts; None: it
+  # takes no per-parameter rates (the parametrizations' factors are Adam's: Yang et al. 2022,
+  # Table 3), and a parametrization with rates is refused for it.
+  rated_rule: Callable[..., optax.GradientTransformation] | None = None
 
 
 class WeightDecayMode(NamedTuple):
@@ -45,17 +58,24 @@ class WeightDecayMode(NamedTuple):
   rate: Callable[[float, float], float]
   # False for optax's own decay, which every optimizer runs with (sgd: none, as always).
   changes_decay: bool
+  # Whether a parameter's learning-rate factor m (model.parametrization) also scales its decay:
+  # coupled decay is the parameter's rate times lambda (m * lr_t * lambda); independent decay
+  # is s_t * lambda whatever the rate (Wortsman et al. 2024, section 3.2.2, where the rate
+  # multiplies only Adam's direction).
+  rate_scales_decay: bool
 
 
 # config.optim.weight_decay_mode -> its entry; lambda = optim.weight_decay, eta = the peak
 # optim.learning_rate, lr_t the schedule's rate at step t, s_t = lr_t / eta its shape.
 WEIGHT_DECAY_MODES: dict[str, WeightDecayMode] = {
   # theta <- theta - lr_t * adam_t - lr_t * lambda * theta: optax.adamw as it is.
-  'coupled': WeightDecayMode(rate=lambda weight_decay, peak: weight_decay, changes_decay=False),
+  'coupled': WeightDecayMode(
+    rate=lambda weight_decay, peak: weight_decay, changes_decay=False, rate_scales_decay=True
+  ),
   # theta <- theta - lr_t * adam_t - s_t * lambda * theta (Wortsman et al. 2024, section 3.2.2,
   # after Loshchilov and Hutter 2019): the schedule's shape, not the peak rate, scales the decay.
   'independent': WeightDecayMode(
-    rate=lambda weight_decay, peak: weight_decay / peak, changes_decay=True
+    rate=lambda weight_decay, peak: weight_decay / peak, changes_decay=True, rate_scales_decay=False
   ),
 }
 
@@ -130,6 +150,23 @@ def _warmup_cosine(c: ml_collections.ConfigDict, *, num_train_steps: int, steps_
   )
 
 
+def _rated_adamw(
+  c: ml_collections.ConfigDict, schedule: optax.Schedule, scale: optax.GradientTransformation
+) -> optax.GradientTransformation:
+  """optax.adamw's own chain (scale_by_adam, add_decayed_weights,
+  scale_by_learning_rate, as optax defines it) with `scale` after Adam's
+  direction: before the decay is added where the weight-decay mode's decay
+  ignores the rate (independent), after it where the rate scales it too
+  (coupled). With every factor 1 it computes what optax.adamw does."""
+  decay = optax.add_decayed_weights(weight_decay_rate(c), _matrices_only)
+  rated = (
+    (decay, scale) if WEIGHT_DECAY_MODES[c.weight_decay_mode].rate_scales_decay else (scale, decay)
+  )
+  return optax.chain(
+    optax.scale_by_adam(b1=c.b1, b2=c.b2), *rated, optax.scale_by_learning_rate(schedule)
+  )
+
+
 # config.optim.name -> its entry.
 OPTIMIZERS: dict[str, Optimizer] = {
   'adamw': Optimizer(
@@ -139,6 +176,7 @@ OPTIMIZERS: dict[str, Optimizer] = {
     schedule=_warmup_cosine,
     ends_at_min_learning_rate=True,
     decays_weights=True,
+    rated_rule=_rated_adamw,
   ),
   'sgd': Optimizer(
     rule=lambda c, schedule: optax.sgd(schedule),
@@ -207,15 +245,39 @@ def check_frozen(pattern: str, params) -> None:
     )
 
 
+def check_takes_rates(optim_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError when optim.name takes no per-parameter learning rates,
+  which the model's parametrization asks for."""
+  name = optim_config.name
+  if OPTIMIZERS[name].rated_rule is None:
+    rated = sorted(n for n, o in OPTIMIZERS.items() if o.rated_rule is not None)
+    raise ValueError(
+      f"config.optim.name={name!r} takes no per-parameter learning rates, but the model's "
+      "parametrization (config.model.parametrization) gives some (its factors are Adam's); "
+      f"set --config.optim.name to one of {rated}, or --config.model.parametrization='standard'."
+    )
+
+
 def make_optimizer(
-  optim_config: ml_collections.ConfigDict, schedule: Callable
+  optim_config: ml_collections.ConfigDict,
+  schedule: Callable,
+  rate_multipliers: Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformation:
   """Returns the optax chain: clipping, then the update rule; with
   optim.frozen, the matching parameters get an update of exactly zero and
-  the clipping norm is over the others' gradients."""
+  the clipping norm is over the others' gradients.
+
+  `rate_multipliers` (the model's, `Model.rate_multipliers`): `tree -> tree`
+  of each parameter's learning-rate factor; None (the default) builds the
+  rule exactly as it always was.
+  """
   c = optim_config
   validate(c)
-  rule = OPTIMIZERS[c.name].rule(c, schedule)
+  if rate_multipliers is None:
+    rule = OPTIMIZERS[c.name].rule(c, schedule)
+  else:
+    check_takes_rates(c)
+    rule = OPTIMIZERS[c.name].rated_rule(c, schedule, scale_by_rates(rate_multipliers))
   if c.grad_clip_norm > 0:
     rule = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), rule)
   if c.frozen:
@@ -253,6 +315,20 @@ def _hold_zeros() -> optax.GradientTransformation:
     return held, state
 
   return optax.GradientTransformation(init, update)
+
+
+def scale_by_rates(rate_multipliers: Callable[[Any], Any]) -> optax.GradientTransformation:
+  """Multiplies each leaf of the updates by its factor from
+  `rate_multipliers(updates)` (Python floats, known when traced); a leaf
+  whose factor is 1 passes unchanged."""
+
+  def update(updates, state, params=None):
+    del params
+    factors = rate_multipliers(updates)
+    scaled = jax.tree.map(lambda u, m: u if m == 1.0 else u * m, updates, factors)
+    return scaled, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _zero_frozen(pattern: str) -> optax.GradientTransformation:

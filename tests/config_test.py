@@ -25,6 +25,7 @@ class ConfigTest(parameterized.TestCase):
       'ptb_lstm.py': ['small', 'medium', 'large'],
       'ptb_transformer.py': ['small'],
       'shakespeare_char.py': ['full', 'cpu', 'gpt2_small'],
+      'wortsman2024.py': ['w64', 'w128'],
     }
     self.assertSetEqual(
       set(variants),

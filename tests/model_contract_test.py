@@ -57,7 +57,8 @@ def check_every_field(test: absltest.TestCase, name: str) -> None:
   """Builds family `name` and calls every field of its `Model`."""
   test.assertIsNotNone(common.model_defaults(name), f'configs/common.py lacks {name}_model()')
   model = models.get_model(_model_config(name), V, T)
-  optional = ('context', 'stats')  # No context limit (LSTM); no statistics pass.
+  # No context limit (LSTM); no statistics pass; every parameter at the optimizer's rate.
+  optional = ('context', 'stats', 'rate_multipliers')
   test.assertEqual(
     [f for f in model._fields if getattr(model, f) is None and f not in optional], []
   )

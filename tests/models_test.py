@@ -46,6 +46,8 @@ def transformer_config(**overrides) -> ml_collections.ConfigDict:
       mlp='gelu',
       qk_norm='none',
       logit_softcap=0.0,
+      parametrization='standard',
+      mup_base_width=0,
     )
   )
   config.update(overrides)

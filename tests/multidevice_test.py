@@ -246,8 +246,20 @@ class MultiDeviceTest(parameterized.TestCase):
     ('lstm', False, {}),
     ('transformer', False, {}),
     # Scanned, with the options whose parameters have their own partition rules
-    # or change the attention's layout (qk-norm's gains, RoPE, the soft-cap).
-    ('transformer', True, {'qk_norm': 'layernorm', 'positional': 'rope', 'logit_softcap': 2.0}),
+    # or change the attention's layout (qk-norm's gains, RoPE, the soft-cap), and
+    # muParam's per-parameter rates on the stacked, sharded matrices (untied head).
+    (
+      'transformer',
+      True,
+      {
+        'qk_norm': 'layernorm',
+        'positional': 'rope',
+        'logit_softcap': 2.0,
+        'parametrization': 'mup',
+        'mup_base_width': 8,
+        'tie_embeddings': False,
+      },
+    ),
   )
   def test_every_mesh_trains_like_one_device(self, model, scan_layers, options):
     with tempfile.TemporaryDirectory() as tmp:

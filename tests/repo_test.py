@@ -22,6 +22,7 @@ _OPTION_REGISTRIES = (
   ('model.norm', 'research.models.transformer_options', 'NORMS'),
   ('model.norm_position', 'research.models.transformer_options', 'NORM_POSITIONS'),
   ('model.qk_norm', 'research.models.transformer_options', 'QK_NORMS'),
+  ('model.parametrization', 'research.models.mup', 'PARAMETRIZATIONS'),
   ('model.positional', 'research.models.positional', 'POSITIONAL'),
   ('model.mlp', 'research.models.transformer_options', 'MLPS'),
   ('model.attention', 'research.models.attention', 'ATTENTION_KINDS'),

@@ -17,7 +17,7 @@ from research.models import layers
 class Model(NamedTuple):
   """A model family instance as pure functions.
 
-  Every field but `ghost_layers` and `stats` is required: training, evaluation, the
+  Every field but `ghost_layers`, `stats` and `rate_multipliers` is required: training, evaluation, the
   sampler, the benchmark, the model card and the partitioner call them all.
 
   Attributes:
@@ -70,6 +70,11 @@ class Model(NamedTuple):
       attention-logit maxima and block-output RMS per layer), which training
       logs beside the step's metrics every `log_every_steps` (a separate
       pass, so the step's program is unchanged). Optional: None for none.
+    rate_multipliers: `rate_multipliers(tree) -> tree` of each parameter's
+      learning-rate factor (Python floats) under the family's parametrization
+      (`model.parametrization`, research/models/mup.py), which the optimizer
+      applies (research/optim.py). Optional: None where every parameter
+      takes the optimizer's rate (the optimizer is then built as without it).
   """
 
   init: Callable[..., Any]
@@ -84,6 +89,7 @@ class Model(NamedTuple):
   compressible: tuple[tuple[str, str], ...]
   ghost_layers: tuple[tuple[str, str], ...] = ()
   stats: Callable[..., dict] | None = None
+  rate_multipliers: Callable[[Any], Any] | None = None
 
 
 # With scan_layers=True the Transformer keeps its L blocks under this key,

@@ -62,6 +62,7 @@ from research import sharding
 from research.models import attention
 from research.models import contract
 from research.models import layers
+from research.models import mup
 from research.models import transformer_options as options
 from research.models.attention import ATTENTION_KINDS
 from research.models.positional import POSITIONAL
@@ -94,9 +95,12 @@ class Config:
   attention: str = rules.field(rules.registered(ATTENTION_KINDS, 'attention kind'))
   remat: bool = rules.field(rules.boolean())
   scan_layers: bool = rules.field(rules.boolean())
+  parametrization: str = rules.field(rules.registered(mup.PARAMETRIZATIONS, 'parametrization'))
+  mup_base_width: int = rules.field(rules.at_least(0))
 
   def __post_init__(self):
     rules.check_fields(self, 'model')
+    mup.check(self)
     if not ATTENTION_KINDS[self.attention].weight_dropout and self.dropout_rate:
       dropping = [name for name, kind in ATTENTION_KINDS.items() if kind.weight_dropout]
       raise ValueError(
@@ -280,6 +284,16 @@ COMPRESSIBLE = (
   ('head/kernel', 'columns'),
 )
 
+# model.parametrization's role of every parameter (research/models/mup.py),
+# first match wins; no catch-all: a parameter of a new option needs its row.
+PARAM_ROLES = (
+  ('embed/embedding', 'embedding'),
+  ('pos_embed', 'embedding'),
+  (rf'(block_\d+|{contract.STACKED_BLOCKS})/(attn|mlp)/\w+/kernel', 'hidden'),
+  ('head/kernel', 'output'),
+  ('/(scale|bias)$', 'vector'),  # Norm gains and biases, qk-norm's too; dense biases.
+)
+
 # (path regex, spec), first match wins (research/sharding.py); no catch-all:
 # a parameter of a new option needs its rule here.
 PARTITION_RULES = (
@@ -303,7 +317,8 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
   def init(rng: jax.Array) -> dict:
     # Parameter shapes do not depend on T, so one position is enough.
     variables = module.init({'params': rng}, jnp.zeros((1, 1), jnp.int32), train=False)
-    return variables['params']
+    # The standard draw, times the parametrization's factors (none: as it is).
+    return mup.scale_init(config, PARAM_ROLES, variables['params'])
 
   def run(params, inputs_BxT, *, train, rngs, positions_BxT, cache, mutable=False):
     if compute_dtype != jnp.float32:
@@ -410,6 +425,7 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
     flops_per_token=flops_per_token,
     compressible=COMPRESSIBLE,
     stats=stats,
+    rate_multipliers=mup.rate_multipliers(config, PARAM_ROLES),
     # DP-SGD's ghost clipping (research/privacy/ghost.py) of the token
     # embedding and the head when each is used once; a tied head reads the
     # embedding twice, and is clipped through per-row gradients instead.
