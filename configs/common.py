@@ -126,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
   # gradients of them: the same clipped sum up to float rounding, faster (docs/privacy.md).
   # False: per-sequence gradients of all.
   c.privacy.ghost_clipping = True
+  # False: the noise and the Poisson sampling come from a secret drawn from the OS at the
+  # run's first start and kept only in its checkpoints (docs/privacy.md, threat model).
+  # True: from config.seed, reproducible; epsilon then assumes the seed is secret.
+  c.privacy.reproducible_noise = False
 
   # Memorisation audit (Carlini et al. 2019; docs/privacy.md): canaries, a prefix and a
   # secret of secret_length tokens from alphabet_size vocabulary tokens, inserted into the
@@ -215,10 +219,6 @@ def transformer_model() -> ml_collections.ConfigDict:
   # Output logits become c * tanh(logits / c), bounded by c in absolute value (Gemma 2, Gemma
   # Team 2024, section 2; Gemma 2 uses c = 30), in training, evaluation and sampling. 0 = off.
   m.logit_softcap = 0.0
-  # Speed options (accelerators mostly); the defaults are the exact recipe.
-  m.compute_dtype = 'float32'  # A name in research/models/transformer.py COMPUTE_DTYPES: activations and matmuls in it; parameters, optimizer state, softmaxes and the loss stay float32.
-  m.attention = 'xla'  # A name in research/models/attention.py ATTENTION_KINDS (a fused kind uses cuDNN flash attention on GPU; each says whether it drops attention weights).
-  m.remat = False  # Recompute each block's activations in the backward pass: less memory, about a third more compute.
   # How initial scales and learning rates follow the width, a name in research/models/mup.py
   # PARAMETRIZATIONS: 'standard' (as always), or 'mup' (Wortsman et al. 2024's muParam (simple),
   # section 3.2.4; docs/stability.md): with r = d_model / mup_base_width, every attention and MLP
@@ -228,6 +228,10 @@ def transformer_model() -> ml_collections.ConfigDict:
   # 'mup' only: the width (d_model, in features) the learning rate was tuned at, r = 1 there;
   # 0 = unset ('mup' refuses it; 'standard' ignores the key).
   m.mup_base_width = 0
+  # Speed options (accelerators mostly); the defaults are the exact recipe.
+  m.compute_dtype = 'float32'  # A name in research/models/transformer.py COMPUTE_DTYPES: activations and matmuls in it; parameters, optimizer state, softmaxes and the loss stay float32.
+  m.attention = 'xla'  # A name in research/models/attention.py ATTENTION_KINDS (a fused kind uses cuDNN flash attention on GPU; each says whether it drops attention weights).
+  m.remat = False  # Recompute each block's activations in the backward pass: less memory, about a third more compute.
   m.scan_layers = False  # One lax.scan over stacked block weights (params under 'blocks', leading axis L): compile time independent of depth; same function.
   return m
 

@@ -5,7 +5,9 @@ CheckpointManager: `state` (step, parameters, optimizer state and the LSTM
 carry, as sharded arrays), `data` (the grain iterator position), `config`
 (the config the run was trained with, as JSON) and `identity` (what else fixes
 the meaning of the state, as JSON: {'tokenizer': its `identity`}; checkpoints
-from before it was recorded lack it). Saves are asynchronous: the
+from before it was recorded lack it); a DP run's checkpoints add a fifth, `noise` (where
+its noise and sampling come from, with its secret: research/privacy/noise.py;
+checkpoints from before it lack it). Saves are asynchronous: the
 arrays are copied off the devices before `save` returns, so the caller can
 donate its state to the next step while the files are written.
 """
@@ -26,7 +28,7 @@ from research import faults
 from research import metrics
 from research import rules
 
-_ITEMS = ('state', 'data', 'config', 'identity')
+_ITEMS = ('state', 'data', 'config', 'identity', 'noise')
 
 
 def make_manager(
@@ -46,23 +48,24 @@ def save(
   data_iterator: Any,
   config: ml_collections.ConfigDict,
   tokenizer: str,
+  noise: dict | None = None,
 ) -> None:
   """Starts saving the train state, data position, config and the
-  `tokenizer` identity ('kind:hash') at `step`.
+  `tokenizer` identity ('kind:hash') at `step`, and a DP run's `noise` item
+  (None: a run that is not private writes none).
 
   The grain position is written synchronously, so advancing the iterator
   afterwards does not change what this checkpoint holds.
   """
-  manager.save(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.checkpoint.CheckpointSave(data_iterator),
-      config=ocp.args.JsonSave(config.to_dict()),
-      identity=ocp.args.JsonSave({'tokenizer': tokenizer}),
-    ),
-    force=True,
+  items = dict(
+    state=ocp.args.StandardSave(state),
+    data=grain.checkpoint.CheckpointSave(data_iterator),
+    config=ocp.args.JsonSave(config.to_dict()),
+    identity=ocp.args.JsonSave({'tokenizer': tokenizer}),
   )
+  if noise is not None:
+    items['noise'] = ocp.args.JsonSave(noise)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
 def save_params(
@@ -151,6 +154,16 @@ def restore_identity(manager: ocp.CheckpointManager, step: int) -> dict:
   except KeyError:  # Orbax: the item is not in the checkpoint.
     return {}
   return restored['identity']
+
+
+def restore_noise(manager: ocp.CheckpointManager, step: int) -> dict | None:
+  """A DP run's `noise` item (it holds the run's secret: never print it);
+  None for a checkpoint without one (not private, or saved before it existed)."""
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(noise=ocp.args.JsonRestore()))
+  except KeyError:  # Orbax: the item is not in the checkpoint.
+    return None
+  return restored['noise']
 
 
 def check_for_errors(manager: ocp.CheckpointManager) -> None:

@@ -175,7 +175,11 @@ def _privacy(config, num_tokens: int, num_steps: int, mesh) -> tuple[int, accoun
     else '',
     delta,
   )
-  return rows, accounting.Budget(sampling_rate=q, noise_multiplier=sigma, delta=delta)
+  # Seeded noise as configured; research/privacy/noise.py also finds it in old checkpoints.
+  seeded = config.privacy.reproducible_noise
+  return rows, accounting.Budget(
+    sampling_rate=q, noise_multiplier=sigma, delta=delta, seeded=seeded
+  )
 
 
 def init_state(
@@ -254,8 +258,11 @@ def create_state(
   return init(rng), shardings
 
 
-def train_iterator(parts: Components, config: ml_collections.ConfigDict):
-  """This process's checkpointable iterator over the training batches."""
+def train_iterator(
+  parts: Components, config: ml_collections.ConfigDict, sampling_seed: int | None = None
+):
+  """This process's checkpointable iterator over the training batches; a DP
+  run's Poisson sampling from `sampling_seed` (None: config.seed)."""
   if parts.privacy is not None:
     return iter(
       pipeline.poisson_dataset(
@@ -263,7 +270,7 @@ def train_iterator(parts: Components, config: ml_collections.ConfigDict):
         sampling_rate=parts.privacy.sampling_rate,
         rows=parts.train_rows,
         seq_len=config.data.seq_len,
-        seed=config.seed,
+        seed=config.seed if sampling_seed is None else sampling_seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
       )

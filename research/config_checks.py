@@ -102,6 +102,7 @@ RULES = {
   'eval.seq_len': at_least(0),
   'privacy.enabled': boolean(),
   'privacy.ghost_clipping': boolean(),
+  'privacy.reproducible_noise': boolean(),
   'distill.teacher': anything("a finished workdir ('' : no distillation; checked when loaded)"),
   'distill.alpha': in_range(0, 1, closed_high=True),
   'distill.temperature': positive(),
@@ -166,11 +167,11 @@ def _check_relations(config: ml_collections.ConfigDict, model_config) -> None:
     )
   # A weight-decay mode that changes the decay needs an optimizer with one.
   optim.validate(c.optim)
-  ends_at_minimum = optim.OPTIMIZERS[c.optim.name].ends_at_min_learning_rate
   # Per-parameter learning rates (a family with model.parametrization, research/models/mup.py)
   # need an optimizer that takes them.
   if 'parametrization' in c.model and mup.PARAMETRIZATIONS[c.model.parametrization].rates:
     optim.check_takes_rates(c.optim)
+  ends_at_minimum = optim.OPTIMIZERS[c.optim.name].ends_at_min_learning_rate
   if ends_at_minimum and c.optim.min_learning_rate > c.optim.learning_rate:
     raise ValueError(
       f'config.optim.min_learning_rate={c.optim.min_learning_rate} is above '

@@ -166,6 +166,11 @@ def process_prefix() -> str:
   return f'[process {index}] ' if index else ''
 
 
+# What every epsilon printed for a DP run with seeded noise adds (research/privacy/noise.py):
+# the guarantee holds only against whoever does not know the seed.
+SEEDED_NOISE = ' (seeded noise: assumes config.seed is secret)'
+
+
 def console(message: str, *args) -> None:
   """A line for the person watching the run (stdout, flushed at once).
 
@@ -247,7 +252,7 @@ class MetricWriter:
     if 'epsilon' in figures:
       privacy = (
         f' | eps {figures["epsilon"]:.3f} (RDP {figures["rdp_epsilon"]:.3f}) at delta '
-        f'{figures["delta"]:.0e}'
+        f'{figures["delta"]:.0e}' + (SEEDED_NOISE if figures.get('seeded_noise') else '')
       )
     console(
       'step %d/%d | loss %.4f | %s | lr %.3g | %.0f tok/s%s%s | ETA %s',

@@ -230,6 +230,14 @@ def markdown(workdir, config, parts, params, step: int, results: dict, sample: s
       f'{spent["noise_multiplier"]:.4g}, clip {c.privacy.l2_clip_norm:g}). Text in k sequences '
       'is covered only by group privacy, about k epsilon; the vocabulary is not private.'
     )
+    lines.append(
+      '- Noise and sampling drawn from `config.seed` (`privacy.reproducible_noise` or a run '
+      'begun before secret noise): epsilon assumes the seed is secret; whoever knows it can '
+      'regenerate and remove the noise.'
+      if parts.privacy.seeded
+      else '- Noise and sampling drawn from a secret of the OS, kept only in the checkpoints: '
+      'whoever reads a checkpoint can remove the noise (docs/privacy.md).'
+    )
   else:
     lines.append(
       '- Not trained with differential privacy: the model may reproduce rare training text.'

@@ -37,6 +37,7 @@ from research import workdir as workdir_lib
 from research.components import TrainState
 from research.privacy import canaries
 from research.privacy import dp_sgd
+from research.privacy import noise
 
 
 class StepMetrics(NamedTuple):
@@ -230,11 +231,12 @@ class Run(NamedTuple):
   evaluator: evaluate.Evaluator
   writer: metrics.MetricWriter
   manager: Any  # The workdir's Orbax checkpoint manager.
-  dropout_rng: jax.Array  # Folded with the step inside the step.
+  dropout_rng: jax.Array  # Folded with the step inside the step (DP: noise.Source.step_key).
   sample_rng: jax.Array  # Folded with the step for each sample.
   # `model.stats` jitted under the mesh, `(params, carry, inputs_BxT) -> {name: scalar}`, for the
   # train lines (config.model_stats); None when off or the family has none.
   stats_fn: Callable | None = None
+  randomness: noise.Source = noise.Source()  # A DP run's noise source; checkpoints record it.
 
 
 def _evaluate_and_sample(run: Run, params, step: int, splits, *, final: bool = False):
@@ -309,7 +311,9 @@ def _start(config: ml_collections.ConfigDict, workdir: str, devices) -> tuple[Ru
   )
   init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
   teacher, parts = distill_lib.for_run(parts, config, workdir, manager)  # None: not distilling.
-  data_iterator = components_lib.train_iterator(parts, config)
+  # A DP run's secret (its checkpoints', else fresh) before the iterator that samples with it.
+  parts, source = noise.for_run(parts, config, manager)
+  data_iterator = components_lib.train_iterator(parts, config, source.sampling_seed(config.seed))
   state, state_shardings = restore_or_init(parts, manager, config, init_rng, data_iterator)
   start = int(jax.device_get(state.step))
   writer.truncate_after(start)
@@ -324,9 +328,10 @@ def _start(config: ml_collections.ConfigDict, workdir: str, devices) -> tuple[Ru
     ),
     writer=writer,
     manager=manager,
-    dropout_rng=dropout_rng,
+    dropout_rng=source.step_key(dropout_rng),
     sample_rng=sample_rng,
     stats_fn=stats_function(parts, config),
+    randomness=source,
   )
   metrics.console(
     'Training %s on %s: %d steps (%d per epoch), mesh %s, from step %d.',
@@ -365,17 +370,7 @@ def _finish(run: Run, state: TrainState) -> dict[str, dict[str, float]]:
     canaries.log(total, audit, writer)
     writer.flush()
   if parts.privacy is not None:
-    spent = parts.privacy.figures(total)
-    metrics.console(
-      'DP-SGD spent epsilon %.4f (PLD accountant; RDP bound %.4f) at delta %g: %d steps, '
-      'sampling rate %.6g, noise multiplier %.4g.',
-      spent['epsilon'],
-      spent['rdp_epsilon'],
-      spent['delta'],
-      total,
-      spent['sampling_rate'],
-      spent['noise_multiplier'],
-    )
+    metrics.console('%s', parts.privacy.summary(total))
   if jax.process_index() == 0:
     model_card.write(run.workdir, config, parts, state.params, total, results, sample)
   return results
@@ -429,9 +424,8 @@ def _train_loop(run: Run, state: TrainState) -> TrainState:
       if step % parts.checkpoint_every == 0 or step == total or stop.received:
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)
         on_device = []
-        workdir_lib.save(
-          manager, step, state, run.data_iterator, config, parts.corpus.tokenizer.identity
-        )
+        identity, record = parts.corpus.tokenizer.identity, run.randomness.record()
+        workdir_lib.save(manager, step, state, run.data_iterator, config, identity, record)
       if stop.received and step != total:
         workdir_lib.wait(manager, step)
         run.writer.flush()

@@ -66,11 +66,11 @@ def _disk_full(error: BaseException) -> bool:
   return False
 
 
-def save(manager, step, state, data_iterator, config, tokenizer) -> None:
+def save(manager, step, state, data_iterator, config, tokenizer, noise=None) -> None:
   try:
     checkpoint.check_for_errors(manager)  # A failed earlier async save.
     if checkpoint.latest_step(manager) != step:
-      checkpoint.save(manager, step, state, data_iterator, config, tokenizer)
+      checkpoint.save(manager, step, state, data_iterator, config, tokenizer, noise)
   except Exception as e:  # pylint: disable=broad-except
     _raise_save_error(e, manager, step)
 
@@ -192,12 +192,20 @@ def saved_config(
   return config, step
 
 
+# Keys whose default is not what a run saved before they existed did: a DP run
+# drew its noise and sampling from config.seed before privacy.reproducible_noise.
+_BEFORE_THEY_EXISTED = {('privacy', 'reproducible_noise'): True}
+
+
 def with_defaults(saved: dict) -> dict:
   """`saved` with the keys added to the code since it was written, at their
-  defaults (what that run used): configs/common.py's, the model family's."""
+  defaults (what that run used): configs/common.py's, the model family's
+  (privacy.reproducible_noise at True: such a run's noise came from its seed)."""
   from configs import common  # pylint: disable=g-import-not-at-top
 
   defaults = common.base_config().to_dict()
+  for (section, key), value in _BEFORE_THEY_EXISTED.items():
+    defaults[section][key] = value
   model = common.model_defaults(saved.get('model', {}).get('name'))
   if model is not None:  # An unknown family is refused later, naming the known ones.
     defaults['model'] = model.to_dict()

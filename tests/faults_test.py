@@ -49,6 +49,9 @@ def dp_long_config(directory: str):
   c.privacy.enabled = True
   c.privacy.noise_multiplier = 0.8
   c.privacy.microbatch_size = 4
+  # Seeded, so that two separate runs draw the same noise (tests/privacy_secret_test.py
+  # resumes a run with secret noise).
+  c.privacy.reproducible_noise = True
   return c
 
 

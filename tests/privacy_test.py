@@ -217,8 +217,8 @@ class ConfigTest(absltest.TestCase):
 
 class ResumeTest(absltest.TestCase):
   def test_a_killed_dp_run_resumes_bit_identically(self):
-    # The batches come from (seed, step), the noise from the step's key, and
-    # the iterator's position is in the checkpoint: nothing else to restore.
+    # Seeded noise (dp_long_config): the batches come from (seed, step), the noise
+    # from the step's key, and the iterator's position is in the checkpoint.
     tmp = self.create_tempdir().full_path
     straight, chained = os.path.join(tmp, 'straight'), os.path.join(tmp, 'chained')
     out = faults_test._drive(tmp, straight, '', 'dp_long_config')

@@ -27,7 +27,8 @@ Training kinds:
   'poisson' (DP-SGD, research/privacy/): the stream is cut into N = (len - 1)
     // T fixed sequences (sequence i is tokens [iT, iT + T], targets one
     further). At every step each sequence is in the batch independently with
-    probability q (Poisson sampling, drawn from the seed and the step alone);
+    probability q (Poisson sampling, drawn from the seed and the step alone: a
+    DP run's secret, research/privacy/noise.py, or config.seed);
     the sampled ones are padded with zero-weight rows to a fixed G rows, so
     shapes stay static. A step that samples more than G keeps G of them at
     random (G is set far above the mean: research/privacy/sampler.py). An

@@ -17,6 +17,8 @@ import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from research import metrics
+
 # The PLD accountant discretises the privacy loss; 1e-4 keeps epsilon within
 # about 1e-3 of the exact value at the sizes used here and takes well under a
 # second for thousands of steps.
@@ -106,13 +108,31 @@ class Budget:
   sampling_rate: float  # q: each training sequence's chance of being in a step.
   noise_multiplier: float  # sigma: noise standard deviation / clip norm.
   delta: float
+  # Noise and sampling drawn from config.seed (research/privacy/noise.py): epsilon then holds
+  # only against someone who does not know the seed.
+  seeded: bool = False
 
   def figures(self, steps: int) -> dict[str, float]:
-    """The metrics of a log line: epsilon (PLD), rdp_epsilon, delta, q, sigma."""
+    """The metrics of a log line: epsilon (PLD), rdp_epsilon, delta, q, sigma,
+    and seeded_noise (1: epsilon assumes config.seed is secret)."""
     return {
       'epsilon': epsilon(self.sampling_rate, self.noise_multiplier, steps, self.delta),
       'rdp_epsilon': rdp_epsilon(self.sampling_rate, self.noise_multiplier, steps, self.delta),
       'delta': self.delta,
       'sampling_rate': self.sampling_rate,
       'noise_multiplier': self.noise_multiplier,
+      'seeded_noise': float(self.seeded),
     }
+
+  def caveat(self) -> str:
+    """What every printed epsilon of a seeded run adds; '' for secret noise."""
+    return metrics.SEEDED_NOISE if self.seeded else ''
+
+  def summary(self, steps: int) -> str:
+    """The line a run ends with: the privacy spent in `steps` steps."""
+    spent = self.figures(steps)
+    return (
+      f'DP-SGD spent epsilon {spent["epsilon"]:.4f} (PLD accountant; RDP bound '
+      f'{spent["rdp_epsilon"]:.4f}) at delta {self.delta:g}{self.caveat()}: {steps} steps, '
+      f'sampling rate {self.sampling_rate:.6g}, noise multiplier {self.noise_multiplier:.4g}.'
+    )
