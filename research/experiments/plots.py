@@ -7,6 +7,7 @@ from research.experiments import ablation
 from research.experiments import spec as spec_lib
 from research.experiments import stats
 from research.experiments import sweep as sweep_lib
+from research.experiments import traces as traces_lib
 
 
 SWEEP_PLOT = 'lr_sweep.png'
@@ -383,3 +384,83 @@ def write_sweep_plot(directory: str, experiment: spec_lib.Experiment, results: l
   """lr_sweep.png (`sweep_figure`); returns its path."""
   fig, _ = sweep_figure(experiment, results)
   return _write(_pyplot(), fig, os.path.join(directory, SWEEP_PLOT))
+
+
+_ROLE_COLORS = {
+  traces_lib.STABLE: 'tab:blue',
+  traces_lib.UNSTABLE: 'tab:red',
+  traces_lib.HIGHEST: 'tab:purple',
+}
+
+
+def _readable_trace_axis(ax, yscale: str) -> None:
+  """Round labels on a trace's y axis: `readable_log_axis` for 'log'; for a
+  'symlog' view within one sign and less than 1.5 decades (log Z between 4 and 7),
+  where the decade labels would leave it bare, evenly spaced values."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+  if yscale == 'log':
+    readable_log_axis(ax)
+    return
+  low, high = sorted(ax.get_ylim())
+  if yscale == 'symlog' and low * high > 0 and math.log10(high / low) < 1.5:
+    ticks = [v for v in ticker.MaxNLocator(6).tick_values(low, high) if low <= v <= high]
+    ax.yaxis.set_major_locator(ticker.FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+    ax.yaxis.set_minor_locator(ticker.NullLocator())
+
+
+def trace_figure(experiment: spec_lib.Experiment, results: list, trace: spec_lib.Trace):
+  """The figure of `trace.path` (research/experiments/traces.py): a panel per
+  traced group, its cells solid and the group beside it dashed, a colour per
+  role (highest stable, lowest unstable); a cross where a cell stopped on a
+  non-finite loss. Returns (figure, list of axes)."""
+  plt = _pyplot()
+  drawn = traces_lib.panels(experiment, results, trace)
+  by_point = sweep_lib.by_point(experiment, results)
+  fig, axes = plt.subplots(
+    1, len(drawn), figsize=(4.5 * len(drawn) + 0.5, 4.5), squeeze=False, sharey=True
+  )
+  for ax, panel in zip(axes[0], drawn):
+    for group, style in ((panel.group, '-'), (panel.beside, '--')):
+      for role, value in panel.lines if group else ():
+        steps, values, diverged = traces_lib.series(
+          by_point, trace.metric, group, value, panel.seed
+        )
+        if not steps:
+          continue
+        color = _ROLE_COLORS[role]
+        label = f'{group}, {sweep_lib.rate_label(value)} ({role})'
+        ax.plot(steps, values, linestyle=style, color=color, label=label)
+        if diverged:
+          ax.plot(steps[-1:], values[-1:], marker='x', markersize=9, color=color)
+    ax.set_yscale(trace.yscale, **({'linthresh': 1.0} if trace.yscale == 'symlog' else {}))
+    ax.set_xlabel('step')
+    ax.set_title(
+      panel.group
+      + (f' (solid), {panel.beside} (dashed)' if panel.beside else '')
+      + ('' if panel.lines else ': not run'),
+      fontsize=8,
+    )
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+  axes[0][0].set_ylabel(f'{trace.metric} (train)')
+  if any(ax.get_lines() for ax in axes[0]):  # The axes are shared: label the first.
+    _readable_trace_axis(axes[0][0], trace.yscale)
+  seeds = sorted({p.seed for p in drawn if p.seed is not None})
+  fig.suptitle(
+    f'{experiment.name}: {trace.metric} per step, seed {", ".join(map(str, seeds)) or "—"};\n'
+    f'each group at its highest stable and lowest unstable {experiment.sweep.label} '
+    '(x: stopped on a non-finite loss)',
+    fontsize=8,
+  )
+  return fig, list(axes[0])
+
+
+def write_trace_plots(directory: str, experiment: spec_lib.Experiment, results: list) -> list[str]:
+  """Writes each of the spec's traces (`trace_figure`); returns their paths."""
+  out = []
+  for trace in experiment.traces:
+    fig, _ = trace_figure(experiment, results, trace)
+    out.append(_write(_pyplot(), fig, os.path.join(directory, trace.path)))
+  return out

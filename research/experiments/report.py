@@ -17,11 +17,13 @@ import time
 from research import metrics
 from research import provenance
 from research.experiments import ablation
+from research.experiments import claims
 from research.experiments import plots
 from research.experiments import runner
 from research.experiments import spec as spec_lib
 from research.experiments import stats
 from research.experiments import sweep
+from research.experiments import traces
 
 
 @dataclasses.dataclass
@@ -40,6 +42,9 @@ class CellResult:
   extra: dict = dataclasses.field(default_factory=dict)
   # split -> metric value of an evaluation at step 0 (before training), if any.
   initial: dict = dataclasses.field(default_factory=dict)
+  # Train metric -> [(step, value)] of its train lines, for the spec's traces and claims (a
+  # diverged cell's: those written before it stopped).
+  train: dict = dataclasses.field(default_factory=dict)
 
 
 def shown_root(root: str) -> str:
@@ -78,6 +83,11 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
       for r in records
       if r['step'] == 0 and r['split'] in experiment.splits and experiment.metric in r
     }
+    traced = {t.metric for t in experiment.traces} | {c.metric for c in experiment.claims}
+    train = {
+      m: [(r['step'], r[m]) for r in records if r['split'] == 'train' and m in r]
+      for m in sorted(traced - {''})
+    }
     out.append(
       CellResult(
         cell=cell,
@@ -87,6 +97,7 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
         final=final,
         extra=extra,
         initial=initial,
+        train=train,
         history=history,
         epochs=max([r.get('epoch', 0.0) for r in records], default=0.0),
         wall_seconds=provenance.wall_seconds(runs, [r['time'] for r in records if 'time' in r]),
@@ -183,6 +194,7 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
     lines += ablation.split_markdown(experiment, results)
   if experiment.sweep:
     lines += sweep.markdown(experiment, results)
+  lines += traces.markdown(experiment, results) + claims.markdown(experiment, results)
   # A diverged cell is a result (re-running it diverges again), not a row to run.
   missing = [
     row.name
@@ -232,6 +244,7 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
       else ''
     )
     + ''.join(f', `{t.plot}` ({t.title.lower()})' for t in experiment.tables if t.plot)
+    + ''.join(f', `{t.path}` ({t.metric} per step)' for t in experiment.traces)
     + '.',
     '',
     f'Generated {time.strftime("%Y-%m-%d %H:%M %Z")}.',
@@ -394,4 +407,5 @@ def write(
       written.append(plots.write_table_plot(directory, table, experiment, results))
   if experiment.sweep:
     written.append(plots.write_sweep_plot(directory, experiment, results))
+  written += plots.write_trace_plots(directory, experiment, results)
   return written

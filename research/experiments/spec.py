@@ -110,6 +110,59 @@ class Table:
 
 
 @dataclasses.dataclass(frozen=True)
+class Trace:
+  """A train metric against step for chosen cells of sweep groups
+  (research/experiments/traces.py): per traced group, its highest stable and its
+  lowest unstable swept value at its lowest seed, and the group beside it at the
+  same two values, drawn dashed. One PNG, a panel per traced group."""
+
+  metric: str  # A field of metrics.jsonl's train lines: 'attn_logit_max', 'log_z'.
+  groups: tuple[str, ...]  # Sweep groups traced, a panel each: ('default_w64', 'default_w128').
+  # Per traced group, the group drawn beside it ('qk_norm_w64'); () : none.
+  beside: tuple[str, ...] = ()
+  # The y axis: 'log', 'symlog' (linear within +-1, for values near or below 0, e.g. log_z)
+  # or 'linear'.
+  yscale: str = 'log'
+  plot: str = ''  # The PNG's file name ('' : traces_METRIC.png).
+
+  @property
+  def path(self) -> str:
+    """The PNG's file name."""
+    return self.plot or f'traces_{self.metric.replace("/", "_")}.png'
+
+
+# What a claim compares (research/experiments/claims.py computes each; names -> meaning).
+CLAIM_QUANTITIES = {
+  'sensitivity': "a group's LR sensitivity at one seed (research/experiments/sweep.py)",
+  'peak': "a cell's largest |metric| over its train lines, at swept values >= `above`",
+  'best_shift': "|log10 best value of pair 2's group - log10 best value of pair 1's| per seed",
+}
+CLAIM_DIRECTIONS = ('lower', 'higher')  # The expected sign of treated minus comparison.
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """A published claim tested on the sweep groups, treated minus comparison,
+  paired (research/experiments/claims.py): verdict 'reproduced' when the 95%
+  interval of the paired difference excludes 0 on the expected side."""
+
+  statement: str  # The published statement, in a sentence.
+  source: str  # Paper and figure.
+  quantity: str  # A name of CLAIM_QUANTITIES.
+  # Matched (treated group, comparison group) pairs, one per width:
+  # (('qk_norm_w64', 'default_w64'), ('qk_norm_w128', 'default_w128')); for 'best_shift'
+  # exactly two, the narrow width first (the shift is from pair 1's best value to pair 2's).
+  pairs: tuple[tuple[str, str], ...]
+  direction: str = 'lower'  # One of CLAIM_DIRECTIONS.
+  metric: str = ''  # 'peak': the train metric ('attn_logit_max', 'log_z').
+  above: float | None = None  # 'peak': only swept values >= this count (declared, not tuned).
+  # 'peak': compare log10 of the peaks (a ratio: each rate weighs the same where the peaks
+  # span decades) instead of the peaks themselves.
+  log10: bool = False
+  label: str = ''  # Its name in the table ('a'); '' : its position, from 1.
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
   name: str
   title: str
@@ -128,6 +181,8 @@ class Experiment:
   split_baseline: str = ''
   tables: tuple[Table, ...] = ()  # Further tables after the main one.
   sweep: Sweep | None = None  # Rows naming a `group` form sweeps of `sweep.key`.
+  traces: tuple[Trace, ...] = ()  # Train metrics against step for cells of the sweep groups.
+  claims: tuple[Claim, ...] = ()  # Published claims tested on the sweep groups.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +260,7 @@ def check(experiment: Experiment) -> None:
   if duplicates:
     raise ValueError(f'Row names must be unique; repeated: {duplicates}.')
   _check_sweep(experiment)
+  _check_traces_and_claims(experiment)
   for row in experiment.rows:
     path = row.config.split(':', 1)[0]
     if not os.path.exists(path):
@@ -265,6 +321,49 @@ def _check_sweep(experiment: Experiment) -> None:
       raise ValueError(f'Sweep baseline={base!r} is not a group; groups are {groups}.')
   if sweep.initial is not None and not math.isfinite(sweep.initial):
     raise ValueError(f'Sweep initial={sweep.initial!r} must be a finite number or None.')
+
+
+def _check_traces_and_claims(experiment: Experiment) -> None:
+  """Raises ValueError for traces and claims that cannot be read. A group they
+  name need not exist yet: the report then says it was not run."""
+  if (experiment.traces or experiment.claims) and experiment.sweep is None:
+    raise ValueError('Traces and claims read sweep groups; the experiment has no sweep.')
+  for trace in experiment.traces:
+    if not trace.metric or not trace.groups:
+      raise ValueError(f'Trace {trace!r} needs a metric and the groups it traces.')
+    if trace.beside and len(trace.beside) != len(trace.groups):
+      raise ValueError(
+        f'Trace of {trace.metric!r}: beside={trace.beside} needs one group per traced group '
+        f'{trace.groups}, or none.'
+      )
+    if trace.yscale not in ('log', 'symlog', 'linear'):
+      raise ValueError(
+        f"Trace of {trace.metric!r}: yscale={trace.yscale!r}; use 'log', 'symlog' or 'linear'."
+      )
+    if not trace.path.endswith('.png'):
+      raise ValueError(f'Trace of {trace.metric!r}: plot={trace.plot!r} must name a .png file.')
+  for claim in experiment.claims:
+    name = claim.label or claim.statement[:40]
+    if claim.quantity not in CLAIM_QUANTITIES:
+      raise ValueError(
+        f'Claim {name!r}: quantity={claim.quantity!r}; valid: {sorted(CLAIM_QUANTITIES)}.'
+      )
+    if claim.direction not in CLAIM_DIRECTIONS:
+      raise ValueError(
+        f'Claim {name!r}: direction={claim.direction!r}; valid: {list(CLAIM_DIRECTIONS)}.'
+      )
+    if not claim.statement or not claim.source:
+      raise ValueError(f'Claim {name!r} needs its statement and source (paper and figure).')
+    if not claim.pairs or any(len(p) != 2 for p in claim.pairs):
+      raise ValueError(
+        f'Claim {name!r}: pairs={claim.pairs!r} must be (treated, comparison) pairs.'
+      )
+    if claim.quantity == 'best_shift' and len(claim.pairs) != 2:
+      raise ValueError(f'Claim {name!r}: best_shift compares two widths; give exactly two pairs.')
+    if claim.quantity == 'peak' and (not claim.metric or claim.above is None):
+      raise ValueError(f'Claim {name!r}: a peak names its train metric and `above`.')
+    if claim.quantity != 'peak' and (claim.metric or claim.above is not None or claim.log10):
+      raise ValueError(f'Claim {name!r}: metric, above and log10 belong to a peak claim only.')
 
 
 def load(directory: str) -> Experiment:

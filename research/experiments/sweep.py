@@ -90,6 +90,14 @@ def groups(experiment: spec_lib.Experiment, results: list) -> list[Group]:
   return out
 
 
+def by_point(experiment: spec_lib.Experiment, results: list) -> dict:
+  """(group, swept value, seed) -> the cell's result, for the rows of sweep groups."""
+  sweep = experiment.sweep
+  return {
+    (r.cell.row.group, sweep.value(r.cell.row), r.cell.seed): r for r in results if r.cell.row.group
+  }
+
+
 def _decimals(metric: str) -> int:
   return 1 if metric == 'perplexity' else 3
 

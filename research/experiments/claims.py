@@ -1,0 +1,257 @@
+"""Published claims tested on a learning-rate sweep (spec.Claim), for the
+"Published claims" section of RESULTS.md.
+
+A claim compares treated groups with comparison groups in matched pairs (one
+pair per width) on one quantity (spec.CLAIM_QUANTITIES), per unit:
+
+- `sensitivity`: a group's LR sensitivity at one seed (sweep.py: the mean over
+  the swept values of the counted figure minus the best one); units (pair, seed).
+- `peak`: a cell's peak of a train metric, the largest |value| over its finite
+  train values (a diverged cell's: the lines it wrote before it stopped), at
+  every swept value >= `Claim.above`; units (pair, seed, value).
+- `best_shift`: at one seed, a group's best value is the one with the lowest
+  counted figure (the lower value on a tie; only seeds with every value's cell,
+  as for the sensitivity); the shift is |log10 best(pair 2's group) - log10
+  best(pair 1's group)|, in decades, the treated groups' against the
+  comparison groups'; units: seeds.
+
+The difference is treated minus comparison over the units both have
+(stats.paired_difference: mean, 95% Student-t interval, p, and the smallest
+difference the design detects four times out of five). Verdict: 'reproduced'
+when the interval excludes 0 on the expected side (`Claim.direction`), 'not
+reproduced' when it excludes 0 on the other, 'not significant' otherwise (and
+with one unit, which has no interval), 'not run' without a unit.
+"""
+
+import dataclasses
+import math
+
+from research.experiments import runner
+from research.experiments import spec as spec_lib
+from research.experiments import stats
+from research.experiments import sweep as sweep_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """One claim, tested."""
+
+  claim: spec_lib.Claim
+  label: str
+  paired: stats.Paired | None
+  verdict: str
+  planned: int  # Units the spec's cells make.
+  missing: tuple  # Cells the claim reads that have no usable result yet.
+  needed: int  # Cells the claim reads.
+  absent: tuple  # Groups the claim names that the spec does not have.
+
+
+_TINY = 1e-30  # A zero peak's stand-in under log10.
+
+
+def peak(series: list) -> float | None:
+  """The largest |value| of [(step, value)] over its finite values; None: none."""
+  finite = [abs(v) for _, v in series if math.isfinite(v)]
+  return max(finite) if finite else None
+
+
+def best_by_seed(group: sweep_lib.Group) -> dict:
+  """seed -> the group's best swept value at that seed, for the seeds with
+  every value's cell: the lowest counted figure, the lower value on a tie."""
+  return {
+    s: min(group.points, key=lambda p: (p.counted[s], p.value)).value for s in group.sensitivity
+  }
+
+
+def _sensitivity(claim, found, by_point) -> tuple[dict, dict]:
+  del by_point
+  treated, comparison = {}, {}
+  for i, pair in enumerate(claim.pairs):
+    for side, name in zip((treated, comparison), pair):
+      side.update({(i, s): v for s, v in found[name].sensitivity.items()})
+  return treated, comparison
+
+
+def _peak(claim, found, by_point) -> tuple[dict, dict]:
+  del found
+  treated, comparison = {}, {}
+  for i, pair in enumerate(claim.pairs):
+    for side, name in zip((treated, comparison), pair):
+      for (group, value, seed), result in by_point.items():
+        if group != name or not _at_or_above(value, claim.above):
+          continue
+        top = peak(result.train.get(claim.metric, []))
+        if result.status in runner.RESULTS and top is not None:
+          side[(i, seed, value)] = math.log10(max(top, _TINY)) if claim.log10 else top
+  return treated, comparison
+
+
+def _best_shift(claim, found, by_point) -> tuple[dict, dict]:
+  del by_point
+  (treated_1, comparison_1), (treated_2, comparison_2) = claim.pairs
+  out = []
+  for first, second in ((treated_1, treated_2), (comparison_1, comparison_2)):
+    one, two = best_by_seed(found[first]), best_by_seed(found[second])
+    out.append({s: abs(math.log10(two[s]) - math.log10(one[s])) for s in set(one) & set(two)})
+  return out[0], out[1]
+
+
+# Quantity name (spec.CLAIM_QUANTITIES) -> (claim, groups by name, sweep.by_point) ->
+# (treated, comparison), each unit -> value.
+_MEASURES = {'sensitivity': _sensitivity, 'peak': _peak, 'best_shift': _best_shift}
+
+
+def _at_or_above(value: float, above: float | None) -> bool:
+  # A relative tolerance: 0.01 written as 1e-2 or reached as 10**-2 is the same value.
+  return above is None or value >= above * (1 - 1e-9)
+
+
+def _planned(claim: spec_lib.Claim, cells: dict) -> int:
+  """The units the spec's cells make; `cells`: group -> {(value, seed)}."""
+  if claim.quantity == 'best_shift':
+    groups = [g for pair in claim.pairs for g in pair]
+    return len(set.intersection(*({s for _, s in cells[g]} for g in groups)))
+  count = 0
+  for treated, comparison in claim.pairs:
+    both = cells[treated] & cells[comparison]
+    if claim.quantity == 'peak':
+      count += sum(1 for v, _ in both if _at_or_above(v, claim.above))
+    else:
+      count += len({s for _, s in both})
+  return count
+
+
+def _missing(claim, experiment, found, by_point) -> tuple[list[str], int]:
+  """(the cells the claim reads that have no usable result, the number it
+  reads): not finished nor diverged, without a figure at initialisation
+  (sweep.py), or, for a peak, without a finite value of the metric."""
+  out, needed = [], 0
+  groups = experiment.sweep.groups(experiment.rows)
+  for name in dict.fromkeys(g for pair in claim.pairs for g in pair):
+    for cell in (c for c in spec_lib.cells(experiment) if c.row in groups[name]):
+      value = experiment.sweep.value(cell.row)
+      if claim.quantity == 'peak' and not _at_or_above(value, claim.above):
+        continue
+      needed += 1
+      result = by_point.get((name, value, cell.seed))
+      if result is None or result.status not in runner.RESULTS:
+        out.append(cell.name)
+      elif claim.quantity == 'peak' and peak(result.train.get(claim.metric, [])) is None:
+        out.append(cell.name)
+      elif claim.quantity != 'peak' and cell.name in found[name].no_initial:
+        out.append(cell.name)
+  return out, needed
+
+
+def verdict(paired: stats.Paired | None, direction: str) -> str:
+  """'reproduced', 'not reproduced', 'not significant' or 'not run' (see the
+  module docstring); `direction` 'lower': treated minus comparison expected < 0."""
+  if paired is None:
+    return 'not run'
+  if paired.half is None:
+    return 'not significant'
+  low, high = paired.mean - paired.half, paired.mean + paired.half
+  if high < 0 or low > 0:
+    return 'reproduced' if (high < 0) == (direction == 'lower') else 'not reproduced'
+  return 'not significant'
+
+
+def outcomes(experiment: spec_lib.Experiment, results: list) -> list[Outcome]:
+  """Each of the spec's claims tested on `results` (report.CellResult)."""
+  found = {g.name: g for g in sweep_lib.groups(experiment, results)}
+  by_point = sweep_lib.by_point(experiment, results)
+  cells = {}
+  for cell in spec_lib.cells(experiment):
+    if cell.row.group:
+      cells.setdefault(cell.row.group, set()).add((experiment.sweep.value(cell.row), cell.seed))
+  out = []
+  for k, claim in enumerate(experiment.claims):
+    label = claim.label or str(k + 1)
+    named = list(dict.fromkeys(g for pair in claim.pairs for g in pair))
+    absent = tuple(g for g in named if g not in found)
+    if absent:
+      out.append(Outcome(claim, label, None, 'not run', 0, (), 0, absent))
+      continue
+    treated, comparison = _MEASURES[claim.quantity](claim, found, by_point)
+    paired = stats.paired_difference(treated, comparison)
+    missing, needed = _missing(claim, experiment, found, by_point)
+    planned = _planned(claim, cells)
+    judged = verdict(paired, claim.direction)
+    out.append(Outcome(claim, label, paired, judged, planned, tuple(missing), needed, ()))
+  return out
+
+
+def _quantity_text(claim: spec_lib.Claim, label: str) -> str:
+  if claim.quantity == 'peak':
+    text = f'peak \\|{claim.metric}\\| at {label} ≥ {sweep_lib.rate_label(claim.above)}'
+    return f'log10 of the {text}' if claim.log10 else text
+  if claim.quantity == 'best_shift':
+    return 'shift of the best rate between widths (decades)'
+  return 'LR sensitivity'
+
+
+def _pairs_text(claim: spec_lib.Claim) -> str:
+  if claim.quantity == 'best_shift':
+    (a1, b1), (a2, b2) = claim.pairs
+    return f'shift {a1} → {a2} − shift {b1} → {b2}'
+  return ', '.join(f'{a} − {b}' for a, b in claim.pairs)
+
+
+def _difference_text(paired: stats.Paired | None) -> tuple[str, str, str]:
+  """(mean [95% interval], p, detectable)."""
+  if paired is None:
+    return '—', '', ''
+  if paired.half is None:
+    return f'{paired.mean:+.3g} (one unit: no interval)', '', ''
+  low, high = paired.mean - paired.half, paired.mean + paired.half
+  return (
+    f'{paired.mean:+.3g} [{low:+.3g}, {high:+.3g}]',
+    f'{paired.p_value:.3f}',
+    f'{paired.detectable:.3g}',
+  )
+
+
+def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
+  """The 'Published claims' section of RESULTS.md."""
+  if not experiment.claims:
+    return []
+  lines = [
+    '## Published claims',
+    '',
+    'Each claim compares treated groups with comparison groups in matched pairs (one per '
+    'width), treated minus comparison: the mean of the paired differences with its 95% '
+    'Student-t interval, the paired t-test p-value, and the smallest true difference this '
+    'design would find significant at 5% four times out of five (detectable). Units: (pair, '
+    'seed) for the LR sensitivity; (pair, seed, rate) for a peak, the largest |value| of a '
+    "train metric over a cell's train lines (a diverged cell's: those it wrote before it "
+    'stopped) at the rates at or above the stated one, fixed in the spec before the runs; '
+    'seeds for the shift of the best rate, |log₁₀ best at the wide width − log₁₀ best at '
+    'the narrow one| per seed. Diverged cells count as in the sweep table. Verdict: '
+    'reproduced when the interval excludes 0 on the published side, not reproduced when it '
+    'excludes 0 on the other, not significant otherwise. n: units with both sides, of those '
+    'the spec plans. Differences with no spread over their units (best-rate shifts move in '
+    'steps of the swept grid) have an interval of width 0: read n before the verdict.',
+    '',
+    '| claim | published | source | quantity | treated − comparison | expected | ours: mean '
+    '[95% interval] | p | detectable | n | verdict |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  ]
+  notes = []
+  for o in outcomes(experiment, results):
+    claim = o.claim
+    difference, p, detectable = _difference_text(o.paired)
+    n = o.paired.n if o.paired else 0
+    lines.append(
+      f'| {o.label} | {claim.statement} | {claim.source} | '
+      f'{_quantity_text(claim, experiment.sweep.label)} | {_pairs_text(claim)} | '
+      f'{"< 0" if claim.direction == "lower" else "> 0"} | {difference} | {p} | {detectable} | '
+      f'{n} of {o.planned} | {o.verdict} |'
+    )
+    if o.absent:
+      notes.append(f'- ({o.label}) not run: the spec has no group {", ".join(o.absent)}.')
+    elif o.missing:
+      notes.append(
+        f'- ({o.label}) lacks {len(o.missing)} of its {o.needed} cells (not run, failed, '
+        f'without a figure at initialisation or without the metric): {", ".join(o.missing)}.'
+      )
+  return lines + [''] + (notes + [''] if notes else [])
