@@ -86,7 +86,14 @@ SPEC = Experiment(
     'checkpoint, say) was audited, so part of the gap at 16 insertions may come from how '
     'little the DP models learned rather than from the noise. With 3 seeds, the 95% '
     "intervals on a DP row's exposure at 16 insertions are 0.1 to 0.9 bits wide each side, "
-    'so a DP row within about a bit of chance there cannot be told from chance.'
+    'so a DP row within about a bit of chance there cannot be told from chance.\n\n'
+    "Noise mode. The DP rows ran (2026-12-02) before a private run's noise became secret by "
+    "default: their Gaussian noise and Poisson sampling came from each cell's `config.seed` "
+    '(0, 1, 2), as `--config.privacy.reproducible_noise=True` gives now, so their epsilon '
+    'holds only against someone who does not know the seed, which this page publishes. The '
+    'exposures and perplexities measured are unaffected. Re-run today, these rows draw secret '
+    'noise (a different draw, the same distribution) unless that flag is added ([threat '
+    'model](../../docs/privacy.md#secret-noise-and-the-threat-model)).'
   ),
   tables=(
     Table(
