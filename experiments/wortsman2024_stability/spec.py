@@ -36,6 +36,35 @@ BASELINES = {'qk_norm': 'default', 'z_loss': 'default', 'both': 'default', 'mup'
 SOURCE = 'Wortsman et al. 2024, Figures 1, 2, 4, 6-9 (as issue 28 lists them; not checked)'
 HIGH = 1e-2  # The "high" learning rates of the peak claims: >= 1e-2, fixed before the runs.
 
+NOTES = (
+  'Research question (Wortsman et al. 2024, ICLR 2024): at high learning rates, do the '
+  'attention logits grow and the output logits drift (log Z) in a small Transformer, do '
+  'qk-layernorm and z-loss remove that and lower the sensitivity of the final loss to the '
+  'learning rate, and does muParam with independent weight decay lower it further and keep '
+  'the best rate in place across widths?\n\n'
+  'Design: configs/wortsman2024.py, a 2-layer pre-norm Transformer (LayerNorm, no biases, '
+  'untied head, head width 32) at widths 64 and 128 (0.1M and 0.4M parameters) on '
+  "tiny-shakespeare's characters, context 64, batch 32, 1,200 AdamW steps (beta2 0.95, clip 1, "
+  '60 warmup steps, cosine to 1e-5), coupled weight decay 0.1. Five groups per width: '
+  'default; qk_norm (qk-layernorm); z_loss (1e-4); both; mup (both, with muParam (simple), '
+  "base width 64, and independent decay 1e-4, the paper's combined recipe; at width 64 it is "
+  '"both" with independent decay). Seven peak rates from 3e-4 to 3e-1 in half-decades, two '
+  'seeds each (a seed fixes the initialisation and the data order, the same across groups): '
+  '140 cells of 1 to 2 minutes on the 2-core development CPU, about four hours in all when '
+  'nothing else runs. Every cell scores the valid split at step 0 (its loss at '
+  'initialisation, near ln 65 = 4.17) and logs log_z, attn_logit_max and block_rms every 25 '
+  'steps. The claims, the rates counted as high (>= 1e-2) and the use of log10 for the '
+  'attention-logit peaks were fixed before the treated groups had results; nothing was tuned.\n\n'
+  'What this design can detect: two seeds give Student-t intervals with one degree of freedom '
+  'per width, so the claims pool the two widths (sensitivity: 4 pairs, 3 degrees of freedom) '
+  'and, for the peaks, the seeds and the four high rates (16 pairs); the detectable column '
+  'gives the smallest true difference each would find four times out of five. The best-rate '
+  'shift moves in half-decade steps and two seeds, so it can show only a large effect. '
+  'Differences from the paper: far smaller models trained far shorter (1,200 steps), '
+  'characters instead of C4, a learned position table, a coupled-decay baseline; what can '
+  'carry over is the direction of each effect, not the rates at which it appears.'
+)
+
 
 def _widths(group: str) -> tuple[str, ...]:
   """The group's name at each width, the narrow first ('qk_norm_w64', 'qk_norm_w128')."""
@@ -122,7 +151,7 @@ SPEC = Experiment(
   seeds=(0, 1),
   metric='loss',
   splits=('valid',),
-  notes='',
+  notes=NOTES,
   rows=_rows(),
   traces=TRACES,
   claims=CLAIMS,
