@@ -12,12 +12,18 @@ it. Nothing here is an accountant of our own.
 
 import dataclasses
 import functools
-
-import dp_accounting
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
+import importlib
+from typing import Any
 
 from research import metrics
+
+
+def _dp(module: str = '') -> Any:
+  """`dp_accounting` (or its submodule `module`), imported on first use: it
+  pulls in scipy.signal, a few seconds of every start-up that only a private
+  run needs."""
+  return importlib.import_module('dp_accounting' + (f'.{module}' if module else ''))
+
 
 # The PLD accountant discretises the privacy loss; 1e-4 keeps epsilon within
 # about 1e-3 of the exact value at the sizes used here and takes well under a
@@ -25,8 +31,10 @@ from research import metrics
 _PLD_DISCRETIZATION = 1e-4
 
 
-def dp_event(sampling_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
-  """`steps` Poisson-subsampled Gaussian mechanisms (one per DP-SGD step)."""
+def dp_event(sampling_rate: float, noise_multiplier: float, steps: int) -> Any:
+  """`steps` Poisson-subsampled Gaussian mechanisms (one per DP-SGD step),
+  a `dp_accounting.DpEvent`."""
+  dp_accounting = _dp()
   return dp_accounting.SelfComposedDpEvent(
     dp_accounting.PoissonSampledDpEvent(
       sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
@@ -35,8 +43,10 @@ def dp_event(sampling_rate: float, noise_multiplier: float, steps: int) -> dp_ac
   )
 
 
-def _pld_accountant() -> pld_privacy_accountant.PLDAccountant:
-  return pld_privacy_accountant.PLDAccountant(value_discretization_interval=_PLD_DISCRETIZATION)
+def _pld_accountant() -> Any:
+  return _dp('pld.pld_privacy_accountant').PLDAccountant(
+    value_discretization_interval=_PLD_DISCRETIZATION
+  )
 
 
 @functools.lru_cache(maxsize=256)
@@ -54,7 +64,7 @@ def rdp_epsilon(sampling_rate: float, noise_multiplier: float, steps: int, delta
   """Epsilon from the RDP accountant (an upper bound, looser than PLD's)."""
   if steps == 0:
     return 0.0
-  accountant = rdp_privacy_accountant.RdpAccountant()
+  accountant = _dp('rdp.rdp_privacy_accountant').RdpAccountant()
   accountant.compose(dp_event(sampling_rate, noise_multiplier, steps))
   return float(accountant.get_epsilon(delta))
 

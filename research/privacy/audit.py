@@ -27,7 +27,6 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +118,9 @@ def exposure_exact(log_perplexity: float, reference: np.ndarray, space: int) -> 
 
 def exposure_extrapolated(log_perplexity: float, reference: np.ndarray) -> float:
   """-log2 of the fitted skew normal's CDF at the canary's log-perplexity."""
+  # Imported here: scipy.stats is seconds of every start-up, and only the audit fits.
+  from scipy import stats as scipy_stats  # pylint: disable=import-outside-toplevel
+
   params = scipy_stats.skewnorm.fit(np.asarray(reference, np.float64))
   cdf = scipy_stats.skewnorm.cdf(log_perplexity, *params)
   return float(-np.log2(max(cdf, np.finfo(np.float64).tiny)))
