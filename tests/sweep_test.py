@@ -216,6 +216,29 @@ class ReportTest(absltest.TestCase):
     )
 
 
+class SweepPanelsTest(absltest.TestCase):
+  def test_one_panel_per_entry_with_its_groups_only(self):
+    root = self.create_tempdir().full_path
+    _write_cells(root)
+    base = _spec()
+    sweep = dataclasses.replace(base.sweep, panels=(('first', ('default',)), ('second', ('qk',))))
+    spec = dataclasses.replace(base, sweep=sweep)
+    spec_lib.check(spec)
+    fig, axes = plots.sweep_figure(spec, report.collect(root, spec))
+    fig.canvas.draw()
+    self.assertLen(axes, 2)
+    self.assertEqual([ax.get_title() for ax in axes], ['first', 'second'])
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in axes]
+    plots._pyplot().close(fig)
+    self.assertIn('default', legends[0])
+    self.assertNotIn('qk', legends[0])
+    self.assertIn('qk', legends[1])
+    self.assertNotIn('default', legends[1])
+    bad = dataclasses.replace(sweep, panels=(('x', ('nope',)),))
+    with self.assertRaisesRegex(ValueError, r"Sweep panel 'x' names \['nope'\]"):
+      spec_lib.check(dataclasses.replace(base, sweep=bad))
+
+
 def _fake_command(root, experiment, cell, python=None, locations=None):
   """A cell's command that trains nothing: a-* finish, b-* stop as research.main
   does on a non-finite loss (exit 3), c-* fail with a bad input (exit 2)."""

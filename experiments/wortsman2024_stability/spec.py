@@ -156,10 +156,11 @@ SPEC = Experiment(
   traces=TRACES,
   claims=CLAIMS,
   sweep=Sweep(
+    panels=tuple((f'width {w}', tuple(f'{g}_w{w}' for g in GROUPS)) for w in WIDTHS),
     baseline={
       f'{group}_w{width}': f'{base}_w{width}'
       for group, base in BASELINES.items()
       for width in WIDTHS
-    }
+    },
   ),
 )

@@ -309,23 +309,52 @@ def sweep_figure(experiment: spec_lib.Experiment, results: list):
   """The figure of lr_sweep.png: each sweep group's counted final figure
   (research/experiments/sweep.py) against the swept value on a log axis, mean
   and 95% interval over seeds, one line per group; a ring marks a value where
-  a seed diverged (counted at the initial figure). Returns (figure, axes)."""
+  a seed diverged (counted at the initial figure). One panel per entry of
+  `Sweep.panels` (each width, say), else one. Returns (figure, axes): the
+  axes as a list when there are panels."""
   plt = _pyplot()
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-
   sweep = experiment.sweep
   found = sweep_lib.groups(experiment, results)
-  colors = _row_colors(plt, len(found))
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  panels = sweep.panels or (('', tuple(g.name for g in found)),)
+  fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), sharey=True)
+  axes = [axes] if len(panels) == 1 else list(axes)
+  values = sorted({p.value for g in found for p in g.points})
+  for ax, (title, names) in zip(axes, panels):
+    members = [g for g in found if g.name in names]
+    _sweep_panel(plt, ax, members, values, sweep)
+    ax.set_ylabel(f'final {experiment.metric} ({experiment.splits[0]})' if ax is axes[0] else '')
+    if title:
+      ax.set_title(title, fontsize=9)
+  fig.suptitle(
+    f'{experiment.name}: final {experiment.metric} per {sweep.label}, mean and 95% interval '
+    'over seeds',
+    fontsize=9,
+  )
+  for ax, (_, names) in zip(axes, panels):
+    if ax.get_legend_handles_labels()[0]:
+      outside = len(panels) == 1 and len(names) > 8  # Many groups go beside the plot.
+      if outside:
+        fig.set_size_inches(9, 4.5)
+      ax.legend(
+        fontsize=7 if outside else 8,
+        **({'loc': 'upper left', 'bbox_to_anchor': (1.01, 1.0)} if outside else {}),
+      )
+  fig.tight_layout()
+  return fig, (axes[0] if not sweep.panels else axes)
+
+
+def _sweep_panel(plt, ax, found: list, values: list, sweep: spec_lib.Sweep) -> None:
+  """The lines of `found`'s groups on `ax` (sweep_figure)."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
   ringed = False
-  for group, color in zip(found, colors):
+  for group, color in zip(found, _row_colors(plt, len(found))):
     points = [p for p in group.points if p.counted]
     if not points:
       continue
     intervals = [stats.confidence_interval(list(p.counted.values())) for p in points]
-    xs = [p.value for p in points]
     ax.errorbar(
-      xs,
+      [p.value for p in points],
       [m for m, _ in intervals],
       yerr=[h or 0.0 for _, h in intervals],
       marker='o',
@@ -357,27 +386,11 @@ def sweep_figure(experiment: spec_lib.Experiment, results: list):
     )
   if sweep.initial is not None:
     ax.axhline(sweep.initial, color='grey', linestyle=':', linewidth=1, label='at initialisation')
-  values = sorted({p.value for g in found for p in g.points})
   ax.set_xscale('log')
   ax.xaxis.set_major_locator(ticker.FixedLocator(values))
   ax.xaxis.set_major_formatter(ticker.FixedFormatter([sweep_lib.rate_label(v) for v in values]))
   ax.xaxis.set_minor_locator(ticker.NullLocator())
   ax.set_xlabel(f'{sweep.label} ({sweep.key})')
-  ax.set_ylabel(f'final {experiment.metric} ({experiment.splits[0]})')
-  ax.set_title(
-    f'{experiment.name}: final {experiment.metric} per {sweep.label}, mean and 95% interval '
-    'over seeds',
-    fontsize=9,
-  )
-  if ax.get_legend_handles_labels()[0]:
-    outside = len(found) > 8  # Many groups go beside the plot, where they cover no line.
-    if outside:
-      fig.set_size_inches(9, 4.5)
-    ax.legend(
-      fontsize=7 if outside else 8,
-      **({'loc': 'upper left', 'bbox_to_anchor': (1.01, 1.0)} if outside else {}),
-    )
-  return fig, ax
 
 
 def write_sweep_plot(directory: str, experiment: spec_lib.Experiment, results: list) -> str:

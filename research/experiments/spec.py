@@ -71,6 +71,9 @@ class Sweep:
   # characters). None: only cells evaluated at step 0 have one.
   initial: float | None = None
   label: str = 'learning rate'  # The swept key as the table and plot name it.
+  # lr_sweep.png's panels, (title, its groups) each ((('width 64', ('default_w64', ...)), ...);
+  # () : one panel of every group.
+  panels: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
   def baseline_of(self, group: str) -> str:
     """The group `group` is compared with ('' : none; never itself)."""
@@ -319,6 +322,10 @@ def _check_sweep(experiment: Experiment) -> None:
       raise ValueError(f'Sweep baseline names group {group!r}, which is not one: {groups}.')
     if base and base not in groups:
       raise ValueError(f'Sweep baseline={base!r} is not a group; groups are {groups}.')
+  for title, members in sweep.panels:
+    strangers = [g for g in members if g not in groups]
+    if strangers:
+      raise ValueError(f'Sweep panel {title!r} names {strangers}, not groups; groups are {groups}.')
   if sweep.initial is not None and not math.isfinite(sweep.initial):
     raise ValueError(f'Sweep initial={sweep.initial!r} must be a finite number or None.')
 
