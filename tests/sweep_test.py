@@ -202,6 +202,13 @@ class ReportTest(absltest.TestCase):
     plot = os.path.join(out, plots.SWEEP_PLOT)
     self.assertIn(plot, written)
     self.assertGreater(os.path.getsize(plot), 10_000)
+    # Every row is a sweep point: no plot per row beside lr_sweep.png, and the page says so.
+    self.assertTrue(report.swept_only(self.spec))
+    self.assertFalse(os.path.exists(os.path.join(out, 'final.png')))
+    with open(os.path.join(out, 'RESULTS.md')) as f:
+      self.assertIn(f'Plots: `{plots.SWEEP_PLOT}` (each sweep group per learning rate).', f.read())
+    mixed = dataclasses.replace(self.spec, rows=self.spec.rows + (spec_lib.Row('plain', _CONFIG),))
+    self.assertFalse(report.swept_only(mixed))
     with open(os.path.join(out, 'results.csv')) as f:
       self.assertIn('default_lr0.1,0,valid,loss,nan,', f.read())  # Kept, not dropped.
     fig, ax = plots.sweep_figure(self.spec, self.results)

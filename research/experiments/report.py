@@ -229,28 +229,30 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
     )
   lines += [
     '',
-    'Plots: `valid_per_epoch.png` (validation per epoch, every '
-    'cell), `final.png` (final figures per row with their interval, '
-    'and the published values)'
-    + (
-      ', `differences.png` (each row minus the baseline, paired by seed)'
-      if experiment.baseline
-      else ''
-    )
-    + (', `splits.png` (each row per split)' if experiment.split_baseline else '')
-    + (
-      f', `{plots.SWEEP_PLOT}` (each sweep group per {experiment.sweep.label})'
-      if experiment.sweep
-      else ''
-    )
-    + ''.join(f', `{t.plot}` ({t.title.lower()})' for t in experiment.tables if t.plot)
-    + ''.join(f', `{t.path}` ({t.metric} per step)' for t in experiment.traces)
-    + '.',
+    'Plots: ' + ', '.join(_plot_names(experiment)) + '.',
     '',
     f'Generated {time.strftime("%Y-%m-%d %H:%M %Z")}.',
     '',
   ]
   return '\n'.join(lines)
+
+
+def _plot_names(experiment: spec_lib.Experiment) -> list[str]:
+  """The plots `write` makes, each with what it shows."""
+  names = []
+  if not swept_only(experiment):
+    names += [
+      '`valid_per_epoch.png` (validation per epoch, every cell)',
+      '`final.png` (final figures per row with their interval, and the published values)',
+    ]
+  if experiment.baseline:
+    names.append('`differences.png` (each row minus the baseline, paired by seed)')
+  if experiment.split_baseline:
+    names.append('`splits.png` (each row per split)')
+  if experiment.sweep:
+    names.append(f'`{plots.SWEEP_PLOT}` (each sweep group per {experiment.sweep.label})')
+  names += [f'`{t.plot}` ({t.title.lower()})' for t in experiment.tables if t.plot]
+  return names + [f'`{t.path}` ({t.metric} per step)' for t in experiment.traces]
 
 
 def table_markdown(
@@ -379,6 +381,12 @@ def check_nothing_dropped(
     )
 
 
+def swept_only(experiment: spec_lib.Experiment) -> bool:
+  """Whether every row is a point of a sweep group: then lr_sweep.png shows
+  the final figures, and a plot per row (tens of them) is left out."""
+  return bool(experiment.sweep) and all(row.group for row in experiment.rows)
+
+
 def write(
   directory: str, root: str, experiment: spec_lib.Experiment, force: bool = False
 ) -> list[str]:
@@ -397,7 +405,9 @@ def write(
   with open(markdown, 'w') as f:
     f.write(results_markdown(experiment, results))
   write_csv(table, experiment, results)
-  written = [markdown, table] + plots.write_plots(directory, experiment, results)
+  written = [markdown, table]
+  if not swept_only(experiment):  # A sweep's rows are lr_sweep.png's points.
+    written += plots.write_plots(directory, experiment, results)
   if experiment.baseline:
     written.append(plots.write_difference_plot(directory, experiment, results))
   if experiment.split_baseline:
