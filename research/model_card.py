@@ -21,6 +21,8 @@ from research.data import builders
 from research.models import layers
 
 FILE = 'MODEL_CARD.md'
+AUDIT_DIR = 'audit'  # WORKDIR/audit/PROBE.json: research.audit's results.
+_PROBE_HEADING = '## Audit: '
 
 
 def _data_source(data: ml_collections.ConfigDict) -> tuple[str, str]:
@@ -123,6 +125,45 @@ def _audit_lines(records: list[dict], step: int) -> list[str]:
       f'{r["exposure_extrapolated"]:.2f}; {r["canaries"]} canaries)'
     )
   return lines
+
+
+def probe_sections(workdir: str) -> list[str]:
+  """A section per probe research.audit ran (WORKDIR/audit/PROBE.json, each
+  holding its `card` lines), in name order; [] when none ran."""
+  folder = os.path.join(workdir, AUDIT_DIR)
+  names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+  lines = []
+  for name in [n for n in names if n.endswith('.json')]:
+    with open(os.path.join(folder, name), encoding='utf-8') as f:
+      record = json.load(f)
+    lines += [
+      '',
+      f'{_PROBE_HEADING}{record["probe"]}',
+      '',
+      f'<!-- From {AUDIT_DIR}/{name}: step {record["step"]}, code revision {record["revision"]}. -->',
+      '',
+      *record['card'],
+    ]
+  return lines
+
+
+def update_probe_sections(workdir: str) -> str | None:
+  """Rewrites the probe sections of WORKDIR/MODEL_CARD.md from WORKDIR/audit/
+  (before its Limitations); returns its path, or None when there is no card."""
+  path = os.path.join(workdir, FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    text = f.read()
+  head, sep, tail = text.partition('\n## Limitations\n')
+  if not sep:
+    return None
+  head = head.split(f'\n\n{_PROBE_HEADING}', 1)[0].rstrip('\n')
+  text = '\n'.join([head, *probe_sections(workdir), '']) + sep + tail
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+  return path
 
 
 def markdown(workdir, config, parts, params, step: int, results: dict, sample: str) -> str:
@@ -243,6 +284,7 @@ def markdown(workdir, config, parts, params, step: int, results: dict, sample: s
       '- Not trained with differential privacy: the model may reproduce rare training text.'
     )
   lines += _audit_lines(records, step)
+  lines += probe_sections(workdir)
   lines += [
     '',
     '## Limitations',
