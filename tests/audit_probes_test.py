@@ -14,7 +14,6 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-from research import audit
 from research import audits
 from research import components
 from research import evaluate
@@ -22,6 +21,7 @@ from research import train
 from research.audits import context
 from research.audits import crows_pairs
 from research.audits import occupations
+from research.audits import run as run_lib
 from research.data import tokenizers
 from research.privacy import canaries as canaries_lib
 from tests import test_util
@@ -284,7 +284,7 @@ class AuditCommandTest(absltest.TestCase):
     workdir = os.path.join(directory, 'wd')
     train.train_and_evaluate(config, workdir)
     with self.assertRaisesRegex(context.NotApplicable, r'crows_pairs: every one .* \(1 of 2'):
-      audit.run_audit(workdir, ['occupations', 'crows_pairs'])
+      run_lib.run_audit(workdir, ['occupations', 'crows_pairs'])
     with open(os.path.join(workdir, 'audit', 'occupations.json')) as f:
       record = json.load(f)
     result = record['result']
@@ -298,9 +298,9 @@ class AuditCommandTest(absltest.TestCase):
     self.assertLess(card.index('## Audit: occupations'), card.index('## Limitations'))
     self.assertFalse(os.path.exists(os.path.join(workdir, 'audit', 'crows_pairs.json')))
     with self.assertRaisesRegex(ValueError, "unknown probe 'bias'; probes: occupations, crows"):
-      audit.run_audit(workdir, ['bias'])
+      run_lib.run_audit(workdir, ['bias'])
     with self.assertRaisesRegex(ValueError, 'does not exist'):
-      audit.run_audit(os.path.join(directory, 'nowhere'), ['occupations'])
+      run_lib.run_audit(os.path.join(directory, 'nowhere'), ['occupations'])
 
   def test_command_on_a_byte_level_run(self):
     directory = self.create_tempdir().full_path

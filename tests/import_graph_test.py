@@ -10,6 +10,8 @@ package whose `__init__` imports its submodules would be a cycle).
 
 import ast
 import os
+import subprocess
+import sys
 import textwrap
 
 from absl.testing import absltest
@@ -99,7 +101,40 @@ def imports_after_code(path: str) -> list[int]:
   return lines
 
 
+def imported_by_tests(root: str) -> set[str]:
+  """The research modules some test file imports at its top level (so into
+  the pytest worker that collects it; a function's import may run in a child
+  process, as tests/faults_test.py's `drive` does)."""
+  mods = modules(root, 'research')
+  found = set()
+  for name in sorted(os.listdir(os.path.join(root, 'tests'))):
+    if not name.endswith('.py'):
+      continue
+    with open(os.path.join(root, 'tests', name), encoding='utf-8') as f:
+      tree = ast.parse(f.read(), name)
+    for node in tree.body:
+      if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('research'):
+        for alias in node.names:
+          sub = f'{node.module}.{alias.name}'
+          found.add(sub if sub in mods else node.module)
+      elif isinstance(node, ast.Import):
+        found.update(a.name for a in node.names if a.name.startswith('research'))
+  return found
+
+
 class ImportGraphTest(absltest.TestCase):
+  def test_the_modules_tests_import_coexist_in_one_process(self):
+    # pytest -n 2 runs many test files in one worker, in an order that varies:
+    # two modules defining the same absl flag (research.audit's and
+    # research.generate's --workdir) break whichever is imported second.
+    wanted = sorted(imported_by_tests(_ROOT))
+    self.assertIn('research.generate', wanted)
+    script = ''.join(f'import {m}\n' for m in wanted)
+    done = subprocess.run(
+      [sys.executable, '-c', script], cwd=_ROOT, capture_output=True, text=True, timeout=300
+    )
+    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+
   def test_research_has_no_import_cycle(self):
     graph = import_graph(_ROOT, 'research')
     self.assertIn('research.models.contract', graph['research.models.transformer'])

@@ -30,6 +30,7 @@ never score such text: they report it.
 """
 
 import functools
+import hashlib
 import re
 import string
 from typing import Any, Callable, NamedTuple, Sequence
@@ -60,6 +61,19 @@ _WORD_MARKS = "'-&$."
 
 class NotApplicable(ValueError):
   """A probe cannot apply to this model or tokenizer; the message says why."""
+
+
+def shipped_bytes(path: str, sha256: str, where: str) -> bytes:
+  """The bytes of a data file shipped under third_party/ (`where` names its
+  README), refused with a ValueError unless their sha256 is the recorded one."""
+  with open(path, 'rb') as f:
+    raw = f.read()
+  digest = hashlib.sha256(raw).hexdigest()
+  if digest != sha256:
+    raise ValueError(
+      f'{path} has sha256 {digest}, not the recorded {sha256}; restore the shipped file ({where}).'
+    )
+  return raw
 
 
 def _symbols(tokenizer) -> list[str] | None:

@@ -24,7 +24,6 @@ name (docs/audit.md#crows-pairs): read the score as a coarse signal.
 
 import collections
 import csv
-import hashlib
 import io
 import os
 
@@ -48,12 +47,9 @@ DEFAULTS = {
 def read_data(root: str = _ROOT) -> list[dict]:
   """The pairs of the shipped file (dicts with sent_more, sent_less,
   stereo_antistereo, bias_type), its sha256 checked."""
-  path = os.path.join(root, DATA)
-  with open(path, 'rb') as f:
-    raw = f.read()
-  digest = hashlib.sha256(raw).hexdigest()
-  if digest != DATA_SHA256:
-    raise ValueError(f'{DATA} has sha256 {digest}, not the recorded {DATA_SHA256}; restore it.')
+  raw = context_lib.shipped_bytes(
+    os.path.join(root, DATA), DATA_SHA256, 'third_party/crows_pairs/README.md'
+  )
   keys = ('sent_more', 'sent_less', 'stereo_antistereo', 'bias_type')
   return [{k: row[k] for k in keys} for row in csv.DictReader(io.StringIO(raw.decode('utf-8')))]
 

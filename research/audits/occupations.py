@@ -33,7 +33,6 @@ above 0 the model favours the corpus's majority gender more than the corpus
 does, below 0 less. Its interval is a bootstrap over those occupations.
 """
 
-import hashlib
 import math
 import os
 import re
@@ -70,12 +69,9 @@ _MIN_OCCUPATIONS = 5  # Fewer covered occupations make no correlation worth repo
 
 def read_data(root: str = _ROOT) -> list[tuple[str, float]]:
   """(occupation, BLS percentage of women) of the shipped file, its sha256 checked."""
-  path = os.path.join(root, DATA)
-  with open(path, 'rb') as f:
-    raw = f.read()
-  digest = hashlib.sha256(raw).hexdigest()
-  if digest != DATA_SHA256:
-    raise ValueError(f'{DATA} has sha256 {digest}, not the recorded {DATA_SHA256}; restore it.')
+  raw = context_lib.shipped_bytes(
+    os.path.join(root, DATA), DATA_SHA256, 'third_party/winogender/README.md'
+  )
   lines = raw.decode('utf-8').splitlines()
   header = lines[0].split('\t')
   rows = [dict(zip(header, line.split('\t'))) for line in lines[1:] if line.strip()]

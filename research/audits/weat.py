@@ -29,7 +29,6 @@ Shape letters: V vocabulary size, D embedding width, W words of a set.
 """
 
 import csv
-import hashlib
 import math
 import os
 import re
@@ -39,6 +38,7 @@ import numpy as np
 
 from research import sharding
 from research.audits import stats
+from research.audits import context
 from research.audits.context import NotApplicable
 from research.models import layers
 
@@ -63,14 +63,7 @@ SETS = ('X', 'Y', 'A', 'B')
 def load_tests(path: str = LISTS) -> dict[str, dict]:
   """{test: {'weat': n, 'X': (category, words), 'Y': ..., 'A': ..., 'B': ...}}
   in file order. Raises ValueError when the file's sha256 is not LISTS_SHA256."""
-  with open(path, 'rb') as f:
-    raw = f.read()
-  digest = hashlib.sha256(raw).hexdigest()
-  if digest != LISTS_SHA256:
-    raise ValueError(
-      f'{path} has sha256 {digest}, not the recorded {LISTS_SHA256}; restore the shipped file '
-      '(third_party/weat/README.md).'
-    )
+  raw = context.shipped_bytes(path, LISTS_SHA256, 'third_party/weat/README.md')
   tests = {}
   for row in csv.DictReader(raw.decode('ascii').splitlines(), delimiter='\t'):
     test = tests.setdefault(row['test'], {'weat': int(row['weat'])})
