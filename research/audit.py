@@ -11,6 +11,9 @@ sections are then regenerated from every file in WORKDIR/audit/.
                 attack calibrated by a reference model (Watson et al. 2022).
   --data_path, --tfds_dir  where the run's data lies on this machine, when not
                 where it was trained (as research.generate).
+  --out         the audit's own folder (an experiment's audit cell): the files
+                go to OUT/audit/NAME.json, OUT/runs.jsonl records the audit's
+                start and end, and DIR is only read (its MODEL_CARD.md kept).
 
 An unknown probe, a workdir that holds no run, or a probe that cannot apply to
 this model (e.g. `weat` without a word vocabulary) is one `error:` line, exit
@@ -37,6 +40,9 @@ _REFERENCE = flags.DEFINE_string(
 )
 _DATA_PATH = flags.DEFINE_string('data_path', '', "config.data.path here ('' : as trained).")
 _TFDS_DIR = flags.DEFINE_string('tfds_dir', '', "config.data.tfds_dir here ('' : as trained).")
+_OUT = flags.DEFINE_string(
+  'out', '', "The audit's own folder: OUT/audit/NAME.json, OUT/runs.jsonl ('' : WORKDIR's)."
+)
 flags.mark_flags_as_required(['workdir', 'probe'])
 
 
@@ -51,6 +57,7 @@ def main(argv):
       [n.strip() for n in _PROBE.value],
       reference=_REFERENCE.value,
       locations={'path': _DATA_PATH.value, 'tfds_dir': _TFDS_DIR.value},
+      out=_OUT.value or None,
     )
   except (faults.RunError, ValueError, FileNotFoundError) as e:
     cli.fail(str(e))

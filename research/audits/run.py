@@ -1,7 +1,9 @@
 """Runs probes on a finished workdir (the library behind `python -m
 research.audit`, research/audit.py, which adds the flags): each probe's
 result goes to WORKDIR/audit/NAME.json and MODEL_CARD.md's probe sections are
-regenerated from those files (docs/audit.md)."""
+regenerated from those files (docs/audit.md). With `out` (an experiment's
+audit cell) they go to OUT/audit/NAME.json instead, OUT/runs.jsonl records
+the audit's start and end, and WORKDIR is only read."""
 
 import json
 import math
@@ -34,9 +36,11 @@ def _jsonable(value):
   return value
 
 
-def write_result(ctx: context.Context, probe: audits.Probe, result: dict) -> str:
-  """Writes WORKDIR/audit/NAME.json atomically; returns its path."""
-  folder = os.path.join(ctx.workdir, model_card.AUDIT_DIR)
+def write_result(
+  ctx: context.Context, probe: audits.Probe, result: dict, folder: str | None = None
+) -> str:
+  """Writes FOLDER/NAME.json atomically (default WORKDIR/audit); returns its path."""
+  folder = folder or os.path.join(ctx.workdir, model_card.AUDIT_DIR)
   os.makedirs(folder, exist_ok=True)
   record = {
     'probe': probe.name,
@@ -56,14 +60,25 @@ def write_result(ctx: context.Context, probe: audits.Probe, result: dict) -> str
 
 
 def run_audit(
-  workdir: str, names: list[str], *, reference: str | None = None, locations: dict | None = None
+  workdir: str,
+  names: list[str],
+  *,
+  reference: str | None = None,
+  locations: dict | None = None,
+  out: str | None = None,
 ) -> dict[str, dict]:
   """Runs the probes `names` on `workdir` (module docstring); returns
   {name: result} of those that applied.
 
+  `out`: the audit's own folder (None: `workdir`). `workdir` (and `reference`)
+  must then hold finished runs. OUT's lock is held instead of WORKDIR's, so
+  that audits of one finished run in several folders run at once; its
+  runs.jsonl gets a start and an end, 'finished' when every probe applied,
+  else 'failed'; WORKDIR's MODEL_CARD.md is left as it is.
+
   Raises:
-    ValueError: an unknown probe, or a workdir that holds no readable run
-      (one line each).
+    ValueError: an unknown probe, or a workdir that holds no readable run (with
+      `out`: no finished run), one line each.
     context.NotApplicable: after the others ran, naming every probe that could
       not apply and why.
   """
@@ -71,21 +86,37 @@ def run_audit(
   workdir_lib.readable_workdir(workdir)
   if reference is not None:
     workdir_lib.readable_workdir(reference, flag='--reference')
-  results, refused = {}, []
-  with distributed.workdir_held(workdir):
-    ctx = context.load(workdir, locations)
-    options = {} if reference is None else {'reference': context.load(reference, locations)}
-    for probe in probes:
-      try:
-        result = probe.run(ctx, options)
-      except context.NotApplicable as e:
-        refused.append(str(e))
-        continue
-      path = write_result(ctx, probe, result)
-      metrics.console('%s\n  (written to %s)', probe.table(result), path)
-      results[probe.name] = result
-    if results and model_card.update_probe_sections(workdir) is None:
-      metrics.console('note: %s has no %s to add the probe sections to.', workdir, model_card.FILE)
+  # An audit cell's figures must not depend on when it ran: a Slurm task may start before
+  # the training it reads has finished.
+  for path in [p for p in (workdir, reference) if p and out is not None]:
+    runs = provenance.read_runs(path)
+    if not (runs and runs[-1]['event'] == 'end' and runs[-1]['status'] == 'finished'):
+      raise ValueError(f'{path} holds no finished run (runs.jsonl); --out audits only those.')
+  results, refused, status = {}, [], 'failed'
+  with distributed.workdir_held(out or workdir):
+    if out is not None:
+      provenance.record_start(out)
+    try:
+      ctx = context.load(workdir, locations)
+      options = {} if reference is None else {'reference': context.load(reference, locations)}
+      folder = os.path.join(out or workdir, model_card.AUDIT_DIR)
+      for probe in probes:
+        try:
+          result = probe.run(ctx, options)
+        except context.NotApplicable as e:
+          refused.append(str(e))
+          continue
+        path = write_result(ctx, probe, result, folder)
+        metrics.console('%s\n  (written to %s)', probe.table(result), path)
+        results[probe.name] = result
+      if out is None and results and model_card.update_probe_sections(workdir) is None:
+        metrics.console(
+          'note: %s has no %s to add the probe sections to.', workdir, model_card.FILE
+        )
+      status = 'failed' if refused else 'finished'
+    finally:
+      if out is not None:
+        provenance.record_end(out, status)
   if refused:
     raise context.NotApplicable(
       f'{"; ".join(r.rstrip(".") for r in refused)} ({len(results)} of {len(probes)} probes '

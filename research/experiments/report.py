@@ -17,6 +17,7 @@ import time
 from research import metrics
 from research import provenance
 from research.experiments import ablation
+from research.experiments import audit_rows
 from research.experiments import claims
 from research.experiments import plots
 from research.experiments import runner
@@ -66,7 +67,9 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
     runs = provenance.read_runs(path)
     final, extra = {}, {}
     wanted = {(s, t.metric) for t in experiment.tables for s in t.splits}
-    if cell_state.status == 'finished':
+    if cell_state.status == 'finished' and cell.row.audit:  # Its audit files' figures.
+      extra = {k: v for k, v in audit_rows.figures(path).items() if k in wanted}
+    elif cell_state.status == 'finished':
       last = max(r['step'] for r in records)
       for r in records:
         if r['step'] != last:
@@ -137,6 +140,12 @@ def _fmt(mean, half, metric: str) -> str:
   return f'{mean:,.{d}f}' if half is None else f'{mean:,.{d}f} ± {half:,.{d}f}'
 
 
+def trained(experiment: spec_lib.Experiment) -> spec_lib.Experiment:
+  """`experiment` without its audit rows, which have no figure of its metric:
+  what the main table, the comparisons and their plots read."""
+  return dataclasses.replace(experiment, rows=tuple(r for r in experiment.rows if not r.audit))
+
+
 def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult]) -> str:
   metric = experiment.metric
   lines = [
@@ -157,7 +166,7 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
     f'| row | split | published {metric} | ours | n | wall time per epoch | wall time | hardware |',
     '| --- | --- | --- | --- | --- | --- | --- | --- |',
   ]
-  for row in experiment.rows:
+  for row in trained(experiment).rows:
     for split in experiment.splits:
       published = row.published.get(split)
       pub = f'{published:g}' if published is not None else '—'
@@ -189,9 +198,9 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
   for table in experiment.tables:
     lines += table_markdown(table, experiment, results)
   if experiment.baseline:
-    lines += ablation.markdown(experiment, results)
+    lines += ablation.markdown(trained(experiment), results)
   if experiment.split_baseline:
-    lines += ablation.split_markdown(experiment, results)
+    lines += ablation.split_markdown(trained(experiment), results)
   if experiment.sweep:
     lines += sweep.markdown(experiment, results)
   lines += traces.markdown(experiment, results) + claims.markdown(experiment, results)
@@ -267,7 +276,7 @@ def table_markdown(
     '| row | ' + ' | '.join(table.label(s) for s in table.splits) + ' |',
     '| --- | ' + ' | '.join('---' for _ in table.splits) + ' |',
   ]
-  for row in experiment.rows:
+  for row in _table_rows(table, experiment).rows:
     shown = []
     for split in table.splits:
       summary = stats.row_summary(row, results, split, table.metric)
@@ -278,6 +287,15 @@ def table_markdown(
         shown.append(f'{_fmt(mean, half, table.metric)} ({n})')
     lines.append(f'| {row.name} | ' + ' | '.join(shown) + ' |')
   return lines + ['']
+
+
+def _table_rows(table: spec_lib.Table, experiment: spec_lib.Experiment) -> spec_lib.Experiment:
+  """`experiment` with the rows a further table lists: those of its probe's
+  audit rows in a table of audit figures, the other rows in any other."""
+  rows = experiment.rows
+  return dataclasses.replace(
+    experiment, rows=tuple(r for r in rows if audit_rows.shown(r, table.metric, rows))
+  )
 
 
 def write_csv(path: str, experiment: spec_lib.Experiment, results: list[CellResult]) -> None:
@@ -382,9 +400,9 @@ def check_nothing_dropped(
 
 
 def swept_only(experiment: spec_lib.Experiment) -> bool:
-  """Whether every row is a point of a sweep group: then lr_sweep.png shows
+  """Whether every row (audit rows apart) is a point of a sweep group: then lr_sweep.png shows
   the final figures, and a plot per row (tens of them) is left out."""
-  return bool(experiment.sweep) and all(row.group for row in experiment.rows)
+  return bool(experiment.sweep) and all(row.group for row in trained(experiment).rows)
 
 
 def write(
@@ -407,14 +425,15 @@ def write(
   write_csv(table, experiment, results)
   written = [markdown, table]
   if not swept_only(experiment):  # A sweep's rows are lr_sweep.png's points.
-    written += plots.write_plots(directory, experiment, results)
+    written += plots.write_plots(directory, trained(experiment), results)
   if experiment.baseline:
-    written.append(plots.write_difference_plot(directory, experiment, results))
+    written.append(plots.write_difference_plot(directory, trained(experiment), results))
   if experiment.split_baseline:
-    written.append(plots.write_split_plot(directory, experiment, results))
+    written.append(plots.write_split_plot(directory, trained(experiment), results))
   for table in experiment.tables:
     if table.plot:
-      written.append(plots.write_table_plot(directory, table, experiment, results))
+      shown = _table_rows(table, experiment)
+      written.append(plots.write_table_plot(directory, table, shown, results))
   if experiment.sweep:
     written.append(plots.write_sweep_plot(directory, experiment, results))
   written += plots.write_trace_plots(directory, experiment, results)

@@ -4,8 +4,10 @@ A cell's workdir is `ROOT/EXPERIMENT/CELL` (CELL is `row-sSEED`). It holds what
 `research.main` writes (config.json, metrics.jsonl, runs.jsonl with the code
 revision and hardware, checkpoints, TensorBoard) plus the runner's `cell.json`
 (the command, and the reason of the last failure) and `log.txt` (the
-process's output). A cell's state is read from those files, so cells launched
-by hand or by Slurm with the printed commands count the same:
+process's output); a compression or audit row's cell runs research.compress or
+research.audit (audit_rows.py) instead, which write runs.jsonl there too. A
+cell's state is read from those files, so cells launched by hand or by Slurm
+with the printed commands count the same:
 
 - finished: the last line of runs.jsonl is a finished end;
 - running: its workdir lock (research.workdir_lock) names a holder not known
@@ -38,6 +40,7 @@ import time
 from research import faults
 from research import provenance
 from research import workdir_lock
+from research.experiments import audit_rows
 from research.experiments import locations as locations_lib
 from research.experiments import spec as spec_lib
 
@@ -77,6 +80,8 @@ def command(
   `locations` maps `spec_lib.LOCATION_KEYS` to where the data lies on this
   machine (the runner's --data_path and --tfds_dir; '' is left out).
   """
+  if cell.row.audit:
+    return _audit_command(root, experiment, cell, python, locations)
   locations = locations_lib.for_cell(locations or {}, cell)
   if cell.row.compress:
     return _compress_command(root, experiment, cell, python, locations)
@@ -114,10 +119,42 @@ def source(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> s
   return _same_seed(root, experiment, cell, cell.row.compress_from)
 
 
+def _audited(root, experiment, cell) -> dict[str, str]:
+  """'audit_from' and 'audit_reference' -> the workdir of the row each names at
+  the same seed (those an audit row names; {} : not an audit row)."""
+  named = audit_rows.earlier(cell.row).items()
+  return {k: _same_seed(root, experiment, cell, r) for k, r in named if r}
+
+
 def needs(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> list[str]:
   """The workdirs whose cells must finish before `cell` starts."""
   waits = [source(root, experiment, cell), *_from_cells(root, experiment, cell).values()]
-  return [w for w in waits if w]
+  return [w for w in waits + list(_audited(root, experiment, cell).values()) if w]
+
+
+# The flags of research.compress and research.audit that say where the data lies.
+_LOCATION_FLAGS = {'data.path': 'data_path', 'data.tfds_dir': 'tfds_dir'}
+
+
+def _audit_command(root, experiment, cell, python, locations) -> list[str]:
+  """`python -m research.audit` on the same-seed cell of `audit_from`, written
+  into the cell's own workdir (research/experiments/audit_rows.py); the data
+  where the audited cell's lies (a --data_path=ROWS=PATH matches that row)."""
+  audited = _audited(root, experiment, cell)
+  rows = {r.name: r for r in experiment.rows}
+  source_cell = spec_lib.Cell(rows[cell.row.audit_from], cell.seed)
+  locations = locations_lib.for_cell(locations or {}, source_cell)
+  argv = [
+    python or python_command(),
+    '-m',
+    'research.audit',
+    f'--workdir={audited["audit_from"]}',
+    f'--probe={cell.row.audit}',
+    f'--out={workdir(root, experiment, cell)}',
+  ]
+  if 'audit_reference' in audited:
+    argv.append(f'--reference={audited["audit_reference"]}')
+  return argv + [f'--{_LOCATION_FLAGS[k]}={v}' for k, v in sorted(locations.items()) if v]
 
 
 def _compress_command(root, experiment, cell, python, locations) -> list[str]:
@@ -141,8 +178,7 @@ def _compress_command(root, experiment, cell, python, locations) -> list[str]:
     ]
   else:
     argv += [f'--out={path}']
-  names = {'data.path': 'data_path', 'data.tfds_dir': 'tfds_dir'}
-  argv += [f'--{names[k]}={v}' for k, v in sorted((locations or {}).items()) if v]
+  argv += [f'--{_LOCATION_FLAGS[k]}={v}' for k, v in sorted((locations or {}).items()) if v]
   return argv
 
 
@@ -161,6 +197,11 @@ def identity(argv: list[str]) -> list[str]:
   if 'research.compress' in argv:  # The method, and the source cell by name.
     kept = [a for a in argv if a.startswith(('--method=', '--finetune_steps='))]
     return kept + [os.path.basename(a) for a in argv if a.startswith('--workdir=')]
+  if 'research.audit' in argv:  # The probes, and the audited and reference cells by name.
+    named = [a.split('=', 1) for a in argv if a.startswith(('--workdir=', '--reference='))]
+    return [a for a in argv if a.startswith('--probe=')] + [
+      f'{flag}={os.path.basename(path)}' for flag, path in named
+    ]
   kept = [a for a in argv[1:] if a.startswith('--config') and key(a) not in spec_lib.LOCATION_KEYS]
   # A key naming another cell (Row.from_cells) is that cell, wherever the root lies.
   return [
@@ -394,7 +435,8 @@ def run(
   try:
     while todo or active:
       while todo and len(active) < max(parallel, 1):
-        # A compression cell waits for its float model's cell, a distilled one for its teacher.
+        # A compression cell waits for its float model's cell, a distilled one for its teacher,
+        # an audit cell for the cells it reads.
         ready = [t for t in todo if all(state(w).status == 'finished' for w in t[3])]
         if not ready:
           if not active:

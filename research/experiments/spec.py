@@ -15,6 +15,8 @@ import os
 import re
 from typing import Callable, Sequence
 
+from research.experiments import audit_rows
+
 _NAME = re.compile(r'^[A-Za-z0-9_.]+$')
 
 # Config keys that say where data lies on one machine, not what a cell
@@ -27,7 +29,7 @@ WORKDIR_KEYS = ('distill.teacher', 'init_from')
 @dataclasses.dataclass(frozen=True)
 class Row:
   name: str  # Row label in the table; letters, digits, '_' and '.'.
-  config: str  # 'configs/x.py' or 'configs/x.py:variant'.
+  config: str = ''  # 'configs/x.py' or 'configs/x.py:variant' ('' : an audit row only).
   overrides: dict = dataclasses.field(default_factory=dict)  # {'model.hidden_size': 650}
   published: dict = dataclasses.field(default_factory=dict)  # {'test': 114.5}
   source: str = ''  # Paper and table of the published values.
@@ -47,6 +49,10 @@ class Row:
   # The sweep group of this row (Experiment.sweep; '': in none): the rows of a group differ in
   # the swept key, whose value is `overrides[sweep.key]`.
   group: str = ''
+  # An audit row: probes run on another row's model (research/experiments/audit_rows.py).
+  audit: str = ''
+  audit_from: str = ''
+  audit_reference: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,13 +241,14 @@ def check(experiment: Experiment) -> None:
       )
     if table.plot and not table.plot.endswith('.png'):
       raise ValueError(f'Table {table.title!r}: plot={table.plot!r} must name a .png file.')
+  audit_rows.check(experiment)
   for row in experiment.rows:
     if bool(row.compress) != bool(row.compress_from):
       raise ValueError(
         f'Row {row.name!r}: a compression row names both compress (the method) and '
         'compress_from (the row of the float model).'
       )
-    earlier_rows = {'compress_from': row.compress_from, **row.from_cells}
+    earlier_rows = {'compress_from': row.compress_from, **audit_rows.earlier(row), **row.from_cells}
     for key, earlier in earlier_rows.items():
       if earlier and earlier not in names[: names.index(row.name)]:
         raise ValueError(
@@ -266,7 +273,7 @@ def check(experiment: Experiment) -> None:
   _check_traces_and_claims(experiment)
   for row in experiment.rows:
     path = row.config.split(':', 1)[0]
-    if not os.path.exists(path):
+    if not row.audit and not os.path.exists(path):  # An audit row has none (audit_rows.check).
       raise ValueError(
         f'Row {row.name!r}: config file {path!r} does not '
         'exist (paths are relative to the repository root).'
