@@ -2,6 +2,7 @@
 another row's cells, run by the runner, tabulated by the report."""
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -11,7 +12,9 @@ import numpy as np
 from research import provenance
 from research.audits import occupations
 from research.audits import run as run_lib
+from research.experiments import audit_plots
 from research.experiments import audit_rows
+from research.experiments import plots
 from research.experiments import report
 from research.experiments import runner
 from research.experiments import spec as spec_lib
@@ -203,7 +206,7 @@ class RunnerTest(absltest.TestCase):
     provenance.record_end(path('lm-s1'), 'finished')
 
     out = self.create_tempdir().full_path
-    report.write(out, root, spec)
+    written = report.write(out, root, spec)
     with open(os.path.join(out, 'RESULTS.md')) as f:
       markdown = f.read()
     results = {}  # seed -> probe -> its result, read from the JSON files.
@@ -243,6 +246,34 @@ class RunnerTest(absltest.TestCase):
         (('membership', 'auc'), results[seed]['membership']['auc']),
       ):
         self.assertAlmostEqual(recorded[(seed, *key)], want, places=5)
+
+    # occupations.png: a panel per audit row running the probe (one more here, with no cell
+    # run), each occupation's gap against its BLS share, the fitted line through the seed means.
+    plot = os.path.join(out, 'occupations.png')
+    self.assertIn(plot, written)
+    self.assertGreater(os.path.getsize(plot), 1000)
+    self.assertIn('`occupations.png`', markdown.split('Plots: ')[1])
+    per = [results[s]['occupations']['per_occupation'] for s in (0, 1)]
+    names = [o for o in per[0] if 'gap' in per[0][o]]
+    share = [per[0][o]['bls_pct_female'] for o in names]
+    mean_gap = [(per[0][o]['gap'] + per[1][o]['gap']) / 2 for o in names]
+    slope, intercept = np.polyfit(share, mean_gap, 1)
+    idle = spec_lib.Row('idle', audit='occupations', audit_from='lm')
+    more = dataclasses.replace(spec, rows=(*spec.rows, idle))
+    fig, axes = audit_plots.occupation_figure(root, more, report.collect(root, more))
+    self.assertLen(axes, 2)
+    self.assertEqual(axes[1].get_title(), 'idle: not run')
+    r = np.corrcoef(share, mean_gap)[0, 1]
+    self.assertIn(f'bias: 5 occupations, r = {r:+.2f} (means)', axes[0].get_title())
+    (line,) = [x for x in axes[0].get_lines() if x.get_gid() == 'least_squares']
+    (x0, x1), (y0, y1) = line.get_data()
+    self.assertAlmostEqual((y1 - y0) / (x1 - x0), slope, places=9)
+    self.assertAlmostEqual(y0 - (y1 - y0) / (x1 - x0) * x0, intercept, places=9)
+    means = [x for x in axes[0].get_lines() if x.get_label() == 'mean over seeds']
+    np.testing.assert_allclose(
+      sorted(zip(*means[0].get_data())), sorted(zip(share, mean_gap)), rtol=1e-12
+    )
+    plots._pyplot().close(fig)
 
 
 if __name__ == '__main__':

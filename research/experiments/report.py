@@ -17,6 +17,7 @@ import time
 from research import metrics
 from research import provenance
 from research.experiments import ablation
+from research.experiments import audit_plots
 from research.experiments import audit_rows
 from research.experiments import claims
 from research.experiments import plots
@@ -261,6 +262,12 @@ def _plot_names(experiment: spec_lib.Experiment) -> list[str]:
   if experiment.sweep:
     names.append(f'`{plots.SWEEP_PLOT}` (each sweep group per {experiment.sweep.label})')
   names += [f'`{t.plot}` ({t.title.lower()})' for t in experiment.tables if t.plot]
+  if audit_plots.occupation_rows(experiment):
+    names.append(
+      f'`{audit_plots.OCCUPATION_PLOT}` (per audit row of the occupations probe, the gap '
+      'log p(she) - log p(he) against the BLS share of women per occupation, with its '
+      'least-squares line)'
+    )
   return names + [f'`{t.path}` ({t.metric} per step)' for t in experiment.traces]
 
 
@@ -437,4 +444,5 @@ def write(
   if experiment.sweep:
     written.append(plots.write_sweep_plot(directory, experiment, results))
   written += plots.write_trace_plots(directory, experiment, results)
+  written += audit_plots.write_occupation_plot(root, directory, experiment, results)
   return written
