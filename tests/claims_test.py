@@ -293,11 +293,12 @@ class TracesTest(absltest.TestCase):
       [_name('b_w11', 0, 0), _name('b_w11', 1, 0), _name('a_w11', 0, 0), _name('a_w11', 1, 0)],
     )
     self.assertEqual(drawn[1].lines, ((traces.STABLE, 1e-3), (traces.UNSTABLE, 1e-2)))
-    # a_w7 diverged nowhere: its highest stable rate is its highest rate, drawn once; a
-    # group the spec lacks draws nothing.
+    # a_w7 diverged nowhere: its highest stable rate is its highest rate, drawn once, with
+    # its best rate at seed 0 (2.0 at 1e-2) before it; b_w7's and b_w11's best is their
+    # highest stable, drawn once. A group the spec lacks draws nothing.
     a_w7, mup = traces.panels(self.spec, self.results, _TRACES[1])
-    self.assertEqual(a_w7.lines, ((traces.STABLE, 1e-1),))
-    self.assertEqual(a_w7.cells(self.spec), [_name('a_w7', 2, 0)])
+    self.assertEqual(a_w7.lines, ((traces.BEST, 1e-2), (traces.STABLE, 1e-1)))
+    self.assertEqual(a_w7.cells(self.spec), [_name('a_w7', 1, 0), _name('a_w7', 2, 0)])
     self.assertEqual((mup.lines, mup.seed), ((), None))
     text = '\n'.join(traces.markdown(self.spec, self.results))
     self.assertIn(
@@ -307,7 +308,8 @@ class TracesTest(absltest.TestCase):
       text,
     )
     self.assertIn(
-      f'- a_w7: highest stable 1e-1: {_name("a_w7", 2, 0)} (finished); no cell diverged at '
+      f'- a_w7: best 1e-2: {_name("a_w7", 1, 0)} (finished); highest stable 1e-1: '
+      f'{_name("a_w7", 2, 0)} (finished); no cell diverged at '
       'seed 0, so the highest rate (1e-1) is shown.',
       text,
     )

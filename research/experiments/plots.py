@@ -403,6 +403,7 @@ _ROLE_COLORS = {
   traces_lib.STABLE: 'tab:blue',
   traces_lib.UNSTABLE: 'tab:red',
   traces_lib.HIGHEST: 'tab:purple',
+  traces_lib.BEST: 'tab:green',
 }
 
 
@@ -463,7 +464,7 @@ def trace_figure(experiment: spec_lib.Experiment, results: list, trace: spec_lib
   seeds = sorted({p.seed for p in drawn if p.seed is not None})
   fig.suptitle(
     f'{experiment.name}: {trace.metric} per step, seed {", ".join(map(str, seeds)) or "—"};\n'
-    f'each group at its highest stable and lowest unstable {experiment.sweep.label} '
+    f'each group at its best, highest stable and lowest unstable {experiment.sweep.label} '
     '(x: stopped on a non-finite loss)',
     fontsize=8,
   )

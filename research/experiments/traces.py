@@ -7,7 +7,10 @@ For a traced group, at its lowest seed s: its highest stable value is the
 largest swept value whose cell at s counted and did not diverge by sweep.py's
 rule (finished, figure finite and not above the loss at initialisation); its
 lowest unstable value the smallest whose cell at s diverged. A group with no
-diverged cell at s shows its highest swept value instead, and says so. The
+diverged cell at s shows its highest swept value instead, and says so. Its
+best value (the lowest counted figure at s) is drawn too where it is neither,
+so a sweep in which nothing diverges still shows the metric at the best rate
+beside the highest. The
 group beside it is drawn at the same two values and seed, dashed, so the
 difference an option makes is read at the same learning rate.
 """
@@ -20,6 +23,7 @@ from research.experiments import spec as spec_lib
 from research.experiments import sweep as sweep_lib
 
 STABLE, UNSTABLE, HIGHEST = 'highest stable', 'lowest unstable', 'highest rate (none diverged)'
+BEST = 'best'  # The value of the lowest counted figure at the seed, where it is none of those.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +33,7 @@ class Panel:
   group: str
   beside: str  # '' : none.
   seed: int | None  # The group's lowest seed (None: the spec has no such group).
-  lines: tuple  # (role, swept value): STABLE, then UNSTABLE or HIGHEST; a value once.
+  lines: tuple  # (role, swept value): [BEST,] STABLE, then UNSTABLE or HIGHEST; a value once.
 
   def cells(self, experiment: spec_lib.Experiment) -> list[str]:
     """The names of the cells drawn, the traced group's first."""
@@ -60,6 +64,11 @@ def panels(experiment: spec_lib.Experiment, results: list, trace: spec_lib.Trace
       lines.append((UNSTABLE, min(unstable)))
     elif stable and group.points[-1].value != max(stable):
       lines.append((HIGHEST, group.points[-1].value))
+    counted = [p for p in group.points if seed in p.counted]
+    if counted:
+      best = min(counted, key=lambda p: (p.counted[seed], p.value)).value
+      if best not in [v for _, v in lines]:  # Where nothing diverges, the growth from here.
+        lines.insert(0, (BEST, best))
     out.append(Panel(name, beside, seed, tuple(lines)))
   return out
 
@@ -98,7 +107,8 @@ def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
     'in the sweep table) and its lowest unstable one (the smallest whose cell diverged), '
     'solid; the group beside it at the same two values, dashed; a cross where a cell stopped '
     'on a non-finite loss. A group none of whose cells diverged shows its highest value '
-    'instead.',
+    'instead. The best value (the lowest counted figure at that seed) is drawn too where it '
+    'is neither.',
     '',
   ]
   for trace in experiment.traces:
