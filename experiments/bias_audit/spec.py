@@ -57,13 +57,28 @@ SPEC = Experiment(
     Table(
       'Occupations: the model against the BLS share of women',
       'occupations',
-      ('model.pearson', 'model.spearman', 'corpus.pearson', 'amplification.mean', 'covered'),
-      ('model r', 'model rho', 'corpus r', 'amplification', 'occupations scored'),
+      (
+        'model.pearson',
+        'model.spearman',
+        'corpus.pearson',
+        'amplification.mean',
+        'covered',
+        'corpus.n',
+      ),
+      (
+        'model r',
+        'model rho',
+        'corpus r',
+        'amplification',
+        'occupations scored',
+        'with >= 5 pronouns in the corpus',
+      ),
       note="r, rho: Pearson and Spearman correlation over occupations of the model's "
       'log p(she) - log p(he) gap with the BLS share; corpus r: the same for the training '
       "corpus's log ratio of female to male pronouns within 10 words of the occupation; "
       "amplification: mean over occupations of the model's share minus the corpus's, in the "
-      "corpus's majority direction (> 0: amplified). docs/audit.md#occupations.",
+      "corpus's majority direction (> 0: amplified), over the occupations the corpus names with "
+      'at least 5 pronouns nearby (the last column; corpus r needs 3). docs/audit.md#occupations.',
     ),
     Table(
       'CrowS-Pairs: share of pairs where the more stereotyping sentence is likelier',
