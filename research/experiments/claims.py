@@ -58,9 +58,7 @@ def peak(series: list) -> float | None:
 def best_by_seed(group: sweep_lib.Group) -> dict:
   """seed -> the group's best swept value at that seed, for the seeds with
   every value's cell: the lowest counted figure, the lower value on a tie."""
-  return {
-    s: min(group.points, key=lambda p: (p.counted[s], p.value)).value for s in group.sensitivity
-  }
+  return {s: group.best_at(s) for s in group.sensitivity}
 
 
 def _sensitivity(claim, found, by_point) -> tuple[dict, dict]:

@@ -45,6 +45,12 @@ class Group:
   seeds: tuple  # Every seed of the group's rows.
   no_initial: tuple  # Cells done but without a loss at initialisation (not counted).
 
+  def best_at(self, seed: int) -> float | None:
+    """The value of the lowest counted figure at `seed` (the lower value on a
+    tie), over the values counted there; None where none is."""
+    counted = [p for p in self.points if seed in p.counted]
+    return min(counted, key=lambda p: (p.counted[seed], p.value)).value if counted else None
+
   @property
   def best(self) -> Point | None:
     """The value of the lowest mean counted figure (the lower value on a tie)."""

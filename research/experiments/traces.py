@@ -64,11 +64,9 @@ def panels(experiment: spec_lib.Experiment, results: list, trace: spec_lib.Trace
       lines.append((UNSTABLE, min(unstable)))
     elif stable and group.points[-1].value != max(stable):
       lines.append((HIGHEST, group.points[-1].value))
-    counted = [p for p in group.points if seed in p.counted]
-    if counted:
-      best = min(counted, key=lambda p: (p.counted[seed], p.value)).value
-      if best not in [v for _, v in lines]:  # Where nothing diverges, the growth from here.
-        lines.insert(0, (BEST, best))
+    best = group.best_at(seed)
+    if best is not None and best not in [v for _, v in lines]:
+      lines.insert(0, (BEST, best))  # Where nothing diverges, the growth from here.
     out.append(Panel(name, beside, seed, tuple(lines)))
   return out
 
