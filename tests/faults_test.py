@@ -43,18 +43,6 @@ def long_config(directory: str, **overrides):
   return c
 
 
-def dp_long_config(directory: str):
-  """long_config trained with DP-SGD (Poisson batches, clipping, noise)."""
-  c = long_config(directory)
-  c.privacy.enabled = True
-  c.privacy.noise_multiplier = 0.8
-  c.privacy.microbatch_size = 4
-  # Seeded, so that two separate runs draw the same noise (tests/privacy_secret_test.py
-  # resumes a run with secret noise).
-  c.privacy.reproducible_noise = True
-  return c
-
-
 def drive(directory: str, workdir: str, fault: str = '', config_fn: str = 'long_config') -> None:
   """Runs `research.main` on long_config, injecting `fault` ('kind:step'):
 

@@ -150,6 +150,12 @@ class SecretNoiseTest(absltest.TestCase):
     )
     np.testing.assert_array_equal(inputs[-1], self.runs['a'][2][-1])
     self.assertEqual(_records(straight, 'test'), _records(chained, 'test'))
+    # The accountant's state resumes too: the last step spends the same epsilon.
+    last = [
+      {k: _records(w)[-1][k] for k in ('step', 'loss', 'epsilon')} for w in (straight, chained)
+    ]
+    self.assertEqual(last[0], last[1])
+    self.assertEqual(last[0]['step'], _STEPS)
 
   def test_the_secret_is_written_nowhere_outside_the_checkpoints(self):
     workdir, console, _ = self.runs['a']

@@ -5,7 +5,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 
 import dp_accounting
 import jax
@@ -23,7 +22,6 @@ from research.data import pipeline
 from research.privacy import accounting
 from research.privacy import dp_sgd
 from research.privacy import sampler
-from tests import faults_test
 from tests import models_test
 from tests import test_util
 
@@ -213,35 +211,6 @@ class ConfigTest(absltest.TestCase):
       config.data.batch_size = 4096
     with self.assertRaisesRegex(ValueError, r'config.data.batch_size=4096 is the expected rows'):
       components.build(config)
-
-
-class ResumeTest(absltest.TestCase):
-  def test_a_killed_dp_run_resumes_bit_identically(self):
-    # Seeded noise (dp_long_config): the batches come from (seed, step), the noise
-    # from the step's key, and the iterator's position is in the checkpoint.
-    tmp = self.create_tempdir().full_path
-    straight, chained = os.path.join(tmp, 'straight'), os.path.join(tmp, 'chained')
-    out = faults_test._drive(tmp, straight, '', 'dp_long_config')
-    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
-    # (faults_test covers the other faults; DP adds no state they could lose.)
-    for fault, status in (('kill:7', -signal.SIGKILL), ('', 0)):
-      out = faults_test._drive(tmp, chained, fault, 'dp_long_config')
-      self.assertEqual(out.returncode, status, f'{fault}: {out.stderr[-3000:]}')
-    config = faults_test.dp_long_config(tmp)
-    for a, b in zip(
-      jax.tree.leaves(test_util.final_state(config, straight)),
-      jax.tree.leaves(test_util.final_state(config, chained)),
-    ):
-      np.testing.assert_array_equal(a, b)
-    ends = [
-      [r for r in faults_test._metrics(w) if r['step'] == 60 and r['split'] == 'train'][-1]
-      for w in (straight, chained)
-    ]
-    self.assertEqual(ends[0]['epsilon'], ends[1]['epsilon'])
-    self.assertEqual(
-      faults_test._metrics(straight, evals_only=True),
-      faults_test._metrics(chained, evals_only=True),
-    )
 
 
 if __name__ == '__main__':
