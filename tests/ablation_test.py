@@ -11,6 +11,7 @@ from scipy import stats as scipy_stats
 from research.experiments import ablation
 from research.experiments import plots
 from research.experiments import report
+from research.experiments import rows as rows_lib
 from research.experiments import spec as spec_lib
 from research.experiments import stats
 
@@ -63,7 +64,7 @@ class PairedDifferenceTest(absltest.TestCase):
 
 class GridTest(absltest.TestCase):
   def test_rows_from_a_grid(self):
-    rows = spec_lib.grid(
+    rows = rows_lib.grid(
       'configs/default.py',
       {'model.positional': ['rope', 'alibi'], 'model.norm': ['layernorm', 'rmsnorm']},
       common={'num_train_steps': 10},
@@ -86,10 +87,10 @@ class GridTest(absltest.TestCase):
     self.assertEqual((rows[3].published, rows[3].source), ({'valid': 1.5}, 'A paper, Table 1'))
     self.assertEqual((rows[0].published, rows[0].source), ({}, ''))
     with self.assertRaisesRegex(ValueError, "Published values for \\['gru'\\]"):
-      spec_lib.grid('configs/default.py', {'model.mlp': ['relu']}, published={'gru': {}})
+      rows_lib.grid('configs/default.py', {'model.mlp': ['relu']}, published={'gru': {}})
 
   def test_a_row_may_name_its_own_baseline(self):
-    rows = spec_lib.grid('configs/default.py', {'model.mlp': ['relu', 'gelu']}) + spec_lib.grid(
+    rows = rows_lib.grid('configs/default.py', {'model.mlp': ['relu', 'gelu']}) + rows_lib.grid(
       'configs/default.py', {'model.mlp': ['relu', 'gelu']}, prefix='big_', baseline='big_relu'
     )
     # A row that is a baseline of another, while itself compared with the experiment's.

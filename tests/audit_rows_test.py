@@ -121,7 +121,9 @@ class SpecTest(absltest.TestCase):
         '--data_path=/d/lm.txt',  # The audited row's data, not the pattern '*' of its own.
       ],
     )
-    self.assertEqual(runner.needs('root', spec, cell), [at('lm-s3'), at('ref-s3')])
+    self.assertEqual(
+      runner.needs('root', spec, cell), {at('lm-s3'): ('finished',), at('ref-s3'): ('finished',)}
+    )
     elsewhere = runner.command('/scratch', spec, cell, '/opt/python', {'data.path': '/e.txt'})
     self.assertEqual(
       runner.identity(argv), ['--probe=membership', '--workdir=lm-s3', '--reference=ref-s3']

@@ -15,6 +15,7 @@ from research.experiments import claims
 from research.experiments import plots
 from research.experiments import report
 from research.experiments import runner
+from research.experiments import rows as rows_lib
 from research.experiments import spec as spec_lib
 from research.experiments import sweep as sweep_lib
 from research.experiments import traces
@@ -118,7 +119,7 @@ def _spec() -> spec_lib.Experiment:
     seeds=(0, 1),
     metric='loss',
     splits=('valid',),
-    rows=spec_lib.sweep_rows(_CONFIG, {g: {} for g in ('a_w7', 'b_w7', 'a_w11', 'b_w11')}, _RATES),
+    rows=rows_lib.sweep_rows(_CONFIG, {g: {} for g in ('a_w7', 'b_w7', 'a_w11', 'b_w11')}, _RATES),
     sweep=spec_lib.Sweep(initial=_INITIAL),
     traces=_TRACES,
     claims=_CLAIMS,

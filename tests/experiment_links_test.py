@@ -52,7 +52,7 @@ class LinkedCellsTest(absltest.TestCase):
     argv = runner.command('root', spec, cell, 'python')
     self.assertEqual(cell.name, 'small-s1')
     self.assertIn('--config.distill.teacher=root/x/big-s1', argv)
-    self.assertEqual(runner.needs('root', spec, cell), ['root/x/big-s1'])
+    self.assertEqual(runner.needs('root', spec, cell), {'root/x/big-s1': ('finished',)})
     self.assertEqual(runner.identity(argv), runner.identity(runner.command('/else', spec, cell)))
     tuned = spec_lib.Row('tuned', 'configs/default.py', from_cells={'init_from': 'big'})
     spec = spec_lib.Experiment('x', 'x', rows=rows + (tuned,), seeds=(0,))

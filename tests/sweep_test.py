@@ -17,6 +17,7 @@ from research import provenance
 from research.experiments import plots
 from research.experiments import report
 from research.experiments import runner
+from research.experiments import rows as rows_lib
 from research.experiments import spec as spec_lib
 from research.experiments import stats
 from tests import test_util
@@ -47,7 +48,7 @@ def _cell(path: str, final=None, diverged: bool = False, step0=None) -> None:
 
 
 def _spec(initial=_INITIAL, groups=('default', 'qk')) -> spec_lib.Experiment:
-  rows = spec_lib.sweep_rows(
+  rows = rows_lib.sweep_rows(
     _CONFIG, {g: {'model.qk_norm': 'layernorm'} if g == 'qk' else {} for g in groups}, _RATES
   )
   return spec_lib.Experiment(
@@ -122,7 +123,7 @@ class SpecTest(absltest.TestCase):
     sweep = spec_lib.Sweep()
     self.assertEqual([sweep.value(r) for r in rows[3:]], list(_RATES))
     self.assertEqual(rows[3].overrides['model.qk_norm'], 'layernorm')
-    small = spec_lib.sweep_rows(_CONFIG, {'g': {}}, (3e-5, 1e-4))
+    small = rows_lib.sweep_rows(_CONFIG, {'g': {}}, (3e-5, 1e-4))
     self.assertEqual([r.name for r in small], ['g_lr0.00003', 'g_lr0.0001'])  # No '-'.
 
   def test_bad_sweeps_are_refused(self):
@@ -312,8 +313,8 @@ class RunnerTest(absltest.TestCase):
     os.makedirs(directory)
     with open(os.path.join(directory, 'spec.py'), 'w') as f:
       f.write(
-        'from research.experiments import spec\n'
-        f"SPEC = spec.Experiment('sweep', 'S', seeds=(0,), rows=spec.sweep_rows({_CONFIG!r}, "
+        'from research.experiments import rows, spec\n'
+        f"SPEC = spec.Experiment('sweep', 'S', seeds=(0,), rows=rows.sweep_rows({_CONFIG!r}, "
         "{'g': {}}, (0.001, 0.01, 0.1, 1.0)), sweep=spec.Sweep())\n"
       )
     cells = os.path.join(tmp, 'cells', 'sweep')

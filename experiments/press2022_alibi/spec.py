@@ -10,7 +10,8 @@ nonoverlapping evaluation. Learned positions have no rows beyond 64, so that
 row is scored at 64 only.
 """
 
-from research.experiments.spec import Experiment, Row, grid
+from research.experiments.rows import grid
+from research.experiments.spec import Experiment, Row
 
 RECIPE = 'configs/shakespeare_char.py:cpu'
 TRAINED_CONTEXT = 64  # RECIPE's data.seq_len

@@ -9,7 +9,8 @@ as Shazeer does (3,072 against 2,048), so every row has the same parameters
 and FLOPs within 0.1%. The baseline is ReLU, the paper's.
 """
 
-from research.experiments.spec import Experiment, grid
+from research.experiments.rows import grid
+from research.experiments.spec import Experiment
 
 GATED = ('glu', 'bilinear', 'reglu', 'geglu', 'swiglu')
 UNGATED_D_FF = 512  # configs/shakespeare_char.py:cpu

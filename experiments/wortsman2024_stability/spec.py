@@ -5,7 +5,8 @@ z-loss, and their combination with muParam and independent weight decay, at
 two widths (configs/wortsman2024.py says what the model and recipe are).
 """
 
-from research.experiments.spec import Claim, Experiment, Sweep, Trace, sweep_rows
+from research.experiments.rows import sweep_rows
+from research.experiments.spec import Claim, Experiment, Sweep, Trace
 
 RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # Half-decades, as the paper's sweeps.
 WIDTHS = (64, 128)

@@ -8,7 +8,6 @@ status: prints each cell's state; runs and writes nothing.
 
 import collections
 import os
-import shlex
 import sys
 
 from absl import app
@@ -19,6 +18,7 @@ from research.experiments import report
 from research.experiments import runner
 from research.experiments import slurm
 from research.experiments import spec as spec_lib
+from research.experiments import tuning
 
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Cells run at once (each is its own process).')
 _DRY_RUN = flags.DEFINE_boolean(
@@ -109,7 +109,7 @@ def main(argv):
 def _main(argv):
   directory = argv[2].rstrip('/')
   experiment = spec_lib.load(directory)
-  cells = runner.select(spec_lib.cells(experiment), _CELLS.value)
+  cells = spec_lib.select(spec_lib.cells(experiment), _CELLS.value)
   root = _ROOT.value
   locations = {'data.path': _DATA_PATH.value, 'data.tfds_dir': _TFDS_DIR.value}
   if argv[1] == 'status':
@@ -120,7 +120,7 @@ def _main(argv):
       path = runner.workdir(root, experiment, cell)
       print(
         f'{cell.name} [{runner.state(path).describe()}]\n  '
-        f'{shlex.join(runner.command(root, experiment, cell, locations=locations))}'
+        f'{runner.shown_command(root, experiment, cell, locations=locations)}'
       )
   if _EMIT_SLURM.value:
     _emit_slurm(directory, root, experiment, cells, locations)
@@ -179,6 +179,12 @@ def _emit_slurm(directory, root, experiment, cells, locations) -> None:
       if runner.skipped(states[cell.name]):
         print(f'{cell.name}: {states[cell.name].describe()}, left out (--force keeps it)')
     cells = [c for c in cells if not runner.skipped(states[c.name])]
+  for cell in [c for c in cells if c.row.tuned_from]:
+    try:
+      runner.tuned(root, experiment, cell.row)
+    except tuning.NotTuned as e:  # Its command is not known until then.
+      print(f'{cell.name}: left out: {e}; emit again once they have')
+      cells.remove(cell)
   if not cells:
     print(f'No cell to run: nothing written to {_EMIT_SLURM.value}.')
     return

@@ -10,7 +10,6 @@ their section (sweep.py) and plot.
 import csv
 import dataclasses
 import os
-import shlex
 import statistics
 import time
 
@@ -25,7 +24,9 @@ from research.experiments import runner
 from research.experiments import spec as spec_lib
 from research.experiments import stats
 from research.experiments import sweep
+from research.experiments import speedup
 from research.experiments import traces
+from research.experiments import tuning
 
 
 @dataclasses.dataclass
@@ -47,6 +48,8 @@ class CellResult:
   # Train metric -> [(step, value)] of its train lines, for the spec's traces and claims (a
   # diverged cell's: those written before it stopped).
   train: dict = dataclasses.field(default_factory=dict)
+  # (step, metric) of every evaluation of the first split, by step (speedup.py).
+  curve: list = dataclasses.field(default_factory=list)
 
 
 def shown_root(root: str) -> str:
@@ -88,6 +91,13 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
       if r['step'] == 0 and r['split'] in experiment.splits and experiment.metric in r
     }
     traced = {t.metric for t in experiment.traces} | {c.metric for c in experiment.claims}
+    traced |= {'tokens_per_s'} if experiment.steps_to_baseline else set()
+    first = experiment.splits[0]
+    curve = sorted(
+      (r['step'], r[experiment.metric])
+      for r in records
+      if r['split'] == first and experiment.metric in r
+    )
     train = {
       m: [(r['step'], r[m]) for r in records if r['split'] == 'train' and m in r]
       for m in sorted(traced - {''})
@@ -97,11 +107,12 @@ def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
         cell=cell,
         status=cell_state.status,
         reason=cell_state.reason,
-        command=shlex.join(runner.command(shown_root(root), experiment, cell, python='python')),
+        command=runner.shown_command(shown_root(root), experiment, cell, python='python'),
         final=final,
         extra=extra,
         initial=initial,
         train=train,
+        curve=curve,
         history=history,
         epochs=max([r.get('epoch', 0.0) for r in records], default=0.0),
         wall_seconds=provenance.wall_seconds(runs, [r['time'] for r in records if 'time' in r]),
@@ -142,9 +153,14 @@ def _fmt(mean, half, metric: str) -> str:
 
 
 def trained(experiment: spec_lib.Experiment) -> spec_lib.Experiment:
-  """`experiment` without its audit rows, which have no figure of its metric:
-  what the main table, the comparisons and their plots read."""
-  return dataclasses.replace(experiment, rows=tuple(r for r in experiment.rows if not r.audit))
+  """`experiment` without its audit rows, which have no figure of its metric,
+  and, where it has rows outside its sweep groups (rows tuned on them), without
+  the groups' rows, which the sweep section shows: what the main table, the
+  comparisons and their plots read."""
+  rows = [r for r in experiment.rows if not r.audit]
+  if any(not r.group for r in rows):
+    rows = [r for r in rows if not r.group]
+  return dataclasses.replace(experiment, rows=tuple(rows))
 
 
 def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult]) -> str:
@@ -204,6 +220,9 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
     lines += ablation.split_markdown(trained(experiment), results)
   if experiment.sweep:
     lines += sweep.markdown(experiment, results)
+  lines += tuning.markdown(experiment, results)
+  if experiment.steps_to_baseline:
+    lines += speedup.markdown(experiment, results)
   lines += traces.markdown(experiment, results) + claims.markdown(experiment, results)
   # A diverged cell is a result (re-running it diverges again), not a row to run.
   missing = [

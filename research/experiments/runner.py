@@ -27,7 +27,6 @@ with the printed commands count the same:
 
 import collections
 import dataclasses
-import fnmatch
 import json
 import os
 import platform
@@ -43,6 +42,7 @@ from research import workdir_lock
 from research.experiments import audit_rows
 from research.experiments import locations as locations_lib
 from research.experiments import spec as spec_lib
+from research.experiments import tuning
 
 CELL_FILE = 'cell.json'
 LOG_FILE = 'log.txt'
@@ -93,7 +93,8 @@ def command(
     f'--workdir={workdir(root, experiment, cell)}',
     f'--config.seed={cell.seed}',
   ]
-  argv += [f'--config.{k}={_format_value(v)}' for k, v in sorted(cell.row.overrides.items())]
+  overrides = {**cell.row.overrides, **tuned(root, experiment, cell.row).overrides}
+  argv += [f'--config.{k}={_format_value(v)}' for k, v in sorted(overrides.items())]
   argv += [
     f'--config.{k}={path}' for k, path in sorted(_from_cells(root, experiment, cell).items())
   ]
@@ -126,10 +127,38 @@ def _audited(root, experiment, cell) -> dict[str, str]:
   return {k: _same_seed(root, experiment, cell, r) for k, r in named if r}
 
 
-def needs(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> list[str]:
-  """The workdirs whose cells must finish before `cell` starts."""
+def tuned(root: str, experiment: spec_lib.Experiment, row: spec_lib.Row) -> tuning.Choice:
+  """A tuned row's chosen setting (research/experiments/tuning.py; raises
+  tuning.NotTuned before its tuning cells have results); an empty choice for
+  any other row."""
+  if not row.tuned_from:
+    return tuning.Choice(row, {}, ())
+
+  def outcome(cell):
+    path = workdir(root, experiment, cell)
+    return (state(path).status, *tuning.read_outcome(path, experiment))
+
+  return tuning.choose(experiment, row, outcome)
+
+
+def needs(root: str, experiment: spec_lib.Experiment, cell: spec_lib.Cell) -> dict[str, tuple]:
+  """The workdirs whose cells must end before `cell` starts, each with the
+  states it may end in: finished, and for a tuned row's tuning cells also
+  diverged (a result its choice reads)."""
   waits = [source(root, experiment, cell), *_from_cells(root, experiment, cell).values()]
-  return [w for w in waits + list(_audited(root, experiment, cell).values()) if w]
+  out = {w: ('finished',) for w in waits + list(_audited(root, experiment, cell).values()) if w}
+  if cell.row.tuned_from:
+    for c in spec_lib.tuning_cells(experiment, cell.row):
+      out[workdir(root, experiment, c)] = tuning.ENDED
+  return out
+
+
+def shown_command(root, experiment, cell, **kwargs) -> str:
+  """The cell's command as a line, or what a tuned cell waits for."""
+  try:
+    return shlex.join(command(root, experiment, cell, **kwargs))
+  except tuning.NotTuned as e:
+    return f'(not chosen yet: {e})'
 
 
 # The flags of research.compress and research.audit that say where the data lies.
@@ -210,29 +239,6 @@ def identity(argv: list[str]) -> list[str]:
     else a
     for a in kept
   ]
-
-
-def select(cells: list[spec_lib.Cell], patterns: str) -> list[spec_lib.Cell]:
-  """Cells whose name or row matches one of the comma-separated patterns
-  (shell wildcards: `small`, `small-s0`, `*-s1`)."""
-  if not patterns:
-    return cells
-  wanted = [p.strip() for p in patterns.split(',') if p.strip()]
-  chosen = [
-    c
-    for c in cells
-    if any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.row.name, p) for p in wanted)
-  ]
-  unmatched = [
-    p
-    for p in wanted
-    if not any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.row.name, p) for c in cells)
-  ]
-  if unmatched:
-    raise ValueError(
-      f'--cells patterns {unmatched} match no cell; cells are {[c.name for c in cells]}.'
-    )
-  return chosen
 
 
 def _read_cell_file(path: str) -> dict:
@@ -382,15 +388,12 @@ def _plan(root, experiment, cells, locations, rerun_diverged, echo) -> tuple[lis
   todo, ended = [], {}
   for cell in cells:
     path = workdir(root, experiment, cell)
-    argv = command(root, experiment, cell, locations=locations)
     current = state(path)
-    recorded = _read_cell_file(path).get('command')
-    if recorded and identity(shlex.split(recorded)) != identity(argv):
-      raise ValueError(
-        f'Cell {cell.name} in {path} was run as\n  {recorded}\nbut the spec '
-        f'now gives\n  {shlex.join(argv)}\nMove or delete {path} to run the '
-        'new command, or restore the spec.'
-      )
+    try:
+      argv = command(root, experiment, cell, locations=locations)
+      _check_identity(cell, path, argv)
+    except tuning.NotTuned:
+      argv = None  # Chosen when it starts.
     if skipped(current, rerun_diverged):
       echo(f'{cell.name}: {current.describe()}, skipped')
       if current.status != 'running':
@@ -398,6 +401,17 @@ def _plan(root, experiment, cells, locations, rerun_diverged, echo) -> tuple[lis
       continue
     todo.append((cell, path, argv, needs(root, experiment, cell)))
   return todo, ended
+
+
+def _check_identity(cell: spec_lib.Cell, path: str, argv: list[str]) -> None:
+  """Raises ValueError where the workdir was made by another command."""
+  recorded = _read_cell_file(path).get('command')
+  if recorded and identity(shlex.split(recorded)) != identity(argv):
+    raise ValueError(
+      f'Cell {cell.name} in {path} was run as\n  {recorded}\nbut the spec '
+      f'now gives\n  {shlex.join(argv)}\nMove or delete {path} to run the '
+      'new command, or restore the spec.'
+    )
 
 
 def run(
@@ -437,7 +451,8 @@ def run(
       while todo and len(active) < max(parallel, 1):
         # A compression cell waits for its float model's cell, a distilled one for its teacher,
         # an audit cell for the cells it reads.
-        ready = [t for t in todo if all(state(w).status == 'finished' for w in t[3])]
+        # A tuned cell waits for its tuning cells' results.
+        ready = [t for t in todo if all(state(w).status in ok for w, ok in t[3].items())]
         if not ready:
           if not active:
             for cell, path, _, after in todo:
@@ -446,6 +461,9 @@ def run(
           break
         todo.remove(ready[0])
         cell, path, argv, _ = ready[0]
+        if argv is None:
+          argv = command(root, experiment, cell, locations=locations)
+          _check_identity(cell, path, argv)
         current = state(path)
         if skipped(current, rerun_diverged):  # Slurm or another runner took it since.
           echo(f'{cell.name}: {current.describe()}, skipped')

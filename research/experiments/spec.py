@@ -8,12 +8,12 @@ the paper and table it comes from.
 """
 
 import dataclasses
+import fnmatch
 import importlib.util
-import itertools
 import math
 import os
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 from research.experiments import audit_rows
 
@@ -53,6 +53,9 @@ class Row:
   audit: str = ''
   audit_from: str = ''
   audit_reference: str = ''
+  # A tuned row: its setting is chosen on these sweep groups' results when its cells start
+  # (research/experiments/tuning.py): ('adamw_wd0', 'adamw_wd0.1').
+  tuned_from: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +195,9 @@ class Experiment:
   sweep: Sweep | None = None  # Rows naming a `group` form sweeps of `sweep.key`.
   traces: tuple[Trace, ...] = ()  # Train metrics against step for cells of the sweep groups.
   claims: tuple[Claim, ...] = ()  # Published claims tested on the sweep groups.
+  # RESULTS.md adds each row's steps to the baseline row's final figure on the first split,
+  # seed by seed, and the step and wall-clock ratios (research/experiments/speedup.py).
+  steps_to_baseline: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +221,29 @@ def cells(experiment: Experiment) -> list[Cell]:
   return out
 
 
+def select(cells: list[Cell], patterns: str) -> list[Cell]:
+  """Cells whose name or row matches one of the comma-separated patterns
+  (shell wildcards: `small`, `small-s0`, `*-s1`)."""
+  if not patterns:
+    return cells
+  wanted = [p.strip() for p in patterns.split(',') if p.strip()]
+  chosen = [
+    c
+    for c in cells
+    if any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.row.name, p) for p in wanted)
+  ]
+  unmatched = [
+    p
+    for p in wanted
+    if not any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.row.name, p) for c in cells)
+  ]
+  if unmatched:
+    raise ValueError(
+      f'--cells patterns {unmatched} match no cell; cells are {[c.name for c in cells]}.'
+    )
+  return chosen
+
+
 def check(experiment: Experiment) -> None:
   """Raises ValueError for a spec that cannot make a table."""
   names = [r.name for r in experiment.rows]
@@ -228,6 +257,10 @@ def check(experiment: Experiment) -> None:
   for baseline in {experiment.baseline} | {r.baseline for r in experiment.rows}:
     if baseline and baseline not in names:
       raise ValueError(f'baseline={baseline!r} is not a row; rows are {names}.')
+  if experiment.steps_to_baseline and not experiment.baseline:
+    raise ValueError(
+      'steps_to_baseline counts steps to the baseline row; name Experiment.baseline.'
+    )
   if experiment.split_baseline and experiment.split_baseline not in experiment.splits:
     raise ValueError(
       f'split_baseline={experiment.split_baseline!r} is not one of the splits '
@@ -270,6 +303,7 @@ def check(experiment: Experiment) -> None:
   if duplicates:
     raise ValueError(f'Row names must be unique; repeated: {duplicates}.')
   _check_sweep(experiment)
+  _check_tuned(experiment)
   _check_traces_and_claims(experiment)
   for row in experiment.rows:
     path = row.config.split(':', 1)[0]
@@ -337,6 +371,53 @@ def _check_sweep(experiment: Experiment) -> None:
     raise ValueError(f'Sweep initial={sweep.initial!r} must be a finite number or None.')
 
 
+def tuning_rows(experiment: Experiment, row: Row) -> list[Row]:
+  """The rows of the groups `row` is tuned on, in spec order."""
+  return [r for r in experiment.rows if r.group and r.group in row.tuned_from]
+
+
+def tuned_keys(experiment: Experiment, row: Row) -> list[str]:
+  """The sweep key and every key whose value differs between the tuning rows."""
+  rows = tuning_rows(experiment, row)
+  keys = {k for r in rows for k in r.overrides}
+  varying = {k for k in keys if len({repr(r.overrides.get(k)) for r in rows}) > 1}
+  return sorted(varying | {experiment.sweep.key})
+
+
+def tuning_cells(experiment: Experiment, row: Row) -> list[Cell]:
+  """The cells of the rows `row` is tuned on."""
+  rows = tuning_rows(experiment, row)
+  return [c for c in cells(experiment) if c.row in rows]
+
+
+def _check_tuned(experiment: Experiment) -> None:
+  """Raises ValueError for a tuned row the runner could not tune."""
+  groups = {r.group for r in experiment.rows if r.group}
+  for row in (r for r in experiment.rows if r.tuned_from):
+    name = f'Row {row.name!r}'
+    if experiment.sweep is None:
+      raise ValueError(f'{name} is tuned on sweep groups, but the experiment has no sweep.')
+    unknown = sorted(set(row.tuned_from) - groups)
+    if unknown:
+      raise ValueError(f'{name}: tuned_from names {unknown}, not sweep groups: {sorted(groups)}.')
+    if row.group or row.compress or row.audit or row.from_cells:
+      raise ValueError(
+        f'{name}: a tuned row trains from its own config; it may not be in a sweep group or '
+        'compress, audit or read another cell.'
+      )
+    configs = {r.config for r in tuning_rows(experiment, row)} - {row.config}
+    if configs:
+      raise ValueError(
+        f"{name}: its config {row.config!r} differs from its tuning rows' {sorted(configs)}; "
+        'a setting chosen for one recipe says nothing about another.'
+      )
+    twice = sorted(set(row.overrides) & set(tuned_keys(experiment, row)))
+    if twice:
+      raise ValueError(
+        f'{name} sets {twice}, which its tuning chooses; drop them from its overrides.'
+      )
+
+
 def _check_traces_and_claims(experiment: Experiment) -> None:
   """Raises ValueError for traces and claims that cannot be read. A group they
   name need not exist yet: the report then says it was not run."""
@@ -396,105 +477,3 @@ def load(directory: str) -> Experiment:
     raise ValueError(f'{path} must define SPEC as an Experiment.')
   check(experiment)
   return experiment
-
-
-def grid(
-  config: str,
-  axes: dict[str, Sequence],
-  *,
-  common: dict | None = None,
-  derived: Callable[[dict], dict] | None = None,
-  published: dict[str, dict] | None = None,
-  source: str = '',
-  prefix: str = '',
-  baseline: str = '',
-  seeds: tuple[int, ...] | None = None,
-  group: str = '',
-) -> tuple[Row, ...]:
-  """Rows for every combination of the `axes` values, in order.
-
-  Args:
-    config: every row's base config ('configs/x.py[:variant]').
-    axes: config key -> its values, e.g. {'model.mlp': ['relu', 'swiglu']}.
-    common: overrides every row has.
-    derived: `derived(overrides) -> more overrides` (a gated MLP's width).
-    published: row name -> its published values ({'valid': 1.94}).
-    source: the paper and table of the published values.
-    prefix: put before every row's name ('gpu_'), to hold two grids apart.
-    baseline: the row these rows are compared with ('': the experiment's).
-    seeds: these rows' seeds (None: the experiment's).
-    group: every row's sweep group (Row.group; '' : none).
-
-  Returns:
-    Rows named by their values joined with '_' ('swiglu', 'rope_rmsnorm'; a
-    float without exponent: 0.0003, not 3e-04).
-  """
-  published = published or {}
-  keys = list(axes)
-  rows = []
-  for values in itertools.product(*(axes[k] for k in keys)):
-    overrides = {**(common or {}), **dict(zip(keys, values))}
-    overrides.update(derived(overrides) if derived else {})
-    name = prefix + '_'.join(_value_name(v) for v in values)
-    rows.append(
-      Row(
-        name,
-        config,
-        overrides,
-        published=published.get(name, {}),
-        source=source if name in published else '',
-        baseline=baseline,
-        seeds=seeds,
-        group=group,
-      )
-    )
-  unknown = sorted(set(published) - {r.name for r in rows})
-  if unknown:
-    raise ValueError(f'Published values for {unknown}, which the grid does not make.')
-  return tuple(rows)
-
-
-def _value_name(value) -> str:
-  """A value as a row name's part: str(), but a float positionally (3e-05 would
-  put '-' in the name, which cell names use as a separator)."""
-  if isinstance(value, float) and 'e' in str(value):
-    return f'{value:.15f}'.rstrip('0').rstrip('.')
-  return str(value)
-
-
-def sweep_rows(
-  config: str,
-  groups: dict[str, dict],
-  values: Sequence[float],
-  *,
-  key: str = 'optim.learning_rate',
-  derived: Callable[[dict], dict] | None = None,
-  seeds: tuple[int, ...] | None = None,
-) -> tuple[Row, ...]:
-  """The rows of sweep groups: each group's overrides at every value of `key`.
-
-  Args:
-    config: every row's base config ('configs/x.py[:variant]').
-    groups: group name -> its overrides ({'qk_norm': {'model.qk_norm': 'layernorm'}});
-      a width makes its own group ({'default_w64': {...}, 'default_w128': {...}}).
-    values: the swept values, e.g. (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1).
-    key: the swept key (Sweep.key).
-    derived: `derived(overrides) -> more overrides`, as in `grid`.
-    seeds: these rows' seeds (None: the experiment's).
-
-  Returns:
-    Rows named GROUP_lrVALUE ('qk_norm_lr0.0003'), each with `group` set; the
-    report reads the group and value from the row, never from its name.
-  """
-  rows = []
-  for group, overrides in groups.items():
-    rows += grid(
-      config,
-      {key: list(values)},
-      common=overrides,
-      derived=derived,
-      prefix=f'{group}_lr' if key == 'optim.learning_rate' else f'{group}_',
-      seeds=seeds,
-      group=group,
-    )
-  return tuple(rows)
