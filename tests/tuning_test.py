@@ -158,7 +158,8 @@ class ChoiceTest(absltest.TestCase):
     text = report.results_markdown(experiment, results)
     self.assertIn('## Tuning', text)
     self.assertIn(
-      '| a | a_wd0, a_wd1 | optim.learning_rate=0.001, optim.weight_decay=0.1 | 1.5000 | 6 | 0 |',
+      '| a | a_wd0, a_wd1 | optim.learning_rate=0.001, optim.weight_decay=0.1 (at the edge of '
+      'the swept range: a wider sweep may do better) | 1.5000 | 6 | 0 |',
       text,
     )
     # The main table shows the tuned row, not the tuning cells (the sweep section does).

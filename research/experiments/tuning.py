@@ -132,6 +132,9 @@ def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
       f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in choice.overrides.items()
     )
     score = next(s for s in choice.scores if s[0] == choice.row)[1]
+    swept = [experiment.sweep.value(r) for r in spec_lib.tuning_rows(experiment, row)]
+    if experiment.sweep.value(choice.row) in (min(swept), max(swept)):
+      chosen += ' (at the edge of the swept range: a wider sweep may do better)'
     lines.append(
       f'| {row.name} | {", ".join(row.tuned_from)} | {chosen} | {score:.4f} | '
       f'{len(choice.scores)} | {sum(s[3] for s in choice.scores)} |'
