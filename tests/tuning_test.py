@@ -11,11 +11,13 @@ import statistics
 from absl.testing import absltest
 
 from research import provenance
+from research.experiments import claims
 from research.experiments import report
 from research.experiments import runner
 from research.experiments import rows as rows_lib
 from research.experiments import speedup
 from research.experiments import spec as spec_lib
+from research.experiments import stats as stats_lib
 from research.experiments import tuning
 
 _CONFIG = 'configs/shakespeare_char.py:cpu'  # Exists; nothing runs it.
@@ -207,6 +209,43 @@ class SpeedupTest(absltest.TestCase):
     shown = f'{math.exp(mean):.2f} [{math.exp(mean - half):.2f}, {math.exp(mean + half):.2f}]'
     text = report.results_markdown(experiment, results)
     self.assertIn(f'| muon | 2 of 2 | 0 | 25 | {shown} |', text)
+
+    # Claims on the rows: the step ratio's log, and a match of the final loss within a margin.
+    claims_ = (
+      spec_lib.Claim('fewer steps', 'S', 'step_ratio', (('muon', 'adamw'),), direction='higher'),
+      spec_lib.Claim('matches', 'S', 'final', (('muon', 'adamw'),), direction='equal', margin=0.5),
+      spec_lib.Claim('lower', 'S', 'final', (('muon', 'adamw'),), margin=0.0),
+    )
+    claimed = dataclasses.replace(experiment, claims=claims_)
+    spec_lib.check(claimed)
+    ratio, match, lower = claims.outcomes(claimed, results)
+    self.assertAlmostEqual(ratio.paired.mean, mean)
+    self.assertAlmostEqual(ratio.paired.half, half)
+    self.assertEqual(ratio.verdict, 'not significant')  # mean - half < 0 at one dof.
+    # Final losses: muon - adamw = 1.5 - 2.0 and 1.7 - 1.9: mean -0.35, half t(1) * 0.15 / 1.
+    self.assertAlmostEqual(lower.paired.mean, -0.35)
+    self.assertAlmostEqual(lower.paired.half, _T975_DF1 * statistics.stdev([-0.5, -0.2]) / 2**0.5)
+    self.assertEqual(match.verdict, 'not significant')  # [-2.26, 1.56] is not inside +-0.5.
+    self.assertEqual(
+      claims.verdict(stats_lib.Paired(0.1, 0.2, 0.5, 5, 0.3), 'equal', 0.5), 'reproduced'
+    )
+    self.assertEqual(
+      claims.verdict(stats_lib.Paired(0.7, 0.1, 0.01, 5, 0.3), 'equal', 0.5), 'not reproduced'
+    )
+    with self.assertRaisesRegex(ValueError, "direction 'equal' and a margin > 0 go together"):
+      spec_lib.check(
+        dataclasses.replace(
+          experiment,
+          claims=(spec_lib.Claim('m', 'S', 'final', (('muon', 'adamw'),), direction='equal'),),
+        )
+      )
+    with self.assertRaisesRegex(ValueError, r"\['lion'\] are not rows"):
+      spec_lib.check(
+        dataclasses.replace(
+          experiment, claims=(spec_lib.Claim('m', 'S', 'final', (('lion', 'adamw'),)),)
+        )
+      )
+    self.assertIn('| 1 | fewer steps | S | log(', report.results_markdown(claimed, results))
 
 
 if __name__ == '__main__':

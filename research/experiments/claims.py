@@ -28,6 +28,7 @@ import math
 
 from research.experiments import runner
 from research.experiments import spec as spec_lib
+from research.experiments import speedup
 from research.experiments import stats
 from research.experiments import sweep as sweep_lib
 
@@ -94,9 +95,36 @@ def _best_shift(claim, found, by_point) -> tuple[dict, dict]:
   return out[0], out[1]
 
 
+def _finished(experiment, results) -> dict:
+  """(row name, seed) -> its finished cell's result."""
+  return {(r.cell.row.name, r.cell.seed): r for r in results if r.status == 'finished'}
+
+
+def _final(claim, experiment, results) -> tuple[dict, dict]:
+  split, done = experiment.splits[0], _finished(experiment, results)
+  treated, comparison = {}, {}
+  for i, pair in enumerate(claim.pairs):
+    for side, name in zip((treated, comparison), pair):
+      side.update({(i, s): r.final[split] for (n, s), r in done.items() if n == name})
+  return treated, comparison
+
+
+def _step_ratio(claim, experiment, results) -> tuple[dict, dict]:
+  done, treated = _finished(experiment, results), {}
+  for i, (row, base) in enumerate(claim.pairs):
+    for (name, seed), result in done.items():
+      if name == row and (base, seed) in done:
+        found = speedup.per_seed(result, done[(base, seed)])
+        if found is not None and 0 < found.ratio < math.inf:
+          treated[(i, seed)] = math.log(found.ratio)
+  return treated, dict.fromkeys(treated, 0.0)
+
+
 # Quantity name (spec.CLAIM_QUANTITIES) -> (claim, groups by name, sweep.by_point) ->
-# (treated, comparison), each unit -> value.
+# (treated, comparison), each unit -> value; the rows' quantities take (claim, experiment,
+# results).
 _MEASURES = {'sensitivity': _sensitivity, 'peak': _peak, 'best_shift': _best_shift}
+_ROW_MEASURES = {'final': _final, 'step_ratio': _step_ratio}
 
 
 def _at_or_above(value: float, above: float | None) -> bool:
@@ -141,14 +169,20 @@ def _missing(claim, experiment, found, by_point) -> tuple[list[str], int]:
   return out, needed
 
 
-def verdict(paired: stats.Paired | None, direction: str) -> str:
+def verdict(paired: stats.Paired | None, direction: str, margin: float = 0.0) -> str:
   """'reproduced', 'not reproduced', 'not significant' or 'not run' (see the
-  module docstring); `direction` 'lower': treated minus comparison expected < 0."""
+  module docstring); `direction` 'lower': treated minus comparison expected < 0;
+  'equal': expected within +-margin (reproduced when the interval lies inside,
+  not reproduced when it excludes 0 and reaches past the margin)."""
   if paired is None:
     return 'not run'
   if paired.half is None:
     return 'not significant'
   low, high = paired.mean - paired.half, paired.mean + paired.half
+  if direction == 'equal':
+    if -margin < low and high < margin:
+      return 'reproduced'
+    return 'not reproduced' if (high < 0 or low > 0) else 'not significant'
   if high < 0 or low > 0:
     return 'reproduced' if (high < 0) == (direction == 'lower') else 'not reproduced'
   return 'not significant'
@@ -156,15 +190,19 @@ def verdict(paired: stats.Paired | None, direction: str) -> str:
 
 def outcomes(experiment: spec_lib.Experiment, results: list) -> list[Outcome]:
   """Each of the spec's claims tested on `results` (report.CellResult)."""
-  found = {g.name: g for g in sweep_lib.groups(experiment, results)}
-  by_point = sweep_lib.by_point(experiment, results)
+  swept = experiment.sweep is not None
+  found = {g.name: g for g in sweep_lib.groups(experiment, results)} if swept else {}
+  by_point = sweep_lib.by_point(experiment, results) if swept else {}
   cells = {}
   for cell in spec_lib.cells(experiment):
-    if cell.row.group:
+    if cell.row.group and swept:
       cells.setdefault(cell.row.group, set()).add((experiment.sweep.value(cell.row), cell.seed))
   out = []
   for k, claim in enumerate(experiment.claims):
     label = claim.label or str(k + 1)
+    if claim.quantity in spec_lib.ROW_CLAIM_QUANTITIES:
+      out.append(_row_outcome(claim, label, experiment, results))
+      continue
     named = list(dict.fromkeys(g for pair in claim.pairs for g in pair))
     absent = tuple(g for g in named if g not in found)
     if absent:
@@ -179,7 +217,35 @@ def outcomes(experiment: spec_lib.Experiment, results: list) -> list[Outcome]:
   return out
 
 
+def _row_outcome(claim, label, experiment, results) -> Outcome:
+  """A claim on pairs of rows: units (pair, seed) with both rows' cells finished."""
+  treated, comparison = _ROW_MEASURES[claim.quantity](claim, experiment, results)
+  paired = stats.paired_difference(treated, comparison)
+  cells, planned, missing = spec_lib.cells(experiment), 0, []
+  done = _finished(experiment, results)
+  for row, base in claim.pairs:
+    seeds = {c.seed for c in cells if c.row.name == row} & {
+      c.seed for c in cells if c.row.name == base
+    }
+    planned += len(seeds)
+    missing += [f'{n}-s{s}' for s in sorted(seeds) for n in (row, base) if (n, s) not in done]
+  missing = list(dict.fromkeys(missing))
+  judged = verdict(paired, claim.direction, claim.margin)
+  return Outcome(claim, label, paired, judged, planned, tuple(missing), 2 * planned, ())
+
+
+def _expected(claim: spec_lib.Claim) -> str:
+  if claim.direction == 'equal':
+    return f'within ±{claim.margin:g}'
+  return '< 0' if claim.direction == 'lower' else '> 0'
+
+
 def _quantity_text(claim: spec_lib.Claim, label: str) -> str:
+  if claim.quantity == 'final':
+    return 'final figure'
+  if claim.quantity == 'step_ratio':
+    return "log(comparison's steps / treated's) to the comparison's final figure"
+
   if claim.quantity == 'peak':
     text = f'peak \\|{claim.metric}\\| at {label} ≥ {sweep_lib.rate_label(claim.above)}'
     return f'log10 of the {text}' if claim.log10 else text
@@ -228,7 +294,11 @@ def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
     'reproduced when the interval excludes 0 on the published side, not reproduced when it '
     'excludes 0 on the other, not significant otherwise. n: units with both sides, of those '
     'the spec plans. Differences with no spread over their units (best-rate shifts move in '
-    'steps of the swept grid) have an interval of width 0: read n before the verdict.',
+    'steps of the swept grid) have an interval of width 0: read n before the verdict. '
+    'Claims on rows pair a row with another by seed: its final figure, or the log of the step '
+    "ratio of the steps-to-baseline table; 'within ±m' claims a match: reproduced when the "
+    'interval lies inside the margin fixed before the runs, not reproduced when it excludes 0 '
+    'and reaches past it.',
     '',
     '| claim | published | source | quantity | treated − comparison | expected | ours: mean '
     '[95% interval] | p | detectable | n | verdict |',
@@ -241,8 +311,9 @@ def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
     n = o.paired.n if o.paired else 0
     lines.append(
       f'| {o.label} | {claim.statement} | {claim.source} | '
-      f'{_quantity_text(claim, experiment.sweep.label)} | {_pairs_text(claim)} | '
-      f'{"< 0" if claim.direction == "lower" else "> 0"} | {difference} | {p} | {detectable} | '
+      f'{_quantity_text(claim, experiment.sweep.label if experiment.sweep else "")} | '
+      f'{_pairs_text(claim)} | '
+      f'{_expected(claim)} | {difference} | {p} | {detectable} | '
       f'{n} of {o.planned} | {o.verdict} |'
     )
     if o.absent:

@@ -148,8 +148,14 @@ CLAIM_QUANTITIES = {
   'sensitivity': "a group's LR sensitivity at one seed (research/experiments/sweep.py)",
   'peak': "a cell's largest |metric| over its train lines, at swept values >= `above`",
   'best_shift': "|log10 best value of pair 2's group - log10 best value of pair 1's| per seed",
+  # Pairs of rows, not groups:
+  'final': "a row's final figure on the first split, per seed",
+  'step_ratio': "log of the comparison row's steps to its own final figure over the row's "
+  '(research/experiments/speedup.py), per seed; the comparison side is 0',
 }
-CLAIM_DIRECTIONS = ('lower', 'higher')  # The expected sign of treated minus comparison.
+ROW_CLAIM_QUANTITIES = ('final', 'step_ratio')  # Their pairs name rows.
+# The expected sign of treated minus comparison; 'equal': within +-Claim.margin.
+CLAIM_DIRECTIONS = ('lower', 'higher', 'equal')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +178,8 @@ class Claim:
   # span decades) instead of the peaks themselves.
   log10: bool = False
   label: str = ''  # Its name in the table ('a'); '' : its position, from 1.
+  # direction 'equal': the equivalence margin, in the quantity's units, fixed before the runs.
+  margin: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,7 +429,8 @@ def _check_tuned(experiment: Experiment) -> None:
 def _check_traces_and_claims(experiment: Experiment) -> None:
   """Raises ValueError for traces and claims that cannot be read. A group they
   name need not exist yet: the report then says it was not run."""
-  if (experiment.traces or experiment.claims) and experiment.sweep is None:
+  on_groups = [c for c in experiment.claims if c.quantity not in ROW_CLAIM_QUANTITIES]
+  if (experiment.traces or on_groups) and experiment.sweep is None:
     raise ValueError('Traces and claims read sweep groups; the experiment has no sweep.')
   for trace in experiment.traces:
     if not trace.metric or not trace.groups:
@@ -452,6 +461,14 @@ def _check_traces_and_claims(experiment: Experiment) -> None:
     if not claim.pairs or any(len(p) != 2 for p in claim.pairs):
       raise ValueError(
         f'Claim {name!r}: pairs={claim.pairs!r} must be (treated, comparison) pairs.'
+      )
+    if (claim.direction == 'equal') != (claim.margin > 0):
+      raise ValueError(f"Claim {name!r}: direction 'equal' and a margin > 0 go together.")
+    rows = {r.name for r in experiment.rows}
+    strangers = {n for p in claim.pairs for n in p} - rows
+    if claim.quantity in ROW_CLAIM_QUANTITIES and strangers:
+      raise ValueError(
+        f'Claim {name!r}: {sorted(strangers)} are not rows; a {claim.quantity} claim pairs rows.'
       )
     if claim.quantity == 'best_shift' and len(claim.pairs) != 2:
       raise ValueError(f'Claim {name!r}: best_shift compares two widths; give exactly two pairs.')
