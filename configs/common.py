@@ -63,17 +63,19 @@ def base_config() -> ml_collections.ConfigDict:
   # z_loss * z^2 per weighted token to the objective, z = log sum exp(logits) in nats, divided
   # like the cross-entropy; PaLM and Wortsman et al. 2024 use 1e-4. 0 = off. Dimensionless.
   c.optim.z_loss = 0.0
-  # adamw only.
+  # Every optimizer but sgd (schedule_free_adamw: warmup_steps only, then constant).
   c.optim.warmup_steps = 100  # Linear warmup from 0 to learning_rate, in steps.
   c.optim.decay_steps = (
     0  # Step at which the cosine reaches min_learning_rate (0 = num_train_steps).
   )
   c.optim.min_learning_rate = 1e-4  # Learning rate at the end of the cosine.
+  # Adam's betas: adamw's, and those of muon's AdamW half (embeddings, head, norms, biases).
   c.optim.b1 = 0.9  # Adam beta1.
   c.optim.b2 = 0.99  # Adam beta2.
-  c.optim.weight_decay = (
-    0.1  # Decoupled weight decay, applied to matrices only (not biases, norms).
-  )
+  # Every optimizer but sgd: decoupled weight decay, applied to matrices only (not biases,
+  # norms), lr_t * weight_decay * theta per step (docs/optimizers.md says how each optax rule
+  # takes it).
+  c.optim.weight_decay = 0.1
   # How weight_decay is applied, a name in research/optim.py WEIGHT_DECAY_MODES: 'coupled'
   # (optax.adamw) decays by lr_t * weight_decay per step, 'independent' (Wortsman et al. 2024)
   # by (lr_t / learning_rate) * weight_decay; docs/stability.md converts one to the other.
@@ -81,6 +83,45 @@ def base_config() -> ml_collections.ConfigDict:
   # sgd only.
   c.optim.decay_after_epochs = 4  # Epochs at the constant rate before the per-epoch decay starts.
   c.optim.decay_factor = 0.5  # Multiplier applied to the rate once per epoch after that.
+  # Each optimizer's own keys, read only under its optim.name (research/optim.py OPTIMIZERS names
+  # the sub-config; docs/optimizers.md); one changed here under another optim.name is refused.
+  # lion (Chen et al. 2023, Algorithm 2 and its defaults): update sign(b1 m + (1 - b1) g).
+  c.optim.lion = ml_collections.ConfigDict()
+  c.optim.lion.b1 = 0.9  # Weight of the momentum in the signed update (dimensionless).
+  c.optim.lion.b2 = 0.99  # Decay of the momentum m per step (dimensionless).
+  # adafactor (Shazeer and Stern 2018; optax.adafactor's defaults, which each names below).
+  c.optim.adafactor = ml_collections.ConfigDict()
+  # Second-moment decay beta2_t = 1 - t^-decay_rate at step t (the paper's 0.8, section 7).
+  c.optim.adafactor.decay_rate = 0.8
+  # d: each update is divided by max(1, RMS(update) / d) (the paper's 1.0, section 6); 0 = off.
+  c.optim.adafactor.clipping_threshold = 1.0
+  # Second moments of a parameter are factored (row and column means) when its two largest
+  # dimensions are both at least this, else kept whole (optax's 128; the paper factors every
+  # matrix). In elements.
+  c.optim.adafactor.min_dim_size_to_factor = 128
+  # True: learning_rate is relative, each update times max(1e-3, RMS(parameter)) (the paper's
+  # relative step size, section 8).
+  c.optim.adafactor.multiply_by_parameter_scale = True
+  # beta1 of a first moment (0 = none, the paper's default; it costs one copy of the parameters).
+  c.optim.adafactor.momentum = 0.0
+  # muon (Jordan et al. 2024, optax.contrib.muon): orthogonalised momentum on the model family's
+  # hidden matrices (Model.param_roles); the rest take AdamW with optim.b1 / b2 at the same rate.
+  c.optim.muon = ml_collections.ConfigDict()
+  c.optim.muon.momentum = 0.95  # Momentum decay (Jordan et al. 2024: 0.95); dimensionless.
+  c.optim.muon.ns_steps = 5  # Newton-Schulz iterations of the orthogonalisation (theirs: 5).
+  # Nesterov momentum (theirs; optax.contrib.muon applies it to the AdamW half too).
+  c.optim.muon.nesterov = True
+  # 0: each orthogonalised update times sqrt(max(1, fan_out / fan_in)) (Jordan's scale); c > 0:
+  # times c * sqrt(max(fan_in, fan_out)), RMS about c (Liu et al. 2025 use 0.2, AdamW's RMS).
+  c.optim.muon.consistent_rms = 0.0
+  # schedule_free_adamw (Defazio et al. 2024, optax.contrib.schedule_free): constant rate after
+  # optim.warmup_steps; evaluation reads the average x (docs/optimizers.md).
+  c.optim.schedule_free_adamw = ml_collections.ConfigDict()
+  # Interpolation y = (1 - b1) z + b1 x where gradients are taken, in (0, 1) (theirs: 0.9).
+  c.optim.schedule_free_adamw.b1 = 0.9
+  c.optim.schedule_free_adamw.b2 = 0.999  # Decay of the second moment (theirs: 0.999).
+  # Each step enters the average x with weight max_lr_t ^ weight_lr_power (theirs and optax's: 2).
+  c.optim.schedule_free_adamw.weight_lr_power = 2.0
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Data-parallel axis size (-1 = all devices left over).
@@ -192,6 +233,11 @@ def transformer_model() -> ml_collections.ConfigDict:
   m.name = 'transformer'  # Model family, a name in research/models/__init__.py MODELS.
   m.num_layers = 6  # Transformer blocks.
   m.num_heads = 6  # Attention heads per block.
+  # Key/value heads per block, shared by groups of num_heads / num_kv_heads query heads: 0 = as
+  # many as num_heads (multi-head attention), 1 = multi-query (Shazeer 2019), a divisor of
+  # num_heads in between = grouped-query (Ainslie et al. 2023). The decoding cache holds only
+  # these heads. 0 rather than a copy of num_heads, so a variant that changes num_heads keeps MHA.
+  m.num_kv_heads = 0
   m.d_model = 384  # Residual stream width.
   m.d_ff = 1536  # MLP hidden width.
   m.dropout_rate = 0.2  # Dropout on embeddings, attention weights and residual branches.

@@ -3,8 +3,9 @@
 Times the real jitted train step (`train.make_train_step`, the one training
 runs) after warm-up and prints compile time, step time (median and spread),
 tokens/s, achieved FLOP/s and MFU against the device's peak (research/flops.py;
-on CPU a float32 matmul peak measured on the spot), peak memory, and the
-tokens/s the data pipeline alone supplies.
+on CPU a float32 matmul peak measured on the spot), the optimizer state's
+bytes per parameter, peak memory, and the tokens/s the data pipeline alone
+supplies.
 
   --dp               also time the same config under DP-SGD (privacy.enabled;
                      noise multiplier 1 unless the config sets the noise) and
@@ -12,7 +13,8 @@ tokens/s the data pipeline alone supplies.
   --generate         time sampling instead of training: tokens/s of one sample
                      of the model's whole context decoded through the cache,
                      against re-reading the window for every token (random
-                     parameters: the cost does not depend on them).
+                     parameters: the cost does not depend on them), and the
+                     bytes of the decoding cache of that one sample.
   --json=PATH        also write the figures as JSON.
   --record=FILE      append them to FILE (JSON lines; default none), then
   --table=MD         rebuild the markdown table MD from FILE's latest run per
@@ -68,6 +70,14 @@ def _peak_memory_bytes(device) -> tuple[int, str]:
   if stats and 'peak_bytes_in_use' in stats:
     return int(stats['peak_bytes_in_use']), 'device peak bytes in use'
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process peak RSS'
+
+
+def optimizer_state_bytes_per_param(state) -> float:
+  """Bytes of every array in the optimizer state (moments, factored
+  statistics, counters) per parameter: Adam's two float32 moments give 8."""
+  size = lambda tree: sum(int(leaf.size) for leaf in jax.tree.leaves(tree))
+  nbytes = sum(int(leaf.size) * leaf.dtype.itemsize for leaf in jax.tree.leaves(state.opt_state))
+  return nbytes / size(state.params)
 
 
 def data_tokens_per_s(parts, config, batches: int = 200) -> float:
@@ -152,6 +162,7 @@ def run(config, steps: int, warmup: int, config_name: str = '', allocator: str =
     'peak_flops_per_s': peak_total,
     'peak_source': peak_source,
     'mfu': flops_per_s / peak_total if peak_total else None,
+    'optimizer_state_bytes_per_param': optimizer_state_bytes_per_param(state),
     'peak_memory_bytes': memory,
     'peak_memory_kind': memory_kind,
     'page_faults_per_step': faults / steps,
@@ -185,7 +196,9 @@ def generation(config, config_name: str = '', repeats: int = 3) -> dict:
   """Tokens/s of sampling the model's context (one prompt token, then T - 1
   new ones; 200 for a model without a context) with the decoding cache and
   by re-reading the window for each token; the median of `repeats` timed
-  calls after a compiling one, each."""
+  calls after a compiling one, each. `cache_bytes`: the decoding cache of
+  that one sample (the Transformer's keys and values of every layer and
+  position: L P G K twice, shrinking with fewer key/value heads)."""
   parts = components.build(config)
   params = parts.model.init(jax.random.key(config.seed))
   context = parts.model.context or config.data.seq_len
@@ -198,6 +211,10 @@ def generation(config, config_name: str = '', repeats: int = 3) -> dict:
     'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
     'context': context,
     'new_tokens': new,
+    'cache_bytes': sum(
+      leaf.size * leaf.dtype.itemsize
+      for leaf in jax.tree.leaves(jax.eval_shape(lambda: parts.model.init_cache(1)))
+    ),
   }
   for name, recompute in (('cached', False), ('recompute', True)):
     run = lambda: sampling.sample(  # noqa: E731
@@ -233,7 +250,8 @@ def _print_generation(f: dict) -> None:
     f'(first call, compiling: {f["cached_first_call_s"]:.1f} s)\n'
     f'  recomputing        {f["recompute_tokens_per_s"]:,.1f} tokens/s '
     f'(first call, compiling: {f["recompute_first_call_s"]:.1f} s)\n'
-    f'  speed-up           {f["speedup"]:.1f}x',
+    f'  speed-up           {f["speedup"]:.1f}x\n'
+    f'  decoding cache     {f["cache_bytes"]:,} bytes (one sample, whole context)',
     flush=True,
   )
 
@@ -255,6 +273,7 @@ def _print(figures: dict) -> None:
     f'({figures["flops_per_token"] / 1e6:.2f} MFLOP per token)\n'
     f'  peak               {peak} ({figures["peak_source"]})\n'
     f'  MFU                {mfu}\n'
+    f'  optimizer state    {figures["optimizer_state_bytes_per_param"]:.2f} bytes per parameter\n'
     f'  peak memory        {figures["peak_memory_bytes"] / 2**20:,.0f} MiB '
     f'({figures["peak_memory_kind"]})\n'
     f'  page faults        {figures["page_faults_per_step"]:,.0f} per step '

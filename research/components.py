@@ -126,7 +126,9 @@ def build(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = 
   return Components(
     corpus=corpus,
     model=model,
-    optimizer=optim.make_optimizer(config.optim, schedule, model.rate_multipliers),
+    optimizer=optim.make_optimizer(
+      config.optim, schedule, model.rate_multipliers, model.param_roles
+    ),
     schedule=schedule,
     mesh=mesh,
     data_kind=kind,
@@ -205,13 +207,24 @@ def state_shardings(abstract: TrainState, components: Components) -> TrainState:
   """Shardings of every leaf: parameters by rule, optimizer state likewise."""
   mesh = components.mesh
   params = sharding.param_shardings(abstract.params, mesh, components.model.partition_rules)
-  # Optimizer moments mirror the parameters; counters are replicated.
+  replicated = sharding.replicated(mesh)
+
+  def like_param(leaf, param_sharding, param):
+    # A moment of the parameter's shape is sharded as it is; one of another shape (Adafactor's
+    # row and column statistics, a placeholder) is small and replicated. A masked node (a
+    # parameter another part of a partitioned rule owns, Muon's) has nothing to place.
+    if isinstance(leaf, optax.MaskedNode):
+      return leaf
+    return param_sharding if leaf.shape == param.shape else replicated
+
   opt_state = optax.tree_map_params(
     components.optimizer,
-    lambda _, s: s,
+    like_param,
     abstract.opt_state,
     params,
-    transform_non_params=lambda _: sharding.replicated(mesh),
+    abstract.params,
+    transform_non_params=lambda _: replicated,
+    is_leaf=lambda x: isinstance(x, optax.MaskedNode),
   )
   return TrainState(
     step=sharding.replicated(mesh),

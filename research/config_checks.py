@@ -16,6 +16,7 @@ import os
 
 import ml_collections
 
+from configs import common
 from research import compression
 from research import data
 from research import losses
@@ -85,6 +86,24 @@ RULES = {
   'optim.weight_decay_mode': registered(optim.WEIGHT_DECAY_MODES, 'weight decay mode'),
   'optim.z_loss': Rule(lambda v: number(v) and v >= 0, 'a finite number >= 0 (0: off)'),
   'optim.decay_after_epochs': at_least(0),
+  # Each optimizer's own keys (research/optim.py Optimizer.subconfig).
+  'optim.lion.b1': in_range(0, 1),
+  'optim.lion.b2': in_range(0, 1),
+  'optim.adafactor.decay_rate': positive(),
+  'optim.adafactor.clipping_threshold': Rule(
+    lambda v: number(v) and (v == 0 or v >= 1), '0 (off) or at least 1'
+  ),
+  'optim.adafactor.min_dim_size_to_factor': at_least(1),
+  'optim.adafactor.multiply_by_parameter_scale': boolean(),
+  'optim.adafactor.momentum': in_range(0, 1),
+  'optim.muon.momentum': in_range(0, 1),
+  'optim.muon.ns_steps': at_least(1),
+  'optim.muon.nesterov': boolean(),
+  'optim.muon.consistent_rms': at_least(0),
+  # optax.contrib.schedule_free divides by b1.
+  'optim.schedule_free_adamw.b1': Rule(lambda v: number(v) and 0 < v < 1, 'in (0, 1)'),
+  'optim.schedule_free_adamw.b2': in_range(0, 1),
+  'optim.schedule_free_adamw.weight_lr_power': at_least(0),
   'optim.decay_factor': Rule(lambda v: number(v) and 0 < v <= 1, 'in (0, 1]'),
   'mesh.data': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
   'mesh.fsdp': Rule(lambda v: v == -1 or v >= 1, '-1 (the rest) or at least 1'),
@@ -167,6 +186,14 @@ def _check_relations(config: ml_collections.ConfigDict, model_config) -> None:
     )
   # A weight-decay mode that changes the decay needs an optimizer with one.
   optim.validate(c.optim)
+  _check_optimizer_keys(c.optim)
+  if c.distill.teacher and optim.OPTIMIZERS[c.optim.name].eval_params is not None:
+    raise ValueError(
+      f'config.optim.name={c.optim.name!r} is evaluated at averaged parameters kept in the '
+      "optimizer state, which the tools that read a distilled run's checkpoint (research."
+      'evaluate, generate, audit) do not restore; set --config.optim.name to another optimizer '
+      "or --config.distill.teacher=''."
+    )
   # Per-parameter learning rates (a family with model.parametrization, research/models/mup.py)
   # need an optimizer that takes them.
   if 'parametrization' in c.model and mup.PARAMETRIZATIONS[c.model.parametrization].rates:
@@ -221,6 +248,25 @@ def _check_relations(config: ml_collections.ConfigDict, model_config) -> None:
       'words, characters take every character); set it to 0.'
     )
   kind.check_vocab_size(c.data.vocab_size)
+
+
+def _check_optimizer_keys(c: ml_collections.ConfigDict) -> None:
+  """Refuses a key of another optimizer's sub-config (Optimizer.subconfig) set
+  away from its default (configs/common.py): the chosen one would not read it."""
+  defaults = common.base_config().optim
+  chosen = optim.OPTIMIZERS[c.name].subconfig
+  for name, entry in sorted(optim.OPTIMIZERS.items()):
+    sub = entry.subconfig
+    if sub is None or sub == chosen or sub not in c or sub not in defaults:
+      continue
+    for key, default in defaults[sub].items():
+      value = c[sub][key]
+      if value != default:
+        raise ValueError(
+          f'config.optim.{sub}.{key}={value!r} is set but optim.name={c.name!r} does not read '
+          f'it (only {name!r} does); set --config.optim.name={name} to use it, or leave '
+          f'optim.{sub}.{key} at its default {default!r}.'
+        )
 
 
 # The least privacy.noise_multiplier a run may set (docs/privacy.md).

@@ -24,6 +24,7 @@ from research import losses
 from research import metrics
 from research import model_card
 from research import models
+from research import optim
 from research import sampling
 from research import sharding
 from research.data import pipeline
@@ -229,7 +230,9 @@ def restore(config: ml_collections.ConfigDict, workdir: str, mode: str, step: in
   elif config.distill.teacher:  # Its state's carry may hold the teacher's (research/distill.py).
     params = checkpoint.restore_params(manager, step, structs.params)
   else:
-    params = checkpoint.restore(manager, step, structs).params
+    # The parameters evaluation reads (schedule-free's average lives in the optimizer state).
+    state = checkpoint.restore(manager, step, structs)
+    params = optim.eval_params(config.optim, state.opt_state, state.params)
   manager.close()
   return parts, step, params
 

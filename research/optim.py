@@ -1,15 +1,21 @@
 """Optimizers and learning-rate schedules built from the config.
 
 `OPTIMIZERS` is the registry of `optim.name`, each entry its update rule and
-its schedule:
+its schedule (docs/optimizers.md says what each computes and its source):
   * `sgd`: constant rate for `decay_after_epochs` epochs, then multiplied by
     `decay_factor` once per epoch (Zaremba et al. 2014).
   * `adamw`: linear warmup to the peak, cosine decay to `min_learning_rate`
     (nanoGPT / GPT-2), weight decay on matrices only, applied as
     `weight_decay_mode` says (`WEIGHT_DECAY_MODES`, docs/stability.md).
-`make_optimizer` chains around any rule the same way: the global gradient
-norm clipped first when `grad_clip_norm > 0`, then `optim.frozen` and
-`optim.hold_zeros`. A new optimizer is one entry (use optax's rule).
+  * `lion`, `adafactor`, `muon`: optax's rules (research/optimizers.py) on
+    adamw's schedule, with adamw's weight decay.
+  * `schedule_free_adamw`: optax.contrib's, at a constant rate after the
+    warmup; evaluation reads its averaged parameters (`eval_params`).
+An optimizer's own keys are the sub-config of config.optim its entry names
+(`Optimizer.subconfig`). `make_optimizer` chains around any rule the same way:
+the global gradient norm clipped first when `grad_clip_norm > 0`, then
+`optim.frozen` and `optim.hold_zeros`. A new optimizer is one entry (use
+optax's rule).
 
 A model whose parametrization gives parameters their own learning rates
 (`model.parametrization='mup'`, research/models/mup.py) hands its
@@ -29,6 +35,7 @@ import ml_collections
 import optax
 
 from research import models
+from research import optimizers
 
 
 class Optimizer(NamedTuple):
@@ -48,6 +55,15 @@ class Optimizer(NamedTuple):
   # takes no per-parameter rates (the parametrizations' factors are Adam's: Yang et al. 2022,
   # Table 3), and a parametrization with rates is refused for it.
   rated_rule: Callable[..., optax.GradientTransformation] | None = None
+  # The sub-config of config.optim holding its own keys (configs/common.py), None for none; a
+  # value changed there while another optimizer is chosen is refused (research/config_checks.py).
+  subconfig: str | None = None
+  # True: `rule(optim_config, schedule, param_roles)` also takes the model family's parameter
+  # roles (`Model.param_roles`), and a family without them is refused.
+  reads_param_roles: bool = False
+  # `eval_params(opt_state, params)`: the parameters evaluation reads (schedule-free's average);
+  # None: the trained parameters themselves.
+  eval_params: Callable[[Any, Any], Any] | None = None
 
 
 class WeightDecayMode(NamedTuple):
@@ -150,6 +166,16 @@ def _warmup_cosine(c: ml_collections.ConfigDict, *, num_train_steps: int, steps_
   )
 
 
+def _warmup_constant(c: ml_collections.ConfigDict, *, num_train_steps: int, steps_per_epoch: int):
+  """Linear warmup over optim.warmup_steps, then the peak for good (no decay)."""
+  del num_train_steps, steps_per_epoch
+  if c.warmup_steps == 0:  # optax's warmup schedule of 0 steps stays at its initial 0.
+    return optax.constant_schedule(c.learning_rate)
+  return optax.warmup_constant_schedule(
+    init_value=0.0, peak_value=c.learning_rate, warmup_steps=c.warmup_steps
+  )
+
+
 def _rated_adamw(
   c: ml_collections.ConfigDict, schedule: optax.Schedule, scale: optax.GradientTransformation
 ) -> optax.GradientTransformation:
@@ -182,6 +208,46 @@ OPTIMIZERS: dict[str, Optimizer] = {
     rule=lambda c, schedule: optax.sgd(schedule),
     schedule=_epoch_decay,
     ends_at_min_learning_rate=False,
+  ),
+  # Chen et al. 2023; optim.lion.
+  'lion': Optimizer(
+    rule=lambda c, schedule: optimizers.lion(c, schedule, weight_decay_rate(c), _matrices_only),
+    schedule=_warmup_cosine,
+    ends_at_min_learning_rate=True,
+    decays_weights=True,
+    subconfig='lion',
+  ),
+  # Shazeer and Stern 2018; optim.adafactor.
+  'adafactor': Optimizer(
+    rule=lambda c, schedule: optimizers.adafactor(
+      c, schedule, weight_decay_rate(c), _matrices_only
+    ),
+    schedule=_warmup_cosine,
+    ends_at_min_learning_rate=True,
+    decays_weights=True,
+    subconfig='adafactor',
+  ),
+  # Jordan et al. 2024; optim.muon, and optim.b1 / b2 for its AdamW half.
+  'muon': Optimizer(
+    rule=lambda c, schedule, roles: optimizers.muon(
+      c, schedule, weight_decay_rate(c), _matrices_only, roles
+    ),
+    schedule=_warmup_cosine,
+    ends_at_min_learning_rate=True,
+    decays_weights=True,
+    subconfig='muon',
+    reads_param_roles=True,
+  ),
+  # Defazio et al. 2024; optim.schedule_free_adamw. No decay: optim.min_learning_rate unread.
+  'schedule_free_adamw': Optimizer(
+    rule=lambda c, schedule: optimizers.schedule_free_adamw(
+      c, schedule, weight_decay_rate(c), _matrices_only
+    ),
+    schedule=_warmup_constant,
+    ends_at_min_learning_rate=False,
+    decays_weights=True,
+    subconfig='schedule_free_adamw',
+    eval_params=optimizers.schedule_free_eval_params,
   ),
 }
 
@@ -262,6 +328,7 @@ def make_optimizer(
   optim_config: ml_collections.ConfigDict,
   schedule: Callable,
   rate_multipliers: Callable[[Any], Any] | None = None,
+  param_roles: tuple[tuple[str, str], ...] = (),
 ) -> optax.GradientTransformation:
   """Returns the optax chain: clipping, then the update rule; with
   optim.frozen, the matching parameters get an update of exactly zero and
@@ -269,12 +336,23 @@ def make_optimizer(
 
   `rate_multipliers` (the model's, `Model.rate_multipliers`): `tree -> tree`
   of each parameter's learning-rate factor; None (the default) builds the
-  rule exactly as it always was.
+  rule exactly as it always was. `param_roles` (`Model.param_roles`): what
+  each parameter is, for a rule that reads it (muon).
   """
   c = optim_config
   validate(c)
+  entry = OPTIMIZERS[c.name]
+  if entry.reads_param_roles and not param_roles:
+    others = sorted(n for n, o in OPTIMIZERS.items() if not o.reads_param_roles)
+    raise ValueError(
+      f'config.optim.name={c.name!r} asks the model family which parameters are hidden weight '
+      'matrices (Model.param_roles, research/models/contract.py), and this family declares '
+      f'none; set --config.optim.name to one of {others}, or give the family its table.'
+    )
   if rate_multipliers is None:
-    rule = OPTIMIZERS[c.name].rule(c, schedule)
+    rule = (
+      entry.rule(c, schedule, param_roles) if entry.reads_param_roles else entry.rule(c, schedule)
+    )
   else:
     check_takes_rates(c)
     rule = OPTIMIZERS[c.name].rated_rule(c, schedule, scale_by_rates(rate_multipliers))
@@ -290,6 +368,22 @@ def make_optimizer(
     # The same before and after, for the pruned entries of each matrix.
     return optax.chain(_hold_zeros(), rule, _hold_zeros())
   return rule
+
+
+def eval_params(optim_config: ml_collections.ConfigDict, opt_state: Any, params: Any) -> Any:
+  """The parameters that evaluation, sampling, audits and the model card read:
+  `params` themselves, except for an optimizer whose entry averages
+  (`Optimizer.eval_params`: schedule-free's x). Leaves frozen by optim.frozen
+  are the trained ones, as they never moved (schedule-free's z still drifts
+  with the decay there)."""
+  average = OPTIMIZERS[optim_config.name].eval_params
+  if average is None:
+    return params
+  averaged = average(opt_state, params)
+  if not optim_config.frozen:
+    return averaged
+  labels = frozen_labels(optim_config.frozen, params)
+  return jax.tree.map(lambda a, p, l: p if l == 'frozen' else a, averaged, params, labels)
 
 
 class HoldZerosState(NamedTuple):

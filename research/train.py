@@ -31,6 +31,7 @@ from research import losses
 from research import metrics
 from research import model_card
 from research import models
+from research import optim
 from research import provenance
 from research import sharding
 from research import workdir as workdir_lib
@@ -239,6 +240,12 @@ class Run(NamedTuple):
   randomness: noise.Source = noise.Source()  # A DP run's noise source; checkpoints record it.
 
 
+def eval_params(run: Run, state: TrainState):
+  """The parameters evaluation reads: the trained ones, or the optimizer's
+  average (schedule-free's x; research/optim.py `eval_params`)."""
+  return optim.eval_params(run.config.optim, state.opt_state, state.params)
+
+
 def _evaluate_and_sample(run: Run, params, step: int, splits, *, final: bool = False):
   """Scores `splits` (at the end of training also at eval.extra_seq_lens),
   writes and prints the figures, and samples; returns (figures, the sample)."""
@@ -363,16 +370,17 @@ def _finish(run: Run, state: TrainState) -> dict[str, dict[str, float]]:
   splits = ('valid', 'test') if config.eval_on_test else ('valid',)
   # A re-run re-scores.
   writer.truncate_after(total, also_at_step=tuple(evaluate.context_splits(splits, config)))
-  results, sample = _evaluate_and_sample(run, state.params, total, splits, final=True)
+  params = eval_params(run, state)
+  results, sample = _evaluate_and_sample(run, params, total, splits, final=True)
   if config.audit.enabled:
-    audit = canaries.run(parts.model, state.params, config, parts.corpus.tokenizer)
+    audit = canaries.run(parts.model, params, config, parts.corpus.tokenizer)
     writer.truncate_after(total, also_at_step=tuple(sorted({r['split'] for r in audit})))
     canaries.log(total, audit, writer)
     writer.flush()
   if parts.privacy is not None:
     metrics.console('%s', parts.privacy.summary(total))
   if jax.process_index() == 0:
-    model_card.write(run.workdir, config, parts, state.params, total, results, sample)
+    model_card.write(run.workdir, config, parts, params, total, results, sample)
   return results
 
 
@@ -399,7 +407,7 @@ def _train_loop(run: Run, state: TrainState) -> TrainState:
   if start == 0 and config.eval_at_start:
     # The loss at initialisation (a learning-rate sweep's reference); no sample.
     run.writer.truncate_after(0, also_at_step=('valid',))
-    initial = run.evaluator.splits(state.params, ('valid',))
+    initial = run.evaluator.splits(eval_params(run, state), ('valid',))
     run.writer.write(0, 'valid', {**initial['valid'], 'epoch': 0.0})
     evaluate.log_figures(0, initial, parts.corpus.headline)
     throughput.reset(start)
@@ -419,7 +427,7 @@ def _train_loop(run: Run, state: TrainState) -> TrainState:
         _log_train(run, step, fetched, throughput, model_stats)
         fetched = []
       if step % parts.eval_every == 0 and step != total:
-        _evaluate_and_sample(run, state.params, step, ('valid',))
+        _evaluate_and_sample(run, eval_params(run, state), step, ('valid',))
         throughput.reset(step)
       if step % parts.checkpoint_every == 0 or step == total or stop.received:
         fetched += _fetch_checked(on_device, manager, config.skip_nonfinite_steps)

@@ -30,6 +30,7 @@ def transformer_config(**overrides) -> ml_collections.ConfigDict:
       name='transformer',
       num_layers=NUM_LAYERS,
       num_heads=NUM_HEADS,
+      num_kv_heads=0,
       d_model=D,
       d_ff=D_FF,
       dropout_rate=0.0,

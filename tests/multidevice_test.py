@@ -242,7 +242,7 @@ class MultiDeviceTest(parameterized.TestCase):
     ('lstm', False, {}),
     ('transformer', False, {}),
     # Scanned, with the options whose parameters have their own partition rules
-    # or change the attention's layout (qk-norm's gains, RoPE, the soft-cap), and
+    # or change the attention's layout (qk-norm's gains, RoPE, the soft-cap, one key/value head), and
     # muParam's per-parameter rates on the stacked, sharded matrices (untied head).
     (
       'transformer',
@@ -254,6 +254,7 @@ class MultiDeviceTest(parameterized.TestCase):
         'parametrization': 'mup',
         'mup_base_width': 8,
         'tie_embeddings': False,
+        'num_kv_heads': 1,  # Multi-query: one key/value head for the tensor axis's 2.
       },
     ),
   )

@@ -133,7 +133,9 @@ class OptimTest(absltest.TestCase):
       with self.subTest(name):
         c = _optim_config(name=name, learning_rate=0.1, warmup_steps=0)
         schedule = optim.make_schedule(c, num_train_steps=10, steps_per_epoch=5)
-        tx = optim.make_optimizer(c, schedule)
+        # Muon asks the family which matrices it orthogonalises (Model.param_roles).
+        roles = (('kernel', 'hidden'), ('bias', 'vector'))
+        tx = optim.make_optimizer(c, schedule, param_roles=roles)
         updates, _ = tx.update(grads, tx.init(params), params)
         self.assertLess(float(updates['bias'][0]), 0.0)  # Against the gradient.
 

@@ -4,6 +4,14 @@ Shape letters as in research/models/transformer.py; here also S, the key
 positions (the same positions as T in training, the cache's slots when
 decoding).
 
+The N query heads may share G <= N key/value heads (`num_kv_heads`; G = N is
+multi-head attention, G = 1 multi-query attention, Shazeer 2019, and values
+between grouped-query attention, Ainslie et al. 2023): query head n reads
+key/value head n // R, R = N / G, as `jax.nn.dot_product_attention` groups
+them. The XLA path and the cache then split the query heads into G groups of
+R ('btgrk,bsgk->bgrts') rather than repeat the keys and values R times; with
+G = N they run the einsums of multi-head attention, unchanged.
+
 Training and evaluation read a whole segment: position t attends to the
 segment's positions <= t. Decoding (`cache` given) writes the new tokens' keys
 and values into the cache at their positions and attends over every slot at
@@ -56,9 +64,48 @@ class AttentionConfig(options.OptionConfig, Protocol):
   """The fields of `transformer.Config` that attention reads."""
 
   num_heads: int
+  num_kv_heads: int  # G, or 0 for num_heads (`kv_heads`).
   positional: str  # A name in POSITIONAL.
   attention: str  # A name in ATTENTION_KINDS.
   qk_norm: str  # A name in transformer_options.QK_NORMS.
+
+
+def kv_heads(config: AttentionConfig) -> int:
+  """G, the key/value heads: `num_kv_heads`, or N where it is 0."""
+  return config.num_kv_heads or config.num_heads
+
+
+# (logits spec, mixing spec) of the XLA einsums, by (heads_major, grouped):
+# heads-major operands are (B, N, T, K); grouped ones have the query heads
+# split into G groups of R that share one key/value head.
+_SPECS = {
+  (False, False): ('btnk,bsnk->bnts', 'bnts,bsnk->btnk'),
+  (True, False): ('bntk,bnsk->bnts', 'bnts,bnsk->bntk'),
+  (False, True): ('btgrk,bsgk->bgrts', 'bgrts,bsgk->btgrk'),
+  (True, True): ('bgrtk,bgsk->bgrts', 'bgrts,bgsk->bgrtk'),
+}
+
+
+def _split_heads(x: jax.Array, groups: int, axis: int) -> jax.Array:
+  """Axis `axis` of N heads as (G = `groups`, R): head n is group n // R."""
+  shape = x.shape
+  return x.reshape(*shape[:axis], groups, shape[axis] // groups, *shape[axis + 1 :])
+
+
+def _merge_heads(x: jax.Array, axis: int) -> jax.Array:
+  """The inverse of `_split_heads`: axes (axis, axis + 1) as one."""
+  shape = x.shape
+  return x.reshape(*shape[:axis], shape[axis] * shape[axis + 1], *shape[axis + 2 :])
+
+
+def _grouped(q, k, bias, head_axis: int):
+  """(q, bias, grouped): where k has fewer heads than q, q's heads and the
+  bias's (axis 1, one per query head) split into k's G groups."""
+  groups = k.shape[head_axis]
+  if groups == q.shape[head_axis]:
+    return q, bias, False
+  bias = None if bias is None else _split_heads(bias, groups, 1)
+  return _split_heads(q, groups, head_axis), bias, True
 
 
 # From this context length on, the XLA attention path works on heads-major
@@ -87,67 +134,72 @@ def _masked_softmax(logits_BxNxTxS: jax.Array, visible_TxS: jax.Array, dtype) ->
   return jax.nn.softmax(logits_BxNxTxS, axis=-1).astype(dtype)
 
 
-def logit_max(q_BxTxNxK, k_BxTxNxK, bias_BxNxTxS=None) -> jax.Array:
+def logit_max(q_BxTxNxK, k_BxTxGxK, bias_BxNxTxS=None) -> jax.Array:
   """The largest logit q.k (+ bias) over every row, head and causal pair
   (s <= t): the attention-logit growth Wortsman et al. 2024 (section 3.1.1)
   watch. `q` already carries the 1/sqrt(K). Float32, forward only."""
   T = q_BxTxNxK.shape[1]  # pylint: disable=invalid-name
-  logits_BxNxTxS = jnp.einsum('btnk,bsnk->bnts', q_BxTxNxK, k_BxTxNxK).astype(jnp.float32)
-  if bias_BxNxTxS is not None:
-    logits_BxNxTxS = logits_BxNxTxS + bias_BxNxTxS
+  q, bias, grouped = _grouped(q_BxTxNxK, k_BxTxGxK, bias_BxNxTxS, head_axis=2)
+  logits = jnp.einsum(_SPECS[False, grouped][0], q, k_BxTxGxK).astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias
   causal_TxS = jnp.tril(jnp.ones((T, T), dtype=bool))
-  return jnp.max(jnp.where(causal_TxS, logits_BxNxTxS, -jnp.inf))
+  return jnp.max(jnp.where(causal_TxS, logits, -jnp.inf))
 
 
 def causal_attention(q, k, v, dropout, heads_major: bool, bias_BxNxTxS=None):
   """Softmax attention of each position over itself and earlier ones.
 
-  q, k, v are BxTxNxK, or BxNxTxK where `heads_major`; the output has the
-  same layout as q. `bias_BxNxTxS` (float32, broadcastable) is added to the
-  logits.
+  q is BxTxNxK and k, v BxTxGxK, or BxNxTxK and BxGxTxK where `heads_major`;
+  the output has q's layout. `bias_BxNxTxS` (float32, broadcastable over
+  B) is added to the logits.
   """
-  if heads_major:
-    qk_spec, pv_spec = 'bntk,bnsk->bnts', 'bnts,bnsk->bntk'
-  else:
-    qk_spec, pv_spec = 'btnk,bsnk->bnts', 'bnts,bsnk->btnk'
-  T = q.shape[2 if heads_major else 1]  # pylint: disable=invalid-name
+  head_axis = 1 if heads_major else 2
+  q, bias, grouped = _grouped(q, k, bias_BxNxTxS, head_axis)
+  qk_spec, pv_spec = _SPECS[heads_major, grouped]
+  T = q.shape[-2 if heads_major else 1]  # pylint: disable=invalid-name
   causal_TxS = jnp.tril(jnp.ones((T, T), dtype=bool))
-  logits_BxNxTxS = jnp.einsum(qk_spec, q, k)
-  if bias_BxNxTxS is not None:
-    logits_BxNxTxS = logits_BxNxTxS.astype(jnp.float32) + bias_BxNxTxS
-  probs_BxNxTxS = _masked_softmax(logits_BxNxTxS, causal_TxS, v.dtype)
-  return jnp.einsum(pv_spec, dropout(probs_BxNxTxS), v)
+  logits = jnp.einsum(qk_spec, q, k)  # BxNxTxS, or BxGxRxTxS grouped.
+  if bias is not None:
+    logits = logits.astype(jnp.float32) + bias
+  probs = _masked_softmax(logits, causal_TxS, v.dtype)
+  out = jnp.einsum(pv_spec, dropout(probs), v)
+  return _merge_heads(out, head_axis) if grouped else out
 
 
 def cached_attention(
-  q_BxTxNxK, k_BxTxNxK, v_BxTxNxK, positions_BxT, cache: dict, bias_fn=None
+  q_BxTxNxK, k_BxTxGxK, v_BxTxGxK, positions_BxT, cache: dict, bias_fn=None
 ) -> tuple[jax.Array, dict]:
-  """Writes k, v into `cache` (`k`, `v`: BxSxNxK) at `positions_BxT` and
+  """Writes k, v into `cache` (`k`, `v`: BxSxGxK) at `positions_BxT` and
   attends from each query over the slots at or before its position. Slot s
-  holds position s; `bias_fn(q_positions_BxT, k_positions_1xS)`, if given,
-  is added to the logits.
+  holds position s; `bias_fn(q_positions_BxT, k_positions_1xS)` (BxNxTxS),
+  if given, is added to the logits.
 
   Slots after a query's position are hidden whatever they hold, so a cache
   starts as zeros and is filled in order. A position outside the cache is
   dropped (decoding past the cache is refused before it gets here).
   """
   rows_Bx1 = jnp.arange(q_BxTxNxK.shape[0])[:, None]
-  k_BxSxNxK = (
-    cache['k'].at[rows_Bx1, positions_BxT].set(k_BxTxNxK.astype(cache['k'].dtype), mode='drop')
+  k_BxSxGxK = (
+    cache['k'].at[rows_Bx1, positions_BxT].set(k_BxTxGxK.astype(cache['k'].dtype), mode='drop')
   )
-  v_BxSxNxK = (
-    cache['v'].at[rows_Bx1, positions_BxT].set(v_BxTxNxK.astype(cache['v'].dtype), mode='drop')
+  v_BxSxGxK = (
+    cache['v'].at[rows_Bx1, positions_BxT].set(v_BxTxGxK.astype(cache['v'].dtype), mode='drop')
   )
-  S = k_BxSxNxK.shape[1]  # pylint: disable=invalid-name
+  S = k_BxSxGxK.shape[1]  # pylint: disable=invalid-name
   visible_Bx1xTxS = jnp.arange(S)[None, None, None, :] <= positions_BxT[:, None, :, None]
-  logits_BxNxTxS = jnp.einsum('btnk,bsnk->bnts', q_BxTxNxK, k_BxSxNxK)
+  q, _, grouped = _grouped(q_BxTxNxK, k_BxSxGxK, None, head_axis=2)
+  qk_spec, pv_spec = _SPECS[False, grouped]
+  logits = jnp.einsum(qk_spec, q, k_BxSxGxK)  # BxNxTxS, or BxGxRxTxS grouped.
   if bias_fn is not None:
-    logits_BxNxTxS = logits_BxNxTxS.astype(jnp.float32) + bias_fn(
-      positions_BxT, jnp.arange(S)[None]
-    )
-  probs_BxNxTxS = _masked_softmax(logits_BxNxTxS, visible_Bx1xTxS, v_BxSxNxK.dtype)
-  out_BxTxNxK = jnp.einsum('bnts,bsnk->btnk', probs_BxNxTxS, v_BxSxNxK)
-  return out_BxTxNxK, {'k': k_BxSxNxK, 'v': v_BxSxNxK}
+    bias_BxNxTxS = bias_fn(positions_BxT, jnp.arange(S)[None])
+    bias = _split_heads(bias_BxNxTxS, k_BxSxGxK.shape[2], 1) if grouped else bias_BxNxTxS
+    logits = logits.astype(jnp.float32) + bias
+  visible = visible_Bx1xTxS[:, None] if grouped else visible_Bx1xTxS
+  probs = _masked_softmax(logits, visible, v_BxSxGxK.dtype)
+  out = jnp.einsum(pv_spec, probs, v_BxSxGxK)
+  out_BxTxNxK = _merge_heads(out, 2) if grouped else out
+  return out_BxTxNxK, {'k': k_BxSxGxK, 'v': v_BxSxGxK}
 
 
 class CausalSelfAttention(nn.Module):
@@ -168,20 +220,26 @@ class CausalSelfAttention(nn.Module):
   ):
     c = self.config
     B, T, D = x_BxTxD.shape  # pylint: disable=invalid-name
-    N = c.num_heads  # pylint: disable=invalid-name
-    K = D // N  # pylint: disable=invalid-name
+    N, G = c.num_heads, kv_heads(c)  # pylint: disable=invalid-name
+    K, R = D // N, N // G  # pylint: disable=invalid-name
     # Dense layers act on the flattened (B*T, D) array: the backward pass of a
     # plain matmul is measurably faster on CPU than a batched dot_general.
-    qkv_BTx3D = layers.Dense(
-      3 * D,
+    qkv_BTxGCK = layers.Dense(
+      G * (R + 2) * K,  # (N + 2 G) K; 3 D where G = N.
       use_bias=c.use_bias,
       kernel_init=nn.initializers.normal(options.INIT_STDDEV),
       name='qkv',
     )(x_BxTxD.reshape(B * T, D))
-    qkv_BxTxNx3xK = sharding.constrain(
-      qkv_BTx3D.reshape(B, T, N, 3, K), BATCH, None, 'tensor', None, None
+    # Per key/value head, its R queries, its key, its value: (N, 3, K) where
+    # G = N, the layout of multi-head attention; `tensor` splits whole groups.
+    qkv_BxTxGxCxK = sharding.constrain(
+      qkv_BTxGCK.reshape(B, T, G, R + 2, K), BATCH, None, 'tensor', None, None
     )
-    q_BxTxNxK, k_BxTxNxK, v_BxTxNxK = (qkv_BxTxNx3xK[:, :, :, j] for j in range(3))
+    if R == 1:  # Indexed, not sliced and reshaped: multi-head attention's program, unchanged.
+      q_BxTxNxK = qkv_BxTxGxCxK[:, :, :, 0]
+    else:  # Query heads in group-major order: head n reads key/value head n // R.
+      q_BxTxNxK = qkv_BxTxGxCxK[:, :, :, :R].reshape(B, T, N, K)
+    k_BxTxGxK, v_BxTxGxK = qkv_BxTxGxCxK[:, :, :, R], qkv_BxTxGxCxK[:, :, :, R + 1]
     qk_norm = options.QK_NORMS[c.qk_norm]
     if qk_norm is not None:
       # Dehghani et al. 2023 (qk-layernorm, as Wortsman et al. 2024 section
@@ -192,7 +250,7 @@ class CausalSelfAttention(nn.Module):
       # keys, shared by the heads (as flax's MultiHeadDotProductAttention
       # `normalize_qk`); the cache below then holds normalised keys.
       q_BxTxNxK = qk_norm(c, 'q_norm')(q_BxTxNxK)
-      k_BxTxNxK = qk_norm(c, 'k_norm')(k_BxTxNxK)
+      k_BxTxGxK = qk_norm(c, 'k_norm')(k_BxTxGxK)
 
     def project_out(out_BxTxNxK):
       out_BTxD = layers.Dense(
@@ -206,11 +264,11 @@ class CausalSelfAttention(nn.Module):
       positions_BxT = jnp.arange(T)[None]  # 1xT, the same in every row.
     if positional.rotate:
       q_BxTxNxK = positional.rotate(q_BxTxNxK, positions_BxT)
-      k_BxTxNxK = positional.rotate(k_BxTxNxK, positions_BxT)
+      k_BxTxGxK = positional.rotate(k_BxTxGxK, positions_BxT)
     bias_fn = positional.bias and functools.partial(positional.bias, N)
     if cache is not None:
       out_BxTxNxK, cache = cached_attention(
-        q_BxTxNxK * K**-0.5, k_BxTxNxK, v_BxTxNxK, positions_BxT, cache, bias_fn
+        q_BxTxNxK * K**-0.5, k_BxTxGxK, v_BxTxGxK, positions_BxT, cache, bias_fn
       )
       return project_out(out_BxTxNxK), cache
     # Keys are the segment's own positions.
@@ -219,15 +277,15 @@ class CausalSelfAttention(nn.Module):
       # Statistics only (a separate forward pass): the logits once more, so
       # neither attention path changes for them.
       self.sow(
-        'intermediates', 'logit_max', logit_max(q_BxTxNxK * K**-0.5, k_BxTxNxK, bias_BxNxTxS)
+        'intermediates', 'logit_max', logit_max(q_BxTxNxK * K**-0.5, k_BxTxGxK, bias_BxNxTxS)
       )
     if ATTENTION_KINDS[c.attention].fused:
       # One fused op: cuDNN flash attention on GPU where it applies, XLA
       # elsewhere. Same math; no dropout on the attention weights.
       out_BxTxNxK = jax.nn.dot_product_attention(
         q_BxTxNxK,
-        k_BxTxNxK,
-        v_BxTxNxK,
+        k_BxTxGxK,
+        v_BxTxGxK,
         bias=None if bias_BxNxTxS is None else bias_BxNxTxS.astype(q_BxTxNxK.dtype),
         is_causal=True,
       )
@@ -235,11 +293,12 @@ class CausalSelfAttention(nn.Module):
       dropout = layers.Dropout(c.dropout_rate)
       heads_major = T >= HEADS_MAJOR_MIN_CONTEXT
       if not heads_major:
-        q, k, v = q_BxTxNxK, k_BxTxNxK, v_BxTxNxK
-      elif positional.rotate or qk_norm is not None:  # q and k are no longer the projection's.
-        q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BxTxNxK, k_BxTxNxK, v_BxTxNxK))
+        q, k, v = q_BxTxNxK, k_BxTxGxK, v_BxTxGxK
+      elif positional.rotate or qk_norm is not None or G < N:
+        # q and k are no longer the projection's, or q is not one slice of it.
+        q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BxTxNxK, k_BxTxGxK, v_BxTxGxK))
       else:  # One transpose of the fused projection gives heads-major q, k, v.
-        q, k, v = qkv_BxTxNx3xK.transpose(3, 0, 2, 1, 4)
+        q, k, v = qkv_BxTxGxCxK.transpose(3, 0, 2, 1, 4)
       out = causal_attention(
         q * K**-0.5, k, v, lambda p: dropout(p, deterministic=not train), heads_major, bias_BxNxTxS
       )

@@ -17,8 +17,9 @@ from research.models import layers
 class Model(NamedTuple):
   """A model family instance as pure functions.
 
-  Every field but `ghost_layers`, `stats` and `rate_multipliers` is required: training, evaluation, the
-  sampler, the benchmark, the model card and the partitioner call them all.
+  Every field but `ghost_layers`, `stats`, `rate_multipliers` and `param_roles` is required:
+  training, evaluation, the sampler, the benchmark, the model card and the partitioner call them
+  all.
 
   Attributes:
     init: `init(rng) -> params`, a plain nested dict of float32 arrays.
@@ -75,6 +76,13 @@ class Model(NamedTuple):
       (`model.parametrization`, research/models/mup.py), which the optimizer
       applies (research/optim.py). Optional: None where every parameter
       takes the optimizer's rate (the optimizer is then built as without it).
+    param_roles: `(path regex, role)` pairs, first match wins and no
+      catch-all, saying what each parameter is (research/models/mup.py
+      ROLES: 'embedding', 'hidden' for a matrix from a width to a width,
+      'output' for the head, 'vector' for gains and biases). Optimizers that
+      treat kinds of parameters apart read it (research/optimizers.py: Muon
+      orthogonalises the 'hidden' matrices). Optional: () for none, and such
+      an optimizer is then refused.
   """
 
   init: Callable[..., Any]
@@ -90,6 +98,7 @@ class Model(NamedTuple):
   ghost_layers: tuple[tuple[str, str], ...] = ()
   stats: Callable[..., dict] | None = None
   rate_multipliers: Callable[[Any], Any] | None = None
+  param_roles: tuple[tuple[str, str], ...] = ()
 
 
 # With scan_layers=True the Transformer keeps its L blocks under this key,

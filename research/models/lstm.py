@@ -201,6 +201,17 @@ COMPRESSIBLE = (
 )
 
 
+# What each parameter is (`Model.param_roles`, research/models/mup.py ROLES), first match wins
+# and no catch-all. The gate kernels map a width to a width: 'hidden', each one matrix with its
+# four gates side by side (Muon orthogonalises it whole, research/optimizers.py).
+PARAM_ROLES = (
+  ('embed/embedding', 'embedding'),  # VxH
+  (r'lstm_\d+/(input|recurrent)_kernel', 'hidden'),  # Dx4H, Hx4H
+  ('softmax/kernel', 'output'),  # HxV
+  ('/bias$', 'vector'),  # 4H, V
+)
+
+
 # DP-SGD's ghost clipping (research/privacy/ghost.py): every layer is used
 # once per forward pass, so no per-row gradient is formed at all.
 def ghost_layers(config: Config) -> tuple[tuple[str, str], ...]:
@@ -262,4 +273,5 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
     flops_per_token=flops_per_token,
     compressible=COMPRESSIBLE,
     ghost_layers=ghost_layers(config),
+    param_roles=PARAM_ROLES,
   )

@@ -19,7 +19,10 @@ Shape letters (a joined pair such as BT is one flattened axis of size B*T):
   P: context length, `seq_len` (rows of the position table)
   D: model width, `d_model`
   F: MLP hidden width, `d_ff`
-  N: number of attention heads
+  N: number of attention (query) heads
+  G: number of key/value heads, `num_kv_heads` (0: N); G divides N
+  R: query heads per key/value head, N // G
+  C: R + 2, one key/value head's projections (its R queries, its key, its value)
   K: width of one head, D // N
   V: vocabulary size
 
@@ -27,9 +30,12 @@ Parameter tree (`Model.init` output; the norms' as for norm='layernorm'):
   embed/embedding           VxD
   pos_embed                 PxD   (only for a positional kind with a learned table)
   block_{i}/ln_1, ln_2      scale D, bias D (bias only if use_bias)
-  block_{i}/attn/qkv        kernel Dx3D, bias 3D; columns head-major (N, 3, K):
-                            head n's q, k, v side by side, so a contiguous
-                            split over `tensor` hands out whole heads
+  block_{i}/attn/qkv        kernel Dx(GCK), bias GCK; columns group-major
+                            (G, C, K): key/value head g's R queries, its key
+                            and its value side by side, so a contiguous split
+                            over `tensor` hands out whole groups. With G = N
+                            (the default) that is Dx3D, (N, 3, K): head n's
+                            q, k, v, the layout of multi-head attention
   block_{i}/attn/q_norm, k_norm  scale K, bias K (only for qk_norm other than
                             'none'; the bias as for ln_1): one of each per
                             layer, shared by the N heads
@@ -48,6 +54,11 @@ compiles one block instead of L, so compile time stops growing with depth.
 Sharding (`PARTITION_RULES`): tensor parallelism splits qkv and mlp/fc by
 output column (whole heads, hidden units), attn/out and mlp/proj by input
 row; vocabulary and position dimensions are never split (they rarely divide).
+With grouped key/value heads the qkv columns split by whole groups where
+`tensor` divides G; where it does not (multi-query attention on a 2-way
+`tensor` axis) XLA splits the group axis unevenly and computes the same
+function (checked on 8 fake devices), nothing is refused beyond the partition
+rule's own check that `tensor` divides the (N + 2 G) K columns.
 """
 
 import dataclasses
@@ -79,6 +90,7 @@ class Config:
 
   num_layers: int = rules.field(rules.at_least(1))
   num_heads: int = rules.field(rules.at_least(1))
+  num_kv_heads: int = rules.field(rules.at_least(0))
   d_model: int = rules.field(rules.at_least(1))
   d_ff: int = rules.field(rules.at_least(1))
   dropout_rate: float = rules.field(rules.in_range(0, 1))
@@ -109,6 +121,14 @@ class Config:
         '--config.model.dropout_rate=0 or '
         + ' or '.join(f'--config.model.attention={name}' for name in dropping)
         + '.'
+      )
+    groups = [0] + [g for g in range(1, self.num_heads + 1) if self.num_heads % g == 0]
+    if self.num_kv_heads not in groups or isinstance(self.num_kv_heads, float):
+      raise ValueError(
+        f'config.model.num_kv_heads={self.num_kv_heads!r} must be one of {groups} (0: as many '
+        f'as model.num_heads={self.num_heads}; otherwise a divisor of it, so that the query '
+        'heads share the key/value heads in equal groups); set --config.model.num_kv_heads=... '
+        '(configs/common.py says what it means).'
       )
     if self.d_model % self.num_heads:
       raise ValueError(
@@ -179,7 +199,7 @@ class Block(nn.Module):
 class Transformer(nn.Module):
   """Token ids BxT (at positions BxT, default 0..T-1) -> (logits BxTxV, cache).
 
-  With `cache` (the decoding cache of every layer: `k`, `v` of LxBxSxNxK) the
+  With `cache` (the decoding cache of every layer: `k`, `v` of LxBxSxGxK) the
   new tokens' keys and values are written at their positions and the updated
   cache is returned; without it the result's cache is None.
   """
@@ -265,7 +285,7 @@ class Transformer(nn.Module):
 
 # Specs inside a block, by the parameter's path there.
 _BLOCK_RULES = (
-  ('attn/qkv/kernel', ('fsdp', 'tensor')),  # Dx(N*3*K), head-major
+  ('attn/qkv/kernel', ('fsdp', 'tensor')),  # Dx(G*C*K), group-major
   ('attn/out/kernel', ('tensor', 'fsdp')),  # (N*K)xD
   ('mlp/(fc|gate)/kernel', ('fsdp', 'tensor')),  # DxF, gated MLPs have both
   ('(attn/qkv|mlp/fc|mlp/gate)/bias', ('tensor',)),
@@ -359,11 +379,13 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
     return {}
 
   def init_cache(batch_size: int) -> dict:
+    # Keys and values of the G key/value heads only: N / G times smaller
+    # than multi-head attention's (Shazeer 2019's point for decoding).
     shape = (
       config.num_layers,
       batch_size,
       seq_len,
-      config.num_heads,
+      attention.kv_heads(config),
       config.d_model // config.num_heads,
     )
     return {'k': jnp.zeros(shape, compute_dtype), 'v': jnp.zeros(shape, compute_dtype)}
@@ -407,7 +429,10 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
     12 L P D for QK^T and AV forward and backward (PaLM, Chowdhery et al.
     2022, App. B), all of it though the causal mask wastes half. Norms (the
     qk-norm's included), softmaxes and the logit soft-cap are elementwise and
-    not counted, as in PaLM's count (their scales are not matrices)."""
+    not counted, as in PaLM's count (their scales are not matrices).
+    Grouped key/value heads (num_kv_heads) shrink the qkv kernel, which the
+    6 N reads from the parameters' shapes; the attention term stays, as
+    every query head still scores every key."""
     lookups = ('pos_embed',) + (() if config.tie_embeddings else ('embed/embedding',))
     flops = 6.0 * contract.matmul_params(params, lookups)
     flops += 12.0 * config.num_layers * seq_len * config.d_model
@@ -426,6 +451,7 @@ def build(config: Config, vocab_size: int, seq_len: int) -> contract.Model:
     compressible=COMPRESSIBLE,
     stats=stats,
     rate_multipliers=mup.rate_multipliers(config, PARAM_ROLES),
+    param_roles=PARAM_ROLES,  # Muon: every hidden kernel (qkv fused) is one matrix.
     # DP-SGD's ghost clipping (research/privacy/ghost.py) of the token
     # embedding and the head when each is used once; a tied head reads the
     # embedding twice, and is clipped through per-row gradients instead.
