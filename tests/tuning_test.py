@@ -12,6 +12,7 @@ from absl.testing import absltest
 
 from research import provenance
 from research.experiments import claims
+from research.experiments import curves
 from research.experiments import report
 from research.experiments import runner
 from research.experiments import rows as rows_lib
@@ -246,6 +247,14 @@ class SpeedupTest(absltest.TestCase):
         )
       )
     self.assertIn('| 1 | fewer steps | S | log(', report.results_markdown(claimed, results))
+
+    # curves.png: per row, at each step all its seeds have, the mean and its 95% band.
+    (_, m20, h20), (_, m40, h40) = curves.bands(rows[1], results)[1:]
+    self.assertAlmostEqual(m20, 2.05)
+    self.assertAlmostEqual(h20, _T975_DF1 * statistics.stdev([2.0, 2.1]) / math.sqrt(2))
+    self.assertAlmostEqual(m40, 1.6)
+    written = report.write(self.create_tempdir().full_path, root, experiment, force=True)
+    self.assertIn(curves.PLOT, [os.path.basename(w) for w in written])
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ from research.experiments import ablation
 from research.experiments import audit_plots
 from research.experiments import audit_rows
 from research.experiments import claims
+from research.experiments import curves
 from research.experiments import plots
 from research.experiments import runner
 from research.experiments import spec as spec_lib
@@ -280,6 +281,8 @@ def _plot_names(experiment: spec_lib.Experiment) -> list[str]:
     names.append('`splits.png` (each row per split)')
   if experiment.sweep:
     names.append(f'`{plots.SWEEP_PLOT}` (each sweep group per {experiment.sweep.label})')
+  if experiment.steps_to_baseline:
+    names.append(f'`{curves.PLOT}` (each row against step, mean and 95% band over seeds)')
   names += [f'`{t.plot}` ({t.title.lower()})' for t in experiment.tables if t.plot]
   if audit_plots.occupation_rows(experiment):
     names.append(
@@ -462,6 +465,8 @@ def write(
       written.append(plots.write_table_plot(directory, table, shown, results))
   if experiment.sweep:
     written.append(plots.write_sweep_plot(directory, experiment, results))
+  if experiment.steps_to_baseline:
+    written.append(curves.write(directory, experiment, results))
   written += plots.write_trace_plots(directory, experiment, results)
   written += audit_plots.write_occupation_plot(root, directory, experiment, results)
   return written
