@@ -188,12 +188,11 @@ def cached_attention(
   )
   S = k_BxSxGxK.shape[1]  # pylint: disable=invalid-name
   visible_Bx1xTxS = jnp.arange(S)[None, None, None, :] <= positions_BxT[:, None, :, None]
-  q, _, grouped = _grouped(q_BxTxNxK, k_BxSxGxK, None, head_axis=2)
+  bias_BxNxTxS = None if bias_fn is None else bias_fn(positions_BxT, jnp.arange(S)[None])
+  q, bias, grouped = _grouped(q_BxTxNxK, k_BxSxGxK, bias_BxNxTxS, head_axis=2)
   qk_spec, pv_spec = _SPECS[False, grouped]
   logits = jnp.einsum(qk_spec, q, k_BxSxGxK)  # BxNxTxS, or BxGxRxTxS grouped.
-  if bias_fn is not None:
-    bias_BxNxTxS = bias_fn(positions_BxT, jnp.arange(S)[None])
-    bias = _split_heads(bias_BxNxTxS, k_BxSxGxK.shape[2], 1) if grouped else bias_BxNxTxS
+  if bias is not None:
     logits = logits.astype(jnp.float32) + bias
   visible = visible_Bx1xTxS[:, None] if grouped else visible_Bx1xTxS
   probs = _masked_softmax(logits, visible, v_BxSxGxK.dtype)
