@@ -66,21 +66,18 @@ def per_seed(row_result, base_result) -> Seed | None:
   return Seed(steps, reached, ratio, wall)
 
 
-def _geometric(ratios: list) -> str:
-  """'1.31 [1.12, 1.53]' from the mean log ratio and its 95% interval."""
-  finite = [math.log(r) for r in ratios if r is not None and 0 < r < math.inf]
-  if not finite:
-    return '—'
-  mean, half = stats.confidence_interval(finite)
-  if half is None:
-    return f'{math.exp(mean):.2f}'
-  return f'{math.exp(mean):.2f} [{math.exp(mean - half):.2f}, {math.exp(mean + half):.2f}]'
-
-
-def _p_value(ratios: list) -> str:
-  logs = [math.log(r) for r in ratios if 0 < r < math.inf]
+def _summary(ratios: list) -> tuple[str, str]:
+  """('1.31 [1.12, 1.53]', p): the geometric mean of the finite positive
+  `ratios` with its 95% interval, and the p-value of mean log ratio = 0
+  (stats.paired_difference of the log ratios against 0); '—' where none."""
+  logs = [math.log(r) for r in ratios if r is not None and 0 < r < math.inf]
   paired = stats.paired_difference(dict(enumerate(logs)), dict.fromkeys(range(len(logs)), 0.0))
-  return '—' if paired is None or paired.p_value is None else f'{paired.p_value:.3g}'
+  if paired is None:
+    return '—', '—'
+  if paired.half is None:
+    return f'{math.exp(paired.mean):.2f}', '—'
+  low, high = math.exp(paired.mean - paired.half), math.exp(paired.mean + paired.half)
+  return f'{math.exp(paired.mean):.2f} [{low:.2f}, {high:.2f}]', f'{paired.p_value:.3g}'
 
 
 def comparisons(experiment: spec_lib.Experiment, results: list) -> list[tuple]:
@@ -125,10 +122,10 @@ def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
       lines.append(f'| {row.name} | 0 of {planned} | | | | | |')
       continue
     seeds = list(pairs.values())
-    ratios = [s.ratio for s in seeds]
+    ratio, p = _summary([s.ratio for s in seeds])
+    wall, _ = _summary([s.wall_ratio for s in seeds])
     lines.append(
       f'| {row.name} | {len(seeds)} of {planned} | {sum(not s.reached for s in seeds)} | '
-      f'{statistics.fmean(s.steps for s in seeds):,.0f} | {_geometric(ratios)} | '
-      f'{_p_value(ratios)} | {_geometric([s.wall_ratio for s in seeds])} |'
+      f'{statistics.fmean(s.steps for s in seeds):,.0f} | {ratio} | {p} | {wall} |'
     )
   return lines + ['']
