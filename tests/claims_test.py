@@ -3,22 +3,20 @@
 answers. Nothing is trained."""
 
 import dataclasses
-import json
 import math
 import os
 import shutil
 
 from absl.testing import absltest
 
-from research import provenance
 from research.experiments import claims
 from research.experiments import plots
 from research.experiments import report
-from research.experiments import runner
 from research.experiments import rows as rows_lib
 from research.experiments import spec as spec_lib
 from research.experiments import sweep as sweep_lib
 from research.experiments import traces
+from tests import test_util
 
 _CONFIG = 'configs/shakespeare_char.py:cpu'  # Exists; nothing runs it.
 _RATES = (1e-3, 1e-2, 1e-1)
@@ -65,22 +63,16 @@ def _cell(path: str, final, peak: float) -> None:
   peaks at `peak` and whose log_z goes negative (-peak / 2), then a finished
   validation loss `final`; or, for 'div', the first two lines, a third with
   non-finite values, and exit status 3 (the runner's 'diverged')."""
-  os.makedirs(path)
-  provenance.record_start(path)
   diverged = final == 'div'
   attn = (0.5, peak, math.nan) if diverged else (0.5, peak, peak / 2)
   log_z = (4.0, -peak / 2, math.inf) if diverged else (4.0, -peak / 2, 1.0)
-  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
-    for step, a, z in zip((10, 20, 30), attn, log_z):
-      line = {'step': step, 'split': 'train', 'loss': 3.0, 'attn_logit_max': a, 'log_z': z}
-      f.write(json.dumps(line) + '\n')  # NaN and Infinity are written and read back so.
-    if not diverged:
-      f.write(json.dumps({'step': 30, 'split': 'valid', 'loss': final, 'time': 2.0}) + '\n')
-  provenance.record_end(path, 'failed' if diverged else 'finished')
-  if diverged:
-    with open(os.path.join(path, runner.CELL_FILE), 'w') as f:
-      reason = 'exit status 3: error: Non-finite loss (nan) at step 31.'
-      json.dump({'status': 'diverged', 'reason': reason, 'command': 'x'}, f)
+  records = [
+    {'step': step, 'split': 'train', 'loss': 3.0, 'attn_logit_max': a, 'log_z': z}
+    for step, a, z in zip((10, 20, 30), attn, log_z)
+  ]
+  if not diverged:
+    records.append({'step': 30, 'split': 'valid', 'loss': final, 'time': 2.0})
+  test_util.fake_cell(path, records, 'diverged' if diverged else 'finished', diverged_at=31)
 
 
 def _name(group: str, i: int, seed: int) -> str:

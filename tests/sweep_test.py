@@ -32,19 +32,10 @@ def _cell(path: str, final=None, diverged: bool = False, step0=None) -> None:
   """A cell's workdir as research.main and the runner leave it: finished with
   validation loss `final`, or stopped by a non-finite loss (exit status 3);
   `step0`: a validation loss at step 0."""
-  os.makedirs(path)
-  provenance.record_start(path)
-  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
-    if step0 is not None:
-      f.write(json.dumps({'step': 0, 'split': 'valid', 'loss': step0, 'time': 1.0}) + '\n')
-    if not diverged:
-      record = {'step': 9, 'split': 'valid', 'loss': final, 'epoch': 1.0, 'time': 2.0}
-      f.write(json.dumps(record) + '\n')  # NaN is written as NaN and read back so.
-  provenance.record_end(path, 'failed' if diverged else 'finished')
-  if diverged:
-    with open(os.path.join(path, runner.CELL_FILE), 'w') as f:
-      reason = 'exit status 3: error: Non-finite loss (nan) at step 5.'
-      json.dump({'status': 'diverged', 'reason': reason, 'command': 'x'}, f)
+  records = [] if step0 is None else [{'step': 0, 'split': 'valid', 'loss': step0, 'time': 1.0}]
+  if not diverged:
+    records.append({'step': 9, 'split': 'valid', 'loss': final, 'epoch': 1.0, 'time': 2.0})
+  test_util.fake_cell(path, records, 'diverged' if diverged else 'finished', diverged_at=5)
 
 
 def _spec(initial=_INITIAL, groups=('default', 'qk')) -> spec_lib.Experiment:

@@ -3,6 +3,7 @@
 Nothing here reads ../shared or the network: corpora are generated.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -143,3 +144,25 @@ def apply_only_model(apply, *, init=None, recurrent: bool = False):
     flops_per_token=None,
     compressible=(),
   )
+
+
+def fake_cell(path: str, records: list[dict], status: str = 'finished', diverged_at: int = 0):
+  """An experiment cell's workdir as research.main and the runner leave it,
+  without training: `records` as its metrics.jsonl lines (NaN and Infinity are
+  written and read back so), then 'finished'; 'diverged': stopped by a
+  non-finite loss at step `diverged_at` (exit status 3, as the runner records
+  it); 'running': started, not ended."""
+  from research import provenance  # pylint: disable=g-import-not-at-top
+  from research.experiments import runner  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(path)
+  provenance.record_start(path)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in records)
+  if status == 'running':
+    return
+  provenance.record_end(path, 'failed' if status == 'diverged' else 'finished')
+  if status == 'diverged':
+    with open(os.path.join(path, runner.CELL_FILE), 'w') as f:
+      reason = f'exit status 3: error: Non-finite loss (nan) at step {diverged_at}.'
+      json.dump({'status': 'diverged', 'reason': reason, 'command': 'x'}, f)

@@ -20,6 +20,7 @@ from research.experiments import speedup
 from research.experiments import spec as spec_lib
 from research.experiments import stats as stats_lib
 from research.experiments import tuning
+from tests import test_util
 
 _CONFIG = 'configs/shakespeare_char.py:cpu'  # Exists; nothing runs it.
 _RATES = (1e-3, 1e-2, 1e-1)
@@ -31,21 +32,14 @@ def _cell(path: str, curve=(), status: str = 'finished', speed: float = 0.0) -> 
   """A cell's workdir as the runner leaves it: valid loss per step from
   `curve` [(step, loss)], train lines at `speed` tokens/s; 'diverged': exit
   status 3 after the curve; 'running': started, not ended."""
-  os.makedirs(path)
-  provenance.record_start(path)
-  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
-    for step, loss in curve:
-      f.write(json.dumps({'step': step, 'split': 'valid', 'loss': loss, 'time': 1.0}) + '\n')
-      if speed:
-        line = {'step': step, 'split': 'train', 'loss': loss, 'tokens_per_s': speed, 'time': 1.0}
-        f.write(json.dumps(line) + '\n')
-  if status == 'running':
-    return
-  provenance.record_end(path, 'failed' if status == 'diverged' else 'finished')
-  if status == 'diverged':
-    with open(os.path.join(path, runner.CELL_FILE), 'w') as f:
-      reason = 'exit status 3: error: Non-finite loss (nan) at step 5.'
-      json.dump({'status': 'diverged', 'reason': reason, 'command': 'x'}, f)
+  records = []
+  for step, loss in curve:
+    records.append({'step': step, 'split': 'valid', 'loss': loss, 'time': 1.0})
+    if speed:
+      records.append(
+        {'step': step, 'split': 'train', 'loss': loss, 'tokens_per_s': speed, 'time': 1.0}
+      )
+  test_util.fake_cell(path, records, status, diverged_at=5)
 
 
 def _spec(**tuned_overrides) -> spec_lib.Experiment:
