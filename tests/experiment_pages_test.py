@@ -5,6 +5,7 @@ is trained)."""
 import json
 import math
 import os
+import shutil
 
 from absl.testing import absltest
 from matplotlib import colors
@@ -64,6 +65,37 @@ class PageTest(absltest.TestCase):
     text = report.results_markdown(self.spec, report.collect('SOMEROOT', self.spec))
     self.assertIn('| short | valid | 2 | 2.500 | 1 of 1 |  | 0 min 30 s | CPU: x |', text)
     self.assertIn('| long | valid | — | 2.100 | 1 of 1 | 1 min 00 s | 2 min 00 s | CPU: x |', text)
+
+  def test_recorded_cells_keep_their_figures_when_their_workdirs_are_gone(self):
+    out = os.path.join(self.tmp, 'page')
+    os.makedirs(out)
+    report.write(out, 'SOMEROOT', self.spec)
+    with open(os.path.join(out, 'results.csv')) as f:
+      before = f.read()
+    shutil.rmtree(os.path.join('SOMEROOT', 'tiny', 'long-s0'))
+    with self.assertRaisesRegex(ValueError, 'long-s0'):  # Dropping it is refused...
+      report.write(out, 'SOMEROOT', self.spec)
+    recorded = report.read_recorded(out, 'SOMEROOT', self.spec)
+    self.assertEqual(list(recorded), ['short-s0', 'long-s0'])  # Every cell the csv holds.
+    self.assertEqual(recorded['long-s0'].final, {'valid': 2.1})
+    self.assertEqual(
+      (recorded['long-s0'].wall_seconds, recorded['long-s0'].hardware), (120.0, 'CPU: x')
+    )
+    curves = os.path.join(out, 'valid_per_epoch.png')
+    os.utime(curves, (0, 0))
+    report.write(out, 'SOMEROOT', self.spec, keep_recorded=True)  # ...kept with the flag.
+    self.assertEqual(os.path.getmtime(curves), 0)  # Drawn from every workdir: left alone.
+    with open(os.path.join(out, 'results.csv')) as f:
+      self.assertEqual(f.read(), before)
+    with open(os.path.join(out, 'RESULTS.md')) as f:
+      text = f.read()
+    self.assertIn('| long | valid | — | 2.100 | 1 of 1 |  | 2 min 00 s | CPU: x |', text)
+    self.assertIn('the previous results.csv held (`--keep_recorded`): long-s0. Their', text)
+    self.assertIn('| long-s0 | finished | 2.1000 |  | 2 min 00 s |  | recorded: ', text)
+    # A workdir that comes back wins over the record.
+    _finished_cell(os.path.join(self.tmp, 'SOMEROOT', 'tiny', 'long-s0'), 2.0, 60.0, 2.3)
+    results = report.collect('SOMEROOT', self.spec, recorded)
+    self.assertEqual([r.final for r in results if r.cell.name == 'long-s0'], [{'valid': 2.3}])
 
   def test_every_line_drawn_is_in_the_legend(self):
     results = report.collect('SOMEROOT', self.spec)

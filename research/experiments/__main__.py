@@ -65,6 +65,13 @@ _FORCE = flags.DEFINE_boolean(
   'from their last checkpoint); with --emit-slurm, emit the finished, diverged and '
   'running cells too.',
 )
+_KEEP_RECORDED = flags.DEFINE_boolean(
+  'keep_recorded',
+  False,
+  'A cell without a result under --root keeps the figures the experiment '
+  "folder's results.csv holds for it (workdirs lost or on another machine): new rows and "
+  're-run cells join a page without re-running the rest. Marked on the page; no curves.',
+)
 _ROOT = flags.DEFINE_string(
   'root',
   'workdirs',
@@ -91,7 +98,7 @@ _TFDS_DIR = flags.DEFINE_string(
 _USAGE = (
   'usage: python -m research.experiments run|report|status experiments/NAME '
   '[--parallel=N] [--dry-run] [--emit-slurm=FILE [--slurm_*=...]] [--cells=...] [--force] '
-  '[--root=...] [--data_path=...] [--tfds_dir=...]'
+  '[--keep_recorded] [--root=...] [--data_path=...] [--tfds_dir=...]'
 )
 _STATES = ('finished', 'diverged', 'failed', 'running', 'interrupted', 'not run')
 
@@ -126,7 +133,10 @@ def _main(argv):
     _emit_slurm(directory, root, experiment, cells, locations)
   if _DRY_RUN.value or _EMIT_SLURM.value:
     return 0
-  if argv[1] == 'report' and not report.finished_cells(root, experiment):
+  recorded = (
+    set(report.read_recorded(directory, root, experiment)) if _KEEP_RECORDED.value else set()
+  )
+  if argv[1] == 'report' and not report.finished_cells(root, experiment) | recorded:
     raise ValueError(
       f'No finished cell of {experiment.name} under --root={root} (looked in '
       f'{os.path.join(root, experiment.name)}/CELL); nothing is written. Point --root at the '
@@ -138,7 +148,7 @@ def _main(argv):
         directory,
         root,
         experiment,
-        report.finished_cells(root, experiment) | {c.name for c in cells},
+        report.finished_cells(root, experiment) | {c.name for c in cells} | recorded,
       )
     outcome = runner.run(
       root,
@@ -148,7 +158,9 @@ def _main(argv):
       locations=locations,
       rerun_diverged=_FORCE.value,
     )
-  written = report.write(directory, root, experiment, force=_FORCE.value)
+  written = report.write(
+    directory, root, experiment, force=_FORCE.value, keep_recorded=_KEEP_RECORDED.value
+  )
   print('Wrote ' + ', '.join(written))
   if argv[1] == 'run':
     # A diverged cell is a result (its divergence), not a cell left to run.

@@ -19,10 +19,15 @@ from research.experiments import stats
 PLOT = 'curves.png'
 
 
+def _with_curves(row: spec_lib.Row, results: list) -> list:
+  """`row`'s finished cells that have a curve (one read back from results.csv has none)."""
+  return [r for r in results if r.cell.row == row and r.status == 'finished' and r.curve]
+
+
 def bands(row: spec_lib.Row, results: list) -> list[tuple]:
   """[(step, mean, 95% half-width or None)] of `row`'s finished cells' first
   split curves (report.CellResult.curve), at the steps every one of them has."""
-  curves = [dict(r.curve) for r in results if r.cell.row == row and r.status == 'finished']
+  curves = [dict(r.curve) for r in _with_curves(row, results)]
   if not curves:
     return []
   steps = sorted(set.intersection(*(set(c) for c in curves)))
@@ -40,7 +45,7 @@ def write(directory: str, experiment: spec_lib.Experiment, results: list) -> str
     if not found:
       continue
     steps, means, halves = zip(*found)
-    seeds = sum(1 for r in results if r.cell.row == row and r.status == 'finished')
+    seeds = len(_with_curves(row, results))
     ax.plot(steps, means, color=color, label=f'{row.name} ({seeds} seeds)')
     if all(h is not None for h in halves):
       low = [m - h for m, h in zip(means, halves)]

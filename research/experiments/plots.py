@@ -186,10 +186,13 @@ def final_figure(experiment: spec_lib.Experiment, results: list):
 
 def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) -> list[str]:
   """Writes valid_per_epoch.png and final.png from `results`
-  (report.CellResult); returns their paths."""
+  (report.CellResult); returns their paths. Where some results are recorded
+  (no curves) and valid_per_epoch.png exists, it is left as it was drawn."""
   plt = _pyplot()
-  fig, _ = valid_figure(experiment, results)
-  curve = _write(plt, fig, os.path.join(directory, 'valid_per_epoch.png'))
+  curve = os.path.join(directory, 'valid_per_epoch.png')
+  if not (any(r.recorded for r in results) and os.path.exists(curve)):
+    fig, _ = valid_figure(experiment, results)
+    _write(plt, fig, curve)
   fig, _ = final_figure(experiment, results)
   final = _write(plt, fig, os.path.join(directory, 'final.png'))
   return [curve, final]

@@ -51,6 +51,8 @@ class CellResult:
   train: dict = dataclasses.field(default_factory=dict)
   # (step, metric) of every evaluation of the first split, by step (speedup.py).
   curve: list = dataclasses.field(default_factory=list)
+  # Figures read back from a previous results.csv (`recorded`), not from a workdir.
+  recorded: bool = False
 
 
 def shown_root(root: str) -> str:
@@ -61,13 +63,20 @@ def shown_root(root: str) -> str:
   return os.path.relpath(root)
 
 
-def collect(root: str, experiment: spec_lib.Experiment) -> list[CellResult]:
+def collect(
+  root: str, experiment: spec_lib.Experiment, recorded: dict | None = None
+) -> list[CellResult]:
   """Each cell's state and figures from its workdir under `root`; its command
-  names the workdir under `shown_root(root)`."""
+  names the workdir under `shown_root(root)`. A cell without a result there
+  takes its entry of `recorded` (cell name -> CellResult, `read_recorded`) if
+  it has one."""
   out = []
   for cell in spec_lib.cells(experiment):
     path = runner.workdir(root, experiment, cell)
     cell_state = runner.state(path)
+    if cell_state.status not in runner.RESULTS and cell.name in (recorded or {}):
+      out.append(recorded[cell.name])
+      continue
     records = provenance.read_jsonl(os.path.join(path, 'metrics.jsonl'))
     runs = provenance.read_runs(path)
     final, extra = {}, {}
@@ -240,6 +249,15 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
       f'--cells={",".join(missing)}',
       '',
     ]
+  recorded = [r.cell.name for r in results if r.recorded]
+  if recorded:
+    lines += [
+      f'Cells whose figures are those the previous results.csv held (`--keep_recorded`): '
+      f'{", ".join(recorded)}. Their workdirs are not on the machine '
+      'that wrote this page, so their figures have six significant digits, their epochs and '
+      'code revision are not shown, and valid_per_epoch.png is left as it was last drawn.',
+      '',
+    ]
   lines += [
     '## Cells',
     '',
@@ -252,10 +270,13 @@ def results_markdown(experiment: spec_lib.Experiment, results: list[CellResult])
     d = _DECIMALS.get(metric, 3) + 1
     values = ' | '.join(f'{r.final[s]:.{d}f}' if s in r.final else '' for s in experiment.splits)
     detail = r.reason if r.status in ('failed', 'diverged') else f'`{r.command}`'
+    if r.recorded:
+      detail = f'recorded: figures from the previous results.csv (no workdir here); {detail}'
     wall = _duration(r.wall_seconds) if r.wall_seconds else ''
+    epochs = '' if r.recorded else f'{r.epochs:.2f}'
     lines.append(
       f'| {r.cell.name} | {r.status} | {values} | '
-      f'{r.epochs:.2f} | {wall} | {r.revision[:12]} | {detail} |'
+      f'{epochs} | {wall} | {r.revision[:12]} | {detail} |'
     )
   lines += [
     '',
@@ -391,6 +412,48 @@ def recorded_cells(table: str) -> set[str]:
     }
 
 
+def read_recorded(
+  directory: str, root: str, experiment: spec_lib.Experiment
+) -> dict[str, CellResult]:
+  """The cells of the spec that the experiment folder's results.csv holds, as
+  results (`recorded`): their figures to the six digits the file keeps, wall
+  time and hardware; no curves, epochs or revision (the file has none). A
+  diverged cell's NaN comes back as a divergence."""
+  table = os.path.join(directory, 'results.csv')
+  if not os.path.exists(table):
+    return {}
+  with open(table, newline='') as f:
+    lines = [r for r in csv.DictReader(f) if r['seed'] != 'published' and r['value']]
+  out = {}
+  for cell in spec_lib.cells(experiment):
+    mine = [r for r in lines if r['row'] == cell.row.name and r['seed'] == str(cell.seed)]
+    if not mine:
+      continue
+    final, extra = {}, {}
+    for r in mine:
+      value = float(r['value'])
+      if r['split'] in experiment.splits and r['metric'] == experiment.metric:
+        final[r['split']] = value
+      else:
+        extra[(r['split'], r['metric'])] = value
+    diverged = any(v != v for v in final.values())  # NaN: the runner's mark of a divergence.
+    out[cell.name] = CellResult(
+      cell=cell,
+      status='diverged' if diverged else 'finished',
+      reason='recorded in results.csv as diverged' if diverged else '',
+      command=runner.shown_command(shown_root(root), experiment, cell, python='python'),
+      final={} if diverged else final,
+      extra=extra,
+      history=[],
+      epochs=float('nan'),
+      wall_seconds=float(mine[0]['wall_seconds'] or 0.0),
+      hardware=mine[0]['hardware'],
+      revision='',
+      recorded=True,
+    )
+  return out
+
+
 def finished_cells(root: str, experiment: spec_lib.Experiment) -> set[str]:
   """Names of the cells whose workdirs under `root` hold a result: a finished
   run, or a diverged one."""
@@ -435,14 +498,20 @@ def swept_only(experiment: spec_lib.Experiment) -> bool:
 
 
 def write(
-  directory: str, root: str, experiment: spec_lib.Experiment, force: bool = False
+  directory: str,
+  root: str,
+  experiment: spec_lib.Experiment,
+  force: bool = False,
+  keep_recorded: bool = False,
 ) -> list[str]:
   """Writes RESULTS.md, results.csv and the plots; returns their paths.
 
   Unless `force`, first `check_nothing_dropped` (nothing is written when it
-  raises).
+  raises). With `keep_recorded`, a cell without a result under `root` keeps
+  the figures the folder's results.csv holds for it (`read_recorded`).
   """
-  results = collect(root, experiment)
+  recorded = read_recorded(directory, root, experiment) if keep_recorded else {}
+  results = collect(root, experiment, recorded)
   if not force:
     check_nothing_dropped(
       directory, root, experiment, {r.cell.name for r in results if r.status in runner.RESULTS}
