@@ -10,6 +10,7 @@ from scipy import stats as scipy_stats
 
 from research.experiments import ablation
 from research.experiments import plots
+from research.experiments import cell_results
 from research.experiments import report
 from research.experiments import rows as rows_lib
 from research.experiments import spec as spec_lib
@@ -124,7 +125,7 @@ class GridTest(absltest.TestCase):
 
 
 def _result(row, seed, value):
-  return report.CellResult(
+  return cell_results.CellResult(
     cell=spec_lib.Cell(row, seed),
     status='finished',
     reason='',

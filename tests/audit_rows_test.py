@@ -15,6 +15,7 @@ from research.audits import run as run_lib
 from research.experiments import audit_plots
 from research.experiments import audit_rows
 from research.experiments import plots
+from research.experiments import cell_results
 from research.experiments import report
 from research.experiments import runner
 from research.experiments import spec as spec_lib
@@ -262,7 +263,7 @@ class RunnerTest(absltest.TestCase):
     slope, intercept = np.polyfit(share, mean_gap, 1)
     idle = spec_lib.Row('idle', audit='occupations', audit_from='lm')
     more = dataclasses.replace(spec, rows=(*spec.rows, idle))
-    fig, axes = audit_plots.occupation_figure(root, more, report.collect(root, more))
+    fig, axes = audit_plots.occupation_figure(root, more, cell_results.collect(root, more))
     self.assertLen(axes, 2)
     self.assertEqual(axes[1].get_title(), 'idle: not run')
     r = np.corrcoef(share, mean_gap)[0, 1]

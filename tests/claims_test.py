@@ -11,6 +11,7 @@ from absl.testing import absltest
 
 from research.experiments import claims
 from research.experiments import plots
+from research.experiments import cell_results
 from research.experiments import report
 from research.experiments import rows as rows_lib
 from research.experiments import spec as spec_lib
@@ -153,7 +154,7 @@ class ClaimsTest(absltest.TestCase):
     _write_cells(self.root)
     self.spec = _spec()
     spec_lib.check(self.spec)
-    self.results = report.collect(self.root, self.spec)
+    self.results = cell_results.collect(self.root, self.spec)
     self.outcomes = {o.label: o for o in claims.outcomes(self.spec, self.results)}
 
   def test_train_lines_are_read_up_to_where_a_cell_stopped(self):
@@ -225,7 +226,7 @@ class ClaimsTest(absltest.TestCase):
 
   def test_missing_cells_are_named_and_reduce_n(self):
     shutil.rmtree(os.path.join(self.root, 'claims', _name('a_w11', 2, 1)))
-    results = report.collect(self.root, self.spec)
+    results = cell_results.collect(self.root, self.spec)
     got = {o.label: o for o in claims.outcomes(self.spec, results)}
     # a_w11 at seed 1 lacks a value: no sensitivity there, and one peak unit fewer.
     self.assertEqual((got['sens'].paired.n, got['sens'].planned), (3, 4))
@@ -272,7 +273,7 @@ class TracesTest(absltest.TestCase):
     self.root = self.create_tempdir().full_path
     _write_cells(self.root)
     self.spec = _spec()
-    self.results = report.collect(self.root, self.spec)
+    self.results = cell_results.collect(self.root, self.spec)
 
   def test_highest_stable_and_lowest_unstable_cells(self):
     drawn = traces.panels(self.spec, self.results, _TRACES[0])

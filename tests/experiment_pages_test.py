@@ -13,6 +13,7 @@ from matplotlib import lines
 
 from research import provenance
 from research.experiments import plots
+from research.experiments import cell_results
 from research.experiments import report
 from research.experiments import spec as spec_lib
 
@@ -56,13 +57,13 @@ class PageTest(absltest.TestCase):
 
   def test_commands_name_the_root_as_given_not_the_machines_folder(self):
     for root in ('SOMEROOT', 'SOMEROOT/', os.path.join(self.tmp, 'SOMEROOT')):
-      text = report.results_markdown(self.spec, report.collect(root, self.spec))
+      text = report.results_markdown(self.spec, cell_results.collect(root, self.spec))
       for cell in ('short-s0', 'long-s0', 'unrun-s0'):
         self.assertIn(f'--workdir=SOMEROOT/tiny/{cell} ', text, root)
       self.assertNotIn(self.tmp, text, root)
 
   def test_wall_time_per_epoch_only_for_runs_of_an_epoch_or_more(self):
-    text = report.results_markdown(self.spec, report.collect('SOMEROOT', self.spec))
+    text = report.results_markdown(self.spec, cell_results.collect('SOMEROOT', self.spec))
     self.assertIn('| short | valid | 2 | 2.500 | 1 of 1 |  | 0 min 30 s | CPU: x |', text)
     self.assertIn('| long | valid | — | 2.100 | 1 of 1 | 1 min 00 s | 2 min 00 s | CPU: x |', text)
 
@@ -75,7 +76,7 @@ class PageTest(absltest.TestCase):
     shutil.rmtree(os.path.join('SOMEROOT', 'tiny', 'long-s0'))
     with self.assertRaisesRegex(ValueError, 'long-s0'):  # Dropping it is refused...
       report.write(out, 'SOMEROOT', self.spec)
-    recorded = report.read_recorded(out, 'SOMEROOT', self.spec)
+    recorded = cell_results.read_recorded(out, 'SOMEROOT', self.spec)
     self.assertEqual(list(recorded), ['short-s0', 'long-s0'])  # Every cell the csv holds.
     self.assertEqual(recorded['long-s0'].final, {'valid': 2.1})
     self.assertEqual(
@@ -94,11 +95,11 @@ class PageTest(absltest.TestCase):
     self.assertIn('| long-s0 | finished | 2.1000 |  | 2 min 00 s |  | recorded: ', text)
     # A workdir that comes back wins over the record.
     _finished_cell(os.path.join(self.tmp, 'SOMEROOT', 'tiny', 'long-s0'), 2.0, 60.0, 2.3)
-    results = report.collect('SOMEROOT', self.spec, recorded)
+    results = cell_results.collect('SOMEROOT', self.spec, recorded)
     self.assertEqual([r.final for r in results if r.cell.name == 'long-s0'], [{'valid': 2.3}])
 
   def test_every_line_drawn_is_in_the_legend(self):
-    results = report.collect('SOMEROOT', self.spec)
+    results = cell_results.collect('SOMEROOT', self.spec)
     for figure in (plots.valid_figure, plots.final_figure):
       fig, ax = figure(self.spec, results)
       fig.canvas.draw()
@@ -117,7 +118,7 @@ class PageTest(absltest.TestCase):
 
   def test_a_log_axis_is_labelled_across_its_range(self):
     plt = plots._pyplot()
-    fig, ax = plots.valid_figure(self.spec, report.collect('SOMEROOT', self.spec))
+    fig, ax = plots.valid_figure(self.spec, cell_results.collect('SOMEROOT', self.spec))
     axes = [(fig, ax, 3)]  # The validation plot's own axis, then given ranges.
     for low, high, least in ((1.8, 2.5, 3), (2.74, 2.76, 3), (0.5, 3e3, 3), (70.0, 250.0, 5)):
       fig, ax = plt.subplots()

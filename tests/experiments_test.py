@@ -12,6 +12,7 @@ import time
 from absl.testing import absltest
 
 from research import provenance
+from research.experiments import cell_results
 from research.experiments import report
 from research.experiments import runner
 from research.experiments import spec as spec_lib
@@ -261,7 +262,7 @@ class RunnerTest(absltest.TestCase):
       report.write(out, elsewhere, spec)
     with open(os.path.join(out, 'RESULTS.md')) as f:
       self.assertEqual(f.read(), markdown)
-    self.assertLen(report.recorded_cells(os.path.join(out, 'results.csv')), 4)
+    self.assertLen(cell_results.recorded_cells(os.path.join(out, 'results.csv')), 4)
     # Cells about to run count as kept.
     self.assertEqual(report.finished_cells(root, spec), {'a-s0', 'a-s1', 'b-s0', 'b-s1'})
     self.assertEmpty(report.finished_cells(elsewhere, spec))
@@ -272,7 +273,7 @@ class RunnerTest(absltest.TestCase):
     with open(recorded_csv) as f:
       recorded = f.read()
     report.write(out, elsewhere, spec, force=True)
-    self.assertEmpty(report.recorded_cells(recorded_csv))
+    self.assertEmpty(cell_results.recorded_cells(recorded_csv))
 
     # --dry-run prints each cell's command, and a printed command runs as is.
     listing = subprocess.run(

@@ -15,6 +15,7 @@ from absl.testing import absltest
 
 from research import provenance
 from research.experiments import plots
+from research.experiments import cell_results
 from research.experiments import report
 from research.experiments import runner
 from research.experiments import rows as rows_lib
@@ -140,7 +141,7 @@ class ReportTest(absltest.TestCase):
     self.root = self.create_tempdir().full_path
     _write_cells(self.root)
     self.spec = _spec()
-    self.results = report.collect(self.root, self.spec)
+    self.results = cell_results.collect(self.root, self.spec)
 
   def test_table_sensitivity_and_paired_difference_on_known_numbers(self):
     text = report.results_markdown(self.spec, self.results)
@@ -179,7 +180,7 @@ class ReportTest(absltest.TestCase):
       _cell(os.path.join(root, 'sweep', f'default_lr{_RATES[i]}-s0'), seed0, step0=3.2)
       # Seed 1 has no step-0 record and there is no Sweep.initial: not counted.
       _cell(os.path.join(root, 'sweep', f'default_lr{_RATES[i]}-s1'), seed1, seed1 == 'div')
-    text = report.results_markdown(spec, report.collect(root, spec))
+    text = report.results_markdown(spec, cell_results.collect(root, spec))
     # Seed 0 counts 3.5 at its step-0 loss 3.2: 3.0, 2.0, 3.2 -> mean 2.7333 - 2.0.
     self.assertIn(
       f'| default | 3.000 | 2.000 | 3.200 † | 1e-2 | {8.2 / 3 - 2.0:.4f} | 1 of 2 |', text
@@ -223,7 +224,7 @@ class SweepPanelsTest(absltest.TestCase):
     sweep = dataclasses.replace(base.sweep, panels=(('first', ('default',)), ('second', ('qk',))))
     spec = dataclasses.replace(base, sweep=sweep)
     spec_lib.check(spec)
-    fig, axes = plots.sweep_figure(spec, report.collect(root, spec))
+    fig, axes = plots.sweep_figure(spec, cell_results.collect(root, spec))
     fig.canvas.draw()
     self.assertLen(axes, 2)
     self.assertEqual([ax.get_title() for ax in axes], ['first', 'second'])

@@ -13,6 +13,7 @@ from absl.testing import absltest
 from research import provenance
 from research.experiments import claims
 from research.experiments import curves
+from research.experiments import cell_results
 from research.experiments import report
 from research.experiments import runner
 from research.experiments import rows as rows_lib
@@ -151,7 +152,7 @@ class ChoiceTest(absltest.TestCase):
       _cell(os.path.join(root, 'opt', f'{group}_lr{_RATES[i]}-s0'), [(0, 4.0), (9, loss)])
     choice = runner.tuned(root, experiment, experiment.rows[-1])
     self.assertEqual(choice.overrides, {'optim.learning_rate': 1e-3, 'optim.weight_decay': 0.1})
-    results = report.collect(root, experiment)
+    results = cell_results.collect(root, experiment)
     text = report.results_markdown(experiment, results)
     self.assertIn('## Tuning', text)
     self.assertIn(
@@ -192,7 +193,7 @@ class SpeedupTest(absltest.TestCase):
     for seed in (1, 2):
       _cell(os.path.join(root, 'opt', f'adamw-s{seed}'), base[seed], speed=1000.0)
       _cell(os.path.join(root, 'opt', f'muon-s{seed}'), muon[seed], speed=800.0)
-    results = report.collect(root, experiment)
+    results = cell_results.collect(root, experiment)
     [(row, pairs, planned)] = speedup.comparisons(experiment, results)
     self.assertEqual((row.name, planned), ('muon', 2))
     self.assertAlmostEqual(pairs[1].ratio, 40 / 20)

@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 
 from research import cli
+from research.experiments import cell_results
 from research.experiments import report
 from research.experiments import runner
 from research.experiments import slurm
@@ -134,7 +135,7 @@ def _main(argv):
   if _DRY_RUN.value or _EMIT_SLURM.value:
     return 0
   recorded = (
-    set(report.read_recorded(directory, root, experiment)) if _KEEP_RECORDED.value else set()
+    set(cell_results.read_recorded(directory, root, experiment)) if _KEEP_RECORDED.value else set()
   )
   if argv[1] == 'report' and not report.finished_cells(root, experiment) | recorded:
     raise ValueError(

@@ -189,7 +189,7 @@ def verdict(paired: stats.Paired | None, direction: str, margin: float = 0.0) ->
 
 
 def outcomes(experiment: spec_lib.Experiment, results: list) -> list[Outcome]:
-  """Each of the spec's claims tested on `results` (report.CellResult)."""
+  """Each of the spec's claims tested on `results` (cell_results.CellResult)."""
   swept = experiment.sweep is not None
   found = {g.name: g for g in sweep_lib.groups(experiment, results)} if swept else {}
   by_point = sweep_lib.by_point(experiment, results) if swept else {}

@@ -26,7 +26,7 @@ def _with_curves(row: spec_lib.Row, results: list) -> list:
 
 def bands(row: spec_lib.Row, results: list) -> list[tuple]:
   """[(step, mean, 95% half-width or None)] of `row`'s finished cells' first
-  split curves (report.CellResult.curve), at the steps every one of them has."""
+  split curves (cell_results.CellResult.curve), at the steps every one of them has."""
   curves = [dict(r.curve) for r in _with_curves(row, results)]
   if not curves:
     return []

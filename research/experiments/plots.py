@@ -186,7 +186,7 @@ def final_figure(experiment: spec_lib.Experiment, results: list):
 
 def write_plots(directory: str, experiment: spec_lib.Experiment, results: list) -> list[str]:
   """Writes valid_per_epoch.png and final.png from `results`
-  (report.CellResult); returns their paths. Where some results are recorded
+  (cell_results.CellResult); returns their paths. Where some results are recorded
   (no curves) and valid_per_epoch.png exists, it is left as it was drawn."""
   plt = _pyplot()
   curve = os.path.join(directory, 'valid_per_epoch.png')

@@ -53,7 +53,7 @@ def _speed(result) -> float | None:
 
 
 def per_seed(row_result, base_result) -> Seed | None:
-  """The pair's figures (`report.CellResult`s of one seed); None where either
+  """The pair's figures (`cell_results.CellResult`s of one seed); None where either
   lacks an evaluated curve or a final figure."""
   if not row_result.curve or not base_result.curve:
     return None

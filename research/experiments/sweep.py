@@ -67,7 +67,7 @@ def rate_label(value: float) -> str:
 
 def groups(experiment: spec_lib.Experiment, results: list) -> list[Group]:
   """Each sweep group's points and per-seed sensitivities from `results`
-  (report.CellResult), in the order of the spec's groups."""
+  (cell_results.CellResult), in the order of the spec's groups."""
   sweep, split = experiment.sweep, experiment.splits[0]
   out = []
   for name, rows in sweep.groups(experiment.rows).items():

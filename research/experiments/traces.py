@@ -47,7 +47,7 @@ class Panel:
 
 def panels(experiment: spec_lib.Experiment, results: list, trace: spec_lib.Trace) -> list[Panel]:
   """The cells `trace` draws, a panel per traced group, from `results`
-  (report.CellResult)."""
+  (cell_results.CellResult)."""
   found = {g.name: g for g in sweep_lib.groups(experiment, results)}
   out = []
   for i, name in enumerate(trace.groups):

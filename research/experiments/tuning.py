@@ -100,7 +100,7 @@ def choose(
 
 
 def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
-  """The 'Tuning' section: each tuned row's chosen setting (`report.CellResult`s)."""
+  """The 'Tuning' section: each tuned row's chosen setting (`cell_results.CellResult`s)."""
   tuned = [r for r in experiment.rows if r.tuned_from]
   if not tuned:
     return []
