@@ -15,6 +15,11 @@ supplies.
                      against re-reading the window for every token (random
                      parameters: the cost does not depend on them), and the
                      bytes of the decoding cache of that one sample.
+  --profile          also run 10 steps under jax.profiler and print where the
+                     time goes: each executed XLA instruction's time by kind
+                     (matmuls, attention, norms, embedding gradient, loss,
+                     optimizer update, layout copies, the LSTM's scan) and
+                     the ten costliest (research/profile.py).
   --json=PATH        also write the figures as JSON.
   --record=FILE      append them to FILE (JSON lines; default none), then
   --table=MD         rebuild the markdown table MD from FILE's latest run per
@@ -23,6 +28,11 @@ supplies.
                      `GENERATED_END`) is rewritten; text outside them is kept
                      byte for byte. A file without the markers is replaced
                      by a title and the generated part.
+  --suite=accelerator  instead of one config, the accelerator check
+                     (research/bench_suite.py; no --config): devices, bf16 and
+                     dot_product against float32, four timings, --json and
+                     --markdown=PATH (default: printed); tiny sizes on CPU or
+                     with --tiny; --shakespeare_path, --ptb_path: the corpora.
 """
 
 import datetime
@@ -39,12 +49,14 @@ import numpy as np
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
+from research import bench_suite
 from research import cli
 from research import components
 from research import distill
 from research import faults
 from research import flops
 from research import host
+from research import profile
 from research import provenance
 from research import sampling
 from research import sharding
@@ -59,10 +71,17 @@ _DP = flags.DEFINE_bool(
 _GENERATE = flags.DEFINE_bool(
   'generate', False, 'Time sampling (cache against recomputing) instead of training.'
 )
+_PROFILE = flags.DEFINE_bool(
+  'profile', False, 'Also trace steps and print where the time goes (research/profile.py).'
+)
 _JSON = flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
 _RECORD = flags.DEFINE_string('record', None, 'Append the figures to this JSON-lines file.')
 _TABLE = flags.DEFINE_string('table', None, 'Rebuild this markdown table from --record.')
-flags.mark_flags_as_required(['config'])
+_SUITE = flags.DEFINE_enum('suite', None, list(bench_suite.SUITES), 'Run the accelerator check.')
+_TINY = flags.DEFINE_bool('tiny', False, '--suite at tiny sizes (always on CPU).')
+_MARKDOWN = flags.DEFINE_string('markdown', None, '--suite: write its table here (default: print).')
+_SHAKESPEARE = flags.DEFINE_string('shakespeare_path', '', "--suite: input.txt ('' = download).")
+_PTB_PATH = flags.DEFINE_string('ptb_path', '', "--suite: Mikolov's PTB folder ('' = package).")
 
 
 def _peak_memory_bytes(device) -> tuple[int, str]:
@@ -101,11 +120,20 @@ def private(config):
   return config
 
 
-def run(config, steps: int, warmup: int, config_name: str = '', allocator: str = 'not set') -> dict:
+def run(
+  config,
+  steps: int,
+  warmup: int,
+  config_name: str = '',
+  allocator: str = 'not set',
+  profile_steps: int = 0,
+) -> dict:
   """Benchmarks the train step of `config`; returns the figures.
 
   `allocator` is what research.host.tune_allocator() reported; host page
-  faults per step are counted because they showed where CPU time went. A
+  faults per step are counted because they showed where CPU time went. With
+  `profile_steps`, that many more steps run under the profiler and
+  'profile' holds research.profile.breakdown's figures. A
   DP-SGD step's tokens are its expected rows' (data.batch_size); it computes
   the sampled rows of a batch padded to `train_rows`.
   """
@@ -135,6 +163,16 @@ def run(config, steps: int, warmup: int, config_name: str = '', allocator: str =
     jax.block_until_ready((state, m))
     times.append(time.perf_counter() - t0)
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+  breakdown = None
+  if profile_steps:
+    box = [state]
+
+    def once():
+      box[0], m = step_fn(box[0], batches[0], key)
+      jax.block_until_ready((box[0], m))
+
+    breakdown = profile.breakdown(once, compiled.as_text(), profile_steps)
+    state = box[0]
   del compiled
 
   tokens = config.data.batch_size * config.data.seq_len
@@ -169,6 +207,7 @@ def run(config, steps: int, warmup: int, config_name: str = '', allocator: str =
     'host_allocator': allocator,
     'data_tokens_per_s': data_tokens_per_s(parts, config),
     **stats,
+    **({'profile': breakdown} if breakdown else {}),
   }
 
 
@@ -369,11 +408,32 @@ def write_table(records_path: str, table_path: str) -> None:
   os.replace(tmp, table_path)
 
 
+def suite(settings, data, json_path: str | None, markdown_path: str | None, allocator='') -> int:
+  """`--suite=accelerator` with this module's timers; returns the exit status
+  (bad data paths: one `error:` line, exit 2)."""
+  train_timer = lambda *args: run(*args, allocator=allocator or 'not set')  # noqa: E731
+  try:
+    report = bench_suite.run(settings, data, bench_suite.Timers(train_timer, generation))
+  except (faults.RunError, ValueError, FileNotFoundError) as e:
+    cli.fail(str(e))
+  bench_suite.write(report, json_path, markdown_path)
+  return bench_suite.status(report)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   tfds.disable_progress_bar()
   allocator = host.tune_allocator()
+  if _SUITE.value:
+    if _CONFIG.value is not None:
+      cli.fail('--suite runs its own configs: drop --config.')
+    tiny = _TINY.value or jax.devices()[0].platform == 'cpu'
+    data = bench_suite.Data(shakespeare=_SHAKESPEARE.value, ptb=_PTB_PATH.value)
+    settings = bench_suite.TINY if tiny else bench_suite.ACCELERATOR
+    return suite(settings, data, _JSON.value, _MARKDOWN.value, allocator)
+  if _CONFIG.value is None:
+    cli.fail(cli.required_message('--config') + ' Or --suite=accelerator, the accelerator check.')
   name = next((a.split('=', 1)[1] for a in os.sys.argv if a.startswith('--config=')), '')
   overrides = [
     a
@@ -401,12 +461,16 @@ def main(argv):
   runs = []
   for config, config_name in configs:
     try:
-      figures = run(config, _STEPS.value, _WARMUP.value, config_name, allocator)
+      figures = run(
+        config, _STEPS.value, _WARMUP.value, config_name, allocator, 10 if _PROFILE.value else 0
+      )
     except (faults.RunError, ValueError, FileNotFoundError) as e:
       cli.fail(str(e))  # Bad config or data: one line, as research.main.
     if runs:
       figures['dp_step_ratio'] = figures['step_time_median_s'] / runs[0]['step_time_median_s']
     _print(figures)
+    if 'profile' in figures:
+      print(profile.markdown(figures['profile']), flush=True)
     runs.append(figures)
   if _DP.value:
     print(

@@ -45,7 +45,10 @@ class BenchTest(absltest.TestCase):
   def test_figures_and_table(self):
     tmp = self.create_tempdir().full_path
     config = test_util.tiny_config(tmp)
-    figures = bench.run(config, steps=3, warmup=1, config_name='tiny')
+    figures = bench.run(config, steps=3, warmup=1, config_name='tiny', profile_steps=2)
+    # The profiled steps' instructions are attributed, the LSTM's matmuls among them.
+    self.assertGreater(figures['profile']['kinds']['matmul'], 0)
+    self.assertGreater(figures['profile']['in_loops_s'], 0)  # tiny_config is the LSTM.
     for key in (
       'compile_s',
       'step_time_median_s',
