@@ -19,7 +19,8 @@ supplies.
                      time goes: each executed XLA instruction's time by kind
                      (matmuls, attention, norms, embedding gradient, loss,
                      optimizer update, layout copies, the LSTM's scan) and
-                     the ten costliest (research/profile.py).
+                     the ten costliest (research/profile.py); glibc's allocator
+                     left alone (the tuned one and the profiler slow each other).
   --json=PATH        also write the figures as JSON.
   --record=FILE      append them to FILE (JSON lines; default none), then
   --table=MD         rebuild the markdown table MD from FILE's latest run per
@@ -491,5 +492,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  if '--profile' in os.sys.argv:
+    # Traced under the huge-page allocator, LayerNorm's broadcasts took 6.7 ms, not 0.2 (AMD EPYC).
+    os.environ['RESEARCH_KEEP_MALLOC'] = '1'
   host.reexec_with_huge_pages()
   app.run(main, flags_parser=cli.flags_parser('config'))

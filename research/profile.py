@@ -28,9 +28,9 @@ import json
 import os
 import re
 import tempfile
-import time
 
 import jax
+import numpy as np
 
 # Kinds, in the order the table lists them.
 KINDS = (
@@ -197,57 +197,79 @@ def _runtime_events(trace: dict, instructions: dict) -> list:
   return [e for e in events if e['tid'] in threads and not e['name'].startswith('end: ')]
 
 
+_CALL = 'research.profile call'  # The annotation around each traced call.
+
+
+def _one_call(events: list, instructions: dict, opcodes: dict, loops: set) -> dict:
+  """Seconds of each kind, waits, inside loops, busy, and per instruction, in
+  one call's runtime events."""
+  times = exclusive_times(events)
+  figures = dict.fromkeys(KINDS, 0.0) | {'waits': 0.0, 'in_loops': 0.0}
+  for name, us in times.items():
+    if name not in instructions and any(w in name for w in _WAITS):
+      figures['waits'] += us / 1e6
+    elif name in instructions or name.startswith('ThunkExecutor'):
+      figures[kind(instructions.get(name), opcodes)] += us / 1e6
+    if name in instructions and instructions[name].computation in loops:
+      figures['in_loops'] += us / 1e6
+  figures['busy'] = busy_time([e for e in events if e['name'] in instructions]) / 1e6
+  figures['instructions'] = {n: us / 1e6 for n, us in times.items() if n in instructions}
+  return figures
+
+
 def breakdown(run_once, hlo_text: str, calls: int = 5) -> dict:
-  """Times `calls` calls of `run_once()` (one step, blocking until its results
+  """Traces `calls` calls of `run_once()` (one step, blocking until its results
   are ready; it threads its own state) under the profiler, after one untraced
   call, and attributes the executed instructions of the compiled module whose
-  text is `hlo_text` to KINDS.
+  text is `hlo_text` to KINDS. Every figure is the median over the calls (one
+  call disturbed by the profiler's own work does not move it).
 
   Returns {'wall_s', 'busy_s', 'host_share', 'kinds': {kind: seconds per
   call, summed over threads}, 'waits_s' (the runtime's events that wait for
   other threads, not counted as work), 'in_loops_s' (the instructions run
-  inside while loops, the LSTM's scan), 'top': [(instruction, kind, op_name, seconds
-  per call)] of the ten costliest}.
+  inside while loops, the LSTM's scan), 'top': [(instruction, kind, op_name,
+  seconds per call)] of the ten costliest, 'calls'}.
   """
   instructions, opcodes = parse_hlo(hlo_text)
+  loops = loop_computations(instructions)
   run_once()
   with tempfile.TemporaryDirectory() as log_dir:
     with jax.profiler.trace(log_dir, create_perfetto_trace=True):
-      start = time.perf_counter()
-      for _ in range(calls):
-        run_once()
-      wall = (time.perf_counter() - start) / calls
+      for i in range(calls):
+        with jax.profiler.TraceAnnotation(f'{_CALL} {i}'):
+          run_once()
     (path,) = glob.glob(os.path.join(log_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
     with gzip.open(path) as f:
       trace = json.load(f)
-  events = _runtime_events(trace, instructions)
-  times = exclusive_times(events)
-  kinds, waits = dict.fromkeys(KINDS, 0.0), 0.0
-  for name, us in times.items():
-    if name not in instructions and any(w in name for w in _WAITS):
-      waits += us / 1e6 / calls
-    elif name in instructions or name.startswith('ThunkExecutor'):
-      kinds[kind(instructions.get(name), opcodes)] += us / 1e6 / calls
-  loops = loop_computations(instructions)
-  in_loops = sum(
-    us for n, us in times.items() if n in instructions and instructions[n].computation in loops
+  windows = sorted(
+    (e['ts'], e['ts'] + e['dur'])
+    for e in trace['traceEvents']
+    if e.get('ph') == 'X' and e.get('name', '').startswith(_CALL)
   )
-  busy = busy_time([e for e in events if e['name'] in instructions]) / 1e6 / calls
+  events = _runtime_events(trace, instructions)
+  per_call = [
+    _one_call([e for e in events if start <= e['ts'] < end], instructions, opcodes, loops)
+    for start, end in windows
+  ]
+  median = lambda key: float(np.median([c[key] for c in per_call]))  # noqa: E731
+  wall = float(np.median([(end - start) / 1e6 for start, end in windows]))
+  names = {n for c in per_call for n in c['instructions']}
   top = sorted(
     (
-      (n, kind(instructions[n], opcodes), instructions[n].op_name, us / 1e6 / calls)
-      for n, us in times.items()
-      if n in instructions
+      (n, kind(instructions[n], opcodes), instructions[n].op_name)
+      + (float(np.median([c['instructions'].get(n, 0.0) for c in per_call])),)
+      for n in names
     ),
     key=lambda t: -t[3],
   )[:10]
   return {
+    'calls': len(windows),
     'wall_s': wall,
-    'busy_s': busy,
-    'host_share': max(0.0, 1 - busy / wall),
-    'kinds': kinds,
-    'waits_s': waits,
-    'in_loops_s': in_loops / 1e6 / calls,
+    'busy_s': median('busy'),
+    'host_share': max(0.0, 1 - median('busy') / wall),
+    'kinds': {k: median(k) for k in KINDS},
+    'waits_s': median('waits'),
+    'in_loops_s': median('in_loops'),
     'top': top,
   }
 
@@ -256,7 +278,8 @@ def markdown(result: dict) -> str:
   """The breakdown as a markdown table (kind, ms per step, share)."""
   total = sum(result['kinds'].values())
   lines = [
-    f'Step under the profiler: {1e3 * result["wall_s"]:.1f} ms wall, instructions running '
+    f'Medians over {result["calls"]} traced steps. A step under the profiler: '
+    f'{1e3 * result["wall_s"]:.1f} ms wall, instructions running '
     f'{1e3 * result["busy_s"]:.1f} ms of it (host, dispatch and idle: '
     f'{100 * result["host_share"]:.0f}%); work {1e3 * total:.1f} ms of CPU time over all '
     f'threads, besides {1e3 * result["waits_s"]:.1f} ms of the runtime waiting for threads.',

@@ -117,6 +117,7 @@ class TraceTest(absltest.TestCase):
     self.assertGreater(kinds['matmul'], 0)
     self.assertGreater(result['in_loops_s'], 0)
     self.assertLessEqual(result['in_loops_s'], sum(kinds.values()))
+    self.assertEqual(result['calls'], 3)  # Each traced call found by its annotation.
     self.assertGreater(result['wall_s'], 0)
     self.assertBetween(result['host_share'], 0.0, 1.0)
     self.assertTrue(result['top'])
