@@ -41,6 +41,8 @@ KINDS = (
   'embedding gradient',
   'loss (log-softmax, target gather)',
   'optimizer update and clipping',
+  'DP-SGD per-row clipping and sums',
+  'DP-SGD noise',
   'layout copies and transposes',
   'other elementwise (activations, residuals, gates, dropout)',
   'thunk executor (scheduling)',
@@ -149,6 +151,9 @@ def kind(instruction: Instruction | None, opcodes: dict) -> str:
     return 'attention softmax and masks'
   if in_model and re.search(r'/(ln_\w+|\w*norm\w*)/', scope):
     return 'norms'
+  if not in_model and '/dp_sgd/' in scope:  # research/privacy/dp_sgd.py's named scope.
+    random = any(r in scope for r in ('_normal', 'random_bits', 'threefry', 'erf_inv'))
+    return 'DP-SGD noise' if random else 'DP-SGD per-row clipping and sums'
   if not in_model and ('jvp()' in scope or 'take_along_axis' in scope):
     return 'loss (log-softmax, target gather)'
   if _only_moves(instruction, opcodes):

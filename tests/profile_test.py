@@ -42,6 +42,8 @@ ENTRY %main.6 (p: f32[7,11]) -> f32[7,13] {
   %adam = f32[7,13]{1,0} sqrt(%head), metadata={op_name="jit(train_step)/sqrt"}
   %moved = f32[13,7]{0,1} fusion(%head), kind=kLoop, calls=%fused_move
   %gelu = f32[7,13]{1,0} multiply(%head, %head), metadata={op_name="jit(train_step)/jvp(Transformer)/block_0/mlp/erf"}
+  %clip_sum = f32[7,13]{1,0} add(%head, %head), metadata={op_name="jit(train_step)/dp_sgd/while/body/closed_call/cond/branch_1_fun/add"}
+  %noise = f32[7,13]{1,0} erf-inv(%head), metadata={op_name="jit(train_step)/dp_sgd/jit(_normal)/jit(_normal_real)/erf_inv"}
   ROOT %while.7 = (s32[], f32[7,13]) while(%head), condition=%cond.4, body=%body.3, metadata={op_name="jit(train_step)/jvp(LSTMLanguageModel)/lstm_0/while"}
 }
 """
@@ -76,6 +78,8 @@ class AttributionTest(absltest.TestCase):
       'adam': 'optimizer update and clipping',
       'moved': 'layout copies and transposes',
       'gelu': 'other elementwise (activations, residuals, gates, dropout)',
+      'clip_sum': 'DP-SGD per-row clipping and sums',
+      'noise': 'DP-SGD noise',
     }
     got = {n: profile.kind(self.instructions[n], self.opcodes) for n in expected}
     self.assertEqual(got, expected)
