@@ -330,6 +330,23 @@ class RunnerTest(absltest.TestCase):
     self.assertEqual(refused.returncode, 2, refused.stderr[-2000:])
     self.assertIn('results of a-s1, b-s0, b-s1, which', refused.stderr)
     self.assertFalse(os.path.exists(elsewhere))
+    # With --keep_recorded the page is rewritten from the recorded figures instead.
+    subprocess.run(
+      [
+        sys.executable,
+        '-m',
+        'research.experiments',
+        'report',
+        spec_dir,
+        f'--root={elsewhere}',
+        '--keep_recorded',
+      ],
+      capture_output=True,
+      check=True,
+    )
+    self.assertLen(cell_results.recorded_cells(os.path.join(spec_dir, 'results.csv')), 4)
+    with open(os.path.join(spec_dir, 'RESULTS.md')) as f:
+      self.assertIn('(`--keep_recorded`): a-s0, a-s1, b-s0, b-s1.', f.read())
 
 
 if __name__ == '__main__':
