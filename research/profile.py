@@ -110,17 +110,9 @@ def _contains(instruction: Instruction, opcodes: dict, wanted: tuple) -> bool:
   """Whether the instruction is, or fuses, one of the `wanted` opcodes."""
   if instruction.opcode in wanted:
     return True
-  if instruction.opcode != 'fusion':
-    return False
-  seen, stack = set(), list(instruction.calls)
-  while stack:
-    name = stack.pop()
-    if name in seen:
-      continue
-    seen.add(name)
-    if opcodes.get(name, set()) & set(wanted):
-      return True
-  return False
+  return instruction.opcode == 'fusion' and any(
+    opcodes.get(name, set()) & set(wanted) for name in instruction.calls
+  )
 
 
 _MOVES = {'parameter', 'copy', 'transpose', 'bitcast', 'reshape', 'slice', 'concatenate'}
