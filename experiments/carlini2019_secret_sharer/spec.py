@@ -13,6 +13,7 @@ the learning rate 1 and again at 8.
 from research.experiments.spec import Experiment, Row, Table
 
 REPETITIONS = (1, 4, 16, 64)  # configs/common.py audit.repetitions
+MEMBERSHIP_AUDITED = ('non_private', 'dp_eps8_lr8', 'dp_eps2_lr8')  # The rows that learned.
 
 SPEC = Experiment(
   name='carlini2019_secret_sharer',
@@ -115,6 +116,24 @@ SPEC = Experiment(
       "the candidates' log-perplexities; shown beside the exact rank as a check of it.",
     ),
     Table(
+      'Membership inference on the same models (loss threshold)',
+      'membership',
+      ('auc', 'tpr_at_fpr.0.01', 'tpr_at_fpr.0.001', 'mean_loss_member', 'mean_loss_nonmember'),
+      (
+        'ROC AUC (0.5 = chance)',
+        'TPR at 1% FPR',
+        'TPR at 0.1% FPR',
+        'loss, members (nats/token)',
+        'loss, held out',
+      ),
+      note="Row X_membership audits row X's model at each seed: Yeom et al. 2018's attack "
+      '(a lower loss guesses "member") between 1,000 training sequences of 21 tokens (the '
+      "sequences DP-SGD samples; canaries' lines among them at their frequency) and 1,000 "
+      'of the validation split, each scored from a zero state; TPR at low FPR as Carlini et '
+      'al. 2022 ask. Published direction: DP-SGD brings the AUC toward 0.5 '
+      '(docs/audit.md#membership).',
+    ),
+    Table(
       'Privacy spent (DP rows)',
       'epsilon',
       ('train',),
@@ -140,5 +159,8 @@ SPEC = Experiment(
       {'privacy.target_epsilon': 2.0, 'optim.learning_rate': 8.0},
       baseline='dp_eps2',
     ),
+  )
+  + tuple(
+    Row(f'{name}_membership', audit='membership', audit_from=name) for name in MEMBERSHIP_AUDITED
   ),
 )
