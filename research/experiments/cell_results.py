@@ -4,6 +4,7 @@ or, for a cell whose workdir is elsewhere, from the experiment folder's
 results.csv (`read_recorded`), which report.write wrote.
 """
 
+import collections
 import csv
 import dataclasses
 import os
@@ -117,16 +118,18 @@ def collect(
   return out
 
 
+def _recorded_lines(table: str) -> list[dict]:
+  """The lines of an existing results.csv that hold a cell's figure (not a
+  published value); [] without the file."""
+  if not os.path.exists(table):
+    return []
+  with open(table, newline='') as f:
+    return [r for r in csv.DictReader(f) if r['seed'] != 'published' and r['value']]
+
+
 def recorded_cells(table: str) -> set[str]:
   """Cells (ROW-sSEED) with a value in an existing results.csv."""
-  if not os.path.exists(table):
-    return set()
-  with open(table, newline='') as f:
-    return {
-      f'{r["row"]}-s{r["seed"]}'
-      for r in csv.DictReader(f)
-      if r['seed'] != 'published' and r['value']
-    }
+  return {f'{r["row"]}-s{r["seed"]}' for r in _recorded_lines(table)}
 
 
 def read_recorded(
@@ -136,14 +139,12 @@ def read_recorded(
   results (`recorded`): their figures to the six digits the file keeps, wall
   time and hardware; no curves, epochs or revision (the file has none). A
   diverged cell's NaN comes back as a divergence."""
-  table = os.path.join(directory, 'results.csv')
-  if not os.path.exists(table):
-    return {}
-  with open(table, newline='') as f:
-    lines = [r for r in csv.DictReader(f) if r['seed'] != 'published' and r['value']]
+  by_cell = collections.defaultdict(list)
+  for r in _recorded_lines(os.path.join(directory, 'results.csv')):
+    by_cell[f'{r["row"]}-s{r["seed"]}'].append(r)
   out = {}
   for cell in spec_lib.cells(experiment):
-    mine = [r for r in lines if r['row'] == cell.row.name and r['seed'] == str(cell.seed)]
+    mine = by_cell.get(cell.name)
     if not mine:
       continue
     final, extra = {}, {}

@@ -3,9 +3,10 @@
 Everything here is read from the cells' workdirs (metrics.jsonl, runs.jsonl,
 cell.json, through cell_results.py), never typed in, or with `keep_recorded`
 from the figures a previous results.csv holds for cells whose workdirs are
-elsewhere: `write` regenerates the three outputs from whatever cells exist, listing cells not run with the command that runs them
-and failed and diverged cells with their reason; a spec's sweep groups get
-their section (sweep.py) and plot.
+elsewhere: `write` regenerates the three outputs from whatever cells exist,
+listing cells not run with the command that runs them and failed and
+diverged cells with their reason; a spec's sweep groups get their section
+(sweep.py) and plot.
 """
 
 import csv
