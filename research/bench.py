@@ -36,7 +36,6 @@ supplies.
                      with --tiny; --shakespeare_path, --ptb_path: the corpora.
 """
 
-import datetime
 import json
 import os
 import resource
@@ -189,7 +188,7 @@ def run(
     'device': provenance.hardware(),
     'device_kind': device.device_kind,
     'commit': provenance.revision(),
-    'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+    'date': provenance.utc_date(),
     'batch': f'{config.data.batch_size}x{config.data.seq_len}'
     + (f' (DP: expected rows, padded to {parts.train_rows})' if parts.privacy else ''),
     'steps_timed': steps,
@@ -248,7 +247,7 @@ def generation(config, config_name: str = '', repeats: int = 3) -> dict:
     'config': config_name,
     'device': provenance.hardware(),
     'commit': provenance.revision(),
-    'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+    'date': provenance.utc_date(),
     'context': context,
     'new_tokens': new,
     'cache_bytes': sum(

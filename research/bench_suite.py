@@ -36,7 +36,6 @@ two timers (`bench.run`, `bench.generation`) come in as `Timers` rather than
 by an import, which would be a cycle.
 """
 
-import datetime
 import json
 import os
 import tempfile
@@ -303,7 +302,7 @@ def run(settings: Settings, data: Data, timers: Timers) -> dict:
     'suite': 'accelerator',
     'mode': 'tiny' if settings.tiny else 'accelerator',
     'commit': provenance.revision(),
-    'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+    'date': provenance.utc_date(),
     'elapsed_s': {},
     'budget_s': {**settings.part_budgets_s, 'total': settings.total_budget_s},
   }

@@ -59,6 +59,11 @@ def hardware() -> str:
   return f'{len(devices)} x {devices[0].device_kind}'
 
 
+def utc_date() -> str:
+  """Now, as a benchmark record dates itself: '2026-12-06 18:40 UTC'."""
+  return time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+
+
 def record_start(workdir: str, started: float | None = None) -> None:
   """Appends this process's `start` line to the workdir's runs.jsonl, at
   `started` (a time.time() taken earlier; None: now)."""
