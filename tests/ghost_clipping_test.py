@@ -105,6 +105,54 @@ class DpSgdTest(parameterized.TestCase):
         self.assertEqual(float(ghost_aux.clipped_fraction), clipped)
         self.assertEqual(float(ghost_aux.loss_sum), float(plain_aux.loss_sum))
 
+  def test_row_buckets(self):
+    # PTB's small LSTM: 20 rows expected, padded to 56, groups of 4.
+    self.assertEqual(dp_sgd.row_buckets(56, 20.0, 4), (12, 16, 20, 24, 28, 32, 56))
+    self.assertEqual(dp_sgd.row_buckets(6, 4.0, 2), (2, 4, 6))
+    # At most 7 below the padded rows, spaced wider when the spread is wide.
+    self.assertEqual(
+      dp_sgd.row_buckets(2000, 1000.0, 4), (940, 964, 988, 1012, 1036, 1060, 1084, 2000)
+    )
+
+  def test_every_bucket_gives_the_per_row_clipped_sum(self):
+    # The LSTM's layers are all ghost-clipped, so it takes the first S rows in one pass, S
+    # picked from (2, 4, 6) by the last sampled row; the reference forms each row's gradient.
+    model = models_test.get_model('lstm', dropout_rate=0.3)
+    params = models_test.get_params('lstm', dropout_rate=0.3)
+    objective = losses.make_objective(model, 'token_mean')
+    t = models_test.T
+
+    def step(layers):
+      def clipped(params, batch):
+        fn = dp_sgd.private(
+          l2_clip_norm=0.3,
+          noise_multiplier=0.0,
+          denominator=4.0 * t,
+          row_scale=float(t),
+          microbatch_size=2,
+          ghost_layers=layers,
+        )
+        return fn(objective.loss_fn, params, batch, jax.random.key(5))
+
+      return jax.jit(clipped)
+
+    plain_step, bucket_step = step(()), step(model.ghost_layers)
+    base = privacy_test.dp_batch(model)
+    for sampled in ((1, 0, 0, 0, 0, 0), (1, 1, 1, 0, 0, 0), (1, 1, 0, 1, 1, 0), (1,) * 6):
+      weights = jnp.repeat(jnp.asarray(sampled, jnp.float32)[:, None], t, axis=1)
+      batch = base._replace(rows={**base.rows, 'weights': weights})
+      (plain, plain_aux), (bucketed, bucket_aux) = (
+        plain_step(params, batch),
+        bucket_step(params, batch),
+      )
+      with self.subTest(sampled=sampled):
+        for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(bucketed)):
+          np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+        self.assertEqual(float(bucket_aux.clipped_fraction), float(plain_aux.clipped_fraction))
+        np.testing.assert_allclose(float(bucket_aux.loss_sum), float(plain_aux.loss_sum), rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(plain_aux.carry), jax.tree.leaves(bucket_aux.carry)):
+          np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
   def test_a_layer_used_twice_is_refused(self):
     # The Transformer's tied head reads the embedding again through `attend`.
     model = models_test.get_model('transformer', tie_embeddings=True)

@@ -151,7 +151,9 @@ def time_kernels(matmul, repeats: int = 50) -> list[dict]:
       'numpy': per_call(lambda: [a_np @ w for w in ws_np]),
     }
     flops = 2 * m * k * n
-    rows.append({'shape': f'{m}x{k}x{n}', **{f'{kind}_gflops': flops / t / 1e6 for kind, t in ms.items()}})
+    rows.append(
+      {'shape': f'{m}x{k}x{n}', **{f'{kind}_gflops': flops / t / 1e6 for kind, t in ms.items()}}
+    )
   return rows
 
 
@@ -176,7 +178,9 @@ def main() -> None:
   print(f'custom call against XLA: largest relative difference {check(matmul):.1e}')
   print('\n| shape (m x k x n) | XLA GFLOP/s | custom call | numpy |\n| --- | --- | --- | --- |')
   for row in time_kernels(matmul):
-    print(f"| {row['shape']} | {row['xla_gflops']:.0f} | {row['ffi_gflops']:.0f} | {row['numpy_gflops']:.0f} |")
+    print(
+      f'| {row["shape"]} | {row["xla_gflops"]:.0f} | {row["ffi_gflops"]:.0f} | {row["numpy_gflops"]:.0f} |'
+    )
   threads = os.environ.get('OPENBLAS_NUM_THREADS', 'unset (all cores)')
   print(f'\nstep medians, ms (OPENBLAS_NUM_THREADS {threads}), {rounds} interleaved rounds:')
   for config in RECIPES:
@@ -184,8 +188,10 @@ def main() -> None:
     for _ in range(rounds):
       for arm in times:
         times[arm].append(step_time(config, arm, steps))
-    print(f"| {config} | xla {' / '.join(f'{t:.1f}' for t in times['xla'])} "
-          f"| custom call {' / '.join(f'{t:.1f}' for t in times['blas'])} |")
+    print(
+      f'| {config} | xla {" / ".join(f"{t:.1f}" for t in times["xla"])} '
+      f'| custom call {" / ".join(f"{t:.1f}" for t in times["blas"])} |'
+    )
 
 
 if __name__ == '__main__':
