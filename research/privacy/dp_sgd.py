@@ -17,12 +17,12 @@ layers' part of each row's norm and of the clipped sum comes from what they
 read and the gradient of what they wrote (research/privacy/ghost.py), not
 from per-row gradients of their parameters.
 
-When the ghost layers hold every parameter (the LSTM), no row's gradient is
-formed at all and a row costs only its activations, so the rows are not
-grouped: one vmapped pass takes the first S rows of the batch, S the
-smallest of a few static sizes (`row_buckets`, multiples of microbatch_size
-around the expected rows) that holds every sampled row, picked at run time
-by `lax.switch`. Groups of 4 rows made the vmapped matmuls small and paid
+When the ghost layers hold every parameter (the LSTM) and the run has one
+device, no row's gradient is formed at all and a row costs only its
+activations, so the rows are not grouped: one vmapped pass takes the first
+S rows of the batch, S the smallest of a few static sizes (`row_buckets`,
+multiples of microbatch_size around the expected rows) that holds every
+sampled row, picked at run time by `lax.switch`. Groups of 4 rows made the vmapped matmuls small and paid
 each group's fixed work (the head's concatenated kernel, the sums' adds)
 again: on PTB's small LSTM a step of about 20 sampled rows took 4.7 ms a
 row in groups of 4 against 3.3 ms in one pass of 28 (2-core AMD EPYC,
@@ -181,7 +181,9 @@ def private(
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     ghosted = {name for name, _ in ghost_layers}
-    if ghost_layers and set(params) <= ghosted:  # No per-row gradient: buckets.
+    # No per-row gradient: buckets. On one device only, where a bucket's rows need
+    # not divide among the devices' shards of the batch.
+    if ghost_layers and set(params) <= ghosted and jax.device_count() == 1:
       sizes = row_buckets(rows, denominator / row_scale, microbatch_size or 1)
       sampled = jnp.max(jnp.where(jnp.any(per_row['weights'] > 0, axis=1), jnp.arange(rows) + 1, 0))
       branches = [lambda total, count=count: first_rows(count, total) for count in sizes]
