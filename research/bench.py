@@ -475,7 +475,8 @@ def main(argv):
   if _DP.value:
     print(
       f'DP-SGD step / plain step: {runs[1]["dp_step_ratio"]:.2f}x (medians; the DP step '
-      f'clips each of about {_CONFIG.value.data.batch_size} sampled rows, microbatches of '
+      f'clips each of about {_CONFIG.value.data.batch_size} sampled rows; how it groups them: '
+      "the 'DP-SGD rows' line above, else microbatches of "
       f'{_CONFIG.value.privacy.microbatch_size})',
       flush=True,
     )

@@ -185,6 +185,11 @@ def private(
     # not divide among the devices' shards of the batch.
     if ghost_layers and set(params) <= ghosted and jax.device_count() == 1:
       sizes = row_buckets(rows, denominator / row_scale, microbatch_size or 1)
+      metrics.console(  # At tracing, once per compilation.
+        'DP-SGD rows: every parameter is ghost-clipped, so each step takes its first S rows in '
+        'one pass, S the smallest of %s holding every sampled row.',
+        sizes,
+      )
       sampled = jnp.max(jnp.where(jnp.any(per_row['weights'] > 0, axis=1), jnp.arange(rows) + 1, 0))
       branches = [lambda total, count=count: first_rows(count, total) for count in sizes]
       bucket = jnp.searchsorted(jnp.asarray(sizes), sampled)
