@@ -235,7 +235,10 @@ def table_markdown(
         shown.append('—')
       else:
         mean, half, n, _ = summary
-        shown.append(f'{_fmt(mean, half, table.metric)} ({n})')
+        if half == 0 and float(mean).is_integer():  # A count all seeds agree on: 23 (3).
+          shown.append(f'{mean:,.0f} ({n})')
+        else:
+          shown.append(f'{_fmt(mean, half, table.metric)} ({n})')
     lines.append(f'| {row.name} | ' + ' | '.join(shown) + ' |')
   return lines + ['']
 
