@@ -22,11 +22,11 @@ device, no row's gradient is formed at all and a row costs only its
 activations, so the rows are not grouped: one vmapped pass takes the first
 S rows of the batch, S the smallest of a few static sizes (`row_buckets`,
 multiples of microbatch_size around the expected rows) that holds every
-sampled row, picked at run time by `lax.switch`. Groups of 4 rows made the vmapped matmuls small and paid
-each group's fixed work (the head's concatenated kernel, the sums' adds)
-again: on PTB's small LSTM a step of about 20 sampled rows took 4.7 ms a
-row in groups of 4 against 3.3 ms in one pass of 28 (2-core AMD EPYC,
-BENCHMARKS.md).
+sampled row, picked at run time by `lax.switch`. Groups of 4 rows made the
+vmapped matmuls small and paid each group's fixed work (the head's
+concatenated kernel, the sums' adds) again: on PTB's small LSTM a step of
+about 20 sampled rows took 4.7 ms a row in groups of 4 against 3.3 ms in
+one pass of 28 (2-core AMD EPYC, BENCHMARKS.md).
 
 Shape letters: B rows of the padded batch, K groups of M = microbatch_size,
 S the rows of a bucket.
