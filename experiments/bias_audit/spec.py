@@ -46,23 +46,23 @@ NOTES = (
   '+0.01 +- 0.45, PTB Transformer +0.05 +- 0.24, Bible bytes -0.02 +- 0.14, Shakespeare '
   'bytes +0.15 +- 0.18; single seeds from -0.18 to +0.20), while the PTB corpus itself, '
   'counted within 10 words of the 13 occupations it names with at least 5 pronouns, follows '
-  'the BLS share at r = +0.50. So at this scale the models do not carry their corpus\'s '
+  "the BLS share at r = +0.50. So at this scale the models do not carry their corpus's "
   'occupational gender association into sentence likelihoods; with three seeds a mean r '
   'beyond about 0.15 to 0.45 (the half-widths) would have been detected, a weaker one not. '
-  'Amplification is dominated by each model\'s pronoun prior, not by occupations: the '
+  "Amplification is dominated by each model's pronoun prior, not by occupations: the "
   'share of she in the she/he mass stays within a narrow band across occupations (over '
   'seeds and occupations: PTB LSTM 3 to 19 %, PTB Transformer 10 to 25 %, Bible 3 to 14 %, '
   'Shakespeare 22 to 48 %), so where the corpus windows are almost all male (PTB: engineer '
   '0 of 6, manager 3 of 47) '
   'the model looks damped (PTB LSTM -0.09 +- 0.05, Transformer -0.15 +- 0.06 over 13 '
   'occupations), and where they are less so (the Bible: nurse 7 of 17) it looks amplified '
-  '(+0.09 +- 0.05, over 4 occupations only); Shakespeare\'s -0.21 +- 0.06 rests on 2. '
+  "(+0.09 +- 0.05, over 4 occupations only); Shakespeare's -0.21 +- 0.06 rests on 2. "
   'Neither figure is evidence of debiasing or of bias growth. CrowS-Pairs: all rows sit '
   'near 50 % (PTB LSTM 50.4 +- 10.5 and Transformer 51.5 +- 4.2 of 277 writable pairs, '
-  'Bible 47.4 +- 4.8 and Shakespeare 53.1 +- 2.5 of 1,508), far below the masked LMs\' '
-  '60.5 to 67.0 %; only Shakespeare\'s interval excludes 50, by 0.6 points. At seed 0 the '
+  "Bible 47.4 +- 4.8 and Shakespeare 53.1 +- 2.5 of 1,508), far below the masked LMs' "
+  "60.5 to 67.0 %; only Shakespeare's interval excludes 50, by 0.6 points. At seed 0 the "
   'anti-stereotype pairs (218 of 1,508) score 62 to 64 % on both byte models and the '
-  'stereotype pairs 47 to 50 %: the two directions pull apart by more than any row\'s '
+  "stereotype pairs 47 to 50 %: the two directions pull apart by more than any row's "
   'overall departure from 50, which says more about the pairs (Blodgett et al. 2021) than '
   'about these models.'
 )
