@@ -157,11 +157,13 @@ def time_kernels(matmul, repeats: int = 50) -> list[dict]:
   return rows
 
 
-def step_time(config: str, arm: str, steps: int) -> float:
+def step_time(config: str, arm: str, steps: int, lib: pathlib.Path) -> float:
+  """One arm's median step in its own process; the custom call's arm loads
+  `lib`, built once by `main`."""
   with tempfile.NamedTemporaryFile(suffix='.json') as out:
     subprocess.run(
-      [sys.executable, __file__, f'--arm={arm}', f'--config={config}', f'--steps={steps}']
-      + [f'--json={out.name}'],
+      [sys.executable, __file__, f'--arm={arm}', f'--lib={lib}', f'--config={config}']
+      + [f'--steps={steps}', f'--json={out.name}'],
       check=True,
       cwd=ROOT,
       capture_output=True,
@@ -173,7 +175,11 @@ def step_time(config: str, arm: str, steps: int) -> float:
 def main() -> None:
   args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--') and '=' in a)
   rounds, steps = int(args.get('rounds', 2)), int(args.get('steps', 60))
-  lib = build(pathlib.Path(tempfile.mkdtemp()))
+  with tempfile.TemporaryDirectory() as build_dir:
+    measure(build(pathlib.Path(build_dir)), rounds, steps)
+
+
+def measure(lib: pathlib.Path, rounds: int, steps: int) -> None:
   matmul = matmul_fn(lib)
   print(f'custom call against XLA: largest relative difference {check(matmul):.1e}')
   print('\n| shape (m x k x n) | XLA GFLOP/s | custom call | numpy |\n| --- | --- | --- | --- |')
@@ -187,7 +193,7 @@ def main() -> None:
     times = {arm: [] for arm in ('xla', 'blas')}
     for _ in range(rounds):
       for arm in times:
-        times[arm].append(step_time(config, arm, steps))
+        times[arm].append(step_time(config, arm, steps, lib))
     print(
       f'| {config} | xla {" / ".join(f"{t:.1f}" for t in times["xla"])} '
       f'| custom call {" / ".join(f"{t:.1f}" for t in times["blas"])} |'
@@ -197,16 +203,16 @@ def main() -> None:
 if __name__ == '__main__':
   if any(a.startswith('--arm=') for a in sys.argv):
     # One arm's `research.bench` run, in its own process.
-    arm = next(a for a in sys.argv if a.startswith('--arm=')).split('=')[1]
-    sys.argv = [a for a in sys.argv if not a.startswith('--arm=')]
+    own = dict(a[2:].split('=', 1) for a in sys.argv if a.startswith(('--arm=', '--lib=')))
+    sys.argv = [a for a in sys.argv if not a.startswith(('--arm=', '--lib='))]
     sys.path.insert(0, str(ROOT))
     from absl import app  # pylint: disable=import-outside-toplevel
 
     from research import bench, cli, host  # pylint: disable=import-outside-toplevel
 
     host.reexec_with_huge_pages()
-    if arm == 'blas':
-      patch_layers(matmul_fn(build(pathlib.Path(tempfile.mkdtemp()))))
+    if own['arm'] == 'blas':
+      patch_layers(matmul_fn(pathlib.Path(own['lib'])))
     app.run(bench.main, flags_parser=cli.flags_parser('config'))
   else:
     main()
