@@ -3,8 +3,6 @@ that cannot be written, ...) stops with one `error:` line and status 2, and
 nothing already written is lost."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -14,23 +12,15 @@ from research import faults
 from research import train
 from tests import test_util
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _main(args, tmp):
-  out = subprocess.run(
-    [sys.executable, '-m', 'research.main'] + args,
-    cwd=_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+def _errors(out):
+  """(exit status, the `error:` lines) of a `research.main` run."""
   return out.returncode, [l for l in out.stderr.splitlines() if l.startswith('error:')]
 
 
 class BadInputTest(absltest.TestCase):
-  def _config_file(self, tmp, body):
-    path = os.path.join(tmp, 'bad_config.py')
+  def _config_file(self, tmp, name, body):
+    path = os.path.join(tmp, f'config_{name.replace(" ", "_")}.py')
     with open(path, 'w') as f:
       f.write(
         textwrap.dedent(f"""\
@@ -65,25 +55,30 @@ class BadInputTest(absltest.TestCase):
         "config.model.name='nope' must be one of the known models",
       ),
     }
-    for name, (body, message) in cases.items():
+    runs = {
+      name: [
+        f'--config={self._config_file(tmp, name, body)}',
+        f'--workdir={os.path.join(tmp, "w_" + name[:5])}',
+      ]
+      for name, (body, _) in cases.items()
+    }
+    runs['unknown variant'] = ['--config=configs/ptb_lstm.py:huge', f'--workdir={tmp}/v']
+    runs['workdir cannot be written'] = [
+      f'--config={self._config_file(tmp, "plain", "")}',
+      f'--workdir={blocker}/run',
+    ]
+    results = dict(zip(runs, test_util.run_module_cases('research.main', list(runs.values()))))
+    for name, (_, message) in cases.items():
       with self.subTest(name):
-        status, errors = _main(
-          [
-            f'--config={self._config_file(tmp, body)}',
-            f'--workdir={os.path.join(tmp, "w_" + name[:5])}',
-          ],
-          tmp,
-        )
+        status, errors = _errors(results[name])
         self.assertEqual(status, faults.EXIT_BAD_INPUT)
         self.assertLen(errors, 1)
         self.assertIn(message, errors[0])
     with self.subTest('unknown variant'):
-      status, errors = _main(['--config=configs/ptb_lstm.py:huge', f'--workdir={tmp}/v'], tmp)
+      status, errors = _errors(results['unknown variant'])
       self.assertNotEqual(status, 0)
     with self.subTest('workdir cannot be written'):
-      status, errors = _main(
-        [f'--config={self._config_file(tmp, "")}', f'--workdir={blocker}/run'], tmp
-      )
+      status, errors = _errors(results['workdir cannot be written'])
       self.assertEqual(status, faults.EXIT_BAD_INPUT)
       self.assertIn('Cannot write to the workdir', errors[0])
 

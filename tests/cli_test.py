@@ -4,7 +4,6 @@ Each case runs `python -m research.main` in a fresh process, as a user would:
 absl flags are process-global, and the point is what the user sees.
 """
 
-import concurrent.futures
 import os
 import subprocess
 
@@ -92,8 +91,7 @@ class CliTest(absltest.TestCase):
         r'grad_accum_steps=3 does not divide config\.data\.batch_size=20',
       ),
     ]
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-      results = list(pool.map(lambda case: _run_main(case[0]), cases))
+    results = test_util.run_module_cases('research.main', [args for args, _ in cases])
     for (args, pattern), result in zip(cases, results):
       with self.subTest(args=' '.join(args)):
         output = result.stdout + result.stderr
@@ -115,8 +113,8 @@ class CliTest(absltest.TestCase):
       ),
       (['run', 'experiments/zaremba2014', '--parallel=x'], r'flag --parallel=x: invalid literal'),
     ]
-    for args, pattern in cases:
-      result = _run(['research.experiments', *args])
+    results = test_util.run_module_cases('research.experiments', [args for args, _ in cases])
+    for (args, pattern), result in zip(cases, results):
       self.assertEqual(result.returncode, 2, result.stderr)
       self.assertNotIn('Traceback', result.stderr)
       self.assertRegex(result.stderr.strip(), '^error: ' + pattern)

@@ -126,6 +126,32 @@ def run_module(args: list[str], cwd: str = ROOT) -> subprocess.CompletedProcess:
   )
 
 
+def run_module_cases(
+  module: str, cases: list[list[str]], cwd: str = ROOT, parallel: int = 2
+) -> list[subprocess.CompletedProcess]:
+  """`python -m MODULE ARGS` for each ARGS of `cases`, each its own process
+  (tests/forked_cli.py: forked from one interpreter that imported the
+  libraries once), in the environment of `run_module`; results in order."""
+  env = dict(os.environ, PYTHONPATH=ROOT, RESEARCH_KEEP_MALLOC='1', JAX_PLATFORMS='cpu')
+  request = json.dumps({'module': module, 'cases': cases, 'parallel': parallel})
+  driver = subprocess.run(
+    [sys.executable, '-m', 'tests.forked_cli'],
+    cwd=cwd,
+    env=env,
+    input=request,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  if driver.returncode != 0:
+    raise RuntimeError(f'tests/forked_cli.py failed:\n{driver.stderr[-3000:]}')
+  return [
+    subprocess.CompletedProcess([sys.executable, '-m', module, *args], code, out, err)
+    for args, (code, out, err) in zip(cases, json.loads(driver.stdout.splitlines()[-1]))
+  ]
+
+
 def apply_only_model(apply, *, init=None, recurrent: bool = False):
   """A `Model` test double for code that calls only `apply` (and `init` and
   `init_carry`): the fields such a test never reaches are None or empty, so
