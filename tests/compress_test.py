@@ -7,8 +7,6 @@ import contextlib
 import io
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +21,6 @@ from research import train
 from research import workdir as workdir_lib
 from research.models import layers
 from tests import test_util
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(config, workdir):
@@ -113,13 +109,7 @@ class CompressRunTest(absltest.TestCase):
       _compress(workdir, 'w8a8')
     # --mode=eval with no --config: the compressed workdir's own config says how it was made
     # (without compress.method its checkpoint, parameters alone, would not restore).
-    result = subprocess.run(
-      [sys.executable, '-m', 'research.main', '--mode=eval', f'--workdir={out}'],
-      capture_output=True,
-      text=True,
-      cwd=_ROOT,
-      check=False,
-    )
+    result = test_util.run_module(['research.main', '--mode=eval', f'--workdir={out}'])
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
     loss = outcome['w8a8']['results']['valid']['loss']
     self.assertIn(f'valid: loss {loss:.4f},', result.stdout)

@@ -7,8 +7,6 @@ import contextlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 import re
@@ -32,8 +30,6 @@ from research import models
 from research import provenance
 from research import train
 from tests import test_util
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _log_softmax(x):
@@ -79,19 +75,13 @@ def _main(tmp, workdir, teacher, level='char'):
       'from tests import distill_test\n'
       f'def get_config():\n  return distill_test.config({tmp!r}, level={level!r})\n'
     )
-  out = subprocess.run(
+  out = test_util.run_module(
     [
-      sys.executable,
-      '-m',
       'research.main',
       f'--config={path}',
       f'--config.distill.teacher={teacher}',
       f'--workdir={workdir}',
-    ],
-    cwd=_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
+    ]
   )
   return out.returncode, [l for l in out.stderr.splitlines() if l.startswith('error:')]
 

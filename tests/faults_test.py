@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import signal
-import subprocess
 import sys
 
 import jax
@@ -25,7 +24,6 @@ from research import train
 from research import workdir as workdir_lib
 from tests import test_util
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TIMING = ('time', 'tokens_per_s', 'step_time_s', 'eta_s', 'flops_per_s', 'mfu')
 
 
@@ -101,13 +99,12 @@ def drive(directory: str, workdir: str, fault: str = '', config_fn: str = 'long_
 
 
 def _drive(directory, workdir, fault='', config_fn='long_config'):
+  """`drive` in a process of its own, which the fault may kill."""
   code = (
     f'from tests import faults_test as f; '
     f'f.drive({directory!r}, {workdir!r}, {fault!r}, {config_fn!r})'
   )
-  return subprocess.run(
-    [sys.executable, '-c', code], cwd=_ROOT, capture_output=True, text=True, timeout=300
-  )
+  return test_util.forked([{'code': code}])[0]
 
 
 def _metrics(workdir, evals_only=False):

@@ -1,17 +1,22 @@
-"""Runs `python -m MODULE ARGS...` once per ARGS, each in its own process
-forked from one interpreter that imported the module's libraries first: what
-a user sees from each command, without paying JAX's import for every one.
+"""Runs commands and test drivers each in its own process, forked from one
+interpreter that imported the libraries first: what a user sees from each
+command, without paying JAX's import (about 3 s on 2 cores) for every one.
 
 Tests of command-line mistakes start dozens of processes that each fail in
-under a second once imported; the import (about 3 s on 2 cores) was most of
-their time. The parent imports libraries only (`PRELOAD`), never MODULE, so
-each child runs MODULE as `__main__` from scratch (its flags defined and
-parsed once, in the child, as in a fresh process) through `runpy`, exactly as
-`python -m` does. No JAX backend may exist before the fork (its threads would
-not survive it): the parent checks none does.
+under a second once imported, and the kill-and-resume tests start a process
+per fault; the import was most of their time. The server imports libraries
+only (`PRELOAD`), never the module a case runs, so each child runs it as
+`__main__` from scratch (its flags defined and parsed once, in the child, as
+in a fresh process) through `runpy`, exactly as `python -m` does; or, for a
+test driver, executes the case's code as `python -c` would. No JAX backend
+may exist before a fork (its threads would not survive it): the server checks
+none does.
 
-Used through `test_util.run_module_cases`; reads a JSON request on stdin,
-writes one JSON line of results on stdout.
+Protocol (`test_util.forked`): one JSON request per line on stdin, a list of
+cases, each {'module': M, 'args': [...]} or {'code': C} with 'env' (the
+child's os.environ), and 'parallel' (how many children at once); one JSON line back per request: [exit status, stdout,
+stderr] per case, in order. A child killed by a signal has status -signal, as
+subprocess reports it.
 """
 
 import importlib
@@ -35,16 +40,23 @@ PRELOAD = (
 )
 
 
-def _child(module: str, args: list[str], out_path: str, err_path: str) -> None:
-  """In the forked child: fds 1 and 2 to the files, MODULE run as __main__;
-  never returns."""
+def _child(case: dict, out_path: str, err_path: str) -> None:
+  """In the forked child: fds 1 and 2 to the files, then the case; never returns."""
   code = 1
   try:
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # Not the server's requests.
     for fd, path in ((1, out_path), (2, err_path)):
       os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-    sys.argv = [module, *args]
+    sys.stdout = sys.__stdout__  # The server points sys.stdout away from its replies.
+    os.environ.clear()
+    os.environ.update(case['env'])
     try:
-      runpy.run_module(module, run_name='__main__', alter_sys=True)
+      if 'module' in case:
+        sys.argv = [case['module'], *case['args']]
+        runpy.run_module(case['module'], run_name='__main__', alter_sys=True)
+      else:
+        sys.argv = ['-c']
+        exec(compile(case['code'], '<string>', 'exec'), {'__name__': '__main__'})  # pylint: disable=exec-used
       code = 0
     except SystemExit as e:
       code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -58,38 +70,46 @@ def _child(module: str, args: list[str], out_path: str, err_path: str) -> None:
     os._exit(code)  # pylint: disable=protected-access
 
 
-def main() -> None:
-  request = json.load(sys.stdin)
-  for name in PRELOAD:
-    importlib.import_module(name)
+def run_cases(cases: list[dict], parallel: int) -> list:
+  """Each case in a forked child, at most `parallel` at once: [status, stdout, stderr]s."""
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
 
-  assert not xla_bridge.backends_are_initialized(), 'a preloaded module started a JAX backend'
-  parallel = max(1, request.get('parallel', 2))
-  results = [None] * len(request['cases'])
+  assert not xla_bridge.backends_are_initialized(), 'a JAX backend exists before the fork'
+  results = [None] * len(cases)
   running = {}  # pid -> case index
   with tempfile.TemporaryDirectory() as tmp:
+    paths = lambda i: (os.path.join(tmp, f'{i}.out'), os.path.join(tmp, f'{i}.err'))
 
     def reap():
       pid, status = os.wait()
       i = running.pop(pid)
-      with open(os.path.join(tmp, f'{i}.out')) as out, open(os.path.join(tmp, f'{i}.err')) as err:
-        results[i] = (os.waitstatus_to_exitcode(status), out.read(), err.read())
+      out, err = paths(i)
+      with open(out) as o, open(err) as e:
+        results[i] = [os.waitstatus_to_exitcode(status), o.read(), e.read()]
 
-    for i, args in enumerate(request['cases']):
-      while len(running) >= parallel:
+    for i, case in enumerate(cases):
+      while len(running) >= max(1, parallel):
         reap()
       sys.stdout.flush()
       sys.stderr.flush()
       pid = os.fork()
       if pid == 0:
-        _child(
-          request['module'], args, os.path.join(tmp, f'{i}.out'), os.path.join(tmp, f'{i}.err')
-        )
+        _child(case, *paths(i))
       running[pid] = i
     while running:
       reap()
-  print(json.dumps(results))
+  return results
+
+
+def main() -> None:
+  for name in PRELOAD:
+    importlib.import_module(name)
+  reply = sys.stdout
+  sys.stdout = sys.stderr  # Nothing but replies on the reply channel.
+  for line in sys.stdin:
+    request = json.loads(line)
+    reply.write(json.dumps(run_cases(request['cases'], request.get('parallel', 1))) + '\n')
+    reply.flush()
 
 
 if __name__ == '__main__':

@@ -5,8 +5,6 @@ import contextlib
 import io
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
@@ -17,8 +15,6 @@ from research import train
 from research.data import tokenizers
 from research import workdir as workdir_lib
 from tests import test_util
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _trained(tmp, model, level):
@@ -105,23 +101,16 @@ class GenerateTest(absltest.TestCase):
     self.assertIsInstance(filled['audit']['repetitions'], tuple)
 
   def test_command_line(self):
-    common = [sys.executable, '-m', 'research.generate', f'--workdir={self.transformer}']
-    ok = subprocess.run(
-      common + ['--prompt=the ', '--max_new_tokens=5', '--num_samples=2'],
-      cwd=_ROOT,
-      capture_output=True,
-      text=True,
-      timeout=300,
+    common = [f'--workdir={self.transformer}']
+    ok, bad = test_util.run_module_cases(
+      'research.generate',
+      [
+        common + ['--prompt=the ', '--max_new_tokens=5', '--num_samples=2'],
+        common + ['--prompt=a', '--prompt_file=/nonexistent'],
+      ],
     )
     self.assertEqual(ok.returncode, 0, ok.stderr[-2000:])
     self.assertIn('--- sample 2 of 2 ---\nthe ', ok.stdout)
-    bad = subprocess.run(
-      common + ['--prompt=a', '--prompt_file=/nonexistent'],
-      cwd=_ROOT,
-      capture_output=True,
-      text=True,
-      timeout=300,
-    )
     self.assertEqual(bad.returncode, 2)
     self.assertEqual(
       [l for l in bad.stderr.splitlines() if l.startswith('error:')],

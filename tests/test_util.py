@@ -5,6 +5,7 @@ Nothing here reads ../shared or the network: corpora are generated.
 
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -110,11 +111,26 @@ def final_state(config: ml_collections.ConfigDict, workdir: str, devices=None):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _child_env() -> dict:
+  """The environment of a command a test starts: the repository importable
+  from anywhere (as after `pip install -e .`), on the CPU, the stock allocator."""
+  return dict(os.environ, PYTHONPATH=ROOT, RESEARCH_KEEP_MALLOC='1', JAX_PLATFORMS='cpu')
+
+
+def _read_at_start(env: dict) -> dict:
+  """The variables JAX and XLA read when imported: a forked child inherits the
+  server's, so a case needing others runs in a fresh interpreter."""
+  return {k: v for k, v in env.items() if k.startswith(('JAX_', 'XLA_', 'TF_', 'PYTHON'))}
+
+
 def run_module(args: list[str], cwd: str = ROOT) -> subprocess.CompletedProcess:
-  """`python -m ARGS...` run from `cwd` (default: the repository root), the
-  repository importable from anywhere (as after `pip install -e .`), on the
-  CPU with the stock allocator; output captured, never raising."""
-  env = dict(os.environ, PYTHONPATH=ROOT, RESEARCH_KEEP_MALLOC='1', JAX_PLATFORMS='cpu')
+  """`python -m ARGS...` run from `cwd` (default: the repository root), in
+  `_child_env()`; output captured, never raising. From the root, forked from
+  the test process's fork server (`forked`) unless the environment differs in
+  what JAX reads at import."""
+  env = _child_env()
+  if cwd == ROOT and _FORK_SERVER.serves(env):
+    return forked([{'module': args[0], 'args': args[1:]}])[0]
   return subprocess.run(
     [sys.executable, '-m', *args],
     cwd=cwd,
@@ -126,30 +142,71 @@ def run_module(args: list[str], cwd: str = ROOT) -> subprocess.CompletedProcess:
   )
 
 
-def run_module_cases(
-  module: str, cases: list[list[str]], cwd: str = ROOT, parallel: int = 2
-) -> list[subprocess.CompletedProcess]:
-  """`python -m MODULE ARGS` for each ARGS of `cases`, each its own process
-  (tests/forked_cli.py: forked from one interpreter that imported the
-  libraries once), in the environment of `run_module`; results in order."""
-  env = dict(os.environ, PYTHONPATH=ROOT, RESEARCH_KEEP_MALLOC='1', JAX_PLATFORMS='cpu')
-  request = json.dumps({'module': module, 'cases': cases, 'parallel': parallel})
-  driver = subprocess.run(
-    [sys.executable, '-m', 'tests.forked_cli'],
-    cwd=cwd,
-    env=env,
-    input=request,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
-  if driver.returncode != 0:
-    raise RuntimeError(f'tests/forked_cli.py failed:\n{driver.stderr[-3000:]}')
+class _ForkServer:
+  """tests/forked_cli.py, started on first use and kept for the test process."""
+
+  TIMEOUT_S = 600  # For one request: a hung child fails the test, not the suite.
+
+  def __init__(self):
+    self._process = None
+    self._log = None
+    self._env = None
+
+  def serves(self, env: dict) -> bool:
+    """Whether a child forked from the server (started now if not yet) sees `env`
+    as a fresh interpreter would."""
+    return self._env is None or _read_at_start(env) == _read_at_start(self._env)
+
+  def run(self, cases: list[dict], parallel: int) -> list:
+    env = _child_env()
+    if self._process is None or self._process.poll() is not None:
+      self._env = env
+      self._log = tempfile.TemporaryFile('w+')
+      self._process = subprocess.Popen(
+        [sys.executable, '-m', 'tests.forked_cli'],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=self._log,
+        text=True,
+      )
+    if not self.serves(env):
+      raise ValueError('The environment changed what JAX reads at import since the server started.')
+    # Each child takes the caller's environment of now (what a command reads as it runs).
+    cases = [dict(c, env=env) for c in cases]
+    self._process.stdin.write(json.dumps({'cases': cases, 'parallel': parallel}) + '\n')
+    self._process.stdin.flush()
+    ready, _, _ = select.select([self._process.stdout], [], [], self.TIMEOUT_S)
+    line = self._process.stdout.readline() if ready else ''
+    if not line:
+      self._process.kill()
+      self._log.seek(0)
+      why = 'timed out' if not ready else 'stopped'
+      raise RuntimeError(f'tests/forked_cli.py {why}:\n{self._log.read()[-3000:]}')
+    return json.loads(line)
+
+
+_FORK_SERVER = _ForkServer()
+
+
+def forked(cases: list[dict], parallel: int = 1) -> list[subprocess.CompletedProcess]:
+  """Each case ({'module': M, 'args': [...]}: `python -m M ARGS`; {'code': C}:
+  `python -c C`) in its own process, forked from an interpreter that imported
+  the libraries once (tests/forked_cli.py), from the repository root, in
+  `_child_env()`, at most `parallel` at once; results in order."""
+  results = _FORK_SERVER.run(cases, parallel)
   return [
-    subprocess.CompletedProcess([sys.executable, '-m', module, *args], code, out, err)
-    for args, (code, out, err) in zip(cases, json.loads(driver.stdout.splitlines()[-1]))
+    subprocess.CompletedProcess(
+      ['-m', c['module'], *c['args']] if 'module' in c else ['-c', c['code']], *result
+    )
+    for c, result in zip(cases, results)
   ]
+
+
+def run_module_cases(module: str, cases: list[list[str]]) -> list[subprocess.CompletedProcess]:
+  """`python -m MODULE ARGS` for each ARGS of `cases` (`forked`), two at a time."""
+  return forked([{'module': module, 'args': args} for args in cases], parallel=2)
 
 
 def apply_only_model(apply, *, init=None, recurrent: bool = False):
