@@ -2,20 +2,20 @@
 follow the partition rules, and checkpoints move between meshes.
 
 XLA fixes the number of CPU devices when JAX starts, so each check runs in a
-fresh interpreter started with 8 host devices and reports back as JSON.
+process of its own whose JAX starts with 8 host devices (`test_util.forked`)
+and reports back as JSON.
 """
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import test_util
+
 
 # name: (data, fsdp, tensor); devices used = product.
 # fsdp alone at 8, tensor (2: the heads of the tiny Transformer) with each of the others;
@@ -204,18 +204,14 @@ def _run(call: str) -> dict:
   # Without the tests' persistent compilation cache: executables of the
   # scanned Transformer's sharded step loaded from it deadlocked in an XLA CPU
   # all-reduce rendezvous on 8 fake devices (compiled afresh they run).
-  env = dict(
-    os.environ,
-    XLA_FLAGS='--xla_force_host_platform_device_count=8',
-    JAX_PLATFORMS='cpu',
-    JAX_ENABLE_COMPILATION_CACHE='false',
-  )
+  env = {
+    'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+    'JAX_ENABLE_COMPILATION_CACHE': 'false',
+  }
   code = (
     f'import json; from tests import multidevice_test as m; print("RESULT", json.dumps(m.{call}))'
   )
-  out = subprocess.run(
-    [sys.executable, '-c', code], cwd=_ROOT, env=env, capture_output=True, text=True, timeout=400
-  )
+  (out,) = test_util.forked([{'code': code}], env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   line = [l for l in out.stdout.splitlines() if l.startswith('RESULT')][-1]
   return json.loads(line[len('RESULT ') :])

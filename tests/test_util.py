@@ -118,23 +118,21 @@ def _child_env() -> dict:
 
 
 def _read_at_start(env: dict) -> dict:
-  """The variables JAX and XLA read when imported: a forked child inherits the
-  server's, so a case needing others runs in a fresh interpreter."""
+  """The variables read when JAX and Python start: children forked from one
+  server share that server's, so each set of them gets its own server."""
   return {k: v for k, v in env.items() if k.startswith(('JAX_', 'XLA_', 'TF_', 'PYTHON'))}
 
 
 def run_module(args: list[str], cwd: str = ROOT) -> subprocess.CompletedProcess:
   """`python -m ARGS...` run from `cwd` (default: the repository root), in
-  `_child_env()`; output captured, never raising. From the root, forked from
-  the test process's fork server (`forked`) unless the environment differs in
-  what JAX reads at import."""
-  env = _child_env()
-  if cwd == ROOT and _FORK_SERVER.serves(env):
+  `_child_env()`; output captured, never raising. From the root, it is forked
+  (`forked`); from elsewhere, a fresh interpreter (whose sys.path starts there)."""
+  if cwd == ROOT:
     return forked([{'module': args[0], 'args': args[1:]}])[0]
   return subprocess.run(
     [sys.executable, '-m', *args],
     cwd=cwd,
-    env=env,
+    env=_child_env(),
     capture_output=True,
     text=True,
     timeout=300,
@@ -143,38 +141,26 @@ def run_module(args: list[str], cwd: str = ROOT) -> subprocess.CompletedProcess:
 
 
 class _ForkServer:
-  """tests/forked_cli.py, started on first use and kept for the test process."""
+  """tests/forked_cli.py started with `env`, kept for the test process."""
 
   TIMEOUT_S = 600  # For one request: a hung child fails the test, not the suite.
 
-  def __init__(self):
-    self._process = None
-    self._log = None
-    self._env = None
+  def __init__(self, env: dict):
+    self._log = tempfile.TemporaryFile('w+')
+    self._process = subprocess.Popen(
+      [sys.executable, '-m', 'tests.forked_cli'],
+      cwd=ROOT,
+      env=env,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=self._log,
+      text=True,
+    )
 
-  def serves(self, env: dict) -> bool:
-    """Whether a child forked from the server (started now if not yet) sees `env`
-    as a fresh interpreter would."""
-    return self._env is None or _read_at_start(env) == _read_at_start(self._env)
+  def alive(self) -> bool:
+    return self._process.poll() is None
 
   def run(self, cases: list[dict], parallel: int) -> list:
-    env = _child_env()
-    if self._process is None or self._process.poll() is not None:
-      self._env = env
-      self._log = tempfile.TemporaryFile('w+')
-      self._process = subprocess.Popen(
-        [sys.executable, '-m', 'tests.forked_cli'],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=self._log,
-        text=True,
-      )
-    if not self.serves(env):
-      raise ValueError('The environment changed what JAX reads at import since the server started.')
-    # Each child takes the caller's environment of now (what a command reads as it runs).
-    cases = [dict(c, env=env) for c in cases]
     self._process.stdin.write(json.dumps({'cases': cases, 'parallel': parallel}) + '\n')
     self._process.stdin.flush()
     ready, _, _ = select.select([self._process.stdout], [], [], self.TIMEOUT_S)
@@ -187,15 +173,23 @@ class _ForkServer:
     return json.loads(line)
 
 
-_FORK_SERVER = _ForkServer()
+_FORK_SERVERS = {}  # The variables read at start (sorted items) -> its server.
 
 
-def forked(cases: list[dict], parallel: int = 1) -> list[subprocess.CompletedProcess]:
+def forked(
+  cases: list[dict], parallel: int = 1, env: dict | None = None
+) -> list[subprocess.CompletedProcess]:
   """Each case ({'module': M, 'args': [...]}: `python -m M ARGS`; {'code': C}:
   `python -c C`) in its own process, forked from an interpreter that imported
   the libraries once (tests/forked_cli.py), from the repository root, in
-  `_child_env()`, at most `parallel` at once; results in order."""
-  results = _FORK_SERVER.run(cases, parallel)
+  `_child_env()` updated with `env`, at most `parallel` at once; results in
+  order. A child sees the environment of the call (what a command reads as it
+  runs); what JAX reads when imported picks the server."""
+  env = {**_child_env(), **(env or {})}
+  key = tuple(sorted(_read_at_start(env).items()))
+  if key not in _FORK_SERVERS or not _FORK_SERVERS[key].alive():
+    _FORK_SERVERS[key] = _ForkServer(env)
+  results = _FORK_SERVERS[key].run([dict(c, env=env) for c in cases], parallel)
   return [
     subprocess.CompletedProcess(
       ['-m', c['module'], *c['args']] if 'module' in c else ['-c', c['code']], *result
