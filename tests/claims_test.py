@@ -251,6 +251,11 @@ class ClaimsTest(absltest.TestCase):
     )
     self.assertIn(' | 4 of 4 | reproduced |', text)
     self.assertIn('| peak \\|attn_logit_max\\| at learning rate ≥ 1e-2 |', text)
+    # The preamble says what a unit is for the quantities these claims use, and no other's.
+    used = {c.quantity for c in self.spec.claims}
+    self.assertSetEqual(set(claims._UNITS), set(spec_lib.CLAIM_QUANTITIES))
+    for quantity, sentence in claims._UNITS.items():
+      self.assertEqual(sentence in text, quantity in used, quantity)
 
   def test_bad_claims_and_traces_are_refused(self):
     cases = {

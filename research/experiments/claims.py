@@ -1,8 +1,9 @@
 """Published claims tested on a learning-rate sweep (spec.Claim), for the
 "Published claims" section of RESULTS.md.
 
-A claim compares treated groups with comparison groups in matched pairs (one
-pair per width) on one quantity (spec.CLAIM_QUANTITIES), per unit:
+A claim compares a treated side with a comparison side in matched pairs (sweep
+groups, one pair per width; or rows, paired by seed) on one quantity
+(spec.CLAIM_QUANTITIES), per unit:
 
 - `sensitivity`: a group's LR sensitivity at one seed (sweep.py: the mean over
   the swept values of the counted figure minus the best one); units (pair, seed).
@@ -275,30 +276,43 @@ def _difference_text(paired: stats.Paired | None) -> tuple[str, str, str]:
   )
 
 
+# What a unit of each quantity is, said on the page only for the quantities its claims use.
+_UNITS = {
+  'sensitivity': 'The LR sensitivity pairs a treated sweep group with a comparison group (one '
+  'pair per width); units: (pair, seed). Diverged cells count as in the sweep table.',
+  'peak': "A peak is the largest |value| of a train metric over a cell's train lines (a "
+  "diverged cell's: those it wrote before it stopped) at the rates at or above the stated "
+  'one, fixed in the spec before the runs; units: (pair, seed, rate).',
+  'best_shift': 'The shift of the best rate is |log₁₀ best at the wide width − log₁₀ best at '
+  'the narrow one| per seed; units: seeds. Shifts move in steps of the swept grid, so they '
+  'can have no spread and an interval of width 0: read n before the verdict.',
+  'final': "A final figure pairs one row's cell with another's at the same seed; units: seeds.",
+  'step_ratio': 'The step ratio is the log of the steps-to-baseline ratio, per seed (the '
+  'table above); units: seeds.',
+}
+_MATCH = (
+  "; 'within ±m' claims a match: reproduced when the interval lies inside the margin fixed "
+  'before the runs, not reproduced when it excludes 0 and reaches past it'
+)
+
+
 def markdown(experiment: spec_lib.Experiment, results: list) -> list[str]:
   """The 'Published claims' section of RESULTS.md."""
   if not experiment.claims:
     return []
+  used = {c.quantity for c in experiment.claims}
+  units = [text for quantity, text in _UNITS.items() if quantity in used]
+  matches = any(c.direction == 'equal' for c in experiment.claims)
   lines = [
     '## Published claims',
     '',
-    'Each claim compares treated groups with comparison groups in matched pairs (one per '
-    'width), treated minus comparison: the mean of the paired differences with its 95% '
-    'Student-t interval, the paired t-test p-value, and the smallest true difference this '
-    'design would find significant at 5% four times out of five (detectable). Units: (pair, '
-    'seed) for the LR sensitivity; (pair, seed, rate) for a peak, the largest |value| of a '
-    "train metric over a cell's train lines (a diverged cell's: those it wrote before it "
-    'stopped) at the rates at or above the stated one, fixed in the spec before the runs; '
-    'seeds for the shift of the best rate, |log₁₀ best at the wide width − log₁₀ best at '
-    'the narrow one| per seed. Diverged cells count as in the sweep table. Verdict: '
-    'reproduced when the interval excludes 0 on the published side, not reproduced when it '
-    'excludes 0 on the other, not significant otherwise. n: units with both sides, of those '
-    'the spec plans. Differences with no spread over their units (best-rate shifts move in '
-    'steps of the swept grid) have an interval of width 0: read n before the verdict. '
-    'Claims on rows pair a row with another by seed: its final figure, or the log of the step '
-    "ratio of the steps-to-baseline table; 'within ±m' claims a match: reproduced when the "
-    'interval lies inside the margin fixed before the runs, not reproduced when it excludes 0 '
-    'and reaches past it.',
+    'Each claim pairs a treated side with a comparison side, treated minus comparison: the '
+    'mean of the paired differences with its 95% Student-t interval, the paired t-test '
+    'p-value, and the smallest true difference this design would find significant at 5% four '
+    'times out of five (detectable). ' + ' '.join(units) + ' Verdict: reproduced when the '
+    'interval excludes 0 on the published side, not reproduced when it excludes 0 on the '
+    'other, not significant otherwise' + (_MATCH if matches else '') + '. n: units with both '
+    'sides, of those the spec plans.',
     '',
     '| claim | published | source | quantity | treated − comparison | expected | ours: mean '
     '[95% interval] | p | detectable | n | verdict |',
