@@ -135,6 +135,13 @@ NOTES = (
   "Wen et al. 2025's finding that speed-ups shrink against a tuned baseline is not tested "
   'as a claim: the table compares with the tuned AdamW only (the tuning section shows '
   "whether its choice is the recipe's default, 1e-3 and decay 0.1).\n\n"
+  'Memory and step time, measured apart from these cells (BENCHMARKS.md, "Optimizers": '
+  'research.bench on this recipe, 2-core AMD EPYC, 2026-12-06, one run each): optimizer '
+  'state in bytes per parameter, AdamW 8, Lion 4, Adafactor 0.13 (factored second moments, '
+  'no first moment), Muon 4.09 (momentum, and AdamW moments for the embedding, head and '
+  'norms), schedule-free AdamW 8; step medians AdamW 55.4 ms, Lion 38.0, Adafactor 46.6, '
+  "Muon 81.4, schedule-free AdamW 47.5. The wall-clock column of the steps-to-AdamW's-loss "
+  "table uses the cells' own training speeds (each cell's median tokens/s) instead.\n\n"
   'What the design can detect: five seeds give Student-t intervals with 4 degrees of freedom '
   'on seed-paired differences; the detectable column gives the smallest true difference '
   'found four times out of five. The tuning is on one seed at a short budget, so a setting '
