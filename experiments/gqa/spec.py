@@ -43,7 +43,10 @@ NOTES = (
   'What the design can detect: five seed pairs (4 degrees of freedom); the detectable column '
   'gives the smallest true difference found four times out of five. A model this small at '
   'context 64 spends little in attention, so the decode speed-up here is far below what a '
-  'long-context model gains; the loss cost is what this table measures.'
+  'long-context model gains; the loss cost is what this table measures.\n\n'
+  'Wall times: mha-s0 to mha-s4, gqa4-s0 and the first 1,250 steps of gqa4-s1 ran '
+  "(2026-12-06) beside the optimizer study's tuning cells, at lower priority, so their wall "
+  "times are not the CPU's alone; losses do not depend on it."
 )
 
 SPEC = Experiment(
