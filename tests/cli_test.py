@@ -1,7 +1,8 @@
 """Every command-line mistake ends with one `error:` line, exit 2, no traceback.
 
-Each case runs `python -m research.main` in a fresh process, as a user would:
-absl flags are process-global, and the point is what the user sees.
+Each case runs `python -m research.main` in a process of its own, as a user
+would (forked from a preloaded interpreter: `test_util.forked`): absl flags
+are process-global, and the point is what the user sees.
 """
 
 import os
