@@ -6,7 +6,6 @@ process of its own whose JAX starts with 8 host devices (`test_util.forked`)
 and reports back as JSON.
 """
 
-import json
 import os
 import tempfile
 
@@ -204,17 +203,7 @@ def _run(call: str) -> dict:
   # Without the tests' persistent compilation cache: executables of the
   # scanned Transformer's sharded step loaded from it deadlocked in an XLA CPU
   # all-reduce rendezvous on 8 fake devices (compiled afresh they run).
-  env = {
-    'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-    'JAX_ENABLE_COMPILATION_CACHE': 'false',
-  }
-  code = (
-    f'import json; from tests import multidevice_test as m; print("RESULT", json.dumps(m.{call}))'
-  )
-  (out,) = test_util.forked([{'code': code}], env=env)
-  assert out.returncode == 0, out.stderr[-3000:]
-  line = [l for l in out.stdout.splitlines() if l.startswith('RESULT')][-1]
-  return json.loads(line[len('RESULT ') :])
+  return test_util.on_fake_devices('tests.multidevice_test', call, cache=False)
 
 
 def assert_meshes_train_like_one_device(test: absltest.TestCase, result: dict) -> None:

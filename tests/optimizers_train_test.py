@@ -10,8 +10,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from unittest import mock
 
@@ -26,8 +24,6 @@ from research import optim
 from research import sharding
 from research import train
 from tests import test_util
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Crash(Exception):
@@ -231,25 +227,8 @@ def mesh_worker(directory: str) -> dict:
 
 class EightDevicesTest(absltest.TestCase):
   def test_muon_and_adafactor_on_8_devices_equal_one(self):
-    env = dict(
-      os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu'
-    )
     with tempfile.TemporaryDirectory() as tmp:
-      code = (
-        'import json; from tests import optimizers_train_test as m; '
-        f'print("RESULT", json.dumps(m.mesh_worker({tmp!r})))'
-      )
-      out = subprocess.run(
-        [sys.executable, '-c', code],
-        cwd=_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-      )
-    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
-    line = [l for l in out.stdout.splitlines() if l.startswith('RESULT')][-1]
-    result = json.loads(line[len('RESULT ') :])
+      result = test_util.on_fake_devices('tests.optimizers_train_test', f'mesh_worker({tmp!r})')
     for name, runs in result.items():
       one = runs['one']['losses']
       self.assertNotEqual(one[0], one[-1])

@@ -198,6 +198,20 @@ def forked(
   ]
 
 
+def on_fake_devices(module: str, call: str, *, devices: int = 8, cache: bool = True) -> dict:
+  """`module.call` (a Python expression returning JSON-able data, e.g. "mesh_worker('/tmp/x')")
+  evaluated in a forked process that sees `devices` fake CPU devices; returns its value.
+  cache=False switches the persistent compilation cache off for the process."""
+  env = {'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+  if not cache:
+    env['JAX_ENABLE_COMPILATION_CACHE'] = 'false'
+  code = f'import json; import {module} as m; print("RESULT", json.dumps(m.{call}))'
+  (out,) = forked([{'code': code}], env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')][-1]
+  return json.loads(line[len('RESULT ') :])
+
+
 def run_module_cases(module: str, cases: list[list[str]]) -> list[subprocess.CompletedProcess]:
   """`python -m MODULE ARGS` for each ARGS of `cases` (`forked`), two at a time."""
   return forked([{'module': module, 'args': args} for args in cases], parallel=2)
