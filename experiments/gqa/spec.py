@@ -77,11 +77,12 @@ NOTES = (
   'gives the smallest true difference found four times out of five. A model this small at '
   'context 64 spends little in attention, so the decode speed-up here is far below what a '
   'long-context model gains; the loss cost is what this table measures.\n\n'
-  'Wall times: mha-s0 to mha-s4, gqa4-s0 and the first 1,250 steps of gqa4-s1 ran '
-  "(2026-12-06) beside the optimizer study's tuning cells, at lower priority, so their wall "
-  "times are not the CPU's alone; losses do not depend on it. Their workdirs were lost with "
-  'the machine they ran on; their figures are the ones results.csv recorded then (marked '
-  'on the page, without curves).\n\n'
+  'Wall times (all on 2-core AMD EPYC VMs): gqa4-s4, GQA-2 and MQA ran on 2026-12-07 '
+  "beside the optimizer study's tuning cells, so their wall times are not the CPU's alone. "
+  'mha-s0 to mha-s4 and gqa4-s0 to gqa4-s3 first ran on 2026-12-06, also beside the '
+  'optimizer study; their workdirs were lost with that machine, so they were run again on '
+  '2026-12-07 with the CPU to themselves (the wall times shown) and gave every loss '
+  'results.csv had recorded, to its six digits. Losses do not depend on the sharing.\n\n'
   'The claims (a)-(c) were written on 2026-12-07 after the MHA and GQA-4 cells had finished '
   '(GQA-4 then +0.006 over 4 seed pairs) and before any GQA-2 or MQA result was seen; the '
   "0.02-nat margin of a match is the optimizer study's, fixed before either study ran.\n\n"
