@@ -15,8 +15,8 @@ none does.
 Protocol (`test_util.forked`): one JSON request per line on stdin, a list of
 cases, each {'module': M, 'args': [...]} or {'code': C} with 'env' (the
 child's os.environ), and 'parallel' (how many children at once); one JSON
-line back per request: [exit status, stdout, stderr] per case, in order. A child killed by a signal has status -signal, as
-subprocess reports it.
+line back per request: [exit status, stdout, stderr] per case, in order. A
+child killed by a signal has status -signal, as subprocess reports it.
 """
 
 import importlib
