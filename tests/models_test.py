@@ -240,24 +240,25 @@ class TransformerTest(parameterized.TestCase):
         np.testing.assert_array_equal(leaf, 1.0, err_msg=name)
 
 
-def reference_lstm(params, carry, tokens_BxT):
-  """NumPy LSTM, one time step at a time; gate axis unit-major (u, i/f/g/o)."""
-  sigmoid = lambda x: 1 / (1 + np.exp(-x))
-  params = jax.tree.map(np.asarray, params)
-  state = [tuple(np.asarray(a) for a in layer) for layer in carry]
+def reference_lstm(params, carry, tokens_BxT, xp=np):
+  """LSTM one time step at a time, in NumPy (or `xp`=jax.numpy, so that
+  jax.grad differentiates it step by step); gate axis unit-major (u, i/f/g/o)."""
+  sigmoid = lambda x: 1 / (1 + xp.exp(-x))
+  params = jax.tree.map(xp.asarray, params)
+  state = [tuple(xp.asarray(a) for a in layer) for layer in carry]
   logits = []
   for t in range(tokens_BxT.shape[1]):
-    x = params['embed']['embedding'][np.asarray(tokens_BxT[:, t])]
+    x = params['embed']['embedding'][xp.asarray(tokens_BxT[:, t])]
     for layer, (c, h) in enumerate(state):
       p = params[f'lstm_{layer}']
       gates = x @ p['input_kernel'] + h @ p['recurrent_kernel'] + p['bias']
       gates = gates.reshape(gates.shape[0], -1, 4)
       i, f, g, o = (gates[..., j] for j in range(4))
-      c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-      x = h = sigmoid(o) * np.tanh(c)
+      c = sigmoid(f) * c + sigmoid(i) * xp.tanh(g)
+      x = h = sigmoid(o) * xp.tanh(c)
       state[layer] = (c, h)
     logits.append(x @ params['softmax']['kernel'] + params['softmax']['bias'])
-  return np.stack(logits, axis=1), state
+  return xp.stack(logits, axis=1), state
 
 
 class LSTMTest(absltest.TestCase):
@@ -279,6 +280,30 @@ class LSTMTest(absltest.TestCase):
     for (c, h), (ref_c, ref_h) in zip(new_carry, ref_carry):
       np.testing.assert_allclose(c, ref_c, atol=1e-5)
       np.testing.assert_allclose(h, ref_h, atol=1e-5)
+
+  def test_gradients_match_step_by_step_autodiff(self):
+    # The layer's written-out backward pass (lstm._recurrence_bwd) against
+    # jax.grad of the step-by-step reference: every parameter and the start
+    # state, through the logits and through the final carry.
+    carry = jax.tree.map(lambda z: z + 0.3, self.model.init_carry(B))
+    weights = jax.random.normal(jax.random.key(2), (B, T, V))
+    carry_weights = jax.random.normal(jax.random.key(3), (NUM_LAYERS, 2, B, H))
+
+    def loss(apply):
+      def fn(params, carry):
+        logits, new_carry = apply(params, carry)
+        ends = sum(
+          jnp.sum(carry_weights[l, j] * new_carry[l][j]) for l in range(NUM_LAYERS) for j in (0, 1)
+        )
+        return jnp.sum(weights * logits) + ends
+
+      return jax.jit(jax.grad(fn, argnums=(0, 1)))
+
+    model_apply = lambda p, c: self.model.apply(p, c, self.tokens_BxT, train=False, rng=None)
+    reference = lambda p, c: reference_lstm(p, c, self.tokens_BxT, xp=jnp)
+    got, want = loss(model_apply)(self.params, carry), loss(reference)(self.params, carry)
+    chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+    self.assertGreater(float(jnp.max(jnp.abs(got[0]['lstm_0']['recurrent_kernel']))), 1e-2)
 
   def test_step_by_step_equals_scan(self):
     full_logits, full_carry = self.run_model(self.model.init_carry(B), self.tokens_BxT)

@@ -68,6 +68,85 @@ def uniform_init(scale: float) -> nn.initializers.Initializer:
   return init
 
 
+def _cell(gates_Bx4H: jax.Array, c_BxH: jax.Array):
+  """One step from the gates (unit-major) and the previous cell state:
+  (c, h, the activations (i, f, g, o, tanh c) the backward pass reads)."""
+  B, H = c_BxH.shape  # pylint: disable=invalid-name
+  gates_Bx4H = sharding.constrain(gates_Bx4H, BATCH, 'tensor')
+  gates_BxHx4 = gates_Bx4H.reshape(B, H, 4)
+  i_BxH, f_BxH, o_BxH = (jax.nn.sigmoid(gates_BxHx4[..., j]) for j in (0, 1, 3))
+  g_BxH = jnp.tanh(gates_BxHx4[..., 2])
+  c_BxH = f_BxH * c_BxH + i_BxH * g_BxH
+  tanh_c_BxH = jnp.tanh(c_BxH)
+  return c_BxH, o_BxH * tanh_c_BxH, (i_BxH, f_BxH, g_BxH, o_BxH, tanh_c_BxH)
+
+
+def _scan(gates_in_TxBx4H, w_rec_Hx4H, c0_BxH, h0_BxH, keep: bool):
+  """The recurrence over T steps: (h_TxBxH, c_T, h_T), and with `keep` what
+  the backward pass reads (each step's c_{t-1} and activations)."""
+
+  def step(carry, gates_in_Bx4H):
+    c_prev_BxH, h_prev_BxH = carry
+    # `w_rec_Hx4H` may be int8 (layers.Int8, research/compress.py).
+    c_BxH, h_BxH, acts = _cell(gates_in_Bx4H + layers.matmul(h_prev_BxH, w_rec_Hx4H), c_prev_BxH)
+    return (c_BxH, h_BxH), ((h_BxH, c_prev_BxH, acts) if keep else h_BxH)
+
+  (c_BxH, h_BxH), out = jax.lax.scan(step, (c0_BxH, h0_BxH), gates_in_TxBx4H)
+  return (out[0] if keep else out), c_BxH, h_BxH, (out[1:] if keep else None)
+
+
+@jax.custom_vjp
+def _recurrence(gates_in_TxBx4H, w_rec_Hx4H, c0_BxH, h0_BxH):
+  """The float recurrence, (h_TxBxH, c_T, h_T), with the backward pass
+  below in place of the scan's own transpose."""
+  h_TxBxH, c_BxH, h_BxH, _ = _scan(gates_in_TxBx4H, w_rec_Hx4H, c0_BxH, h0_BxH, keep=False)
+  return h_TxBxH, c_BxH, h_BxH
+
+
+def _recurrence_fwd(gates_in_TxBx4H, w_rec_Hx4H, c0_BxH, h0_BxH):
+  h_TxBxH, c_BxH, h_BxH, kept = _scan(gates_in_TxBx4H, w_rec_Hx4H, c0_BxH, h0_BxH, keep=True)
+  return (h_TxBxH, c_BxH, h_BxH), (w_rec_Hx4H, h0_BxH, h_TxBxH, kept)
+
+
+def _recurrence_bwd(residuals, cotangents):
+  """Backpropagation through time: a reverse scan turns each step's dh and dc
+  into the gradient of its gates (dgates) and passes dh = dgates W_rec^T and
+  dc * f back a step. W_rec's gradient is then one matmul over all T*B
+  positions, [h_0 .. h_{T-1}]^T dgates, where the scan's transpose adds a
+  Hx4H outer product into an accumulator at every step (the gradients
+  differ from it only in float32 summation order)."""
+  w_rec_Hx4H, h0_BxH, h_TxBxH, (c_prev_TxBxH, acts) = residuals
+  dh_TxBxH, dc_BxH, dh_BxH = cotangents
+  T, B, H = h_TxBxH.shape  # pylint: disable=invalid-name
+
+  def step(carry, inputs):
+    dc_next_BxH, dh_next_BxH = carry
+    dh_out_BxH, c_prev_BxH, (i_BxH, f_BxH, g_BxH, o_BxH, tanh_c_BxH) = inputs
+    dh_BxH = dh_out_BxH + dh_next_BxH
+    dc_BxH = dc_next_BxH + dh_BxH * o_BxH * (1 - tanh_c_BxH * tanh_c_BxH)
+    dgates_BxHx4 = jnp.stack(
+      [
+        dc_BxH * g_BxH * i_BxH * (1 - i_BxH),
+        dc_BxH * c_prev_BxH * f_BxH * (1 - f_BxH),
+        dc_BxH * i_BxH * (1 - g_BxH * g_BxH),
+        dh_BxH * tanh_c_BxH * o_BxH * (1 - o_BxH),
+      ],
+      axis=-1,
+    )
+    dgates_Bx4H = sharding.constrain(dgates_BxHx4.reshape(B, 4 * H), BATCH, 'tensor')
+    return (dc_BxH * f_BxH, dgates_Bx4H @ w_rec_Hx4H.T), dgates_Bx4H
+
+  (dc0_BxH, dh0_BxH), dgates_TxBx4H = jax.lax.scan(
+    step, (dc_BxH, dh_BxH), (dh_TxBxH, c_prev_TxBxH, acts), reverse=True
+  )
+  h_prev_TxBxH = jnp.concatenate([h0_BxH[None], h_TxBxH[:-1]], axis=0)
+  dw_rec_Hx4H = h_prev_TxBxH.reshape(T * B, H).T @ dgates_TxBx4H.reshape(T * B, 4 * H)
+  return dgates_TxBx4H, dw_rec_Hx4H, dc0_BxH, dh0_BxH
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
 class LSTMLayer(nn.Module):
   """One LSTM layer over a whole time-major sequence."""
 
@@ -95,18 +174,12 @@ class LSTMLayer(nn.Module):
     if gates_tap_TxBx4H is not None:
       gates_in_TxBx4H = gates_in_TxBx4H + gates_tap_TxBx4H
 
-    def step(carry: LayerCarry, gates_in_Bx4H: jax.Array) -> tuple[LayerCarry, jax.Array]:
-      c_BxH, h_BxH = carry
-      gates_Bx4H = gates_in_Bx4H + layers.matmul(h_BxH, w_rec_Hx4H)
-      gates_Bx4H = sharding.constrain(gates_Bx4H, BATCH, 'tensor')
-      gates_BxHx4 = gates_Bx4H.reshape(B, H, 4)
-      i_BxH, f_BxH, g_BxH, o_BxH = (gates_BxHx4[..., j] for j in range(4))
-      c_BxH = jax.nn.sigmoid(f_BxH) * c_BxH + jax.nn.sigmoid(i_BxH) * jnp.tanh(g_BxH)
-      h_BxH = jax.nn.sigmoid(o_BxH) * jnp.tanh(c_BxH)
-      return (c_BxH, h_BxH), h_BxH
-
-    carry, h_TxBxH = jax.lax.scan(step, carry, gates_in_TxBx4H)
-    return h_TxBxH, carry
+    c_BxH, h_BxH = carry
+    if isinstance(w_rec_Hx4H, layers.Int8):  # Quantised weights are not trained.
+      h_TxBxH, c_BxH, h_BxH, _ = _scan(gates_in_TxBx4H, w_rec_Hx4H, c_BxH, h_BxH, keep=False)
+    else:
+      h_TxBxH, c_BxH, h_BxH = _recurrence(gates_in_TxBx4H, w_rec_Hx4H, c_BxH, h_BxH)
+    return h_TxBxH, (c_BxH, h_BxH)
 
 
 class SoftmaxLayer(nn.Module):
