@@ -43,11 +43,15 @@ def cross_entropy_token_sums(
   target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], -1)[..., 0]
   log_z_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
   nll_BxT = log_z_BxT - target_BxT
+  # The three weighted sums as one reduction. Written as three, XLA's CPU
+  # scheduler kept a second BxTxV buffer alive through the step: for
+  # ptb_lstm:small 68.8 MB of temporaries instead of 53.5, 250-800 page
+  # faults and 3.3 ms (7%) a step on a 2-core AMD EPYC. The gradients are
+  # the same either way.
+  stacked_3xBxT = jnp.stack([nll_BxT, log_z_BxT, jnp.square(log_z_BxT)])
+  sums_3 = jnp.sum((stacked_3xBxT * weights_BxT).reshape(3, -1), axis=1)
   return CrossEntropySums(
-    loss=jnp.sum(nll_BxT * weights_BxT),
-    weight=jnp.sum(weights_BxT),
-    log_z=jnp.sum(log_z_BxT * weights_BxT),
-    log_z_squared=jnp.sum(jnp.square(log_z_BxT) * weights_BxT),
+    loss=sums_3[0], weight=jnp.sum(weights_BxT), log_z=sums_3[1], log_z_squared=sums_3[2]
   )
 
 
