@@ -425,6 +425,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   tfds.disable_progress_bar()
   allocator = host.tune_allocator()
+  host.unroll_threefry()
   if _SUITE.value:
     if _CONFIG.value is not None:
       cli.fail('--suite runs its own configs: drop --config.')

@@ -1,4 +1,5 @@
-"""Host memory settings that the entry points apply before any JAX work.
+"""Host settings that the entry points apply before any JAX work: memory
+(below) and how JAX's random-bit hash is lowered on CPU (`unroll_threefry`).
 
 Why. XLA's CPU runtime allocates each executable's scratch memory with
 malloc at every call and frees it at the end: 54 MiB for the
@@ -127,3 +128,27 @@ def tune_allocator() -> str:
     return 'left alone: mallopt refused the values'
   huge = os.environ.get(_REEXECUTED) == HUGE_PAGE_TUNABLES
   return 'tuned, huge pages' if huge else 'tuned'
+
+
+def unroll_threefry() -> str:
+  """Lowers JAX's threefry2x32 hash on CPU unrolled, as JAX itself lowers it
+  for GPU and TPU: its 20 rounds as one pass over the counters, where the
+  CPU lowering is a 5-step loop that reads and writes every counter array 5
+  times. The same bits either way (exact uint32 arithmetic; tested). 4.65M
+  Gaussian draws, DP-SGD's noise for ptb_lstm:small, took 13.9-14.0 ms
+  rolled and 10.4-11.4 ms unrolled on a 2-core AMD EPYC, the DP step 90.1
+  against 85.4 ms (interleaved rounds). It goes through JAX's private
+  modules (jax._src); where they have moved, it leaves JAX's lowering alone.
+
+  Returns:
+    What was done, for the log.
+  """
+  try:
+    from jax._src.interpreters import mlir  # pylint: disable=g-import-not-at-top
+    from jax._src.random import threefry2x32  # pylint: disable=g-import-not-at-top
+
+    rule = threefry2x32._threefry2x32_lowering_rule  # pylint: disable=protected-access
+    mlir.register_lowering(threefry2x32.threefry2x32_p, rule, platform='cpu')
+  except (ImportError, AttributeError) as e:
+    return f'left rolled: {e}'
+  return 'unrolled'

@@ -73,6 +73,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   tfds.disable_progress_bar()
   allocator = host.tune_allocator()
+  host.unroll_threefry()
   try:
     results = _run(config, _CONFIG.value is None, _WORKDIR.value, allocator)
   except faults.Preempted as e:

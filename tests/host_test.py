@@ -1,4 +1,5 @@
-"""research.host: the allocator setting, its opt-outs, and what it is for."""
+"""research.host: the allocator setting, its opt-outs, and what it is for;
+the unrolled threefry lowering."""
 
 import os
 import subprocess
@@ -130,6 +131,36 @@ class HostTest(absltest.TestCase):
     }
     with absltest.mock.patch.dict(os.environ, env, clear=True):
       self.assertEqual(host.tune_allocator(), 'tuned')
+
+
+class UnrollThreefryTest(absltest.TestCase):
+  def setUp(self):
+    super().setUp()
+    # Put JAX's own CPU lowering back afterwards: the same bits, but other
+    # programs, and the suite's compilation cache is keyed by them.
+    from jax._src.interpreters import mlir  # pylint: disable=g-import-not-at-top
+    from jax._src.random import threefry2x32  # pylint: disable=g-import-not-at-top
+
+    rolled = threefry2x32._threefry2x32_cpu_lowering_rule  # pylint: disable=protected-access
+    self.addCleanup(mlir.register_lowering, threefry2x32.threefry2x32_p, rolled, platform='cpu')
+
+  def test_same_bits_without_the_loop(self):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    def draws(key):  # A new function each time: traced and lowered anew.
+      with jax.threefry_partitionable(False):
+        return jax.random.normal(key, (1001,)), jax.random.bits(key, (7, 3))
+
+    key = jax.random.key(3)
+    rolled = jax.jit(lambda k: draws(k)).lower(key).as_text()
+    before = jax.jit(lambda k: draws(k))(key)
+    self.assertEqual(host.unroll_threefry(), 'unrolled')
+    unrolled = jax.jit(lambda k: draws(k)).lower(key).as_text()
+    after = jax.jit(lambda k: draws(k))(key)
+    self.assertIn('while', rolled)
+    self.assertNotIn('while', unrolled)
+    for a, b in zip(before, after):
+      self.assertTrue(bool((a == b).all()))
 
 
 if __name__ == '__main__':
