@@ -32,6 +32,7 @@ Shape letters: B rows of the padded batch, K groups of M = microbatch_size,
 S the rows of a bucket.
 """
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -116,25 +117,27 @@ def private(
       first = jax.tree.map(lambda x: x[0], per_row)
       shapes = ghost.output_shapes(loss_fn, params, ghost_layers, single(first), dropout_rng)
 
-    # The ghost layers' squared norms of a group's rows: vmapped inside `one_row`, or
-    # (one device) row after another after it (ghost.squared_norms: the same values).
-    rows_one_by_one = jax.device_count() == 1
+    def ghost_squares_M(reads_M) -> jax.Array:
+      """The ghost layers' squared norms of a group's rows, summed over layers: on
+      one device row after another (ghost.squared_norms: the same values, faster on
+      CPU), otherwise vmapped, where the rows may be split over devices."""
 
-    def ghost_squares(reads, one_by_one: bool) -> list:
-      norms = ghost.squared_norms if one_by_one else ghost.squared_norm
-      return [norms(kind, *reads[name]) for name, kind in ghost_layers]
+      def vmapped(kind, x_M, dy_M):
+        return jax.vmap(functools.partial(ghost.squared_norm, kind))(x_M, dy_M)
 
-    def one_row(row, index):  # -> (grads, reads, squared norm so far, aux, real)
+      per_row = ghost.squared_norms if jax.device_count() == 1 else vmapped
+      return sum(per_row(kind, *reads_M[name]) for name, kind in ghost_layers)
+
+    def one_row(row, index):  # -> (grads, reads, squared norm of `grads`, aux, real)
       rng = jax.random.fold_in(dropout_rng, index)
       if ghost_layers:
         grads, reads, aux = ghost.row_gradients(
           loss_fn, params, ghost_layers, shapes, single(row), rng
         )
-        squares = [] if rows_one_by_one else ghost_squares(reads, False)
       else:
         grads, aux = grad_fn(params, single(row), rng)
-        reads, squares = {}, []
-      square = jnp.square(global_norm(grads)) + sum(squares)
+        reads = {}
+      square = jnp.square(global_norm(grads))
       real = jnp.sum(row['weights']) > 0
       aux = jax.tree.map(lambda x: x[0] if x.ndim else x, aux)  # Drop the row axis of one.
       return grads, reads, square, aux, real
@@ -149,9 +152,7 @@ def private(
 
     def compute(total, group, indices):  # total + the group's clipped rows.
       grads_M, reads_M, square_M, aux_M, real_M = jax.vmap(one_row)(group, indices)
-      if ghost_layers and rows_one_by_one:
-        square_M = square_M + sum(ghost_squares(reads_M, True))
-      norm_M = jnp.sqrt(square_M)
+      norm_M = jnp.sqrt(square_M + ghost_squares_M(reads_M) if ghost_layers else square_M)
       scale_M = jnp.minimum(1.0, l2_clip_norm / jnp.maximum(norm_M, 1e-12))
       # The clipped rows' sum as one contraction over the row axis: scaling
       # and summing the M gradients elementwise made XLA's CPU backend take
