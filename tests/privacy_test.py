@@ -103,6 +103,76 @@ def dp_batch(model) -> losses.Batch:
   )
 
 
+def clipped_sum_by_hand(objective, params, batch, clip_norm, denominator):
+  """The reference: each real row (the first four of `dp_batch`) alone, its
+  gradient clipped by hand, summed, over `denominator`; and the rows' norms."""
+  t = batch.rows['inputs'].shape[1]
+  want = jax.tree.map(jnp.zeros_like, params)
+  row_grad = jax.jit(jax.grad(lambda p, row: objective.loss_fn(p, row, None)[0]))
+  norms = []
+  for i in range(4):
+    row = losses.Batch(jax.tree.map(lambda x: x[i : i + 1], batch.rows), jnp.float32(t))
+    g = row_grad(params, row)
+    norms.append(np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g))))
+    want = jax.tree.map(lambda w, x: w + x * min(1.0, clip_norm / norms[-1]), want, g)
+  return jax.tree.map(lambda w: w / denominator, want), norms
+
+
+def two_device_worker() -> dict:
+  """On 2 (fake) devices, where DP-SGD takes its multi-device path (no row
+  buckets, vmapped ghost norms, partitionable noise), with the batch's rows
+  split over a 2-device mesh: each tiny model's clipped sum's largest error
+  against `clipped_sum_by_hand` relative to the reference's largest entry, and
+  the noise's spread where only noise is summed."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from research import sharding  # pylint: disable=g-import-not-at-top
+
+  assert jax.device_count() == 2, jax.devices()
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 2, 'fsdp': 1, 'tensor': 1}))
+  split = lambda x: jax.device_put(x, sharding.batch_sharding(mesh))  # noqa: E731
+  t, clip_norm, denominator = models_test.T, 0.05, 4.0 * models_test.T
+  result = {}
+  for name in ('lstm', 'transformer'):
+    model = models_test.get_model(name)
+    params = models_test.get_params(name)
+    objective = losses.make_objective(model, 'token_mean')
+    batch = dp_batch(model)
+    want, _ = clipped_sum_by_hand(objective, params, batch, clip_norm, denominator)
+    sharded = losses.Batch(jax.tree.map(split, batch.rows), batch.denominator)
+    for ghost in ('ghost', 'per-row'):
+      for microbatch_size in (0, 2):
+        fn = dp_sgd.private(
+          l2_clip_norm=clip_norm,
+          noise_multiplier=0.0,
+          denominator=denominator,
+          row_scale=float(t),
+          microbatch_size=microbatch_size,
+          ghost_layers=model.ghost_layers if ghost == 'ghost' else (),
+        )
+        grads, aux = jax.jit(lambda p, b, fn=fn: fn(objective.loss_fn, p, b, jax.random.key(0)))(
+          params, sharded
+        )
+        errors = [
+          float(np.max(np.abs(np.asarray(g) - np.asarray(w))) / np.max(np.abs(np.asarray(w))))
+          for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want))
+        ]
+        result[f'{name}/{ghost}/{microbatch_size}'] = {
+          'relative_error': max(errors),
+          'weight_sum': float(aux.weight_sum),
+        }
+  # Noise alone (every row padding), drawn where the devices hold halves of it.
+  batch.rows['weights'] = jnp.zeros_like(batch.rows['weights'])
+  fn = dp_sgd.private(
+    l2_clip_norm=2.0, noise_multiplier=3.0, denominator=10.0, row_scale=1.0, microbatch_size=2
+  )
+  grads, _ = jax.jit(lambda p, b: fn(objective.loss_fn, p, b, jax.random.key(1)))(
+    params, losses.Batch(jax.tree.map(split, batch.rows), batch.denominator)
+  )
+  values = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grads)])
+  result['noise'] = {'std': float(np.std(values)), 'mean': float(np.mean(values))}
+  return result
+
+
 class ClippingTest(parameterized.TestCase):
   def _setup(self, name):
     model = models_test.get_model(name)
@@ -114,16 +184,8 @@ class ClippingTest(parameterized.TestCase):
   def test_sum_of_clipped_per_sequence_gradients(self, name):
     objective, params, batch = self._setup(name)
     t, clip_norm, denominator = models_test.T, 0.05, 4.0 * models_test.T
-    # Reference: each real row alone, its gradient clipped by hand.
-    want = jax.tree.map(jnp.zeros_like, params)
-    row_grad = jax.jit(jax.grad(lambda p, row: objective.loss_fn(p, row, None)[0]))
-    for i in range(4):
-      row = losses.Batch(jax.tree.map(lambda x: x[i : i + 1], batch.rows), jnp.float32(t))
-      g = row_grad(params, row)
-      norm = np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
-      self.assertGreater(norm, clip_norm)  # Every row is clipped here.
-      want = jax.tree.map(lambda w, x: w + x * (clip_norm / norm), want, g)
-    want = jax.tree.map(lambda w: w / denominator, want)
+    want, norms = clipped_sum_by_hand(objective, params, batch, clip_norm, denominator)
+    self.assertGreater(min(norms), clip_norm)  # Every row is clipped here.
     # The whole batch at once; groups of 2, the last of padding alone (skipped).
     for microbatch_size in (0, 2):
       fn = dp_sgd.private(
@@ -153,6 +215,18 @@ class ClippingTest(parameterized.TestCase):
     self.assertGreater(values.size, 2000)
     self.assertAlmostEqual(float(np.std(values)), 3.0 * 2.0 / 10.0, delta=0.03)
     self.assertAlmostEqual(float(np.mean(values)), 0.0, delta=0.03)
+
+  def test_two_devices_give_the_same_clipped_sum(self):
+    result = test_util.on_fake_devices('tests.privacy_test', 'two_device_worker()', devices=2)
+    cases = [
+      f'{n}/{g}/{m}' for n in ('lstm', 'transformer') for g in ('ghost', 'per-row') for m in (0, 2)
+    ]
+    self.assertSameElements([k for k in result if k != 'noise'], cases)
+    for case in cases:
+      self.assertLess(result[case]['relative_error'], 2e-5, case)
+      self.assertEqual(result[case]['weight_sum'], 4.0 * models_test.T, case)
+    self.assertAlmostEqual(result['noise']['std'], 3.0 * 2.0 / 10.0, delta=0.03)
+    self.assertAlmostEqual(result['noise']['mean'], 0.0, delta=0.03)
 
 
 class PoissonTest(absltest.TestCase):
