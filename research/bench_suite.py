@@ -262,7 +262,7 @@ def train_to_target(
   key = jax.random.key(config.seed)
   batch = sharding.global_batch(next(it), parts.mesh)
   start = time.perf_counter()
-  step_fn.lower(state, batch, key).compile()
+  step_fn.compile(state, batch, key)
   compile_s = time.perf_counter() - start
   losses, at, target_s = [], None, None
   start = time.perf_counter()

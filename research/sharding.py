@@ -159,6 +159,7 @@ def under_mesh(jitted, mesh: Mesh):
       return jitted.lower(*args, **kwargs)
 
   call.lower = lower
+  call.compile = lambda *args, **kwargs: lower(*args, **kwargs).compile()
   return call
 
 

@@ -27,6 +27,7 @@ from research import evaluate
 from research import faults
 from research import flops
 from research import gradients
+from research import host
 from research import losses
 from research import metrics
 from research import model_card
@@ -143,7 +144,7 @@ def step_function(
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrainStep:
   """The run's jitted step: `step(state, batch, key) -> (state, metrics)`, and
-  `step.lower(state, batch, key)` for the benchmark's compile.
+  `step.compile(state, batch, key)` for the benchmark's compile.
 
   `teacher_params` is passed to `jitted` at every call, an argument of the
   compiled program (not a constant in it). jax.jit takes no keyword argument
@@ -156,8 +157,8 @@ class TrainStep:
   def __call__(self, state: TrainState, batch: dict, key: jax.Array):
     return self.jitted(state, batch, key, self.teacher_params)
 
-  def lower(self, state: TrainState, batch: dict, key: jax.Array):
-    return self.jitted.lower(state, batch, key, self.teacher_params)
+  def compile(self, state: TrainState, batch: dict, key: jax.Array):  # The first call reuses it.
+    return self.jitted.compile(state, batch, key, self.teacher_params)
 
 
 def make_train_step(
@@ -191,8 +192,10 @@ def make_train_step(
     out_shardings=(state_shardings, replicated),
     donate_argnames=('state',),
   )
-  teacher_params = teacher.params if teacher else None
-  return TrainStep(sharding.under_mesh(jitted, mesh), teacher_params=teacher_params)
+  jitted = sharding.under_mesh(jitted, mesh)
+  if mesh.devices.size == 1 and mesh.devices.flat[0].platform == 'cpu':
+    jitted = host.CompiledAtFirstCall(jitted, report=metrics.console)
+  return TrainStep(jitted, teacher_params=teacher.params if teacher else None)
 
 
 def restore_or_init(parts, manager, config, rng, data_iterator):

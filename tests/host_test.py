@@ -163,5 +163,89 @@ class UnrollThreefryTest(absltest.TestCase):
       self.assertTrue(bool((a == b).all()))
 
 
+class _Compiled:  # What compile_within_arena reads of an executable.
+  def __init__(self, name, scratch):
+    self.name, self.scratch = name, scratch
+
+  def memory_analysis(self):
+    return absltest.mock.Mock(temp_size_in_bytes=self.scratch)
+
+
+class _Lowered:
+  """A lowering whose executables have the given scratch sizes (None: XLA
+  refuses the memory schedule), recording the options each compile got."""
+
+  def __init__(self, default, memory):
+    self.sizes, self.calls = {'default': default, 'memory': memory}, []
+
+  def compile(self, compiler_options=None):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    self.calls.append(compiler_options)
+    name = 'memory' if compiler_options == host.MEMORY_SCHEDULE else 'default'
+    if self.sizes[name] is None:
+      raise jax.errors.JaxRuntimeError('INVALID_ARGUMENT: No such compile option')
+    return _Compiled(name, self.sizes[name])
+
+
+class CompileWithinArenaTest(absltest.TestCase):
+  def test_memory_schedule_only_where_it_alone_fits_a_thread_arena(self):
+    mib = 1 << 20
+    cases = [  # default scratch, memory scratch -> chosen, compiles
+      (10 * mib, 5 * mib, 'default', 1),
+      (64 * mib, 5 * mib, 'default', 1),
+      (72 * mib, 63 * mib, 'memory', 2),
+      (72 * mib, 65 * mib, 'default', 2),
+      (72 * mib, None, 'default', 2),
+    ]
+    for default, memory, want, compiles in cases:
+      lowered = _Lowered(default, memory)
+      compiled, said = host.compile_within_arena(lowered)
+      self.assertEqual((compiled.name, len(lowered.calls)), (want, compiles), (default, memory))
+      self.assertEqual(said.startswith('memory schedule'), want == 'memory', said)
+    self.assertIn('No such compile option', said)
+
+  def test_train_step_on_one_cpu_runs_the_chosen_executable_with_the_same_numbers(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from research import components, sharding, train  # pylint: disable=g-import-not-at-top
+    from tests import test_util  # pylint: disable=g-import-not-at-top
+
+    config = test_util.tiny_config(self.create_tempdir().full_path, model='lstm')
+    parts = components.build(config)
+    it = components.train_iterator(parts, config)
+    batches = [sharding.global_batch(next(it), parts.mesh) for _ in range(3)]
+    key = jax.random.key(1)
+
+    def run(step):  # Three steps from the same initial state.
+      state, _ = components.create_state(parts, jax.random.key(0), parts.train_rows)
+      for batch in batches:
+        state, m = step(state, batch, key)
+      return jax.device_get((state.params, m['loss']))
+
+    _, shardings = components.create_state(parts, jax.random.key(0), parts.train_rows)
+    fresh = lambda: train.make_train_step(parts, shardings, config)  # noqa: E731
+    state, _ = components.create_state(parts, jax.random.key(0), parts.train_rows)
+    probe = fresh().jitted.lower(state, batches[0], key, None)
+    default = probe.compile().memory_analysis().temp_size_in_bytes
+    memory = probe.compile(compiler_options=host.MEMORY_SCHEDULE).memory_analysis()
+    # The premise: on the tiny LSTM XLA's memory schedule needs less scratch.
+    self.assertLess(memory.temp_size_in_bytes, default)
+
+    plain = fresh()
+    self.assertIsInstance(plain.jitted, host.CompiledAtFirstCall)
+    # jax.jit's own compile and call: the default schedule.
+    want = run(lambda state, batch, key: plain.jitted.jitted(state, batch, key, None))
+    reported = []
+    with absltest.mock.patch.object(host, 'THREAD_ARENA_BYTES', memory.temp_size_in_bytes):
+      chosen = fresh()
+      chosen.jitted.report = lambda *args: reported.append(args)
+      got = run(chosen)
+    self.assertTrue(chosen.jitted.schedule.startswith('memory schedule'), chosen.jitted.schedule)
+    self.assertLen(reported, 1)  # Compiled once, at the first call, and said so.
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+      np.testing.assert_array_equal(a, b)
+
+
 if __name__ == '__main__':
   absltest.main()
