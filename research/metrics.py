@@ -67,10 +67,19 @@ def cross_entropy_sums(
 def top1_hits(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array) -> jax.Array:
   """Sum of the weights of the tokens whose largest logit is the target.
 
-  Padding has weight 0, so it never counts; ties go to the lowest id.
+  Padding has weight 0, so it never counts; ties go to the lowest id, and a
+  NaN counts as the largest, as in `jnp.argmax`. Computed as two plain
+  reductions (the largest logit, then the lowest id holding it) because XLA's
+  CPU backend runs argmax's (value, index) reduction unvectorised: 11.6 ms
+  against 2.3 ms for 520 x 10,000 logits (2-core AMD EPYC), nearly half of
+  an evaluation call of configs/default.py.
   """
-  hit_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
-  return jnp.sum(jnp.where(hit_BxT, weights_BxT, 0.0))
+  V = logits_BxTxV.shape[-1]  # pylint: disable=invalid-name
+  max_BxTx1 = jnp.max(logits_BxTxV, axis=-1, keepdims=True)  # NaN where a NaN is.
+  is_max_BxTxV = jnp.where(jnp.isnan(max_BxTx1), jnp.isnan(logits_BxTxV), logits_BxTxV == max_BxTx1)
+  ids_V = jnp.arange(V, dtype=jnp.int32)
+  first_BxT = jnp.min(jnp.where(is_max_BxTxV, ids_V, V), axis=-1)
+  return jnp.sum(jnp.where(first_BxT == targets_BxT, weights_BxT, 0.0))
 
 
 def bits_per_unit(loss: float, tokens: int, units: int) -> float:

@@ -59,6 +59,36 @@ class CrossEntropyTest(absltest.TestCase):
     np.testing.assert_allclose(float(loss_sum), want, rtol=1e-6)
 
 
+class Top1HitsTest(absltest.TestCase):
+  def test_hits_are_numpy_argmax_hits_with_ties_nans_and_infinities(self):
+    rng = np.random.default_rng(0)
+    B, T, V = 4, 50, 9  # pylint: disable=invalid-name
+    # Small integers: most rows tie for their largest logit.
+    logits = rng.integers(0, 3, (B, T, V)).astype(np.float32)
+    logits[0, 0] = np.nan  # All NaN.
+    logits[0, 1, [2, 5]] = np.nan  # NaN counts as the largest: the first NaN.
+    logits[0, 2, 3] = np.inf
+    logits[0, 3] = -np.inf  # All -inf: id 0.
+    logits[0, 4, [1, 6]] = np.inf
+    targets = rng.integers(0, V, (B, T)).astype(np.int32)
+    # Those rows' argmax ids are 0, 2, 3, 0, 1: four hits, and a miss where
+    # the target ties for the largest after a lower id.
+    targets[0, :5] = [0, 2, 3, 0, 6]
+    targets[1] = np.argmax(logits[1], -1)  # A row of hits, ties included.
+    weights = rng.integers(0, 2, (B, T)).astype(np.float32)
+    weights[0, :5] = 1.0
+    want = float(np.sum(weights * (np.argmax(logits, -1) == targets)))
+    got = metrics.top1_hits(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
+    self.assertEqual(float(got), want)
+    # The tie rule matters here: "target among the largest" would count more.
+    loose = float(
+      np.sum(
+        weights * (np.take_along_axis(logits, targets[..., None], -1)[..., 0] >= logits.max(-1))
+      )
+    )
+    self.assertGreater(loose, want)
+
+
 class SplitFiguresTest(absltest.TestCase):
   def test_word_level_perplexity_is_e_to_the_loss_in_nats(self):
     # PTB's valid split: 73,760 words (with <eos>) in 399,782 ASCII characters.
