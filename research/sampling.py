@@ -106,11 +106,12 @@ def _sample_stateless(
   top_p,
   on_token: Callable | None = None,
 ):
-  context = window_BxT.shape[1]
+  rows, context = window_BxT.shape
+  carry = model.init_carry(rows)  # A recurrent model reads each window from a fresh state.
 
   def step(c, key):
     window_BxT, length = c
-    logits_BxTxV, _ = model.apply(params, {}, window_BxT, train=False, rng=None)
+    logits_BxTxV, _ = model.apply(params, carry, window_BxT, train=False, rng=None)
     tokens_B = _draw(
       logits_BxTxV[:, length - 1],
       key,

@@ -86,6 +86,11 @@ class BenchTest(absltest.TestCase):
       generation['speedup'],
       generation['cached_tokens_per_s'] / generation['recompute_tokens_per_s'],
     )
+    # A recurrent model: no context, so 200 new tokens, its baseline re-reading
+    # windows of seq_len from a fresh state.
+    generation = bench.generation(test_util.tiny_config(tmp, model='lstm'), 'tiny', repeats=1)
+    self.assertEqual((generation['context'], generation['new_tokens']), (11, 200))
+    self.assertGreater(generation['recompute_tokens_per_s'], 0)
 
 
 def _record(config: str, step_s: float) -> dict:

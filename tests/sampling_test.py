@@ -89,6 +89,21 @@ class SamplingTest(parameterized.TestCase):
     np.testing.assert_array_equal(got, history[len(prompt) :])
 
   @parameterized.parameters('lstm', 'transformer')
+  def test_recomputing_reads_the_last_window_afresh(self, name):
+    # The benchmark's baseline (`recompute=True`): every token from the model
+    # run again on the last `context` tokens, a recurrent one from a zero state.
+    model = _model(name)
+    params = model.init(jax.random.key(0))
+    prompt, n, context = np.array([3, 1, 4], np.int32), 8, 5
+    kwargs = dict(num_tokens=n, context=context, temperature=1.0, top_k=1, top_p=1.0)
+    got = sampling.sample(model, params, prompt, jax.random.key(1), recompute=True, **kwargs)
+    history = list(prompt)
+    apply = jax.jit(lambda w: model.apply(params, model.init_carry(1), w, train=False, rng=None)[0])
+    for _ in range(n):
+      history.append(int(jnp.argmax(apply(np.array(history[-context:])[None])[0, -1])))
+    np.testing.assert_array_equal(got, history[len(prompt) :])
+
+  @parameterized.parameters('lstm', 'transformer')
   def test_sampling_is_seeded(self, name):
     model = _model(name)
     params = model.init(jax.random.key(0))
