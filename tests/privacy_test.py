@@ -118,6 +118,20 @@ def clipped_sum_by_hand(objective, params, batch, clip_norm, denominator):
   return jax.tree.map(lambda w: w / denominator, want), norms
 
 
+def noiseless_dp_sum(objective, params, batch, microbatch_size, ghost_layers=()):
+  """DP-SGD's (grads, aux) for `dp_batch`'s rows without noise: their clipped
+  sum at C = 0.05 over 4 rows x T."""
+  fn = dp_sgd.private(
+    l2_clip_norm=0.05,
+    noise_multiplier=0.0,
+    denominator=4.0 * models_test.T,
+    row_scale=float(models_test.T),
+    microbatch_size=microbatch_size,
+    ghost_layers=ghost_layers,
+  )
+  return jax.jit(lambda p, b: fn(objective.loss_fn, p, b, jax.random.key(0)))(params, batch)
+
+
 def two_device_worker() -> dict:
   """On 2 (fake) devices, where DP-SGD takes its multi-device path (no row
   buckets, vmapped ghost norms, partitionable noise), with the batch's rows
@@ -130,7 +144,7 @@ def two_device_worker() -> dict:
   assert jax.device_count() == 2, jax.devices()
   mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 2, 'fsdp': 1, 'tensor': 1}))
   split = lambda x: jax.device_put(x, sharding.batch_sharding(mesh))  # noqa: E731
-  t, clip_norm, denominator = models_test.T, 0.05, 4.0 * models_test.T
+  clip_norm, denominator = 0.05, 4.0 * models_test.T  # As in noiseless_dp_sum.
   result = {}
   for name in ('lstm', 'transformer'):
     model = models_test.get_model(name)
@@ -141,17 +155,8 @@ def two_device_worker() -> dict:
     sharded = losses.Batch(jax.tree.map(split, batch.rows), batch.denominator)
     for ghost in ('ghost', 'per-row'):
       for microbatch_size in (0, 2):
-        fn = dp_sgd.private(
-          l2_clip_norm=clip_norm,
-          noise_multiplier=0.0,
-          denominator=denominator,
-          row_scale=float(t),
-          microbatch_size=microbatch_size,
-          ghost_layers=model.ghost_layers if ghost == 'ghost' else (),
-        )
-        grads, aux = jax.jit(lambda p, b, fn=fn: fn(objective.loss_fn, p, b, jax.random.key(0)))(
-          params, sharded
-        )
+        layers = model.ghost_layers if ghost == 'ghost' else ()
+        grads, aux = noiseless_dp_sum(objective, params, sharded, microbatch_size, layers)
         errors = [
           float(np.max(np.abs(np.asarray(g) - np.asarray(w))) / np.max(np.abs(np.asarray(w))))
           for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want))
@@ -188,16 +193,7 @@ class ClippingTest(parameterized.TestCase):
     self.assertGreater(min(norms), clip_norm)  # Every row is clipped here.
     # The whole batch at once; groups of 2, the last of padding alone (skipped).
     for microbatch_size in (0, 2):
-      fn = dp_sgd.private(
-        l2_clip_norm=clip_norm,
-        noise_multiplier=0.0,
-        denominator=denominator,
-        row_scale=float(t),
-        microbatch_size=microbatch_size,
-      )
-      grads, aux = jax.jit(lambda p, b: fn(objective.loss_fn, p, b, jax.random.key(0)))(
-        params, batch
-      )
+      grads, aux = noiseless_dp_sum(objective, params, batch, microbatch_size)
       for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
         np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-7)
       self.assertEqual(float(aux.clipped_fraction), 1.0)
