@@ -189,24 +189,32 @@ def compile_within_arena(lowered) -> tuple[Any, str]:
 
 
 class CompiledAtFirstCall:
-  """`jitted` (a jax.jit function with `.lower`), compiled by
-  `compile_within_arena` at the first call (or `compile`), whose executable
-  later calls run; `report(message, schedule)` is called when it picks XLA's
-  memory schedule. For arguments of one shape and sharding, as a train step's."""
+  """`jitted` (a jax.jit function with `.lower`) compiled by
+  `compile_within_arena` at its first call (or `compile`) with arguments of
+  each new set of shapes and dtypes, as jax.jit compiles once for each;
+  calls run those executables. `report(message, schedule)` is called when it
+  picks XLA's memory schedule."""
 
   def __init__(self, jitted, report=None):
     self.jitted, self.report = jitted, report
-    self.compiled, self.schedule = None, ''
+    self.executables, self.schedule = {}, ''
 
   def lower(self, *args):
     return self.jitted.lower(*args)
 
   def compile(self, *args):
-    if self.compiled is None:
-      self.compiled, self.schedule = compile_within_arena(self.lower(*args))
+    import jax  # pylint: disable=g-import-not-at-top
+
+    leaves, tree = jax.tree.flatten(args)
+    signature = (
+      tree,
+      tuple((getattr(x, 'shape', ()), getattr(x, 'dtype', type(x))) for x in leaves),
+    )
+    if signature not in self.executables:
+      self.executables[signature], self.schedule = compile_within_arena(self.lower(*args))
       if self.report and self.schedule.startswith('memory'):
         self.report('Train step compiled with XLA:CPU %s.', self.schedule)
-    return self.compiled
+    return self.executables[signature]
 
   def __call__(self, *args):
     return self.compile(*args)(*args)

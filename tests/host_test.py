@@ -243,6 +243,13 @@ class CompileWithinArenaTest(absltest.TestCase):
       got = run(chosen)
     self.assertTrue(chosen.jitted.schedule.startswith('memory schedule'), chosen.jitted.schedule)
     self.assertLen(reported, 1)  # Compiled once, at the first call, and said so.
+    # Rows of half the length get an executable of their own, as under jax.jit.
+    half = jax.tree.map(lambda x: x[:, : x.shape[1] // 2] if x.ndim == 2 else x, batches[0])
+    state, _ = components.create_state(parts, jax.random.key(0), parts.train_rows)
+    loss = plain.jitted.jitted(state, half, key, None)[1]['loss']
+    state, _ = components.create_state(parts, jax.random.key(0), parts.train_rows)
+    self.assertEqual(float(chosen(state, half, key)[1]['loss']), float(loss))
+    self.assertLen(chosen.jitted.executables, 2)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
       np.testing.assert_array_equal(a, b)
 
