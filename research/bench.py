@@ -303,7 +303,7 @@ def _print(figures: dict) -> None:
   )
   print(
     f'{figures["config"]} on {figures["device"]} (commit {figures["commit"][:12]})\n'
-    f'  compile            {figures["compile_s"]:.2f} s ({figures.get("schedule", "jax.jit")})\n'
+    f'  compile            {figures["compile_s"]:.2f} s ({figures["schedule"]})\n'
     f'  step time          median {ms(figures["step_time_median_s"])}, '
     f'p10 {ms(figures["step_time_p10_s"])}, p90 {ms(figures["step_time_p90_s"])} '
     f'({figures["steps_timed"]} steps, batch {figures["batch"]})\n'

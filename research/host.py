@@ -180,10 +180,11 @@ def compile_within_arena(lowered) -> tuple[Any, str]:
     smaller = lowered.compile(compiler_options=MEMORY_SCHEDULE)
   except jax.errors.JaxRuntimeError as e:  # An XLA without that option.
     return compiled, f'default schedule ({mib(default)} of scratch; no memory schedule: {e})'
-  if scratch(smaller) > THREAD_ARENA_BYTES:
+  memory = scratch(smaller)
+  if memory > THREAD_ARENA_BYTES:
     return compiled, f'default schedule ({mib(default)} of scratch, over a thread arena either way)'
   return smaller, (
-    f'memory schedule: {mib(scratch(smaller))} of scratch against the default '
+    f'memory schedule: {mib(memory)} of scratch against the default '
     f"schedule's {mib(default)}, over a thread arena's {mib(THREAD_ARENA_BYTES)}"
   )
 
